@@ -1,0 +1,516 @@
+//! The TOML config: a raw schema that mirrors the file (with source spans),
+//! then validation into [`Config`], which the rest of Portico trusts.
+//!
+//! Every problem found is reported, each with the file, line, column and the
+//! field it concerns, so `portico check` can list them all at once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::host::HostPattern;
+
+/// Proxy-wide settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Where plain HTTP is served. Changing it needs a restart.
+    pub http_listen: SocketAddr,
+    /// Sent as `x-proxy-id`; `None` means the machine's hostname.
+    pub proxy_id: Option<String>,
+    /// Drops `x-server-info`, `x-upstream-addr` and `x-upstream-response-time`.
+    pub hide_info_headers: bool,
+    pub access_log: bool,
+    /// Limit for opening a TCP connection to one upstream; on expiry the next one is tried.
+    pub connect_timeout: Duration,
+    /// Limit between sending a request upstream and receiving its response head (504 after).
+    pub upstream_timeout: Duration,
+    /// How long a client may take to send a request head (slow-loris guard).
+    pub client_header_timeout: Duration,
+    /// How long in-flight requests may run on after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Cap on open connections to each upstream address (busy and idle).
+    pub max_connections_per_upstream: usize,
+    /// How many idle keep-alive connections are kept per upstream address.
+    pub idle_connections_per_upstream: usize,
+    /// Cap on the size of a request head, which bounds the per-connection read buffer.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            proxy_id: None,
+            hide_info_headers: false,
+            access_log: true,
+            connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(60),
+            client_header_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            max_connections_per_upstream: 1024,
+            idle_connections_per_upstream: 128,
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// One routed service: the hosts it answers for and the replicas behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    /// Replica addresses, in the order round robin visits them.
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// A validated config.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub proxy: ProxySettings,
+    pub services: Vec<Service>,
+}
+
+/// One problem in a config source, located as precisely as the source allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or other origin) the text came from.
+    pub origin: String,
+    /// 1-based line and column; 0 when the problem has no position.
+    pub line: usize,
+    pub column: usize,
+    /// Dotted path of the field, such as `service[2].hosts`; empty when unknown.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a config source (never empty).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default)]
+    service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    http_listen: Option<Spanned<String>>,
+    proxy_id: Option<Spanned<String>>,
+    hide_info_headers: Option<bool>,
+    access_log: Option<bool>,
+    connect_timeout: Option<Spanned<String>>,
+    upstream_timeout: Option<Spanned<String>>,
+    client_header_timeout: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+    max_connections_per_upstream: Option<Spanned<i64>>,
+    idle_connections_per_upstream: Option<Spanned<i64>>,
+    max_header_bytes: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    hosts: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    upstreams: Vec<Spanned<String>>,
+}
+
+/// Collects errors against one source text, turning byte spans into lines.
+struct Reporter<'a> {
+    origin: &'a str,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Reporter<'_> {
+    fn at(&mut self, offset: usize, field: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, offset);
+        self.errors.push(ConfigError {
+            origin: self.origin.to_owned(),
+            line,
+            column,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+    (line, offset - line_start + 1)
+}
+
+/// Names the field at `offset` from the text itself, for errors the TOML
+/// parser reports without a key path: the enclosing table (`proxy`, or
+/// `service[N]` counting `[[service]]` headers) and the key on that line.
+fn field_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let mut table = String::new();
+    let mut services = 0usize;
+    for line in text[..offset].split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed == "[[service]]" {
+            table = format!("service[{services}]");
+            services += 1;
+        } else if trimmed.starts_with('[') {
+            table = trimmed.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+        }
+    }
+    let line_begin = text[..offset].rfind('\n').map_or(0, |p| p + 1);
+    let line = text[line_begin..].lines().next().unwrap_or_default();
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match (table.is_empty(), key) {
+        (true, Some(k)) => k.to_owned(),
+        (false, Some(k)) => format!("{table}.{k}"),
+        (_, None) => table,
+    }
+}
+
+impl Config {
+    /// Parses and validates config text. `origin` names the source (a path) in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let offset = e.span().map_or(0, |s| s.start);
+                let (line, column) = if e.span().is_some() {
+                    line_col(text, offset)
+                } else {
+                    (0, 0)
+                };
+                return Err(ConfigErrors(vec![ConfigError {
+                    origin: origin.to_owned(),
+                    line,
+                    column,
+                    field: if e.span().is_some() {
+                        field_at(text, offset)
+                    } else {
+                        String::new()
+                    },
+                    message: e.message().trim().to_owned(),
+                }]));
+            }
+        };
+        let mut r = Reporter {
+            origin,
+            text,
+            errors: Vec::new(),
+        };
+        let proxy = validate_proxy(&raw.proxy, &mut r);
+        let mut services = Vec::with_capacity(raw.service.len());
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (i, svc) in raw.service.iter().enumerate() {
+            if let Some(s) = validate_service(i, svc, &mut names, &mut r) {
+                services.push(s);
+            }
+        }
+        if r.errors.is_empty() {
+            Ok(Config { proxy, services })
+        } else {
+            Err(ConfigErrors(r.errors))
+        }
+    }
+}
+
+fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
+    let mut p = ProxySettings::default();
+    if let Some(addr) = &raw.http_listen {
+        match addr.get_ref().parse::<SocketAddr>() {
+            Ok(a) => p.http_listen = a,
+            Err(_) => r.at(
+                addr.span().start,
+                "proxy.http_listen",
+                format!("{:?} is not an IP:PORT address", addr.get_ref()),
+            ),
+        }
+    }
+    if let Some(id) = &raw.proxy_id {
+        let v = id.get_ref();
+        if v.is_empty() || v.len() > 255 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+            r.at(
+                id.span().start,
+                "proxy.proxy_id",
+                "must be 1 to 255 printable ASCII characters without spaces (it is sent as a header)",
+            );
+        } else {
+            p.proxy_id = Some(v.clone());
+        }
+    }
+    p.hide_info_headers = raw.hide_info_headers.unwrap_or(p.hide_info_headers);
+    p.access_log = raw.access_log.unwrap_or(p.access_log);
+    let durations = [
+        (&raw.connect_timeout, "proxy.connect_timeout", &mut p.connect_timeout),
+        (&raw.upstream_timeout, "proxy.upstream_timeout", &mut p.upstream_timeout),
+        (
+            &raw.client_header_timeout,
+            "proxy.client_header_timeout",
+            &mut p.client_header_timeout,
+        ),
+        (&raw.shutdown_grace, "proxy.shutdown_grace", &mut p.shutdown_grace),
+    ];
+    for (value, field, slot) in durations {
+        let Some(value) = value else { continue };
+        match humantime::parse_duration(value.get_ref()) {
+            Ok(d) if !d.is_zero() => *slot = d,
+            Ok(_) => r.at(value.span().start, field, "must be greater than zero"),
+            Err(e) => r.at(
+                value.span().start,
+                field,
+                format!("{:?} is not a duration such as \"5s\" or \"250ms\": {e}", value.get_ref()),
+            ),
+        }
+    }
+    let counts = [
+        (
+            &raw.max_connections_per_upstream,
+            "proxy.max_connections_per_upstream",
+            1,
+            &mut p.max_connections_per_upstream,
+        ),
+        (
+            &raw.idle_connections_per_upstream,
+            "proxy.idle_connections_per_upstream",
+            0,
+            &mut p.idle_connections_per_upstream,
+        ),
+        (
+            &raw.max_header_bytes,
+            "proxy.max_header_bytes",
+            8192,
+            &mut p.max_header_bytes,
+        ),
+    ];
+    for (value, field, min, slot) in counts {
+        let Some(value) = value else { continue };
+        let v = *value.get_ref();
+        if v < min || v > i64::from(u32::MAX) {
+            r.at(
+                value.span().start,
+                field,
+                format!("{v} is out of range ({min} to {})", u32::MAX),
+            );
+        } else {
+            *slot = v as usize;
+        }
+    }
+    p
+}
+
+fn validate_service(
+    index: usize,
+    raw: &Spanned<RawService>,
+    names: &mut HashMap<String, usize>,
+    r: &mut Reporter<'_>,
+) -> Option<Service> {
+    let before = r.errors.len();
+    let svc = raw.get_ref();
+    let name = svc.name.get_ref().clone();
+    let label = if name.is_empty() {
+        format!("service[{index}]")
+    } else {
+        format!("service[{index}] ({name})")
+    };
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        r.at(
+            svc.name.span().start,
+            format!("{label}.name"),
+            "must be non-empty and use only letters, digits, '_', '-' and '.'",
+        );
+    } else if let Some(first) = names.get(&name) {
+        let (line, _) = line_col(r.text, *first);
+        r.at(
+            svc.name.span().start,
+            format!("{label}.name"),
+            format!("duplicate service name {name:?} (first defined on line {line})"),
+        );
+    } else {
+        names.insert(name.clone(), svc.name.span().start);
+    }
+
+    let mut hosts = Vec::with_capacity(svc.hosts.get_ref().len());
+    if svc.hosts.get_ref().is_empty() {
+        r.at(
+            svc.hosts.span().start,
+            format!("{label}.hosts"),
+            "must list at least one host name",
+        );
+    }
+    for h in svc.hosts.get_ref() {
+        match HostPattern::parse(h.get_ref()) {
+            Ok(p) if hosts.contains(&p) => r.at(
+                h.span().start,
+                format!("{label}.hosts"),
+                format!("{:?} is listed twice", h.get_ref()),
+            ),
+            Ok(p) => hosts.push(p),
+            Err(e) => r.at(h.span().start, format!("{label}.hosts"), e),
+        }
+    }
+
+    let mut upstreams = Vec::with_capacity(svc.upstreams.len());
+    for u in &svc.upstreams {
+        match u.get_ref().parse::<SocketAddr>() {
+            Ok(a) if upstreams.contains(&a) => r.at(
+                u.span().start,
+                format!("{label}.upstreams"),
+                format!("{a} is listed twice"),
+            ),
+            Ok(a) if a.port() == 0 => r.at(
+                u.span().start,
+                format!("{label}.upstreams"),
+                format!("{a}: port 0 cannot be connected to"),
+            ),
+            Ok(a) => upstreams.push(a),
+            Err(_) => r.at(
+                u.span().start,
+                format!("{label}.upstreams"),
+                format!(
+                    "{:?} is not an IP:PORT address (host names are not resolved)",
+                    u.get_ref()
+                ),
+            ),
+        }
+    }
+    (r.errors.len() == before).then_some(Service {
+        name,
+        hosts,
+        upstreams,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[proxy]
+http_listen = "127.0.0.1:8080"
+proxy_id = "lb-1"
+hide_info_headers = false
+connect_timeout = "250ms"
+
+[[service]]
+name = "simple_foo"
+hosts = ["foo.app.domain.com", "*.foo.example"]
+upstreams = ["127.0.0.1:9001", "127.0.0.1:9002"]
+"#;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = Config::parse(GOOD, "p.toml").unwrap();
+        assert_eq!(c.proxy.proxy_id.as_deref(), Some("lb-1"));
+        assert_eq!(c.proxy.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.services.len(), 1);
+        assert_eq!(c.services[0].hosts[1], HostPattern::Wildcard("foo.example".into()));
+        assert_eq!(c.services[0].upstreams[1], "127.0.0.1:9002".parse().unwrap());
+    }
+
+    #[test]
+    fn empty_file_is_a_valid_empty_config() {
+        let c = Config::parse("", "p.toml").unwrap();
+        assert!(c.services.is_empty());
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        Config::parse(text, "p.toml")
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn bad_toml_names_line_and_field() {
+        let e = errors("[proxy]\nhide_info_headers = \"yes\"\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("p.toml:2:21: proxy.hide_info_headers: "), "{e:?}");
+        assert!(e[0].contains("expected a boolean"), "{e:?}");
+
+        let e = errors("[[service]]\nname = \"a\"\nhosts = [\"a.test\"]\n[[service]]\nname = \"b\"\nhostz = [\"b\"]\n");
+        assert!(e[0].starts_with("p.toml:6:1: service[1].hostz: unknown field `hostz`"), "{e:?}");
+
+        let e = errors("[proxy\n");
+        assert!(e[0].starts_with("p.toml:1:"), "{e:?}");
+    }
+
+    #[test]
+    fn every_validation_problem_is_listed() {
+        let e = errors(
+            r#"
+[proxy]
+http_listen = "localhost"
+connect_timeout = "soon"
+
+[[service]]
+name = "a"
+hosts = []
+upstreams = ["127.0.0.1:1"]
+
+[[service]]
+name = "a"
+hosts = ["ok.test", "bad host", "ok.test"]
+upstreams = ["127.0.0.1:1", "nope:80", "127.0.0.1:1"]
+"#,
+        );
+        let expect = [
+            "p.toml:3:15: proxy.http_listen: \"localhost\" is not an IP:PORT address",
+            "p.toml:4:19: proxy.connect_timeout: \"soon\" is not a duration",
+            "p.toml:8:9: service[0] (a).hosts: must list at least one host name",
+            "p.toml:12:8: service[1] (a).name: duplicate service name \"a\" (first defined on line 7)",
+            "p.toml:13:21: service[1] (a).hosts: \"bad host\": invalid character ' '",
+            "p.toml:13:33: service[1] (a).hosts: \"ok.test\" is listed twice",
+            "p.toml:14:29: service[1] (a).upstreams: \"nope:80\" is not an IP:PORT address",
+            "p.toml:14:40: service[1] (a).upstreams: 127.0.0.1:1 is listed twice",
+        ];
+        assert_eq!(e.len(), expect.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(expect) {
+            assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
+        }
+    }
+}

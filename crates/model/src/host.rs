@@ -1,0 +1,178 @@
+//! Host names: validation of configured host patterns and normalisation of
+//! the `Host` a request carries, so both sides of a lookup agree on one form
+//! (lower case, no port, no trailing dot).
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Longest DNS name we accept (RFC 1035 limit without the trailing dot).
+const MAX_NAME: usize = 253;
+const MAX_LABEL: usize = 63;
+
+/// A configured host: an exact name, or `*.suffix` matching every name below `suffix`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostPattern {
+    Exact(String),
+    /// Holds the suffix without the leading `*.`.
+    Wildcard(String),
+}
+
+impl HostPattern {
+    /// Parses a configured host such as `foo.app.domain.com` or `*.foo.example`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(suffix) = lower.strip_prefix("*.") {
+            check_name(suffix)?;
+            return Ok(HostPattern::Wildcard(suffix.to_owned()));
+        }
+        if lower.contains('*') {
+            return Err(format!(
+                "{text:?}: a wildcard must be the whole first label, as in \"*.example.com\""
+            ));
+        }
+        if lower.contains(':') {
+            return Err(format!(
+                "{text:?}: hosts are matched without the port; remove \":{}\"",
+                lower.rsplit(':').next().unwrap_or_default()
+            ));
+        }
+        check_name(&lower).map_err(|e| format!("{text:?}: {e}"))?;
+        Ok(HostPattern::Exact(lower))
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(name) => f.write_str(name),
+            HostPattern::Wildcard(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty host name".into());
+    }
+    if name.len() > MAX_NAME {
+        return Err(format!("longer than {MAX_NAME} characters"));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label (two dots in a row?)".into());
+        }
+        if label.len() > MAX_LABEL {
+            return Err(format!("label {label:?} is longer than {MAX_LABEL} characters"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!("invalid character {c:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Why a request's host could not be used for routing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestHostError {
+    #[error("the request has no Host header")]
+    Missing,
+    #[error("the Host header is not a valid host name")]
+    Invalid,
+}
+
+/// Normalises the host a request names (`Host` header or `:authority`):
+/// strips the port and a trailing dot, lower-cases, and rejects anything that
+/// is not a host name or IP literal. Borrows when the input is already normal,
+/// which is the common case, so the request path does not allocate.
+pub fn normalize_request_host(raw: &str) -> Result<Cow<'_, str>, RequestHostError> {
+    if raw.is_empty() {
+        return Err(RequestHostError::Missing);
+    }
+    let name = if let Some(rest) = raw.strip_prefix('[') {
+        // IPv6 literal: [::1]:8080
+        let end = rest.find(']').ok_or(RequestHostError::Invalid)?;
+        let (addr, after) = rest.split_at(end);
+        let after = &after[1..];
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return Err(RequestHostError::Invalid);
+        }
+        if addr.is_empty() || !addr.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return Err(RequestHostError::Invalid);
+        }
+        &raw[..end + 2]
+    } else {
+        let name = match raw.split_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return Err(RequestHostError::Invalid),
+            None => raw,
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(RequestHostError::Invalid);
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(RequestHostError::Invalid);
+        }
+        name
+    };
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(Cow::Owned(name.to_ascii_lowercase()))
+    } else {
+        Ok(Cow::Borrowed(name))
+    }
+}
+
+fn is_port(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert_eq!(
+            HostPattern::parse("Foo.App.Domain.com.").unwrap(),
+            HostPattern::Exact("foo.app.domain.com".into())
+        );
+        assert_eq!(
+            HostPattern::parse("*.foo.example").unwrap(),
+            HostPattern::Wildcard("foo.example".into())
+        );
+        assert!(HostPattern::parse("").is_err());
+        assert!(HostPattern::parse("*").is_err());
+        assert!(HostPattern::parse("a.*.example").is_err());
+        assert!(HostPattern::parse("foo..example").is_err());
+        assert!(HostPattern::parse("foo example").is_err());
+        let err = HostPattern::parse("foo.example:8080").unwrap_err();
+        assert!(err.contains("without the port"), "{err}");
+    }
+
+    #[test]
+    fn request_hosts() {
+        assert_eq!(normalize_request_host("foo.test").unwrap(), "foo.test");
+        assert!(matches!(
+            normalize_request_host("foo.test").unwrap(),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(normalize_request_host("FOO.test:8080").unwrap(), "foo.test");
+        assert_eq!(normalize_request_host("foo.test.").unwrap(), "foo.test");
+        assert_eq!(normalize_request_host("127.0.0.1:80").unwrap(), "127.0.0.1");
+        assert_eq!(normalize_request_host("[::1]:80").unwrap(), "[::1]");
+        assert_eq!(normalize_request_host(""), Err(RequestHostError::Missing));
+        for bad in ["foo bar", "foo:", "foo:abc", "foo/bar", "[::1", "[zz]", ":80", "a:1:2"] {
+            assert_eq!(
+                normalize_request_host(bad),
+                Err(RequestHostError::Invalid),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Portico's routing model: what the proxy should do, with no I/O.
+//!
+//! Providers (the TOML file, later Docker) produce text or labels; this crate
+//! turns them into a validated [`Config`], gives it a content [`Version`],
+//! and compiles it into a [`RoutingTable`] that the proxy consults once per
+//! request. Nothing here opens a socket or spawns a task, so all of it is
+//! tested by fast unit tests.
+//!
+//! # Layout
+//! - [`config`]: the TOML schema, parsed with source spans, then validated;
+//!   every problem is reported with file, line, column and field.
+//! - [`host`]: host-name rules shared by config validation and request
+//!   routing (case, ports, wildcards).
+//! - [`table`]: the compiled host → route table, with services that share a
+//!   host pooled together.
+//! - [`version`]: content digests, so unchanged configs are recognised.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod host;
+pub mod table;
+pub mod version;
+
+pub use config::{Config, ConfigError, ConfigErrors, ProxySettings, Service};
+pub use host::{normalize_request_host, HostPattern, RequestHostError};
+pub use table::{Route, RouteId, RoutingTable};
+pub use version::Version;

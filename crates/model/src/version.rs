@@ -1,0 +1,107 @@
+//! Content digests of configs. Two configs that mean the same thing (same
+//! settings, same services, whatever the order of services and hosts, the
+//! comments or the whitespace) get the same version, so an edit that changes
+//! nothing is recognised and skipped.
+
+use std::fmt::{self, Write as _};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Version([u8; 32]);
+
+impl Version {
+    pub fn of(config: &Config) -> Version {
+        Version(Sha256::digest(canonical(config).as_bytes()).into())
+    }
+
+    /// Six hex digits, as Interlock prints versions (`updatedVersion=3edc6f`).
+    pub fn short(&self) -> String {
+        hex(&self.0[..3])
+    }
+
+    /// The whole digest in hex.
+    pub fn full(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+/// Displays the first 12 hex digits: unique enough to name a version in
+/// logs and APIs, and it starts with [`Version::short`].
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0[..6]))
+    }
+}
+
+impl fmt::Debug for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Version({self})")
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// A line-oriented rendering with every field spelt out; services and hosts
+/// are sorted because their order carries no meaning. Upstream order is
+/// kept: it is the round-robin order.
+fn canonical(config: &Config) -> String {
+    let p = &config.proxy;
+    let mut out = format!(
+        "proxy http_listen={} proxy_id={:?} hide_info_headers={} access_log={} \
+         connect_timeout={:?} upstream_timeout={:?} client_header_timeout={:?} \
+         shutdown_grace={:?} max_connections_per_upstream={} \
+         idle_connections_per_upstream={} max_header_bytes={}\n",
+        p.http_listen,
+        p.proxy_id,
+        p.hide_info_headers,
+        p.access_log,
+        p.connect_timeout,
+        p.upstream_timeout,
+        p.client_header_timeout,
+        p.shutdown_grace,
+        p.max_connections_per_upstream,
+        p.idle_connections_per_upstream,
+        p.max_header_bytes,
+    );
+    let mut services: Vec<_> = config.services.iter().collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    for s in services {
+        let mut hosts: Vec<String> = s.hosts.iter().map(|h| h.to_string()).collect();
+        hosts.sort();
+        let _ = write!(out, "service {:?} hosts={hosts:?} upstreams=[", s.name);
+        for u in &s.upstreams {
+            let _ = write!(out, "{u},");
+        }
+        out.push_str("]\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(text: &str) -> Version {
+        Version::of(&Config::parse(text, "t").unwrap())
+    }
+
+    #[test]
+    fn meaning_not_formatting_decides_the_version() {
+        let a = v("[[service]]\nname = \"a\"\nhosts = [\"x.test\", \"y.test\"]\nupstreams = [\"127.0.0.1:1\"]\n[[service]]\nname = \"b\"\nhosts = [\"z.test\"]\n");
+        let same = v("# comment\n[[service]]\nname = \"b\"\nhosts = [\"Z.test\"]\n\n[[service]]\nname=\"a\"\nhosts=[\"y.test\",\"x.test\"]\nupstreams=[\"127.0.0.1:1\"]\n");
+        assert_eq!(a, same);
+        let other = v("[[service]]\nname = \"a\"\nhosts = [\"x.test\", \"y.test\"]\nupstreams = [\"127.0.0.1:2\"]\n[[service]]\nname = \"b\"\nhosts = [\"z.test\"]\n");
+        assert_ne!(a, other);
+        assert_eq!(a.short().len(), 6);
+        assert!(a.to_string().starts_with(&a.short()));
+        assert_eq!(a.full().len(), 64);
+    }
+}
