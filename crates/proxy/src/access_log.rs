@@ -1,0 +1,64 @@
+//! One access-log line per request, written when the response body is done
+//! (or abandoned), so it can report the bytes actually sent and the total time.
+//!
+//! Lines go through `tracing` with the target [`TARGET`]; the binary's
+//! formatter renders them as logfmt or JSON like every other line.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Method, StatusCode, Uri};
+
+pub const TARGET: &str = "portico::access";
+
+pub struct AccessLog {
+    pub start: Instant,
+    pub client: SocketAddr,
+    pub method: Method,
+    pub host: Option<HeaderValue>,
+    pub uri: Uri,
+    pub status: StatusCode,
+    /// Upstream address(es) tried, comma-separated as nginx prints them.
+    pub upstream: Option<String>,
+    pub upstream_time: Option<String>,
+    pub request_id: HeaderValue,
+    /// Set when the response body broke off.
+    pub error: Option<String>,
+}
+
+impl AccessLog {
+    pub fn emit(self, bytes: u64, complete: bool) {
+        let host = self
+            .host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-");
+        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        let upstream = self.upstream.as_deref().unwrap_or("-");
+        let upstream_time = self.upstream_time.as_deref().unwrap_or("-");
+        let request_time = seconds(self.start.elapsed());
+        let request_id = self.request_id.to_str().unwrap_or("-");
+        let error = self.error.as_deref().unwrap_or("");
+        tracing::info!(
+            target: TARGET,
+            client = %self.client.ip(),
+            method = %self.method,
+            host,
+            path,
+            status = self.status.as_u16(),
+            bytes,
+            upstream,
+            upstream_time,
+            request_time = %request_time,
+            request_id,
+            complete,
+            error,
+            "request"
+        );
+    }
+}
+
+/// Seconds with millisecond precision, as nginx prints `$upstream_response_time`.
+pub fn seconds(d: Duration) -> String {
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+}

@@ -1,0 +1,165 @@
+//! Body types. Bodies are streamed frame by frame in both directions, never
+//! collected. The response body also carries the request's tail end: it
+//! returns the upstream connection to its pool when the last frame has
+//! passed, and writes the access-log line when it is dropped.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::access_log::AccessLog;
+use crate::upstream::{Conn, Upstream};
+
+/// A request body on its way upstream.
+pub enum ProxyBody {
+    Incoming(Incoming),
+    /// For requests known to have no body, including retries of them.
+    Empty,
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Incoming(b) => b.is_end_stream(),
+            ProxyBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Incoming(b) => b.size_hint(),
+            ProxyBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// A response body on its way to the client.
+pub struct ResponseBody {
+    source: Source,
+    /// The connection the upstream response arrives on, checked back in
+    /// once the body has ended cleanly.
+    lease: Option<(Conn, Arc<Upstream>)>,
+    bytes: u64,
+    log: Option<Box<AccessLog>>,
+}
+
+enum Source {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody {
+            source: Source::Full(Some(bytes.into())),
+            lease: None,
+            bytes: 0,
+            log: None,
+        }
+    }
+
+    pub fn upstream(body: Incoming, conn: Conn, upstream: Arc<Upstream>) -> ResponseBody {
+        let mut body = ResponseBody {
+            source: Source::Upstream(body),
+            lease: Some((conn, upstream)),
+            bytes: 0,
+            log: None,
+        };
+        body.release_if_done();
+        body
+    }
+
+    pub fn set_log(&mut self, log: Box<AccessLog>) {
+        self.log = Some(log);
+    }
+
+    fn release_if_done(&mut self) {
+        if let Source::Upstream(b) = &self.source {
+            if b.is_end_stream() {
+                if let Some((conn, upstream)) = self.lease.take() {
+                    upstream.checkin(conn);
+                }
+            }
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = match &mut this.source {
+            Source::Full(data) => data.take().map(|d| Ok(Frame::data(d))),
+            Source::Upstream(b) => match ready!(Pin::new(b).poll_frame(cx)) {
+                None => {
+                    if let Some((conn, upstream)) = this.lease.take() {
+                        upstream.checkin(conn);
+                    }
+                    None
+                }
+                Some(Err(e)) => {
+                    // The connection is in an unknown state: never reuse it.
+                    this.lease = None;
+                    if let Some(log) = &mut this.log {
+                        log.error = Some(format!("upstream body: {e}"));
+                    }
+                    Some(Err(e))
+                }
+                Some(Ok(frame)) => Some(Ok(frame)),
+            },
+        };
+        if let Some(Ok(f)) = &frame {
+            if let Some(d) = f.data_ref() {
+                this.bytes += d.len() as u64;
+            }
+        }
+        this.release_if_done();
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Upstream(b) => b.is_end_stream(),
+            Source::Full(d) => d.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Upstream(b) => b.size_hint(),
+            Source::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            Source::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            let complete = self.is_end_stream();
+            log.emit(self.bytes, complete);
+        }
+    }
+}

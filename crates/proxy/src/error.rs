@@ -1,0 +1,74 @@
+//! Why a request could not be proxied, classified once at the edge into an
+//! HTTP status. The body and the log both carry the cause in words.
+
+use std::fmt;
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ResponseBody;
+
+#[derive(Debug)]
+pub enum ProxyError {
+    /// The request itself is unusable (no or bad Host, forbidden method...).
+    BadRequest(String),
+    /// No service is configured for the host (Interlock answers 503).
+    NoRoute { host: String },
+    /// The service exists but has no upstreams at the moment.
+    NoUpstreams { service: String },
+    /// Not one upstream could take the request, or the one that had it broke
+    /// off after it was sent.
+    BadGateway { service: String, detail: String },
+    /// An upstream took the request and did not answer in time.
+    Timeout { service: String, detail: String },
+    MethodNotAllowed(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute { .. } | ProxyError::NoUpstreams { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        let body = format!(
+            "{} {}\n{}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self
+        );
+        let mut resp = Response::new(ResponseBody::full(body));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::BadRequest(why) => write!(f, "bad request: {why}"),
+            ProxyError::NoRoute { host } => {
+                write!(f, "no service is configured for host {host:?}")
+            }
+            ProxyError::NoUpstreams { service } => {
+                write!(f, "service {service} has no upstreams")
+            }
+            ProxyError::BadGateway { service, detail } => {
+                write!(f, "service {service}: {detail}")
+            }
+            ProxyError::Timeout { service, detail } => write!(f, "service {service}: {detail}"),
+            ProxyError::MethodNotAllowed(why) => write!(f, "{why}"),
+        }
+    }
+}

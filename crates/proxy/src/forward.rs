@@ -1,0 +1,346 @@
+//! One request's life, in the order it happens: load the snapshot, find the
+//! route for the host, choose an upstream, send, retry where that is safe,
+//! and finish the response with Interlock's headers and the access log.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use portico_model::normalize_request_host;
+
+use crate::access_log::{seconds, AccessLog};
+use crate::body::{ProxyBody, ResponseBody};
+use crate::error::ProxyError;
+use crate::headers::{
+    new_request_id, set_forwarding, strip_hop_by_hop, X_PROXY_ID, X_REQUEST_ID, X_SERVER_INFO,
+    X_UPSTREAM_ADDR, X_UPSTREAM_RESPONSE_TIME,
+};
+use crate::snapshot::{Pool, Snapshot};
+use crate::upstream::Upstream;
+use crate::Proxy;
+
+/// Upstreams tried for one request, with the time each took, for
+/// `x-upstream-addr`, `x-upstream-response-time` and the access log
+/// (comma-separated when several were tried, as nginx prints them).
+#[derive(Default)]
+struct Attempts(Vec<(SocketAddr, Duration)>);
+
+impl Attempts {
+    fn render(&self, mut item: impl FnMut(&mut String, &(SocketAddr, Duration))) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let mut out = String::new();
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            item(&mut out, a);
+        }
+        Some(out)
+    }
+
+    fn addrs(&self) -> Option<String> {
+        self.render(|out, (addr, _)| {
+            let _ = write!(out, "{addr}");
+        })
+    }
+
+    fn times(&self) -> Option<String> {
+        self.render(|out, (_, t)| out.push_str(&seconds(*t)))
+    }
+}
+
+pub(crate) async fn handle(
+    proxy: Arc<Proxy>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let snap = proxy.snapshot();
+    let request_id = new_request_id();
+    let log = snap.config.proxy.access_log.then(|| {
+        Box::new(AccessLog {
+            start,
+            client,
+            method: req.method().clone(),
+            host: req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .or_else(|| req.headers().get(header::HOST).cloned()),
+            uri: req.uri().clone(),
+            status: StatusCode::OK,
+            upstream: None,
+            upstream_time: None,
+            request_id: request_id.clone(),
+            error: None,
+        })
+    });
+
+    let mut attempts = Attempts::default();
+    let mut resp = match forward(&snap, client, &request_id, req, &mut attempts).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::warn!(
+                status = e.status().as_u16(),
+                client = %client.ip(),
+                request_id = request_id.to_str().unwrap_or("-"),
+                upstream = attempts.addrs().as_deref().unwrap_or("-"),
+                "{e}"
+            );
+            e.into_response()
+        }
+    };
+
+    let headers = resp.headers_mut();
+    headers.insert(X_REQUEST_ID.clone(), request_id);
+    headers.insert(X_PROXY_ID.clone(), snap.proxy_id.clone());
+    let addrs = attempts.addrs();
+    let times = attempts.times();
+    if !snap.config.proxy.hide_info_headers {
+        headers.insert(X_SERVER_INFO.clone(), proxy.server_info.clone());
+        if let Some(v) = addrs.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+            headers.insert(X_UPSTREAM_ADDR.clone(), v);
+        }
+        if let Some(v) = times.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+            headers.insert(X_UPSTREAM_RESPONSE_TIME.clone(), v);
+        }
+    }
+    if let Some(mut log) = log {
+        log.status = resp.status();
+        log.upstream = addrs;
+        log.upstream_time = times;
+        resp.body_mut().set_log(log);
+    }
+    resp
+}
+
+/// The parts of a request needed to send it again, kept only for requests
+/// that may be retried after being sent: idempotent and without a body.
+struct RetryTemplate {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl RetryTemplate {
+    fn build(&self) -> Request<ProxyBody> {
+        let mut req = Request::new(ProxyBody::Empty);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+async fn forward(
+    snap: &Snapshot,
+    client: SocketAddr,
+    request_id: &HeaderValue,
+    req: Request<Incoming>,
+    attempts: &mut Attempts,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed(
+            "CONNECT is not supported: Portico routes by host name and is not a forward proxy"
+                .into(),
+        ));
+    }
+    let (host_value, route) = route(snap, &req)?;
+    let pool = &snap.pools[route];
+    if pool.upstreams.is_empty() {
+        return Err(ProxyError::NoUpstreams {
+            service: pool.label.clone(),
+        });
+    }
+
+    let (mut parts, body) = req.into_parts();
+    prepare_upstream_request(&mut parts, client, host_value, request_id);
+    let empty_body = body.is_end_stream();
+    let template = (empty_body && is_idempotent(&parts.method)).then(|| RetryTemplate {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+    });
+    let body = if empty_body {
+        ProxyBody::Empty
+    } else {
+        ProxyBody::Incoming(body)
+    };
+    send_with_retries(snap, pool, Request::from_parts(parts, body), template, attempts).await
+}
+
+/// Finds the route for the request's host: the `:authority` (HTTP/2, or an
+/// absolute-form URI) or else the `Host` header.
+fn route(snap: &Snapshot, req: &Request<Incoming>) -> Result<(HeaderValue, usize), ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header".into()));
+    }
+    let host_value = match req.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str())
+            .map_err(|_| ProxyError::BadRequest("invalid authority".into()))?,
+        None => host_header
+            .cloned()
+            .ok_or_else(|| ProxyError::BadRequest("the request has no Host header".into()))?,
+    };
+    let raw = host_value
+        .to_str()
+        .map_err(|_| ProxyError::BadRequest("the Host header is not a valid host name".into()))?;
+    let host = normalize_request_host(raw).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let route = snap.table.lookup(&host).ok_or_else(|| ProxyError::NoRoute {
+        host: host.into_owned(),
+    })?;
+    Ok((host_value, route))
+}
+
+fn prepare_upstream_request(
+    parts: &mut Parts,
+    client: SocketAddr,
+    host: HeaderValue,
+    request_id: &HeaderValue,
+) {
+    strip_hop_by_hop(&mut parts.headers);
+    set_forwarding(&mut parts.headers, client.ip(), "http", Some(&host), request_id);
+    // The upstream gets the Host the client asked for (HTTP/2 carries it as
+    // :authority, which HTTP/1.1 has no place for but Host).
+    parts.headers.insert(header::HOST, host);
+    if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
+        let origin_form = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        parts.uri = origin_form;
+    }
+    parts.version = HttpVersion::HTTP_11;
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Tries the pool's upstreams in round-robin order, starting from the next
+/// one. An upstream that cannot be connected to is skipped (nothing was
+/// sent, so any request may move on, as nginx's `proxy_next_upstream error`
+/// does). After a request was sent, only a retryable one moves on.
+async fn send_with_retries(
+    snap: &Snapshot,
+    pool: &Pool,
+    req: Request<ProxyBody>,
+    template: Option<RetryTemplate>,
+    attempts: &mut Attempts,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let n = pool.upstreams.len();
+    let first = pool.next_start();
+    let timeout = snap.config.proxy.upstream_timeout;
+    let mut failures: Vec<String> = Vec::new();
+    let mut pending = Some(req);
+    let mut i = 0;
+    // A pooled connection found closed just as the request was handed to it
+    // gets the request back; that is retried on a fresh connection to the
+    // same upstream, once per upstream, without counting as a failure.
+    let mut stale_retry_used = false;
+    while i < n {
+        let upstream = &pool.upstreams[(first + i) % n];
+        let Some(req) = pending.take().or_else(|| template.as_ref().map(RetryTemplate::build))
+        else {
+            break;
+        };
+        let tried_at = Instant::now();
+        let mut conn = match upstream.checkout().await {
+            Ok(c) => c,
+            Err(e) => {
+                attempts.0.push((upstream.addr, tried_at.elapsed()));
+                failures.push(format!("{}: {e}", upstream.addr));
+                pending = Some(req);
+                i += 1;
+                continue;
+            }
+        };
+        let sent_at = Instant::now();
+        let outcome = tokio::time::timeout(timeout, conn.sender.try_send_request(req)).await;
+        let took = sent_at.elapsed();
+        match outcome {
+            Ok(Ok(resp)) => {
+                attempts.0.push((upstream.addr, took));
+                return Ok(upstream_response(resp, conn, upstream));
+            }
+            Err(_elapsed) => {
+                attempts.0.push((upstream.addr, took));
+                return Err(ProxyError::Timeout {
+                    service: pool.label.clone(),
+                    detail: format!(
+                        "upstream {} sent no response within {} (upstream_timeout)",
+                        upstream.addr,
+                        humanize(timeout)
+                    ),
+                });
+            }
+            Ok(Err(mut err)) => {
+                if let Some(req) = err.take_message() {
+                    pending = Some(req);
+                    if !stale_retry_used {
+                        stale_retry_used = true;
+                        continue;
+                    }
+                    attempts.0.push((upstream.addr, took));
+                    failures.push(format!(
+                        "{}: connection closed before the request was sent",
+                        upstream.addr
+                    ));
+                    i += 1;
+                    continue;
+                }
+                attempts.0.push((upstream.addr, took));
+                let why = format!("{}: {}", upstream.addr, err.error());
+                if template.is_none() {
+                    return Err(ProxyError::BadGateway {
+                        service: pool.label.clone(),
+                        detail: format!(
+                            "upstream {why} after the request was sent; not retried \
+                             because the request is not idempotent or has a body"
+                        ),
+                    });
+                }
+                failures.push(why);
+                i += 1;
+            }
+        }
+    }
+    Err(ProxyError::BadGateway {
+        service: pool.label.clone(),
+        detail: format!("no upstream could take the request: {}", failures.join("; ")),
+    })
+}
+
+fn upstream_response(
+    resp: Response<Incoming>,
+    conn: crate::upstream::Conn,
+    upstream: &Arc<Upstream>,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = HttpVersion::HTTP_11;
+    Response::from_parts(parts, ResponseBody::upstream(body, conn, upstream.clone()))
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}

@@ -1,0 +1,91 @@
+//! Portico's data plane: accepts client connections, routes each request by
+//! host to a pool of upstreams, forwards it, and adds Interlock's headers.
+//!
+//! The [`Proxy`] holds the current [`Snapshot`] in an `ArcSwap`; the
+//! controller calls [`Proxy::apply`] with each new config version, and every
+//! request loads the snapshot exactly once.
+//!
+//! # Layout
+//! - [`server`]: the accept loop over an already-bound listener, HTTP/1.1 and
+//!   h2c, graceful drain.
+//! - `forward`: one request's life: find the host, pick an upstream, send,
+//!   retry where safe, classify failures, add headers.
+//! - [`snapshot`]: the compiled routing snapshot and its upstream pools.
+//! - [`upstream`]: bounded keep-alive connections to one upstream address.
+//! - [`headers`]: hop-by-hop, forwarding and Interlock header rules.
+//! - [`body`]: streaming bodies that return connections and log on completion.
+//! - [`error`]: failures classified into HTTP statuses.
+//! - [`access_log`]: the per-request log line.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod body;
+pub mod error;
+mod forward;
+pub mod headers;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use portico_model::{Config, Version};
+
+pub use server::serve;
+pub use snapshot::Snapshot;
+
+/// Who this proxy says it is.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Sent as `x-server-info`, e.g. `portico/0.1.0 (1a2b3c4) linux/amd64`.
+    pub server_info: String,
+    /// `x-proxy-id` when the config sets none; normally the hostname.
+    pub default_proxy_id: String,
+}
+
+pub struct Proxy {
+    current: ArcSwap<Snapshot>,
+    identity: Identity,
+    server_info: HeaderValue,
+}
+
+impl Proxy {
+    pub fn new(identity: Identity, config: Arc<Config>, version: Version) -> Arc<Proxy> {
+        let snapshot = Snapshot::build(config, version, &identity.default_proxy_id, None);
+        let server_info = HeaderValue::from_str(&identity.server_info)
+            .unwrap_or_else(|_| HeaderValue::from_static("portico"));
+        Arc::new(Proxy {
+            current: ArcSwap::from_pointee(snapshot),
+            identity,
+            server_info,
+        })
+    }
+
+    /// The snapshot in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Compiles `config` and swaps it in. Requests already running keep the
+    /// snapshot they loaded; the next request sees the new one.
+    pub fn apply(&self, config: Arc<Config>, version: Version) {
+        let previous = self.current.load_full();
+        if config.proxy.http_listen != previous.config.proxy.http_listen {
+            tracing::warn!(
+                current = %previous.config.proxy.http_listen,
+                configured = %config.proxy.http_listen,
+                "http_listen changed; the new address takes effect after a restart"
+            );
+        }
+        let services = config.services.len();
+        let next = Snapshot::build(config, version, &self.identity.default_proxy_id, Some(&previous));
+        self.current.store(Arc::new(next));
+        tracing::info!(version = %version, services, "configured proxy");
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+}

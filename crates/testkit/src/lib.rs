@@ -1,0 +1,36 @@
+//! Test kit for Portico's end-to-end tests (dev only). Everything binds
+//! 127.0.0.1:0 and runs in the test's own runtime or as a child process, so
+//! tests never share ports or state.
+//!
+//! # Layout
+//! - [`backend`]: upstream servers with scripted behaviour (echo, hang, status).
+//! - [`harness`]: an in-process Portico proxy built from TOML text.
+//! - [`client`]: real `curl` as the client, and a small hyper client for loops.
+//! - [`wait_until`]: bounded waiting on a condition instead of sleeping.
+
+pub mod backend;
+pub mod client;
+pub mod harness;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use backend::{dead_addr, Backend, Echo};
+pub use client::{curl, CurlResponse, HttpClient};
+pub use harness::TestProxy;
+
+/// Polls `check` until it returns true; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
