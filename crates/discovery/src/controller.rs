@@ -63,7 +63,11 @@ mod tests {
     fn unchanged_configs_are_not_versions() {
         let mut c = Controller::new();
         let a = Config::parse("[[service]]\nname=\"a\"\nhosts=[\"a.test\"]\n", "t").unwrap();
-        let a_again = Config::parse("# same\n[[service]]\nname = \"a\"\nhosts = [\"A.test\"]\n", "t").unwrap();
+        let a_again = Config::parse(
+            "# same\n[[service]]\nname = \"a\"\nhosts = [\"A.test\"]\n",
+            "t",
+        )
+        .unwrap();
         let b = Config::parse("[[service]]\nname=\"b\"\nhosts=[\"a.test\"]\n", "t").unwrap();
         let (_, v1) = c.offer(a).expect("first config is an update");
         assert!(c.offer(a_again).is_none());

@@ -63,10 +63,7 @@ pub async fn watch(
         let relevant = match event {
             Ok(event) => {
                 !event.kind.is_access()
-                    && event
-                        .paths
-                        .iter()
-                        .any(|p| p.file_name() == name.as_deref())
+                    && event.paths.iter().any(|p| p.file_name() == name.as_deref())
             }
             // Overflow and the like: re-read to be safe.
             Err(_) => true,
@@ -97,8 +94,13 @@ pub async fn watch(
             }
         }
         let loaded = match tokio::fs::read_to_string(&path).await {
-            Ok(text) => Config::parse(&text, &path.display().to_string()).map_err(LoadError::Invalid),
-            Err(error) => Err(LoadError::Read { path: path.clone(), error }),
+            Ok(text) => {
+                Config::parse(&text, &path.display().to_string()).map_err(LoadError::Invalid)
+            }
+            Err(error) => Err(LoadError::Read {
+                path: path.clone(),
+                error,
+            }),
         };
         match loaded {
             Ok(config) => on_config(config),
@@ -126,9 +128,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("portico.toml");
         let e = load(&path).unwrap_err().to_string();
-        assert!(e.starts_with("cannot read ") && e.contains("portico.toml"), "{e}");
+        assert!(
+            e.starts_with("cannot read ") && e.contains("portico.toml"),
+            "{e}"
+        );
         std::fs::write(&path, "[proxy]\nbogus = 1\n").unwrap();
         let e = load(&path).unwrap_err().to_string();
-        assert!(e.contains("portico.toml:2:1: proxy.bogus: unknown field `bogus`"), "{e}");
+        assert!(
+            e.contains("portico.toml:2:1: proxy.bogus: unknown field `bogus`"),
+            "{e}"
+        );
     }
 }

@@ -174,7 +174,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |p| p + 1);
     (line, offset - line_start + 1)
 }
 
@@ -191,7 +194,10 @@ fn field_at(text: &str, offset: usize) -> String {
             table = format!("service[{services}]");
             services += 1;
         } else if trimmed.starts_with('[') {
-            table = trimmed.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+            table = trimmed
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned();
         }
     }
     let line_begin = text[..offset].rfind('\n').map_or(0, |p| p + 1);
@@ -280,14 +286,26 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
     p.hide_info_headers = raw.hide_info_headers.unwrap_or(p.hide_info_headers);
     p.access_log = raw.access_log.unwrap_or(p.access_log);
     let durations = [
-        (&raw.connect_timeout, "proxy.connect_timeout", &mut p.connect_timeout),
-        (&raw.upstream_timeout, "proxy.upstream_timeout", &mut p.upstream_timeout),
+        (
+            &raw.connect_timeout,
+            "proxy.connect_timeout",
+            &mut p.connect_timeout,
+        ),
+        (
+            &raw.upstream_timeout,
+            "proxy.upstream_timeout",
+            &mut p.upstream_timeout,
+        ),
         (
             &raw.client_header_timeout,
             "proxy.client_header_timeout",
             &mut p.client_header_timeout,
         ),
-        (&raw.shutdown_grace, "proxy.shutdown_grace", &mut p.shutdown_grace),
+        (
+            &raw.shutdown_grace,
+            "proxy.shutdown_grace",
+            &mut p.shutdown_grace,
+        ),
     ];
     for (value, field, slot) in durations {
         let Some(value) = value else { continue };
@@ -297,7 +315,10 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
             Err(e) => r.at(
                 value.span().start,
                 field,
-                format!("{:?} is not a duration such as \"5s\" or \"250ms\": {e}", value.get_ref()),
+                format!(
+                    "{:?} is not a duration such as \"5s\" or \"250ms\": {e}",
+                    value.get_ref()
+                ),
             ),
         }
     }
@@ -446,8 +467,14 @@ upstreams = ["127.0.0.1:9001", "127.0.0.1:9002"]
         assert_eq!(c.proxy.proxy_id.as_deref(), Some("lb-1"));
         assert_eq!(c.proxy.connect_timeout, Duration::from_millis(250));
         assert_eq!(c.services.len(), 1);
-        assert_eq!(c.services[0].hosts[1], HostPattern::Wildcard("foo.example".into()));
-        assert_eq!(c.services[0].upstreams[1], "127.0.0.1:9002".parse().unwrap());
+        assert_eq!(
+            c.services[0].hosts[1],
+            HostPattern::Wildcard("foo.example".into())
+        );
+        assert_eq!(
+            c.services[0].upstreams[1],
+            "127.0.0.1:9002".parse().unwrap()
+        );
     }
 
     #[test]
@@ -469,11 +496,17 @@ upstreams = ["127.0.0.1:9001", "127.0.0.1:9002"]
     fn bad_toml_names_line_and_field() {
         let e = errors("[proxy]\nhide_info_headers = \"yes\"\n");
         assert_eq!(e.len(), 1);
-        assert!(e[0].starts_with("p.toml:2:21: proxy.hide_info_headers: "), "{e:?}");
+        assert!(
+            e[0].starts_with("p.toml:2:21: proxy.hide_info_headers: "),
+            "{e:?}"
+        );
         assert!(e[0].contains("expected a boolean"), "{e:?}");
 
         let e = errors("[[service]]\nname = \"a\"\nhosts = [\"a.test\"]\n[[service]]\nname = \"b\"\nhostz = [\"b\"]\n");
-        assert!(e[0].starts_with("p.toml:6:1: service[1].hostz: unknown field `hostz`"), "{e:?}");
+        assert!(
+            e[0].starts_with("p.toml:6:1: service[1].hostz: unknown field `hostz`"),
+            "{e:?}"
+        );
 
         let e = errors("[proxy\n");
         assert!(e[0].starts_with("p.toml:1:"), "{e:?}");

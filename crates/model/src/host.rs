@@ -62,7 +62,9 @@ fn check_name(name: &str) -> Result<(), String> {
             return Err("empty label (two dots in a row?)".into());
         }
         if label.len() > MAX_LABEL {
-            return Err(format!("label {label:?} is longer than {MAX_LABEL} characters"));
+            return Err(format!(
+                "label {label:?} is longer than {MAX_LABEL} characters"
+            ));
         }
         if let Some(c) = label
             .chars()
@@ -99,7 +101,11 @@ pub fn normalize_request_host(raw: &str) -> Result<Cow<'_, str>, RequestHostErro
         if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
             return Err(RequestHostError::Invalid);
         }
-        if addr.is_empty() || !addr.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+        if addr.is_empty()
+            || !addr
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
             return Err(RequestHostError::Invalid);
         }
         &raw[..end + 2]
@@ -167,7 +173,9 @@ mod tests {
         assert_eq!(normalize_request_host("127.0.0.1:80").unwrap(), "127.0.0.1");
         assert_eq!(normalize_request_host("[::1]:80").unwrap(), "[::1]");
         assert_eq!(normalize_request_host(""), Err(RequestHostError::Missing));
-        for bad in ["foo bar", "foo:", "foo:abc", "foo/bar", "[::1", "[zz]", ":80", "a:1:2"] {
+        for bad in [
+            "foo bar", "foo:", "foo:abc", "foo/bar", "[::1", "[zz]", ":80", "a:1:2",
+        ] {
             assert_eq!(
                 normalize_request_host(bad),
                 Err(RequestHostError::Invalid),

@@ -77,9 +77,7 @@ impl RoutingTable {
             table.routes[id].hosts.push(host.clone());
             match host {
                 HostPattern::Exact(name) => table.exact.insert(name.as_str().into(), id),
-                HostPattern::Wildcard(suffix) => {
-                    table.wildcard.insert(suffix.as_str().into(), id)
-                }
+                HostPattern::Wildcard(suffix) => table.wildcard.insert(suffix.as_str().into(), id),
             };
         }
         table
@@ -182,7 +180,10 @@ upstreams = ["127.0.0.1:2", "127.0.0.1:3"]
         let only = t.route(t.lookup("only-foo.test").unwrap());
         assert_eq!(only.services, ["foo"]);
         assert_eq!(only.upstreams.len(), 2);
-        let shared: Vec<_> = t.shared_hosts().map(|(h, s)| (h.to_string(), s.len())).collect();
+        let shared: Vec<_> = t
+            .shared_hosts()
+            .map(|(h, s)| (h.to_string(), s.len()))
+            .collect();
         assert_eq!(shared, [("foo.test".to_string(), 2)]);
     }
 }

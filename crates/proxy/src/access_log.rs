@@ -38,23 +38,30 @@ impl AccessLog {
         let upstream_time = self.upstream_time.as_deref().unwrap_or("-");
         let request_time = seconds(self.start.elapsed());
         let request_id = self.request_id.to_str().unwrap_or("-");
-        let error = self.error.as_deref().unwrap_or("");
-        tracing::info!(
-            target: TARGET,
-            client = %self.client.ip(),
-            method = %self.method,
-            host,
-            path,
-            status = self.status.as_u16(),
-            bytes,
-            upstream,
-            upstream_time,
-            request_time = %request_time,
-            request_id,
-            complete,
-            error,
-            "request"
-        );
+        macro_rules! line {
+            ($($error:tt)*) => {
+                tracing::info!(
+                    target: TARGET,
+                    client = %self.client.ip(),
+                    method = %self.method,
+                    host,
+                    path,
+                    status = self.status.as_u16(),
+                    bytes,
+                    upstream,
+                    upstream_time,
+                    request_time = %request_time,
+                    request_id,
+                    complete,
+                    $($error)*
+                    "request"
+                )
+            };
+        }
+        match &self.error {
+            Some(error) => line!(error = %error,),
+            None => line!(),
+        }
     }
 }
 

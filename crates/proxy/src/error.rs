@@ -12,14 +12,24 @@ pub enum ProxyError {
     /// The request itself is unusable (no or bad Host, forbidden method...).
     BadRequest(String),
     /// No service is configured for the host (Interlock answers 503).
-    NoRoute { host: String },
+    NoRoute {
+        host: String,
+    },
     /// The service exists but has no upstreams at the moment.
-    NoUpstreams { service: String },
+    NoUpstreams {
+        service: String,
+    },
     /// Not one upstream could take the request, or the one that had it broke
     /// off after it was sent.
-    BadGateway { service: String, detail: String },
+    BadGateway {
+        service: String,
+        detail: String,
+    },
     /// An upstream took the request and did not answer in time.
-    Timeout { service: String, detail: String },
+    Timeout {
+        service: String,
+        detail: String,
+    },
     MethodNotAllowed(String),
 }
 
@@ -34,6 +44,17 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
+    }
+
+    /// Whether the failure lies with the upstreams (the operator's concern)
+    /// rather than with the client's request.
+    pub fn is_upstream_failure(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::NoUpstreams { .. }
+                | ProxyError::BadGateway { .. }
+                | ProxyError::Timeout { .. }
+        )
     }
 
     pub fn into_response(self) -> Response<ResponseBody> {

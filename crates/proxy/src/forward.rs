@@ -65,7 +65,7 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let snap = proxy.snapshot();
     let request_id = new_request_id();
-    let log = snap.config.proxy.access_log.then(|| {
+    let mut log = snap.config.proxy.access_log.then(|| {
         Box::new(AccessLog {
             start,
             client,
@@ -84,18 +84,34 @@ pub(crate) async fn handle(
         })
     });
 
+    let http1 = req.version() < HttpVersion::HTTP_2;
     let mut attempts = Attempts::default();
     let mut resp = match forward(&snap, client, &request_id, req, &mut attempts).await {
         Ok(resp) => resp,
         Err(e) => {
-            tracing::warn!(
-                status = e.status().as_u16(),
-                client = %client.ip(),
-                request_id = request_id.to_str().unwrap_or("-"),
-                upstream = attempts.addrs().as_deref().unwrap_or("-"),
-                "{e}"
-            );
-            e.into_response()
+            let upstream = attempts.addrs();
+            let upstream = upstream.as_deref().unwrap_or("-");
+            let id = request_id.to_str().unwrap_or("-");
+            let status = e.status().as_u16();
+            // Upstream trouble is the operator's business; a client's bad or
+            // unroutable request is only the access log's.
+            if e.is_upstream_failure() {
+                tracing::warn!(status, client = %client.ip(), request_id = id, upstream, error = %e, "request failed");
+            } else {
+                tracing::debug!(status, client = %client.ip(), request_id = id, error = %e, "request refused");
+            }
+            if let Some(log) = &mut log {
+                log.error = Some(e.to_string());
+            }
+            // After a malformed request the connection's framing can't be
+            // trusted: close it, as nginx does.
+            let close = http1 && e.status() == StatusCode::BAD_REQUEST;
+            let mut resp = e.into_response();
+            if close {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     };
 
@@ -174,7 +190,14 @@ async fn forward(
     } else {
         ProxyBody::Incoming(body)
     };
-    send_with_retries(snap, pool, Request::from_parts(parts, body), template, attempts).await
+    send_with_retries(
+        snap,
+        pool,
+        Request::from_parts(parts, body),
+        template,
+        attempts,
+    )
+    .await
 }
 
 /// Finds the route for the request's host: the `:authority` (HTTP/2, or an
@@ -196,9 +219,12 @@ fn route(snap: &Snapshot, req: &Request<Incoming>) -> Result<(HeaderValue, usize
         .to_str()
         .map_err(|_| ProxyError::BadRequest("the Host header is not a valid host name".into()))?;
     let host = normalize_request_host(raw).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    let route = snap.table.lookup(&host).ok_or_else(|| ProxyError::NoRoute {
-        host: host.into_owned(),
-    })?;
+    let route = snap
+        .table
+        .lookup(&host)
+        .ok_or_else(|| ProxyError::NoRoute {
+            host: host.into_owned(),
+        })?;
     Ok((host_value, route))
 }
 
@@ -209,7 +235,13 @@ fn prepare_upstream_request(
     request_id: &HeaderValue,
 ) {
     strip_hop_by_hop(&mut parts.headers);
-    set_forwarding(&mut parts.headers, client.ip(), "http", Some(&host), request_id);
+    set_forwarding(
+        &mut parts.headers,
+        client.ip(),
+        "http",
+        Some(&host),
+        request_id,
+    );
     // The upstream gets the Host the client asked for (HTTP/2 carries it as
     // :authority, which HTTP/1.1 has no place for but Host).
     parts.headers.insert(header::HOST, host);
@@ -255,7 +287,9 @@ async fn send_with_retries(
     let mut stale_retry_used = false;
     while i < n {
         let upstream = &pool.upstreams[(first + i) % n];
-        let Some(req) = pending.take().or_else(|| template.as_ref().map(RetryTemplate::build))
+        let Some(req) = pending
+            .take()
+            .or_else(|| template.as_ref().map(RetryTemplate::build))
         else {
             break;
         };
@@ -322,7 +356,10 @@ async fn send_with_retries(
     }
     Err(ProxyError::BadGateway {
         service: pool.label.clone(),
-        detail: format!("no upstream could take the request: {}", failures.join("; ")),
+        detail: format!(
+            "no upstream could take the request: {}",
+            failures.join("; ")
+        ),
     })
 }
 

@@ -135,7 +135,13 @@ mod tests {
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("spoofed"));
         let id = new_request_id();
         let host = HeaderValue::from_static("foo.test:8080");
-        set_forwarding(&mut h, "127.0.0.2".parse().unwrap(), "http", Some(&host), &id);
+        set_forwarding(
+            &mut h,
+            "127.0.0.2".parse().unwrap(),
+            "http",
+            Some(&host),
+            &id,
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.3, 127.0.0.2");
         assert_eq!(h[&X_REAL_IP], "127.0.0.2");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");

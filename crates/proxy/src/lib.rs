@@ -80,7 +80,12 @@ impl Proxy {
             );
         }
         let services = config.services.len();
-        let next = Snapshot::build(config, version, &self.identity.default_proxy_id, Some(&previous));
+        let next = Snapshot::build(
+            config,
+            version,
+            &self.identity.default_proxy_id,
+            Some(&previous),
+        );
         self.current.store(Arc::new(next));
         tracing::info!(version = %version, services, "configured proxy");
     }

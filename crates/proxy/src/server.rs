@@ -63,7 +63,10 @@ pub async fn serve(
     let open = graceful.count();
     let grace = proxy.snapshot().config.proxy.shutdown_grace;
     tracing::info!(listen = %local, connections = open, grace = ?grace, "stopped accepting; draining");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(listen = %local, grace = ?grace, "grace period over; closing the remaining connections");
     }
     Ok(())

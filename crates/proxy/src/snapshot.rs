@@ -83,8 +83,8 @@ impl Snapshot {
             })
             .collect();
         let proxy_id = p.proxy_id.as_deref().unwrap_or(default_proxy_id);
-        let proxy_id = HeaderValue::from_str(proxy_id)
-            .unwrap_or_else(|_| HeaderValue::from_static("portico"));
+        let proxy_id =
+            HeaderValue::from_str(proxy_id).unwrap_or_else(|_| HeaderValue::from_static("portico"));
 
         let mut conn_builder = auto::Builder::new(TokioExecutor::new());
         conn_builder

@@ -116,7 +116,9 @@ impl Upstream {
         {
             Ok(Ok(slot)) => slot,
             // The semaphore is never closed; treat it like saturation if it were.
-            Ok(Err(_)) | Err(_) => return Err(ConnectError::Saturated(self.limits.max_connections)),
+            Ok(Err(_)) | Err(_) => {
+                return Err(ConnectError::Saturated(self.limits.max_connections))
+            }
         };
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(self.addr)).await {
             Ok(Ok(s)) => s,
@@ -171,7 +173,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up = Upstream::new(listener.local_addr().unwrap(), limits());
         let held = up.checkout().await.unwrap();
-        assert!(matches!(up.checkout().await, Err(ConnectError::Saturated(1))));
+        assert!(matches!(
+            up.checkout().await,
+            Err(ConnectError::Saturated(1))
+        ));
         up.checkin(held);
         assert_eq!(up.idle_len(), 1);
     }

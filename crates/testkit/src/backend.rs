@@ -33,7 +33,10 @@ pub struct Echo {
 
 impl Echo {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
     }
 }
 
@@ -47,6 +50,7 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
 
@@ -58,7 +62,11 @@ impl Backend {
             let replica = replica.clone();
             async move {
                 let (parts, body) = req.into_parts();
-                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for (k, v) in &parts.headers {
                     headers
@@ -116,17 +124,21 @@ impl Backend {
         Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
     {
         let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
-        let (h, s) = (hits.clone(), stop.clone());
+        let (h, c, s) = (hits.clone(), connections.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     _ = s.cancelled() => return,
                     r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
                 };
+                c.fetch_add(1, Ordering::SeqCst);
                 let (handler, hits, stop) = (handler.clone(), h.clone(), s.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -147,8 +159,14 @@ impl Backend {
             addr,
             name: name.to_owned(),
             hits,
+            connections,
             stop,
         }
+    }
+
+    /// TCP connections this backend has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Requests this backend has received.

@@ -90,7 +90,11 @@ impl HttpClient {
     }
 
     /// GET `path` with `Host: host`; the body is read whole.
-    pub async fn get(&self, host: &str, path: &str) -> Result<(StatusCode, HeaderMap, Bytes), String> {
+    pub async fn get(
+        &self,
+        host: &str,
+        path: &str,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), String> {
         self.request("GET", host, path, Bytes::new()).await
     }
 

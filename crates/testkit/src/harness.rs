@@ -36,7 +36,11 @@ impl TestProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(portico_proxy::serve(proxy.clone(), listener, shutdown.clone()));
+        let task = tokio::spawn(portico_proxy::serve(
+            proxy.clone(),
+            listener,
+            shutdown.clone(),
+        ));
         TestProxy {
             addr,
             proxy,

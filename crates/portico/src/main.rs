@@ -1,0 +1,226 @@
+//! The `portico` binary: command line, logging and the wiring of providers,
+//! controller and proxy. Thin by design: the work happens in the crates.
+//!
+//! # Layout
+//! - `main.rs`: the CLI (`run`, `demo`, `check`) and process lifecycle
+//!   (signals, reload, graceful shutdown).
+//! - `logging`: Interlock-style logfmt (or JSON) log lines.
+//! - `demo`: the built-in echo replicas behind `portico demo`.
+#![forbid(unsafe_code)]
+
+mod demo;
+mod logging;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use portico_discovery::{file, Controller};
+use portico_model::Config;
+use portico_proxy::{Identity, Proxy};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::logging::LogFormat;
+
+/// `portico/<version> (<git sha>) <os>/<arch>`: `--version` and `x-server-info`.
+const SERVER_INFO: &str = env!("PORTICO_SERVER_INFO");
+
+#[derive(Parser)]
+#[command(
+    name = "portico",
+    about = "A Layer 7 load balancer for container clusters",
+    disable_version_flag = true
+)]
+struct Cli {
+    /// Print the version (the same string as the x-server-info header).
+    #[arg(short = 'V', long)]
+    version: bool,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value = "logfmt")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a config file, reloading it when it changes or on SIGHUP.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run two built-in demo replicas behind the proxy, routing foo.app.test.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Validate a config file; list every problem and exit non-zero if any.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.version {
+        println!("{SERVER_INFO}");
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        eprintln!("portico: a command is required (run, demo or check); see `portico --help`");
+        return ExitCode::from(2);
+    };
+    if let Command::Check { config } = &command {
+        return check(config);
+    }
+    logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portico: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            Command::Run { config } => run(config).await,
+            Command::Demo { listen } => demo(listen).await,
+            Command::Check { .. } => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "portico stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match file::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok: {} service(s), version {}",
+                path.display(),
+                config.services.len(),
+                portico_model::Version::of(&config)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(file::LoadError::Invalid(errors)) => {
+            for e in &errors.0 {
+                println!("{e}");
+            }
+            println!("{}: {} problem(s)", path.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn identity() -> Identity {
+    Identity {
+        server_info: SERVER_INFO.to_owned(),
+        default_proxy_id: gethostname::gethostname().to_string_lossy().into_owned(),
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT; notifies `reload` on SIGHUP.
+fn handle_signals(shutdown: CancellationToken, reload: Arc<Notify>) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); break }
+                _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); break }
+                _ = hup.recv() => reload.notify_one(),
+            }
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+struct Running {
+    proxy: Arc<Proxy>,
+    local: SocketAddr,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds the listener and starts the proxy for `config`; it serves until
+/// `shutdown` is cancelled and then drains.
+async fn start(
+    config: Config,
+    controller: &mut Controller,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let listen = config.proxy.http_listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let (config, version) = controller
+        .offer(config)
+        .context("a first config is always an update")?;
+    let services = config.services.len();
+    let proxy = Proxy::new(identity(), config, version);
+    tracing::info!(version = %version, services, "configured proxy");
+    let local = listener.local_addr()?;
+    tracing::info!(listen = %local, "starting server");
+    let task = tokio::spawn(portico_proxy::serve(proxy.clone(), listener, shutdown));
+    Ok(Running { proxy, local, task })
+}
+
+async fn run(path: PathBuf) -> anyhow::Result<()> {
+    tracing::info!(version = SERVER_INFO, "portico");
+    let config = file::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shutdown = CancellationToken::new();
+    let reload = Arc::new(Notify::new());
+    handle_signals(shutdown.clone(), reload.clone())?;
+    let mut controller = Controller::new();
+    let running = start(config, &mut controller, shutdown.clone()).await?;
+    let proxy = running.proxy.clone();
+    let watcher = tokio::spawn(file::watch(path, reload, shutdown.clone(), move |config| {
+        if let Some((config, version)) = controller.offer(config) {
+            proxy.apply(config, version);
+        }
+    }));
+    running.task.await.context("proxy task")??;
+    shutdown.cancel();
+    watcher.await.context("watcher task")??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+    tracing::info!(version = SERVER_INFO, "portico");
+    let shutdown = CancellationToken::new();
+    handle_signals(shutdown.clone(), Arc::new(Notify::new()))?;
+    let replicas = [
+        demo::start_replica("demo-1", shutdown.clone()).await?,
+        demo::start_replica("demo-2", shutdown.clone()).await?,
+    ];
+    let text = demo::config_text(listen, &replicas);
+    let config = Config::parse(&text, "demo").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let running = start(config, &mut Controller::new(), shutdown).await?;
+    println!("{}", demo::instructions(running.local));
+    running.task.await.context("proxy task")??;
+    tracing::info!("stopped");
+    Ok(())
+}
