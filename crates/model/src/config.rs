@@ -71,7 +71,19 @@ pub struct Service {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub proxy: ProxySettings,
+    /// The admin API; `None` (no `[admin]` table) means it is not served.
+    pub admin: Option<AdminSettings>,
     pub services: Vec<Service>,
+}
+
+/// Where the admin API listens and how it is protected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// Bearer token required on every admin request. Mandatory when
+    /// `listen` is not a loopback address: the admin API shows routes and
+    /// can make the proxy send probes, so it is never open to the world.
+    pub token: Option<String>,
 }
 
 /// One problem in a config source, located as precisely as the source allows.
@@ -121,8 +133,16 @@ impl fmt::Display for ConfigErrors {
 struct RawConfig {
     #[serde(default)]
     proxy: RawProxy,
+    admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<String>,
+    token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -244,6 +264,7 @@ impl Config {
             errors: Vec::new(),
         };
         let proxy = validate_proxy(&raw.proxy, &mut r);
+        let admin = raw.admin.as_ref().and_then(|a| validate_admin(a, &mut r));
         let mut services = Vec::with_capacity(raw.service.len());
         let mut names: HashMap<String, usize> = HashMap::new();
         for (i, svc) in raw.service.iter().enumerate() {
@@ -252,7 +273,11 @@ impl Config {
             }
         }
         if r.errors.is_empty() {
-            Ok(Config { proxy, services })
+            Ok(Config {
+                proxy,
+                admin,
+                services,
+            })
         } else {
             Err(ConfigErrors(r.errors))
         }
@@ -356,6 +381,45 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
         }
     }
     p
+}
+
+fn validate_admin(raw: &Spanned<RawAdmin>, r: &mut Reporter<'_>) -> Option<AdminSettings> {
+    let a = raw.get_ref();
+    let listen = match a.listen.get_ref().parse::<SocketAddr>() {
+        Ok(l) => l,
+        Err(_) => {
+            r.at(
+                a.listen.span().start,
+                "admin.listen",
+                format!("{:?} is not an IP:PORT address", a.listen.get_ref()),
+            );
+            return None;
+        }
+    };
+    let token = match &a.token {
+        Some(t) if t.get_ref().len() < 16 || t.get_ref().bytes().any(|b| !b.is_ascii_graphic()) => {
+            r.at(
+                t.span().start,
+                "admin.token",
+                "must be at least 16 printable characters without spaces",
+            );
+            return None;
+        }
+        Some(t) => Some(t.get_ref().clone()),
+        None => None,
+    };
+    if token.is_none() && !listen.ip().is_loopback() {
+        r.at(
+            a.listen.span().start,
+            "admin.listen",
+            format!(
+                "{listen} is reachable from other machines, so admin.token is required \
+                 (or listen on 127.0.0.1)"
+            ),
+        );
+        return None;
+    }
+    Some(AdminSettings { listen, token })
 }
 
 fn validate_service(
@@ -545,5 +609,18 @@ upstreams = ["127.0.0.1:1", "nope:80", "127.0.0.1:1"]
         for (got, want) in e.iter().zip(expect) {
             assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
         }
+    }
+
+    #[test]
+    fn admin_off_loopback_requires_a_token() {
+        let c = Config::parse("[admin]\nlisten = \"127.0.0.1:9090\"\n", "p.toml").unwrap();
+        assert_eq!(c.admin.unwrap().token, None);
+        let e = errors("[admin]\nlisten = \"0.0.0.0:9090\"\n");
+        assert!(e[0].starts_with("p.toml:2:10: admin.listen: 0.0.0.0:9090 is reachable from other machines, so admin.token is required"), "{e:?}");
+        let e = errors("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"short\"\n");
+        assert!(e[0].contains("admin.token: must be at least 16"), "{e:?}");
+        let c = Config::parse("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"0123456789abcdef\"\n", "p.toml").unwrap();
+        assert!(c.admin.unwrap().token.is_some());
+        assert!(Config::parse("", "p.toml").unwrap().admin.is_none());
     }
 }

@@ -73,6 +73,10 @@ fn canonical(config: &Config) -> String {
         p.idle_connections_per_upstream,
         p.max_header_bytes,
     );
+    if let Some(admin) = &config.admin {
+        // A token change is a real change; the text is only hashed, never shown.
+        let _ = writeln!(out, "admin listen={} token={:?}", admin.listen, admin.token);
+    }
     let mut services: Vec<_> = config.services.iter().collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
     for s in services {
