@@ -4,9 +4,10 @@
 //! Every problem found is reported, each with the file, line, column and the
 //! field it concerns, so `portico check` can list them all at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -38,6 +39,51 @@ pub struct ProxySettings {
     pub idle_connections_per_upstream: usize,
     /// Cap on the size of a request head, which bounds the per-connection read buffer.
     pub max_header_bytes: usize,
+    /// Where HTTPS (and TLS passthrough) is served, if anywhere. Needs a restart to change.
+    pub https_listen: Option<SocketAddr>,
+    /// Certificate for clients whose SNI matches no service (or who send none).
+    pub default_tls: Option<TlsFiles>,
+    /// Port put in `ssl_only` redirects; 443 is left out of the URL. Differs
+    /// from `https_listen`'s port when a load balancer maps 443 to it.
+    pub https_redirect_port: u16,
+}
+
+/// PEM files of a certificate chain and its private key, and optionally a
+/// DER OCSP response to staple. Paths as written in the config; their
+/// contents travel in [`Config::files`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TlsFiles {
+    pub cert: String,
+    pub key: String,
+    pub ocsp: Option<String>,
+}
+
+/// How the proxy talks to a service's upstreams.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UpstreamOptions {
+    pub protocol: UpstreamProtocol,
+    /// TLS to the upstream (Interlock's `ssl_backend`); `None` is cleartext.
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS (ALPN h2), e.g. for gRPC.
+    H2,
+    /// HTTP/2 in cleartext with prior knowledge, e.g. for gRPC.
+    H2c,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// Verify the upstream's certificate (against `ca`, else the system's roots).
+    pub verify: bool,
+    /// PEM file of the CA(s) to trust, a key of [`Config::files`].
+    pub ca: Option<String>,
+    /// Name sent as SNI and checked against the certificate.
+    pub server_name: String,
 }
 
 impl Default for ProxySettings {
@@ -54,6 +100,9 @@ impl Default for ProxySettings {
             max_connections_per_upstream: 1024,
             idle_connections_per_upstream: 128,
             max_header_bytes: 64 * 1024,
+            https_listen: None,
+            default_tls: None,
+            https_redirect_port: 443,
         }
     }
 }
@@ -65,6 +114,16 @@ pub struct Service {
     pub hosts: Vec<HostPattern>,
     /// Replica addresses, in the order round robin visits them.
     pub upstreams: Vec<SocketAddr>,
+    /// This service's certificate, chosen by SNI for its hosts.
+    pub tls: Option<TlsFiles>,
+    /// Plain-HTTP requests are redirected to HTTPS (301).
+    pub ssl_only: bool,
+    /// Adds `Strict-Transport-Security: max-age=...` to HTTPS responses.
+    pub hsts_max_age: Option<Duration>,
+    /// TLS is not terminated: connections whose SNI names one of this
+    /// service's hosts are relayed as they are to its upstreams.
+    pub passthrough: bool,
+    pub upstream: UpstreamOptions,
 }
 
 /// A validated config.
@@ -74,6 +133,44 @@ pub struct Config {
     /// The admin API; `None` (no `[admin]` table) means it is not served.
     pub admin: Option<AdminSettings>,
     pub services: Vec<Service>,
+    /// Contents of the files the config refers to (certificates, keys,
+    /// CAs), read by the provider, keyed by path as written. Part of the
+    /// config so that a changed certificate is a new version like any other
+    /// change. An `Err` holds why the file could not be read.
+    pub files: BTreeMap<String, FileData>,
+}
+
+/// A referenced file's bytes, or why they could not be read.
+pub type FileData = Result<Arc<[u8]>, String>;
+
+impl Config {
+    /// Paths of every file the config refers to, each once.
+    pub fn referenced_files(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut add = |p: &String| {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        };
+        let tls = self
+            .proxy
+            .default_tls
+            .iter()
+            .chain(self.services.iter().filter_map(|s| s.tls.as_ref()));
+        for t in tls {
+            add(&t.cert);
+            add(&t.key);
+            if let Some(o) = &t.ocsp {
+                add(o);
+            }
+        }
+        for s in &self.services {
+            if let Some(ca) = s.upstream.tls.as_ref().and_then(|t| t.ca.as_ref()) {
+                add(ca);
+            }
+        }
+        out
+    }
 }
 
 /// Where the admin API listens and how it is protected.
@@ -159,6 +256,11 @@ struct RawProxy {
     max_connections_per_upstream: Option<Spanned<i64>>,
     idle_connections_per_upstream: Option<Spanned<i64>>,
     max_header_bytes: Option<Spanned<i64>>,
+    https_listen: Option<Spanned<String>>,
+    default_tls_cert: Option<Spanned<String>>,
+    default_tls_key: Option<Spanned<String>>,
+    default_tls_ocsp: Option<Spanned<String>>,
+    https_redirect_port: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +270,17 @@ struct RawService {
     hosts: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     upstreams: Vec<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    tls_ocsp: Option<Spanned<String>>,
+    ssl_only: Option<Spanned<bool>>,
+    hsts_max_age: Option<Spanned<String>>,
+    passthrough: Option<Spanned<bool>>,
+    upstream_tls: Option<Spanned<bool>>,
+    upstream_tls_verify: Option<Spanned<String>>,
+    upstream_tls_ca: Option<Spanned<String>>,
+    upstream_tls_name: Option<Spanned<String>>,
+    upstream_protocol: Option<Spanned<String>>,
 }
 
 /// Collects errors against one source text, turning byte spans into lines.
@@ -272,11 +385,13 @@ impl Config {
                 services.push(s);
             }
         }
+        check_services_agree(&raw, &services, &proxy, &mut r);
         if r.errors.is_empty() {
             Ok(Config {
                 proxy,
                 admin,
                 services,
+                files: BTreeMap::new(),
             })
         } else {
             Err(ConfigErrors(r.errors))
@@ -380,7 +495,147 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
             *slot = v as usize;
         }
     }
+    if let Some(addr) = &raw.https_listen {
+        match addr.get_ref().parse::<SocketAddr>() {
+            Ok(a) => p.https_listen = Some(a),
+            Err(_) => r.at(
+                addr.span().start,
+                "proxy.https_listen",
+                format!("{:?} is not an IP:PORT address", addr.get_ref()),
+            ),
+        }
+    }
+    p.default_tls = tls_files(
+        (
+            &raw.default_tls_cert,
+            &raw.default_tls_key,
+            &raw.default_tls_ocsp,
+        ),
+        "proxy.default_tls_cert",
+        "proxy.default_tls_key",
+        r,
+    );
+    if let Some(port) = &raw.https_redirect_port {
+        match u16::try_from(*port.get_ref()) {
+            Ok(v) if v > 0 => p.https_redirect_port = v,
+            _ => r.at(
+                port.span().start,
+                "proxy.https_redirect_port",
+                "must be a port, 1 to 65535",
+            ),
+        }
+    }
     p
+}
+
+/// A certificate/key pair from two optional keys: both or neither.
+fn tls_files(
+    (cert, key, ocsp): (
+        &Option<Spanned<String>>,
+        &Option<Spanned<String>>,
+        &Option<Spanned<String>>,
+    ),
+    cert_field: &str,
+    key_field: &str,
+    r: &mut Reporter<'_>,
+) -> Option<TlsFiles> {
+    match (cert, key) {
+        (Some(c), Some(k)) => {
+            for (v, field) in [(c, cert_field), (k, key_field)] {
+                if v.get_ref().is_empty() {
+                    r.at(v.span().start, field, "must be a file path");
+                }
+            }
+            Some(TlsFiles {
+                cert: c.get_ref().clone(),
+                key: k.get_ref().clone(),
+                ocsp: ocsp.as_ref().map(|o| o.get_ref().clone()),
+            })
+        }
+        (Some(c), None) => {
+            r.at(
+                c.span().start,
+                key_field,
+                format!("{cert_field} is set, so {key_field} must be too"),
+            );
+            None
+        }
+        (None, Some(k)) => {
+            r.at(
+                k.span().start,
+                cert_field,
+                format!("{key_field} is set, so {cert_field} must be too"),
+            );
+            None
+        }
+        (None, None) => {
+            if let Some(o) = ocsp {
+                r.at(
+                    o.span().start,
+                    cert_field,
+                    "an OCSP response needs a certificate",
+                );
+            }
+            None
+        }
+    }
+}
+
+/// Checks across services: what HTTPS needs, and that services sharing a
+/// host (one pool) agree on how that host is served.
+fn check_services_agree(
+    raw: &RawConfig,
+    services: &[Service],
+    proxy: &ProxySettings,
+    r: &mut Reporter<'_>,
+) {
+    let span_of = |name: &str| {
+        raw.service
+            .iter()
+            .find(|s| s.get_ref().name.get_ref() == name)
+            .map_or(0, |s| s.get_ref().name.span().start)
+    };
+    for (i, s) in services.iter().enumerate() {
+        if proxy.https_listen.is_none() {
+            let needs = [
+                (s.tls.is_some(), "tls_cert"),
+                (s.ssl_only, "ssl_only"),
+                (s.passthrough, "passthrough"),
+            ];
+            for (set, key) in needs {
+                if set {
+                    r.at(
+                        span_of(&s.name),
+                        format!("service ({}).{key}", s.name),
+                        "needs [proxy] https_listen",
+                    );
+                }
+            }
+        }
+        for other in &services[..i] {
+            let Some(host) = s.hosts.iter().find(|h| other.hosts.contains(h)) else {
+                continue;
+            };
+            let differs = [
+                (s.passthrough != other.passthrough, "passthrough"),
+                (s.ssl_only != other.ssl_only, "ssl_only"),
+                (s.hsts_max_age != other.hsts_max_age, "hsts_max_age"),
+                (
+                    s.tls.is_some() && other.tls.is_some() && s.tls != other.tls,
+                    "tls_cert",
+                ),
+            ];
+            for (bad, key) in differs {
+                if bad {
+                    r.at(
+                        span_of(&s.name),
+                        format!("service ({}).{key}", s.name),
+                        format!("shares host {host} with service {} but not its {key}; services on one host must agree", other.name),
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn validate_admin(raw: &Spanned<RawAdmin>, r: &mut Reporter<'_>) -> Option<AdminSettings> {
@@ -501,10 +756,154 @@ fn validate_service(
             ),
         }
     }
+    let field = |key: &str| format!("{label}.{key}");
+    let tls = tls_files(
+        (&svc.tls_cert, &svc.tls_key, &svc.tls_ocsp),
+        &field("tls_cert"),
+        &field("tls_key"),
+        r,
+    );
+    let flag = |v: &Option<Spanned<bool>>| v.as_ref().is_some_and(|b| *b.get_ref());
+    let passthrough = flag(&svc.passthrough);
+    let ssl_only = flag(&svc.ssl_only);
+    let hsts_max_age =
+        svc.hsts_max_age
+            .as_ref()
+            .and_then(|v| match humantime::parse_duration(v.get_ref()) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    r.at(
+                        v.span().start,
+                        field("hsts_max_age"),
+                        format!("{:?} is not a duration such as \"365d\": {e}", v.get_ref()),
+                    );
+                    None
+                }
+            });
+    let upstream_tls = flag(&svc.upstream_tls);
+    let protocol = match svc
+        .upstream_protocol
+        .as_ref()
+        .map(|p| (p, p.get_ref().as_str()))
+    {
+        None | Some((_, "http1")) => UpstreamProtocol::Http1,
+        Some((_, "h2")) => UpstreamProtocol::H2,
+        Some((_, "h2c")) => UpstreamProtocol::H2c,
+        Some((p, other)) => {
+            r.at(
+                p.span().start,
+                field("upstream_protocol"),
+                format!("{other:?} is not one of \"http1\", \"h2\", \"h2c\""),
+            );
+            UpstreamProtocol::Http1
+        }
+    };
+    if let Some(p) = &svc.upstream_protocol {
+        match protocol {
+            UpstreamProtocol::H2 if !upstream_tls => r.at(p.span().start, field("upstream_protocol"), "\"h2\" is HTTP/2 over TLS and needs upstream_tls = true (use \"h2c\" for cleartext)"),
+            UpstreamProtocol::H2c if upstream_tls => r.at(p.span().start, field("upstream_protocol"), "\"h2c\" is cleartext HTTP/2; with upstream_tls = true use \"h2\""),
+            _ => {}
+        }
+    }
+    let verify = match svc
+        .upstream_tls_verify
+        .as_ref()
+        .map(|v| (v, v.get_ref().as_str()))
+    {
+        None | Some((_, "required")) => true,
+        Some((_, "none")) => false,
+        Some((v, other)) => {
+            r.at(
+                v.span().start,
+                field("upstream_tls_verify"),
+                format!("{other:?} is not one of \"required\", \"none\""),
+            );
+            true
+        }
+    };
+    if !upstream_tls {
+        for (v, key) in [
+            (
+                svc.upstream_tls_verify.as_ref().map(|v| v.span()),
+                "upstream_tls_verify",
+            ),
+            (
+                svc.upstream_tls_ca.as_ref().map(|v| v.span()),
+                "upstream_tls_ca",
+            ),
+            (
+                svc.upstream_tls_name.as_ref().map(|v| v.span()),
+                "upstream_tls_name",
+            ),
+        ] {
+            if let Some(span) = v {
+                r.at(
+                    span.start,
+                    field(key),
+                    "only applies with upstream_tls = true",
+                );
+            }
+        }
+    }
+    let server_name = match &svc.upstream_tls_name {
+        Some(n) => match HostPattern::parse(n.get_ref()) {
+            Ok(HostPattern::Exact(name)) => name,
+            _ => {
+                r.at(
+                    n.span().start,
+                    field("upstream_tls_name"),
+                    format!("{:?} is not a host name", n.get_ref()),
+                );
+                String::new()
+            }
+        },
+        // The first exact host: a pooled connection serves every host of
+        // the service, so the name can't follow each request's Host.
+        None => hosts
+            .iter()
+            .find_map(|h| match h {
+                HostPattern::Exact(n) => Some(n.clone()),
+                HostPattern::Wildcard(_) => None,
+            })
+            .unwrap_or_default(),
+    };
+    if upstream_tls
+        && server_name.is_empty()
+        && svc.upstream_tls_name.is_none()
+        && !hosts.is_empty()
+    {
+        r.at(svc.hosts.span().start, field("upstream_tls_name"), "every host is a wildcard: set upstream_tls_name to the name the upstreams' certificate carries");
+    }
+    let upstream = UpstreamOptions {
+        protocol,
+        tls: upstream_tls.then(|| UpstreamTls {
+            verify,
+            ca: svc.upstream_tls_ca.as_ref().map(|c| c.get_ref().clone()),
+            server_name,
+        }),
+    };
+    if passthrough {
+        let span = svc.passthrough.as_ref().map_or(0, |p| p.span().start);
+        if tls.is_some() {
+            r.at(
+                span,
+                field("passthrough"),
+                "a passthrough service does not terminate TLS, so it takes no tls_cert/tls_key",
+            );
+        }
+        if upstream_tls || svc.upstream_protocol.is_some() || hsts_max_age.is_some() {
+            r.at(span, field("passthrough"), "a passthrough service relays raw TLS; upstream_tls, upstream_protocol and hsts_max_age do not apply");
+        }
+    }
     (r.errors.len() == before).then_some(Service {
         name,
         hosts,
         upstreams,
+        tls,
+        ssl_only,
+        hsts_max_age,
+        passthrough,
+        upstream,
     })
 }
 
@@ -619,7 +1018,11 @@ upstreams = ["127.0.0.1:1", "nope:80", "127.0.0.1:1"]
         assert!(e[0].starts_with("p.toml:2:10: admin.listen: 0.0.0.0:9090 is reachable from other machines, so admin.token is required"), "{e:?}");
         let e = errors("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"short\"\n");
         assert!(e[0].contains("admin.token: must be at least 16"), "{e:?}");
-        let c = Config::parse("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"0123456789abcdef\"\n", "p.toml").unwrap();
+        let c = Config::parse(
+            "[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"0123456789abcdef\"\n",
+            "p.toml",
+        )
+        .unwrap();
         assert!(c.admin.unwrap().token.is_some());
         assert!(Config::parse("", "p.toml").unwrap().admin.is_none());
     }

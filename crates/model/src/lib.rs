@@ -21,7 +21,10 @@ pub mod host;
 pub mod table;
 pub mod version;
 
-pub use config::{AdminSettings, Config, ConfigError, ConfigErrors, ProxySettings, Service};
+pub use config::{
+    AdminSettings, Config, ConfigError, ConfigErrors, FileData, ProxySettings, Service, TlsFiles,
+    UpstreamOptions, UpstreamProtocol, UpstreamTls,
+};
 pub use host::{normalize_request_host, HostPattern, RequestHostError};
 pub use table::{Route, RouteId, RoutingTable};
 pub use version::Version;

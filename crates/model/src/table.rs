@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, TlsFiles, UpstreamOptions};
 use crate::host::HostPattern;
 
 /// Index of a [`Route`] in its table.
@@ -19,8 +20,16 @@ pub struct Route {
     pub services: Vec<String>,
     /// Their upstreams, deduplicated, in config order.
     pub upstreams: Vec<SocketAddr>,
+    /// How to talk to each of `upstreams` (same index): from the service
+    /// that lists it first.
+    pub upstream_options: Vec<UpstreamOptions>,
     /// The host patterns that lead here.
     pub hosts: Vec<HostPattern>,
+    /// The certificate for these hosts, from the first service that has one.
+    pub tls: Option<TlsFiles>,
+    pub ssl_only: bool,
+    pub hsts_max_age: Option<Duration>,
+    pub passthrough: bool,
 }
 
 impl Route {
@@ -57,20 +66,32 @@ impl RoutingTable {
         for (host, services) in claims {
             let id = *route_of.entry(services.clone()).or_insert_with(|| {
                 let mut upstreams = Vec::new();
+                let mut upstream_options = Vec::new();
                 for &si in &services {
-                    for u in &config.services[si].upstreams {
+                    let svc = &config.services[si];
+                    for u in &svc.upstreams {
                         if !upstreams.contains(u) {
                             upstreams.push(*u);
+                            upstream_options.push(svc.upstream.clone());
                         }
                     }
                 }
+                // Validation makes services on one host agree on these.
+                let first = &config.services[services[0]];
                 table.routes.push(Route {
                     services: services
                         .iter()
                         .map(|&si| config.services[si].name.clone())
                         .collect(),
                     upstreams,
+                    upstream_options,
                     hosts: Vec::new(),
+                    tls: services
+                        .iter()
+                        .find_map(|&si| config.services[si].tls.clone()),
+                    ssl_only: first.ssl_only,
+                    hsts_max_age: first.hsts_max_age,
+                    passthrough: first.passthrough,
                 });
                 table.routes.len() - 1
             });

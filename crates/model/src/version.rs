@@ -51,42 +51,32 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// A line-oriented rendering with every field spelt out; services and hosts
-/// are sorted because their order carries no meaning. Upstream order is
-/// kept: it is the round-robin order.
+/// A rendering with every field spelt out (the derived `Debug` forms, which
+/// are deterministic); services and hosts are sorted because their order
+/// carries no meaning. Upstream order is kept: it is the round-robin order.
+/// Referenced files count by their content digest.
 fn canonical(config: &Config) -> String {
-    let p = &config.proxy;
-    let mut out = format!(
-        "proxy http_listen={} proxy_id={:?} hide_info_headers={} access_log={} \
-         connect_timeout={:?} upstream_timeout={:?} client_header_timeout={:?} \
-         shutdown_grace={:?} max_connections_per_upstream={} \
-         idle_connections_per_upstream={} max_header_bytes={}\n",
-        p.http_listen,
-        p.proxy_id,
-        p.hide_info_headers,
-        p.access_log,
-        p.connect_timeout,
-        p.upstream_timeout,
-        p.client_header_timeout,
-        p.shutdown_grace,
-        p.max_connections_per_upstream,
-        p.idle_connections_per_upstream,
-        p.max_header_bytes,
-    );
+    let mut out = format!("{:?}\n", config.proxy);
     if let Some(admin) = &config.admin {
         // A token change is a real change; the text is only hashed, never shown.
-        let _ = writeln!(out, "admin listen={} token={:?}", admin.listen, admin.token);
+        let _ = writeln!(out, "{admin:?}");
     }
     let mut services: Vec<_> = config.services.iter().collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
     for s in services {
-        let mut hosts: Vec<String> = s.hosts.iter().map(|h| h.to_string()).collect();
-        hosts.sort();
-        let _ = write!(out, "service {:?} hosts={hosts:?} upstreams=[", s.name);
-        for u in &s.upstreams {
-            let _ = write!(out, "{u},");
+        let mut s = s.clone();
+        s.hosts.sort();
+        let _ = writeln!(out, "{s:?}");
+    }
+    for (path, data) in &config.files {
+        match data {
+            Ok(bytes) => {
+                let _ = writeln!(out, "file {path:?} {}", hex(&Sha256::digest(bytes)));
+            }
+            Err(e) => {
+                let _ = writeln!(out, "file {path:?} unreadable: {e}");
+            }
         }
-        out.push_str("]\n");
     }
     out
 }
@@ -106,6 +96,16 @@ mod tests {
         assert_eq!(a, same);
         let other = v("[[service]]\nname = \"a\"\nhosts = [\"x.test\", \"y.test\"]\nupstreams = [\"127.0.0.1:2\"]\n[[service]]\nname = \"b\"\nhosts = [\"z.test\"]\n");
         assert_ne!(a, other);
+        // A referenced file's content is part of the version.
+        let mut with_file = Config::parse("", "t").unwrap();
+        with_file
+            .files
+            .insert("c.pem".into(), Ok(b"one".to_vec().into()));
+        let before = Version::of(&with_file);
+        with_file
+            .files
+            .insert("c.pem".into(), Ok(b"two".to_vec().into()));
+        assert_ne!(before, Version::of(&with_file));
         assert_eq!(a.short().len(), 6);
         assert!(a.to_string().starts_with(&a.short()));
         assert_eq!(a.full().len(), 64);
