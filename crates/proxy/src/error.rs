@@ -31,6 +31,12 @@ pub enum ProxyError {
         detail: String,
     },
     MethodNotAllowed(String),
+    /// Over TLS, the Host names another site than the SNI the connection
+    /// was set up for.
+    Misdirected {
+        host: String,
+        sni: String,
+    },
 }
 
 impl ProxyError {
@@ -43,6 +49,7 @@ impl ProxyError {
             ProxyError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -90,6 +97,10 @@ impl fmt::Display for ProxyError {
             }
             ProxyError::Timeout { service, detail } => write!(f, "service {service}: {detail}"),
             ProxyError::MethodNotAllowed(why) => write!(f, "{why}"),
+            ProxyError::Misdirected { host, sni } => write!(
+                f,
+                "host {host:?} is not served on this connection, which was opened for {sni:?} (TLS server name); open a new connection for {host:?}"
+            ),
         }
     }
 }

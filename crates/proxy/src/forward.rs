@@ -12,7 +12,7 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use portico_model::normalize_request_host;
+use portico_model::{normalize_request_host, UpstreamProtocol};
 
 use crate::access_log::{seconds, AccessLog};
 use crate::body::{ProxyBody, ResponseBody};
@@ -57,12 +57,25 @@ impl Attempts {
     }
 }
 
+/// What the request's connection says about it.
+pub(crate) struct ConnInfo {
+    pub client: SocketAddr,
+    /// Set on connections that came in over TLS.
+    pub tls: Option<TlsInfo>,
+}
+
+pub(crate) struct TlsInfo {
+    /// The ClientHello's server name, lower case.
+    pub sni: Option<String>,
+}
+
 pub(crate) async fn handle(
     proxy: Arc<Proxy>,
-    client: SocketAddr,
+    conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
+    let client = conn.client;
     let snap = proxy.snapshot();
     let request_id = new_request_id();
     let mut log = snap.config.proxy.access_log.then(|| {
@@ -86,7 +99,7 @@ pub(crate) async fn handle(
 
     let http1 = req.version() < HttpVersion::HTTP_2;
     let mut attempts = Attempts::default();
-    let mut resp = match forward(&snap, client, &request_id, req, &mut attempts).await {
+    let mut resp = match forward(&snap, &conn, &request_id, req, &mut attempts).await {
         Ok(resp) => resp,
         Err(e) => {
             let upstream = attempts.addrs();
@@ -158,7 +171,7 @@ impl RetryTemplate {
 
 async fn forward(
     snap: &Snapshot,
-    client: SocketAddr,
+    conn: &ConnInfo,
     request_id: &HeaderValue,
     req: Request<Incoming>,
     attempts: &mut Attempts,
@@ -169,8 +182,24 @@ async fn forward(
                 .into(),
         ));
     }
-    let (host_value, route) = route(snap, &req)?;
-    let pool = &snap.pools[route];
+    let (host_value, route_id) = route(snap, &req)?;
+    let route = snap.table.route(route_id);
+    let pool = &snap.pools[route_id];
+    if let Some(tls) = &conn.tls {
+        // The connection was set up for the SNI's site: serving another
+        // site's request on it would route around that site's certificate
+        // (domain fronting, or a browser reusing a connection too eagerly).
+        if let Some(sni) = &tls.sni {
+            if snap.table.lookup(sni) != Some(route_id) {
+                return Err(ProxyError::Misdirected {
+                    host: host_text(&host_value),
+                    sni: sni.clone(),
+                });
+            }
+        }
+    } else if route.ssl_only {
+        return Ok(redirect_to_https(snap, &host_value, req.uri()));
+    }
     if pool.upstreams.is_empty() {
         return Err(ProxyError::NoUpstreams {
             service: pool.label.clone(),
@@ -178,7 +207,12 @@ async fn forward(
     }
 
     let (mut parts, body) = req.into_parts();
-    prepare_upstream_request(&mut parts, client, host_value, request_id);
+    let te_trailers = parts
+        .headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let proto = if conn.tls.is_some() { "https" } else { "http" };
+    prepare_upstream_request(&mut parts, conn.client, proto, host_value, request_id);
     let empty_body = body.is_end_stream();
     let template = (empty_body && is_idempotent(&parts.method)).then(|| RetryTemplate {
         method: parts.method.clone(),
@@ -190,14 +224,56 @@ async fn forward(
     } else {
         ProxyBody::Incoming(body)
     };
-    send_with_retries(
+    let mut resp = send_with_retries(
         snap,
         pool,
         Request::from_parts(parts, body),
         template,
+        te_trailers,
         attempts,
     )
-    .await
+    .await?;
+    if let (Some(_), Some(max_age)) = (&conn.tls, route.hsts_max_age) {
+        if let Ok(v) = HeaderValue::from_str(&format!("max-age={}", max_age.as_secs())) {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, v);
+        }
+    }
+    Ok(resp)
+}
+
+fn host_text(host: &HeaderValue) -> String {
+    String::from_utf8_lossy(host.as_bytes()).into_owned()
+}
+
+/// `ssl_only`: 301 to the same host, path and query over HTTPS.
+fn redirect_to_https(snap: &Snapshot, host: &HeaderValue, uri: &Uri) -> Response<ResponseBody> {
+    let host = host_text(host);
+    // Drop any port the client used for plain HTTP; add the HTTPS one unless it is 443.
+    let name = match host.strip_prefix('[') {
+        Some(v6) => format!("[{}]", v6.split(']').next().unwrap_or_default()),
+        None => host.split(':').next().unwrap_or_default().to_owned(),
+    };
+    let port = snap.config.proxy.https_redirect_port;
+    let authority = if port == 443 {
+        name
+    } else {
+        format!("{name}:{port}")
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{authority}{path}");
+    let mut resp = Response::new(ResponseBody::full(format!(
+        "301 Moved Permanently\n{location}\n"
+    )));
+    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 /// Finds the route for the request's host: the `:authority` (HTTP/2, or an
@@ -231,6 +307,7 @@ fn route(snap: &Snapshot, req: &Request<Incoming>) -> Result<(HeaderValue, usize
 fn prepare_upstream_request(
     parts: &mut Parts,
     client: SocketAddr,
+    proto: &'static str,
     host: HeaderValue,
     request_id: &HeaderValue,
 ) {
@@ -238,7 +315,7 @@ fn prepare_upstream_request(
     set_forwarding(
         &mut parts.headers,
         client.ip(),
-        "http",
+        proto,
         Some(&host),
         request_id,
     );
@@ -257,6 +334,53 @@ fn prepare_upstream_request(
     parts.version = HttpVersion::HTTP_11;
 }
 
+/// Shapes the request for the upstream's protocol. HTTP/2 needs an absolute
+/// URI (its `:scheme` and `:authority`) and gRPC needs `TE: trailers`, the
+/// one `TE` value that may cross a proxy that forwards trailers.
+fn adapt_for(req: &mut Request<ProxyBody>, upstream: &Upstream, te_trailers: bool) {
+    match upstream.transport.options.protocol {
+        UpstreamProtocol::Http1 => {
+            *req.version_mut() = HttpVersion::HTTP_11;
+            if req.uri().scheme().is_some() {
+                let origin = req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .parse::<Uri>()
+                    .unwrap_or_else(|_| Uri::from_static("/"));
+                *req.uri_mut() = origin;
+            }
+            req.headers_mut().remove(header::TE);
+        }
+        UpstreamProtocol::H2 | UpstreamProtocol::H2c => {
+            *req.version_mut() = HttpVersion::HTTP_2;
+            let scheme = if upstream.transport.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let authority = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost")
+                .to_owned();
+            let path = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            if let Ok(uri) = format!("{scheme}://{authority}{path}").parse::<Uri>() {
+                *req.uri_mut() = uri;
+            }
+            if te_trailers {
+                req.headers_mut()
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
+            }
+        }
+    }
+}
+
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -273,6 +397,7 @@ async fn send_with_retries(
     pool: &Pool,
     req: Request<ProxyBody>,
     template: Option<RetryTemplate>,
+    te_trailers: bool,
     attempts: &mut Attempts,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let n = pool.upstreams.len();
@@ -287,12 +412,13 @@ async fn send_with_retries(
     let mut stale_retry_used = false;
     while i < n {
         let upstream = &pool.upstreams[(first + i) % n];
-        let Some(req) = pending
+        let Some(mut req) = pending
             .take()
             .or_else(|| template.as_ref().map(RetryTemplate::build))
         else {
             break;
         };
+        adapt_for(&mut req, upstream, te_trailers);
         let tried_at = Instant::now();
         let mut conn = match upstream.checkout().await {
             Ok(c) => c,
@@ -305,7 +431,7 @@ async fn send_with_retries(
             }
         };
         let sent_at = Instant::now();
-        let outcome = tokio::time::timeout(timeout, conn.sender.try_send_request(req)).await;
+        let outcome = tokio::time::timeout(timeout, conn.send(req)).await;
         let took = sent_at.elapsed();
         match outcome {
             Ok(Ok(resp)) => {

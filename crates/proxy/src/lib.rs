@@ -11,7 +11,9 @@
 //! - `forward`: one request's life: find the host, pick an upstream, send,
 //!   retry where safe, classify failures, add headers.
 //! - [`snapshot`]: the compiled routing snapshot and its upstream pools.
-//! - [`upstream`]: bounded keep-alive connections to one upstream address.
+//! - [`tls`]: certificates by SNI, server and upstream TLS configs.
+//! - [`upstream`]: bounded keep-alive connections to one upstream address
+//!   (HTTP/1.1, or one multiplexed HTTP/2 connection; cleartext or TLS).
 //! - [`headers`]: hop-by-hop, forwarding and Interlock header rules.
 //! - [`body`]: streaming bodies that return connections and log on completion.
 //! - [`error`]: failures classified into HTTP statuses.
@@ -25,6 +27,7 @@ mod forward;
 pub mod headers;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -33,7 +36,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use portico_model::{Config, Version};
 
-pub use server::serve;
+pub use server::{serve, serve_https};
 pub use snapshot::Snapshot;
 
 /// Who this proxy says it is.
@@ -49,17 +52,30 @@ pub struct Proxy {
     current: ArcSwap<Snapshot>,
     identity: Identity,
     server_info: HeaderValue,
+    tls_provider: Arc<rustls::crypto::CryptoProvider>,
+    sessions: tls::SessionState,
 }
 
 impl Proxy {
     pub fn new(identity: Identity, config: Arc<Config>, version: Version) -> Arc<Proxy> {
-        let snapshot = Snapshot::build(config, version, &identity.default_proxy_id, None);
+        let tls_provider = tls::provider();
+        let sessions = tls::SessionState::new();
+        let snapshot = Snapshot::build(
+            config,
+            version,
+            &identity.default_proxy_id,
+            None,
+            &tls_provider,
+            &sessions,
+        );
         let server_info = HeaderValue::from_str(&identity.server_info)
             .unwrap_or_else(|_| HeaderValue::from_static("portico"));
         Arc::new(Proxy {
             current: ArcSwap::from_pointee(snapshot),
             identity,
             server_info,
+            tls_provider,
+            sessions,
         })
     }
 
@@ -85,6 +101,8 @@ impl Proxy {
             version,
             &self.identity.default_proxy_id,
             Some(&previous),
+            &self.tls_provider,
+            &self.sessions,
         );
         self.current.store(Arc::new(next));
         tracing::info!(version = %version, services, "configured proxy");

@@ -1,18 +1,36 @@
-//! The listener loop: accept, serve HTTP/1.1 and h2c on each connection,
-//! and on shutdown stop accepting and drain for the grace period.
+//! The listeners: accept, then serve HTTP/1.1 and HTTP/2 on each
+//! connection: in cleartext (HTTP/2 by prior knowledge), or over TLS after
+//! reading the ClientHello, which decides between terminating TLS with the
+//! certificate its SNI selects, relaying the raw connection to a
+//! passthrough service, or refusing the name. On shutdown, stop accepting
+//! and drain for the grace period.
 
 use std::convert::Infallible;
 use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::{forward, Proxy};
+use crate::forward::{self, ConnInfo, TlsInfo};
+use crate::snapshot::Snapshot;
+use crate::Proxy;
+
+/// Largest ClientHello read before giving up on a connection.
+const MAX_CLIENT_HELLO: usize = 64 * 1024;
+
+/// A fatal `unrecognized_name` alert record (TLS 1.2 framing, which TLS 1.3
+/// clients accept before the handshake has negotiated anything).
+const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
 /// Serves plain HTTP on an already-bound listener until `shutdown` is
 /// cancelled, then lets in-flight requests finish within the configured
@@ -23,8 +41,29 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    run(proxy, listener, shutdown, false).await
+}
+
+/// Serves HTTPS (and TLS passthrough) on an already-bound listener, like [`serve`].
+pub async fn serve_https(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    run(proxy, listener, shutdown, true).await
+}
+
+async fn run(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    https: bool,
+) -> io::Result<()> {
     let local = listener.local_addr()?;
     let graceful = GracefulShutdown::new();
+    // Passthrough tunnels are not HTTP connections hyper can wind down;
+    // they are tracked separately and get the same grace period.
+    let tunnels = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -42,32 +81,270 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let snapshot = proxy.snapshot();
-        let handler = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = handler.clone();
-            async move { Ok::<_, Infallible>(forward::handle(proxy, peer, req).await) }
-        });
-        let conn = snapshot
-            .conn_builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
-            }
-        });
+        let proxy = proxy.clone();
+        let watcher = graceful.watcher();
+        if https {
+            tokio::spawn(tls_connection(
+                proxy,
+                stream,
+                peer,
+                watcher,
+                tunnels.clone(),
+            ));
+        } else {
+            let info = ConnInfo {
+                client: peer,
+                tls: None,
+            };
+            tokio::spawn(serve_http(proxy, stream, info, watcher));
+        }
     }
     drop(listener);
-    let open = graceful.count();
+    tunnels.close();
     let grace = proxy.snapshot().config.proxy.shutdown_grace;
-    tracing::info!(listen = %local, connections = open, grace = ?grace, "stopped accepting; draining");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    tracing::info!(listen = %local, connections = graceful.count() + tunnels.len(), grace = ?grace, "stopped accepting; draining");
+    let drained = async {
+        graceful.shutdown().await;
+        tunnels.wait().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(listen = %local, grace = ?grace, "grace period over; closing the remaining connections");
     }
     Ok(())
+}
+
+async fn serve_http<I>(proxy: Arc<Proxy>, io: I, info: ConnInfo, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let snapshot = proxy.snapshot();
+    let client = info.client;
+    let info = Arc::new(info);
+    let service = service_fn(move |req| {
+        let (proxy, info) = (proxy.clone(), info.clone());
+        async move { Ok::<_, Infallible>(forward::handle(proxy, info, req).await) }
+    });
+    let conn = snapshot
+        .conn_builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    drop(snapshot);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(client = %client, error = %e, "client connection ended with an error");
+    }
+}
+
+struct ClientHello {
+    /// Every byte read so far, to be replayed to rustls or to a passthrough upstream.
+    bytes: Vec<u8>,
+    /// The server name asked for, lower case.
+    sni: Option<String>,
+}
+
+async fn read_client_hello(stream: &mut TcpStream) -> Result<ClientHello, String> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut bytes = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed before a complete ClientHello".into());
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        let mut fresh = &chunk[..n];
+        while !fresh.is_empty() {
+            acceptor.read_tls(&mut fresh).map_err(|e| e.to_string())?;
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                let sni = accepted
+                    .client_hello()
+                    .server_name()
+                    .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+                return Ok(ClientHello { bytes, sni });
+            }
+            Ok(None) if bytes.len() > MAX_CLIENT_HELLO => {
+                return Err(format!(
+                    "no complete ClientHello in {MAX_CLIENT_HELLO} bytes"
+                ));
+            }
+            Ok(None) => {}
+            Err((e, _)) => return Err(format!("not a TLS ClientHello: {e}")),
+        }
+    }
+}
+
+async fn tls_connection(
+    proxy: Arc<Proxy>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    watcher: Watcher,
+    tunnels: TaskTracker,
+) {
+    let snap = proxy.snapshot();
+    let limit = snap.config.proxy.client_header_timeout;
+    let hello = match tokio::time::timeout(limit, read_client_hello(&mut stream)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer, error = %e, "TLS connection refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, "no ClientHello within client_header_timeout");
+            return;
+        }
+    };
+    if let Some(route) = hello.sni.as_deref().and_then(|s| snap.table.lookup(s)) {
+        if snap.table.route(route).passthrough {
+            tunnels
+                .track_future(passthrough(snap, route, stream, hello, peer))
+                .await;
+            return;
+        }
+    }
+    if snap.certs.0.resolve(hello.sni.as_deref()).is_none() {
+        tracing::warn!(
+            sni = hello.sni.as_deref().unwrap_or("-"),
+            client = %peer,
+            "no certificate for the requested name; handshake refused"
+        );
+        let _ = stream.write_all(&UNRECOGNIZED_NAME_ALERT).await;
+        return;
+    }
+    let Some(config) = snap.tls_config.clone() else {
+        return;
+    };
+    drop(snap);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let io = Prefixed {
+        prefix: hello.bytes,
+        pos: 0,
+        inner: stream,
+    };
+    let tls = match tokio::time::timeout(limit, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer, sni = hello.sni.as_deref().unwrap_or("-"), error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let info = ConnInfo {
+        client: peer,
+        tls: Some(TlsInfo { sni: hello.sni }),
+    };
+    serve_http(proxy, tls, info, watcher).await;
+}
+
+/// Relays a TLS connection as it is to one of the route's upstreams, which
+/// terminates TLS itself; the ClientHello already read is sent first.
+async fn passthrough(
+    snap: Arc<Snapshot>,
+    route: usize,
+    mut client: TcpStream,
+    hello: ClientHello,
+    peer: SocketAddr,
+) {
+    let start = Instant::now();
+    let pool = &snap.pools[route];
+    let n = pool.upstreams.len();
+    let first = pool.next_start();
+    let sni = hello.sni.as_deref().unwrap_or("-");
+    let mut failures = Vec::new();
+    for i in 0..n {
+        let upstream = &pool.upstreams[(first + i) % n];
+        let connect = TcpStream::connect(upstream.addr);
+        let mut up = match tokio::time::timeout(snap.config.proxy.connect_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                failures.push(format!("{}: {e}", upstream.addr));
+                continue;
+            }
+            Err(_) => {
+                failures.push(format!("{}: connect timed out", upstream.addr));
+                continue;
+            }
+        };
+        let _ = up.set_nodelay(true);
+        if let Err(e) = up.write_all(&hello.bytes).await {
+            failures.push(format!("{}: {e}", upstream.addr));
+            continue;
+        }
+        let result = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+        let (sent, received) = result.as_ref().map_or((0, 0), |r| *r);
+        tracing::info!(
+            target: crate::access_log::TARGET,
+            client = %peer.ip(),
+            sni,
+            service = %pool.label,
+            upstream = %upstream.addr,
+            bytes_in = sent + hello.bytes.len() as u64,
+            bytes_out = received,
+            duration = %crate::access_log::seconds(start.elapsed()),
+            "tunnel"
+        );
+        return;
+    }
+    tracing::warn!(client = %peer.ip(), sni, service = %pool.label, error = %failures.join("; "), "passthrough failed: no upstream could take the connection");
+}
+
+/// A stream that first yields bytes already read from it.
+struct Prefixed {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.pos);
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }

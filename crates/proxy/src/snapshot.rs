@@ -1,19 +1,22 @@
 //! The compiled, immutable routing snapshot the data plane reads. One is
-//! built per config version and swapped in atomically; a request loads it
-//! once and keeps that `Arc` to its end, so a swap never changes the rules
-//! under a request in flight.
+//! built per config version and swapped in atomically; a request (or a TLS
+//! handshake) loads it once and keeps that `Arc` to its end, so a swap never
+//! changes the rules under a request in flight.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::HeaderValue;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use portico_model::{Config, RoutingTable, Version};
+use portico_model::{Config, RoutingTable, UpstreamOptions, UpstreamProtocol, Version};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::ServerName;
+use rustls::ServerConfig;
 
-use crate::upstream::{Upstream, UpstreamLimits};
+use crate::tls::{self, CertStore, CertStoreHandle, SessionState};
+use crate::upstream::{Transport, Upstream, UpstreamLimits};
 
 pub struct Snapshot {
     pub version: Version,
@@ -22,6 +25,10 @@ pub struct Snapshot {
     /// One per route of `table`, same index.
     pub pools: Vec<Pool>,
     pub proxy_id: HeaderValue,
+    /// Certificates by SNI, for the HTTPS listener.
+    pub certs: Arc<CertStoreHandle>,
+    /// The HTTPS listener's TLS config (over `certs`); `None` if it can't be built.
+    pub(crate) tls_config: Option<Arc<ServerConfig>>,
     /// Connection settings for new client connections.
     pub(crate) conn_builder: auto::Builder<TokioExecutor>,
 }
@@ -42,13 +49,15 @@ impl Pool {
 }
 
 impl Snapshot {
-    /// Compiles `config`. Upstreams found in `previous` with the same limits
-    /// are reused, so their idle keep-alive connections survive the swap.
+    /// Compiles `config`. Upstreams found in `previous` with the same
+    /// settings are reused, so their keep-alive connections survive the swap.
     pub fn build(
         config: Arc<Config>,
         version: Version,
         default_proxy_id: &str,
         previous: Option<&Snapshot>,
+        provider: &Arc<CryptoProvider>,
+        sessions: &SessionState,
     ) -> Snapshot {
         let p = &config.proxy;
         let limits = UpstreamLimits {
@@ -56,13 +65,15 @@ impl Snapshot {
             max_idle: p.idle_connections_per_upstream,
             connect_timeout: p.connect_timeout,
         };
-        let mut known: HashMap<SocketAddr, Arc<Upstream>> = previous
+        let mut known: HashMap<_, Arc<Upstream>> = HashMap::new();
+        for u in previous
             .into_iter()
             .flat_map(|s| s.pools.iter())
             .flat_map(|pool| pool.upstreams.iter())
-            .filter(|u| u.limits == limits)
-            .map(|u| (u.addr, u.clone()))
-            .collect();
+        {
+            known.insert((u.addr, u.transport.options.clone()), u.clone());
+        }
+        let mut transports: HashMap<UpstreamOptions, Transport> = HashMap::new();
         let table = RoutingTable::build(&config);
         let pools = table
             .routes()
@@ -72,11 +83,20 @@ impl Snapshot {
                 upstreams: route
                     .upstreams
                     .iter()
-                    .map(|addr| {
-                        known
-                            .entry(*addr)
-                            .or_insert_with(|| Arc::new(Upstream::new(*addr, limits)))
-                            .clone()
+                    .zip(&route.upstream_options)
+                    .map(|(addr, options)| {
+                        let transport = transports
+                            .entry(options.clone())
+                            .or_insert_with(|| transport(options, &config, provider));
+                        let key = (*addr, options.clone());
+                        match known.get(&key) {
+                            Some(u) if u.reusable_for(&limits, transport) => u.clone(),
+                            _ => {
+                                let u = Arc::new(Upstream::new(*addr, limits, transport.clone()));
+                                known.insert(key, u.clone());
+                                u
+                            }
+                        }
                     })
                     .collect(),
                 next: AtomicUsize::new(0),
@@ -85,6 +105,19 @@ impl Snapshot {
         let proxy_id = p.proxy_id.as_deref().unwrap_or(default_proxy_id);
         let proxy_id =
             HeaderValue::from_str(proxy_id).unwrap_or_else(|_| HeaderValue::from_static("portico"));
+
+        let certs = Arc::new(CertStoreHandle(if p.https_listen.is_some() {
+            CertStore::build(&config, &table, provider)
+        } else {
+            CertStore::default()
+        }));
+        let tls_config = match tls::server_config(certs.clone(), provider.clone(), sessions) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the HTTPS configuration");
+                None
+            }
+        };
 
         let mut conn_builder = auto::Builder::new(TokioExecutor::new());
         conn_builder
@@ -102,7 +135,38 @@ impl Snapshot {
             table,
             pools,
             proxy_id,
+            certs,
+            tls_config,
             conn_builder,
         }
+    }
+}
+
+fn transport(
+    options: &UpstreamOptions,
+    config: &Config,
+    provider: &Arc<CryptoProvider>,
+) -> Transport {
+    let tls = options.tls.as_ref().map(|t| {
+        let alpn: &[u8] = match options.protocol {
+            UpstreamProtocol::H2 => b"h2",
+            _ => b"http/1.1",
+        };
+        let name = ServerName::try_from(t.server_name.clone())
+            .map_err(|e| format!("{:?} is not a valid TLS server name: {e}", t.server_name))?;
+        let client = tls::client_config(t, config, alpn, provider.clone())?;
+        Ok((client, name))
+    });
+    if let Some(Err(e)) = &tls {
+        tracing::error!(error = %e, "TLS to upstreams cannot be set up; their requests will fail with 502");
+    }
+    Transport {
+        options: options.clone(),
+        tls,
+        ca_data: options
+            .tls
+            .as_ref()
+            .and_then(|t| t.ca.as_ref())
+            .and_then(|ca| config.files.get(ca).cloned()),
     }
 }

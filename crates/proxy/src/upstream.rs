@@ -12,8 +12,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portico_model::{FileData, UpstreamOptions, UpstreamProtocol};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -27,6 +33,32 @@ pub struct UpstreamLimits {
     pub connect_timeout: Duration,
 }
 
+/// How connections to an upstream are made: the protocol, and TLS if any.
+#[derive(Clone)]
+pub struct Transport {
+    pub options: UpstreamOptions,
+    /// The client TLS config, or why it could not be built (then every
+    /// connect fails with that reason, and the service answers 502).
+    pub tls: Option<Result<(Arc<ClientConfig>, ServerName<'static>), String>>,
+    /// The CA file's contents the TLS config was built from, so a changed CA
+    /// file makes a new upstream rather than reusing one with the old trust.
+    pub ca_data: Option<FileData>,
+}
+
+impl Transport {
+    pub fn plain() -> Transport {
+        Transport {
+            options: UpstreamOptions::default(),
+            tls: None,
+            ca_data: None,
+        }
+    }
+
+    fn same_as(&self, other: &Transport) -> bool {
+        self.options == other.options && self.ca_data == other.ca_data
+    }
+}
+
 /// How long an idle connection is kept before it is closed instead of reused.
 /// Shorter than the keep-alive timeout of common backends (nginx: 75 s,
 /// Go net/http: none, Node: 5 s is the outlier), so reuse rarely races a close.
@@ -35,9 +67,12 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 pub struct Upstream {
     pub addr: SocketAddr,
     pub limits: UpstreamLimits,
+    pub transport: Transport,
     /// Counts open connections, busy and idle, against `max_connections`.
     slots: Arc<Semaphore>,
     idle: Mutex<Vec<IdleConn>>,
+    /// The multiplexed connection, for HTTP/2 upstreams.
+    shared: Mutex<Option<Conn>>,
 }
 
 struct IdleConn {
@@ -45,11 +80,41 @@ struct IdleConn {
     since: Instant,
 }
 
-/// An open connection and the slot it occupies; dropping it closes the
-/// connection and frees the slot.
+pub enum Sender {
+    Http1(http1::SendRequest<ProxyBody>),
+    Http2(http2::SendRequest<ProxyBody>),
+}
+
+/// An open connection (or, for HTTP/2, a handle on the shared one) and the
+/// slot it occupies; the slot is freed when the last handle is dropped.
 pub struct Conn {
-    pub sender: http1::SendRequest<ProxyBody>,
-    _slot: OwnedSemaphorePermit,
+    pub sender: Sender,
+    slot: Arc<OwnedSemaphorePermit>,
+}
+
+impl Conn {
+    pub fn is_http2(&self) -> bool {
+        matches!(self.sender, Sender::Http2(_))
+    }
+
+    fn is_closed(&self) -> bool {
+        match &self.sender {
+            Sender::Http1(s) => s.is_closed(),
+            Sender::Http2(s) => s.is_closed(),
+        }
+    }
+
+    /// Sends the request; when the connection turned out unable to take it,
+    /// the error carries the request back.
+    pub async fn send(
+        &mut self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
+        match &mut self.sender {
+            Sender::Http1(s) => s.try_send_request(req).await,
+            Sender::Http2(s) => s.try_send_request(req).await,
+        }
+    }
 }
 
 /// Why no connection could be had.
@@ -61,46 +126,82 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("all {0} connections to this upstream are busy")]
     Saturated(usize),
+    #[error("TLS to the upstream failed: {0}")]
+    Tls(String),
     #[error("HTTP handshake failed: {0}")]
     Handshake(hyper::Error),
 }
 
 impl Upstream {
-    pub fn new(addr: SocketAddr, limits: UpstreamLimits) -> Upstream {
+    pub fn new(addr: SocketAddr, limits: UpstreamLimits, transport: Transport) -> Upstream {
         Upstream {
             addr,
             limits,
+            transport,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(None),
         }
     }
 
-    /// A connection ready for a request: the most recently used idle one
-    /// (warm, least likely to have been closed by the peer), else a new one.
+    /// Whether this upstream can stand in for one configured with these settings.
+    pub fn reusable_for(&self, limits: &UpstreamLimits, transport: &Transport) -> bool {
+        self.limits == *limits && self.transport.same_as(transport)
+    }
+
+    fn is_multiplexed(&self) -> bool {
+        self.transport.options.protocol != UpstreamProtocol::Http1
+    }
+
+    /// A connection ready for a request: for HTTP/1.1 the most recently used
+    /// idle one (warm, least likely to have been closed by the peer), for
+    /// HTTP/2 the shared one; else a new one.
     pub async fn checkout(&self) -> Result<Conn, ConnectError> {
+        if self.is_multiplexed() {
+            let current = lock(&self.shared).as_ref().and_then(|c| match &c.sender {
+                Sender::Http2(s) if !s.is_closed() => Some(Conn {
+                    sender: Sender::Http2(s.clone()),
+                    slot: c.slot.clone(),
+                }),
+                _ => None,
+            });
+            if let Some(conn) = current {
+                return Ok(conn);
+            }
+            let conn = self.connect().await?;
+            if let Sender::Http2(s) = &conn.sender {
+                *lock(&self.shared) = Some(Conn {
+                    sender: Sender::Http2(s.clone()),
+                    slot: conn.slot.clone(),
+                });
+            }
+            return Ok(conn);
+        }
         while let Some(mut idle) = self.pop_idle() {
             if idle.since.elapsed() > IDLE_TIMEOUT {
                 continue;
             }
             // A connection returned as soon as its response body ended may
             // take a moment to become ready; a closed one errors here.
-            if idle.conn.sender.ready().await.is_ok() {
-                return Ok(idle.conn);
+            if let Sender::Http1(s) = &mut idle.conn.sender {
+                if s.ready().await.is_ok() {
+                    return Ok(idle.conn);
+                }
             }
         }
         self.connect().await
     }
 
     fn pop_idle(&self) -> Option<IdleConn> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        lock(&self.idle).pop()
     }
 
     /// Returns a connection whose exchange completed, for reuse.
     pub fn checkin(&self, conn: Conn) {
-        if conn.sender.is_closed() {
+        if conn.is_http2() || conn.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = lock(&self.idle);
         if idle.len() < self.limits.max_idle {
             idle.push(IdleConn {
                 conn,
@@ -127,26 +228,74 @@ impl Upstream {
         };
         // Requests are written whole; don't let Nagle hold back their tails.
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(ConnectError::Handshake)?;
-        let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
+        let protocol = self.transport.options.protocol;
+        let sender = match &self.transport.tls {
+            None => self.handshake(stream, protocol).await?,
+            Some(Err(e)) => return Err(ConnectError::Tls(e.clone())),
+            Some(Ok((config, name))) => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let tls = match tokio::time::timeout_at(
+                    deadline,
+                    connector.connect(name.clone(), stream),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return Err(ConnectError::Tls(e.to_string())),
+                    Err(_) => return Err(ConnectError::Timeout(timeout)),
+                };
+                if protocol == UpstreamProtocol::H2
+                    && tls.get_ref().1.alpn_protocol() != Some(b"h2")
+                {
+                    return Err(ConnectError::Tls(
+                        "the upstream did not agree to HTTP/2 (ALPN h2)".into(),
+                    ));
+                }
+                self.handshake(tls, protocol).await?
             }
-        });
+        };
         Ok(Conn {
             sender,
-            _slot: slot,
+            slot: Arc::new(slot),
         })
+    }
+
+    async fn handshake<I>(&self, io: I, protocol: UpstreamProtocol) -> Result<Sender, ConnectError>
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let addr = self.addr;
+        let log_end = move |e: hyper::Error| {
+            tracing::debug!(upstream = %addr, error = %e, "upstream connection ended");
+        };
+        match protocol {
+            UpstreamProtocol::Http1 => {
+                let (sender, conn) = http1::Builder::new()
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(ConnectError::Handshake)?;
+                tokio::spawn(async move { conn.await.map_err(log_end) });
+                Ok(Sender::Http1(sender))
+            }
+            UpstreamProtocol::H2 | UpstreamProtocol::H2c => {
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(ConnectError::Handshake)?;
+                tokio::spawn(async move { conn.await.map_err(log_end) });
+                Ok(Sender::Http2(sender))
+            }
+        }
     }
 
     #[cfg(test)]
     fn idle_len(&self) -> usize {
-        self.idle.lock().unwrap().len()
+        lock(&self.idle).len()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -167,11 +316,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let up = Upstream::new(addr, limits());
+        let up = Upstream::new(addr, limits(), Transport::plain());
         assert!(matches!(up.checkout().await, Err(ConnectError::Io(_))));
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = Upstream::new(listener.local_addr().unwrap(), limits());
+        let up = Upstream::new(listener.local_addr().unwrap(), limits(), Transport::plain());
         let held = up.checkout().await.unwrap();
         assert!(matches!(
             up.checkout().await,

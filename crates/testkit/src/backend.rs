@@ -58,44 +58,13 @@ impl Backend {
     /// Answers every request with an [`Echo`] of it as JSON.
     pub async fn echo(name: &str) -> Backend {
         let replica = name.to_owned();
-        Backend::start(name, move |req| {
-            let replica = replica.clone();
-            async move {
-                let (parts, body) = req.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-                for (k, v) in &parts.headers {
-                    headers
-                        .entry(k.as_str().to_owned())
-                        .or_default()
-                        .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
-                }
-                let echo = Echo {
-                    replica,
-                    method: parts.method.to_string(),
-                    path: parts.uri.to_string(),
-                    version: format!("{:?}", parts.version),
-                    headers,
-                    body_len: body.len(),
-                };
-                let mut resp = Response::new(Full::new(Bytes::from(
-                    serde_json::to_vec(&echo).expect("echo serialises"),
-                )));
-                resp.headers_mut()
-                    .insert("content-type", "application/json".parse().unwrap());
-                // Hop-by-hop headers the proxy must not pass back to clients.
-                resp.headers_mut()
-                    .insert("keep-alive", "timeout=30".parse().unwrap());
-                resp.headers_mut()
-                    .insert("x-backend-replica", echo.replica.parse().unwrap());
-                resp
-            }
-        })
-        .await
+        Backend::start(name, move |req| echo(replica.clone(), req)).await
+    }
+
+    /// The echo backend over TLS with `config` (HTTP/2 if its ALPN offers h2).
+    pub async fn echo_tls(name: &str, config: Arc<rustls::ServerConfig>) -> Backend {
+        let replica = name.to_owned();
+        Backend::start_with(name, Some(config), move |req| echo(replica.clone(), req)).await
     }
 
     /// Accepts requests and never answers them.
@@ -123,6 +92,20 @@ impl Backend {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
     {
+        Backend::start_with(name, None, handler).await
+    }
+
+    /// Serves `handler`, over TLS when `tls` is given.
+    pub async fn start_with<F, Fut>(
+        name: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: F,
+    ) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -140,6 +123,7 @@ impl Backend {
                 };
                 c.fetch_add(1, Ordering::SeqCst);
                 let (handler, hits, stop) = (handler.clone(), h.clone(), s.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         hits.fetch_add(1, Ordering::SeqCst);
@@ -147,10 +131,24 @@ impl Backend {
                         async move { Ok::<_, Infallible>(fut.await) }
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = stop.cancelled() => {}
+                    match tls {
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = stop.cancelled() => {}
+                            }
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = stop.cancelled() => {}
+                            }
+                        }
                     }
                 });
             }
@@ -184,6 +182,42 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// The echo handler: what the request looked like, as JSON.
+async fn echo(replica: String, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in &parts.headers {
+        headers
+            .entry(k.as_str().to_owned())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let echo = Echo {
+        replica,
+        method: parts.method.to_string(),
+        path: parts.uri.to_string(),
+        version: format!("{:?}", parts.version),
+        headers,
+        body_len: body.len(),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(&echo).expect("echo serialises"),
+    )));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    // A hop-by-hop header the proxy must not pass back to clients.
+    resp.headers_mut()
+        .insert("keep-alive", "timeout=30".parse().unwrap());
+    resp.headers_mut()
+        .insert("x-backend-replica", echo.replica.parse().unwrap());
+    resp
 }
 
 /// An address on which nothing listens: connecting to it is refused.

@@ -1,4 +1,5 @@
-//! An in-process proxy for tests: built from TOML text, served on
+//! An in-process proxy for tests: built from TOML text exactly as
+//! `portico run` loads a file (referenced files included), served on
 //! 127.0.0.1:0 in the test's runtime.
 
 use std::net::SocketAddr;
@@ -13,45 +14,71 @@ use tokio_util::sync::CancellationToken;
 pub const TEST_SERVER_INFO: &str = "portico/test (0000000) linux/amd64";
 
 pub struct TestProxy {
+    /// The plain HTTP listener.
     pub addr: SocketAddr,
+    /// The HTTPS listener, when the config has `https_listen`.
+    pub https_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    tasks: Vec<JoinHandle<std::io::Result<()>>>,
+    dir: tempfile::TempDir,
+}
+
+/// Loads `toml` the way the file provider does (so relative paths and
+/// certificate files behave as in production) from a file in `dir`.
+fn load(dir: &tempfile::TempDir, toml: &str) -> Config {
+    let path = dir.path().join("portico.toml");
+    std::fs::write(&path, toml).unwrap();
+    portico_discovery::file::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl TestProxy {
-    /// Starts a proxy for `toml` (any `http_listen` in it is ignored: the
-    /// test proxy always binds 127.0.0.1:0).
+    /// Starts a proxy for `toml`. Listen addresses in it are ignored: the
+    /// test proxy binds 127.0.0.1:0 for HTTP, and for HTTPS when
+    /// `https_listen` is set.
     pub async fn start(toml: &str) -> TestProxy {
-        let config = Arc::new(Config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("{e}")));
+        let dir = tempfile::tempdir().unwrap();
+        let config = Arc::new(load(&dir, toml));
         let version = Version::of(&config);
         let proxy = Proxy::new(
             Identity {
                 server_info: TEST_SERVER_INFO.into(),
                 default_proxy_id: "test-proxy".into(),
             },
-            config,
+            config.clone(),
             version,
         );
+        let shutdown = CancellationToken::new();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(portico_proxy::serve(
+        let mut tasks = vec![tokio::spawn(portico_proxy::serve(
             proxy.clone(),
             listener,
             shutdown.clone(),
-        ));
+        ))];
+        let mut https_addr = None;
+        if config.proxy.https_listen.is_some() {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            https_addr = Some(listener.local_addr().unwrap());
+            tasks.push(tokio::spawn(portico_proxy::serve_https(
+                proxy.clone(),
+                listener,
+                shutdown.clone(),
+            )));
+        }
         TestProxy {
             addr,
+            https_addr,
             proxy,
             shutdown,
-            task: Some(task),
+            tasks,
+            dir,
         }
     }
 
     /// Replaces the config, as a reload does.
     pub fn apply(&self, toml: &str) {
-        let config = Arc::new(Config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("{e}")));
+        let config = Arc::new(load(&self.dir, toml));
         let version = Version::of(&config);
         self.proxy.apply(config, version);
     }
@@ -60,10 +87,15 @@ impl TestProxy {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The HTTPS port (panics if the config has no `https_listen`).
+    pub fn https_port(&self) -> u16 {
+        self.https_addr.expect("https_listen is configured").port()
+    }
+
     /// Stops accepting and waits for the drain to finish.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
+        for task in self.tasks.drain(..) {
             task.await.expect("serve task").expect("serve");
         }
     }
