@@ -6,10 +6,14 @@
 //!   (signals, reload, graceful shutdown).
 //! - `logging`: Interlock-style logfmt (or JSON) log lines.
 //! - `demo`: the built-in echo replicas behind `portico demo`.
+//! - `admin`: the admin API (`[admin]`): health, routes, config, probes.
+//! - `trace_cmd`: `portico trace`, the hop-by-hop functional test.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod demo;
 mod logging;
+mod trace_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,12 +64,17 @@ enum Command {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Also serve the admin API here (loopback, no token), for `portico trace`.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
     },
     /// Validate a config file; list every problem and exit non-zero if any.
     Check {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Check each hop to a service (route, tasks, proxies, LB, DNS, client) and name the first that fails.
+    Trace(Box<trace_cmd::TraceArgs>),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +90,10 @@ fn main() -> ExitCode {
     if let Command::Check { config } = &command {
         return check(config);
     }
+    let command = match command {
+        Command::Trace(args) => return trace_cmd::run(*args),
+        other => other,
+    };
     logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -95,8 +108,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Run { config } => run(config).await,
-            Command::Demo { listen } => demo(listen).await,
-            Command::Check { .. } => unreachable!("handled above"),
+            Command::Demo { listen, admin } => demo(listen, admin).await,
+            Command::Check { .. } | Command::Trace(_) => unreachable!("handled above"),
         }
     });
     match result {
@@ -182,6 +195,9 @@ async fn start(
     let proxy = Proxy::new(identity(), config, version);
     tracing::info!(version = %version, services, "configured proxy");
     let local = listener.local_addr()?;
+    if let Some(settings) = proxy.snapshot().config.admin.clone() {
+        admin::start(proxy.clone(), &settings, shutdown.clone()).await?;
+    }
     tracing::info!(listen = %local, "starting server");
     let task = tokio::spawn(portico_proxy::serve(proxy.clone(), listener, shutdown));
     Ok(Running { proxy, local, task })
@@ -208,7 +224,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+async fn demo(listen: SocketAddr, admin: Option<SocketAddr>) -> anyhow::Result<()> {
     tracing::info!(version = SERVER_INFO, "portico");
     let shutdown = CancellationToken::new();
     handle_signals(shutdown.clone(), Arc::new(Notify::new()))?;
@@ -216,7 +232,10 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
         demo::start_replica("demo-1", shutdown.clone()).await?,
         demo::start_replica("demo-2", shutdown.clone()).await?,
     ];
-    let text = demo::config_text(listen, &replicas);
+    let mut text = demo::config_text(listen, &replicas);
+    if let Some(admin) = admin {
+        text.push_str(&format!("\n[admin]\nlisten = \"{admin}\"\n"));
+    }
     let config = Config::parse(&text, "demo").map_err(|e| anyhow::anyhow!("{e}"))?;
     let running = start(config, &mut Controller::new(), shutdown).await?;
     println!("{}", demo::instructions(running.local));

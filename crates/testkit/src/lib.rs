@@ -6,11 +6,17 @@
 //! - [`backend`]: upstream servers with scripted behaviour (echo, hang, status).
 //! - [`harness`]: an in-process Portico proxy built from TOML text.
 //! - [`client`]: real `curl` as the client, and a small hyper client for loops.
+//! - [`tls_front`]: a TLS-terminating front standing in for an HTTPS proxy hop.
+//! - [`dns`]: a tiny DNS server answering from a fixed table.
+//! - [`forwarder`]: a TCP forwarder standing in for an external load balancer.
 //! - [`wait_until`]: bounded waiting on a condition instead of sleeping.
 
 pub mod backend;
 pub mod client;
+pub mod dns;
+pub mod forwarder;
 pub mod harness;
+pub mod tls_front;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,0 +1,312 @@
+//! The admin API's JSON documents, shared by the server (in the `portico`
+//! binary) and the tracer's client, so the two cannot drift apart; and the
+//! client itself.
+//!
+//! These shapes are a stable interface: fields are only ever added.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::http::{fetch, Fetch, FetchError, Timings};
+
+/// `GET /health`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Health {
+    /// Always `"ok"`: the process answers and has a config.
+    pub status: String,
+    /// The config version in force (12 hex digits, as in the logs).
+    pub version: String,
+    /// The `x-server-info` string.
+    pub server_info: String,
+    /// The `x-proxy-id` this proxy sends.
+    pub proxy_id: String,
+    /// The configured `[proxy] http_listen`.
+    pub http_listen: SocketAddr,
+    pub services: usize,
+    pub uptime_seconds: u64,
+}
+
+/// `GET /routes` and `GET /routes?host=NAME`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Routes {
+    pub version: String,
+    /// The host asked about (normalised), or `null` for the whole table.
+    pub host: Option<String>,
+    /// Every route, or with `host` the one route it matches (or none).
+    pub routes: Vec<RouteInfo>,
+    /// With `host` and no match: the configured hosts nearest to it.
+    pub nearest: Vec<NearHost>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RouteInfo {
+    /// Host patterns leading here (`foo.example`, `*.foo.example`).
+    pub hosts: Vec<String>,
+    /// With `?host=`: the pattern that matched it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<String>,
+    /// Services pooled on these hosts.
+    pub services: Vec<String>,
+    /// Their upstreams, in round-robin order.
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// A configured host close to one that is not configured.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NearHost {
+    pub host: String,
+    pub services: Vec<String>,
+    /// Edit distance to the host asked about.
+    pub distance: usize,
+}
+
+/// `POST /probe` body.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProbeRequest {
+    pub host: String,
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Per-upstream bound; default 5000, at most 30000.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+fn default_path() -> String {
+    "/".to_owned()
+}
+
+/// `POST /probe` answer: one probe per upstream of the host's route, sent
+/// by the proxy process itself (only it is sure to reach the tasks' network).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProbeResponse {
+    pub version: String,
+    pub host: String,
+    pub services: Vec<String>,
+    pub probes: Vec<Probe>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Probe {
+    pub upstream: SocketAddr,
+    /// An answer below 500 arrived.
+    pub ok: bool,
+    pub status: Option<u16>,
+    pub timings: Timings,
+    pub error: Option<String>,
+}
+
+/// The body of every admin error (4xx/5xx).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ApiError {
+    pub error: String,
+    /// For an unknown host: the configured hosts nearest to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nearest: Vec<NearHost>,
+}
+
+/// The configured hosts nearest to `host` (at most 3, closest first), from
+/// `(pattern, services)` pairs; only those within a plausible typo
+/// distance, so an unrelated name suggests nothing.
+pub fn nearest_hosts<'a>(
+    host: &str,
+    candidates: impl IntoIterator<Item = (String, &'a [String])>,
+) -> Vec<NearHost> {
+    let limit = (host.len() / 3).max(2);
+    let mut near: Vec<NearHost> = candidates
+        .into_iter()
+        .map(|(pattern, services)| NearHost {
+            distance: distance(host, &pattern),
+            host: pattern,
+            services: services.to_vec(),
+        })
+        .filter(|n| n.distance <= limit)
+        .collect();
+    near.sort_by(|a, b| a.distance.cmp(&b.distance).then(a.host.cmp(&b.host)));
+    near.truncate(3);
+    near
+}
+
+/// Levenshtein distance over bytes (host names are ASCII).
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+/// Why an admin call gave no document.
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
+pub enum AdminError {
+    #[error("admin API at {addr}: {error}")]
+    Unreachable { addr: SocketAddr, error: FetchError },
+    #[error(
+        "admin API at {addr} refused the token (401): pass --admin-token or PORTICO_ADMIN_TOKEN"
+    )]
+    Unauthorized { addr: SocketAddr },
+    #[error("admin API at {addr} answered {status}: {error}")]
+    Status {
+        addr: SocketAddr,
+        status: u16,
+        error: String,
+        body: Option<ApiError>,
+    },
+    #[error("admin API at {addr} sent an unreadable document: {error}")]
+    Decode { addr: SocketAddr, error: String },
+}
+
+/// A client for one proxy's admin API.
+#[derive(Clone, Debug)]
+pub struct AdminClient {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+    pub timeout: Duration,
+}
+
+impl AdminClient {
+    pub async fn health(&self) -> Result<Health, AdminError> {
+        self.call(Method::GET, "/health", Bytes::new()).await
+    }
+
+    pub async fn routes_for(&self, host: &str) -> Result<Routes, AdminError> {
+        let path = format!("/routes?host={}", encode_query(host));
+        self.call(Method::GET, &path, Bytes::new()).await
+    }
+
+    pub async fn probe(&self, req: &ProbeRequest) -> Result<ProbeResponse, AdminError> {
+        let body = serde_json::to_vec(req).expect("a probe request serialises");
+        self.call(Method::POST, "/probe", Bytes::from(body)).await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<T, AdminError> {
+        let host = self.addr.to_string();
+        let mut headers = vec![("accept", "application/json".to_owned())];
+        if !body.is_empty() {
+            headers.push(("content-type", "application/json".to_owned()));
+        }
+        if let Some(t) = &self.token {
+            headers.push(("authorization", format!("Bearer {t}")));
+        }
+        let ex = fetch(Fetch {
+            addr: self.addr,
+            method,
+            host: &host,
+            path,
+            headers,
+            body,
+            tls: None,
+            timeout: self.timeout,
+            body_limit: 16 << 20,
+        })
+        .await;
+        let answer = ex.result.map_err(|error| AdminError::Unreachable {
+            addr: self.addr,
+            error,
+        })?;
+        if answer.status == 401 {
+            return Err(AdminError::Unauthorized { addr: self.addr });
+        }
+        if answer.status >= 400 {
+            let parsed: Option<ApiError> = serde_json::from_slice(&answer.body).ok();
+            return Err(AdminError::Status {
+                addr: self.addr,
+                status: answer.status,
+                error: parsed
+                    .as_ref()
+                    .map_or_else(|| answer.body_text(), |e| e.error.clone()),
+                body: parsed,
+            });
+        }
+        serde_json::from_slice(&answer.body).map_err(|e| AdminError::Decode {
+            addr: self.addr,
+            error: e.to_string(),
+        })
+    }
+}
+
+/// Percent-encodes a query value (host names need little, but never trust
+/// what a user typed to be one).
+fn encode_query(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'*') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes a percent-encoded query value (the server's side of [`encode_query`]).
+pub fn decode_query(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_are_near_and_strangers_are_not() {
+        let svc = vec!["simple_foo".to_owned()];
+        let near = nearest_hosts(
+            "foo.app.domain.com",
+            [
+                ("foo.app.domain.co".to_owned(), svc.as_slice()),
+                ("bar.example.org".to_owned(), svc.as_slice()),
+            ],
+        );
+        assert_eq!(near.len(), 1);
+        assert_eq!(near[0].host, "foo.app.domain.co");
+        assert_eq!(near[0].distance, 1);
+        assert_eq!(distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn query_round_trip() {
+        for v in ["foo.app.test", "a b&c=d", "é%"] {
+            assert_eq!(decode_query(&encode_query(v)), v);
+        }
+        assert_eq!(decode_query("%zz"), "%zz");
+        assert_eq!(decode_query("abc%"), "abc%");
+    }
+}
