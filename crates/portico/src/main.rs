@@ -124,6 +124,23 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match file::load(path) {
         Ok(config) => {
+            let (problems, expiring) = portico_proxy::tls::check_certificates(&config);
+            for info in &expiring {
+                println!(
+                    "{}: warning: service {}: certificate {} expires on {}",
+                    path.display(),
+                    info.owner,
+                    info.file,
+                    humantime::format_rfc3339_seconds(info.not_after)
+                );
+            }
+            if !problems.is_empty() {
+                for p in &problems {
+                    println!("{}: service {}: {}", path.display(), p.owner, p.message);
+                }
+                println!("{}: {} problem(s)", path.display(), problems.len());
+                return ExitCode::FAILURE;
+            }
             println!(
                 "{}: ok: {} service(s), version {}",
                 path.display(),
@@ -198,8 +215,43 @@ async fn start(
     if let Some(settings) = proxy.snapshot().config.admin.clone() {
         admin::start(proxy.clone(), &settings, shutdown.clone()).await?;
     }
+    let https = match proxy.snapshot().config.proxy.https_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (https_listen)"))?,
+        ),
+        None => None,
+    };
     tracing::info!(listen = %local, "starting server");
-    let task = tokio::spawn(portico_proxy::serve(proxy.clone(), listener, shutdown));
+    let plain = tokio::spawn(portico_proxy::serve(proxy.clone(), listener, shutdown.clone()));
+    let secure = match https {
+        Some(listener) => {
+            tracing::info!(listen = %listener.local_addr()?, "starting HTTPS server");
+            Some(tokio::spawn(portico_proxy::serve_https(proxy.clone(), listener, shutdown.clone())))
+        }
+        None => None,
+    };
+    let expiry_watch = proxy.clone();
+    tokio::spawn(async move {
+        // Certificates are checked when loaded; this repeats the expiry
+        // warning daily for a long-running proxy whose files don't change.
+        let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+        daily.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = daily.tick() => expiry_watch.snapshot().certs.0.warn_expiring(),
+            }
+        }
+    });
+    let task = tokio::spawn(async move {
+        let plain = plain.await.map_err(std::io::Error::other)?;
+        if let Some(secure) = secure {
+            secure.await.map_err(std::io::Error::other)??;
+        }
+        plain
+    });
     Ok(Running { proxy, local, task })
 }
 

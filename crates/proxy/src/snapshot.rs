@@ -107,7 +107,7 @@ impl Snapshot {
             HeaderValue::from_str(proxy_id).unwrap_or_else(|_| HeaderValue::from_static("portico"));
 
         let certs = Arc::new(CertStoreHandle(if p.https_listen.is_some() {
-            CertStore::build(&config, &table, provider)
+            CertStore::build(&config, &table, provider, previous.map(|p| &p.certs.0))
         } else {
             CertStore::default()
         }));

@@ -47,6 +47,17 @@ enum Entry {
     Refused,
 }
 
+/// A certificate that could not be used, with the reason.
+#[derive(Clone, Debug)]
+pub struct CertProblem {
+    /// The service it belongs to, or `default`.
+    pub owner: String,
+    pub file: String,
+    pub message: String,
+    /// Whether the previous, working certificate is still being served.
+    pub kept_previous: bool,
+}
+
 /// The certificates of one snapshot.
 #[derive(Default)]
 pub struct CertStore {
@@ -54,42 +65,69 @@ pub struct CertStore {
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<String, Entry>,
     default: Option<Arc<CertifiedKey>>,
-    pub loaded: Vec<CertInfo>,
+    /// Every certificate in use, by the files it came from.
+    by_files: HashMap<TlsFiles, (Arc<CertifiedKey>, CertInfo)>,
+    pub problems: Vec<CertProblem>,
 }
 
 impl CertStore {
-    /// Loads every certificate `config` names; logs each problem naming the
-    /// service and file. Never fails as a whole.
-    pub fn build(config: &Config, table: &RoutingTable, provider: &CryptoProvider) -> CertStore {
+    /// Loads every certificate `config` names, logging each problem with the
+    /// service and file. Never fails as a whole. A certificate that fails to
+    /// load where `previous` had a working one from the same files (a
+    /// renewal caught half-written, a key not yet replaced) keeps the
+    /// previous one in service rather than taking the site down.
+    pub fn build(
+        config: &Config,
+        table: &RoutingTable,
+        provider: &CryptoProvider,
+        previous: Option<&CertStore>,
+    ) -> CertStore {
         let mut store = CertStore::default();
-        let mut cache: HashMap<&TlsFiles, Option<Arc<CertifiedKey>>> = HashMap::new();
-        if let Some(files) = &config.proxy.default_tls {
-            match load(files, config, provider, "default") {
+        let mut failed: HashMap<TlsFiles, ()> = HashMap::new();
+        let mut get = |files: &TlsFiles, owner: &str, store: &mut CertStore| {
+            if let Some((ck, _)) = store.by_files.get(files) {
+                return Some(ck.clone());
+            }
+            if failed.contains_key(files) {
+                return None;
+            }
+            match load(files, config, provider, owner) {
                 Ok((ck, info)) => {
-                    store.default = Some(ck);
-                    store.loaded.push(info);
+                    store.by_files.insert(files.clone(), (ck.clone(), info));
+                    Some(ck)
                 }
                 Err(e) => {
-                    tracing::error!(service = "default", file = %e.file, error = %e.message, "default certificate refused; clients without a matching certificate will fail the handshake");
+                    let kept = previous.and_then(|p| p.by_files.get(files)).cloned();
+                    if kept.is_some() {
+                        tracing::error!(service = %owner, file = %e.file, error = %e.message, "certificate refused; still serving the previous one");
+                    } else {
+                        tracing::error!(service = %owner, file = %e.file, error = %e.message, "certificate refused; HTTPS for this service is off until it is fixed");
+                    }
+                    store.problems.push(CertProblem {
+                        owner: owner.to_owned(),
+                        file: e.file,
+                        message: e.message,
+                        kept_previous: kept.is_some(),
+                    });
+                    match kept {
+                        Some((ck, info)) => {
+                            store.by_files.insert(files.clone(), (ck.clone(), info));
+                            Some(ck)
+                        }
+                        None => {
+                            failed.insert(files.clone(), ());
+                            None
+                        }
+                    }
                 }
             }
+        };
+        if let Some(files) = &config.proxy.default_tls {
+            store.default = get(files, "default", &mut store);
         }
         for route in table.routes() {
             let Some(files) = &route.tls else { continue };
-            let owner = route.label();
-            let ck = cache
-                .entry(files)
-                .or_insert_with(|| match load(files, config, provider, &owner) {
-                    Ok((ck, info)) => {
-                        store.loaded.push(info);
-                        Some(ck)
-                    }
-                    Err(e) => {
-                        tracing::error!(service = %owner, file = %e.file, error = %e.message, "certificate refused; HTTPS for this service is off until it is fixed");
-                        None
-                    }
-                })
-                .clone();
+            let ck = get(files, &route.label(), &mut store);
             for host in &route.hosts {
                 let entry = match &ck {
                     Some(ck) => Entry::Cert(ck.clone()),
@@ -101,10 +139,13 @@ impl CertStore {
                 };
             }
         }
-        for info in &store.loaded {
-            warn_if_expiring(info);
-        }
+        store.warn_expiring();
         store
+    }
+
+    /// Every certificate in use.
+    pub fn loaded(&self) -> impl Iterator<Item = &CertInfo> {
+        self.by_files.values().map(|(_, info)| info)
     }
 
     /// The certificate for a ClientHello's server name (already lower case).
@@ -131,7 +172,7 @@ impl CertStore {
 
     /// Logs a warning for each certificate expiring within [`EXPIRY_WARNING`].
     pub fn warn_expiring(&self) {
-        for info in &self.loaded {
+        for info in self.loaded() {
             warn_if_expiring(info);
         }
     }
@@ -297,7 +338,7 @@ pub struct CertStoreHandle(pub CertStore);
 impl std::fmt::Debug for CertStoreHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertStore")
-            .field("certificates", &self.0.loaded.len())
+            .field("certificates", &self.0.by_files.len())
             .finish()
     }
 }
@@ -444,4 +485,22 @@ impl ServerCertVerifier for NoVerification {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// Every certificate problem in `config` (what `portico check` reports),
+/// and the certificates that are fine but expire within [`EXPIRY_WARNING`].
+pub fn check_certificates(config: &Config) -> (Vec<CertProblem>, Vec<CertInfo>) {
+    let table = RoutingTable::build(config);
+    let store = CertStore::build(config, &table, &provider(), None);
+    let soon = store
+        .loaded()
+        .filter(|i| {
+            i.not_after
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                < EXPIRY_WARNING
+        })
+        .cloned()
+        .collect();
+    (store.problems, soon)
 }

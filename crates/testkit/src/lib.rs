@@ -6,6 +6,7 @@
 //! - [`backend`]: upstream servers with scripted behaviour (echo, hang, status).
 //! - [`harness`]: an in-process Portico proxy built from TOML text.
 //! - [`client`]: real `curl` as the client, and a small hyper client for loops.
+//! - [`tls`]: a test certificate authority and TLS configs for backends.
 //! - [`tls_front`]: a TLS-terminating front standing in for an HTTPS proxy hop.
 //! - [`dns`]: a tiny DNS server answering from a fixed table.
 //! - [`forwarder`]: a TCP forwarder standing in for an external load balancer.
@@ -16,6 +17,8 @@ pub mod client;
 pub mod dns;
 pub mod forwarder;
 pub mod harness;
+pub mod process;
+pub mod tls;
 pub mod tls_front;
 
 use std::future::Future;
@@ -24,6 +27,8 @@ use std::time::{Duration, Instant};
 pub use backend::{dead_addr, Backend, Echo};
 pub use client::{curl, CurlResponse, HttpClient};
 pub use harness::TestProxy;
+pub use process::Portico;
+pub use tls::{Issued, TestCa};
 
 /// Polls `check` until it returns true; panics with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
@@ -36,7 +41,10 @@ where
         if check().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
