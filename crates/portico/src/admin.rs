@@ -156,6 +156,7 @@ fn health(proxy: &Proxy, snap: &Snapshot, started: Instant) -> Health {
         server_info: proxy.identity().server_info.clone(),
         proxy_id: snap.proxy_id.to_str().unwrap_or_default().to_owned(),
         http_listen: snap.config.proxy.http_listen,
+        https_listen: snap.config.proxy.https_listen,
         services: snap.config.services.len(),
         uptime_seconds: started.elapsed().as_secs(),
     }

@@ -177,6 +177,7 @@ async fn documents_have_stable_schemas() {
             "server_info",
             "proxy_id",
             "http_listen",
+            "https_listen",
             "services",
             "uptime_seconds"
         ])

@@ -611,3 +611,67 @@ async fn an_untrusted_chain_is_reported_with_the_trust_used() {
         &["does not lead to", "--cacert"],
     );
 }
+
+/// Portico's own HTTPS listener as the proxy hop: the certificate chosen by
+/// SNI is checked, and a host served with the default certificate (for
+/// another name) is named as the failing proxy.
+#[tokio::test]
+async fn portico_https_listener_certificates_are_checked_by_sni() {
+    let backend = Backend::echo("task-1").await;
+    let ca = TestCa::new("Portico Test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = ca.write(dir.path());
+    let (foo_cert, foo_key) = ca.issue(&[HOST]).write(dir.path(), "foo");
+    let (def_cert, def_key) = ca.issue(&["default.app.test"]).write(dir.path(), "default");
+    let text = format!(
+        "[proxy]\nhttp_listen = \"127.0.0.1:0\"\nhttps_listen = \"127.0.0.1:0\"\nproxy_id = \"lb-tls-1\"\n\
+         default_tls_cert = {def_cert:?}\ndefault_tls_key = {def_key:?}\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[service]]\nname = \"simple_foo\"\nhosts = [\"{HOST}\"]\nupstreams = [\"{up}\"]\n\
+         tls_cert = {foo_cert:?}\ntls_key = {foo_key:?}\n\n\
+         [[service]]\nname = \"plain_bar\"\nhosts = [\"bar.app.test\"]\nupstreams = [\"{up}\"]\n",
+        up = backend.addr,
+    );
+    let path = dir.path().join("portico.toml");
+    std::fs::write(&path, text).unwrap();
+    let portico = Portico::spawn(bin(), &["run", "--config", path.to_str().unwrap()]);
+    portico.listen_addr().await;
+    let admin = admin_addr(&portico).await;
+    let line = portico
+        .wait_for_line(|l| l.contains(r#"msg="starting HTTPS server""#), WAIT)
+        .await;
+    let https: SocketAddr = parse_logfmt(&line)["listen"].parse().unwrap();
+    let args = |host: &str| {
+        vec![
+            format!("https://{host}:{}/", https.port()),
+            "--admin".into(),
+            format!("http://{admin}"),
+            "--proxy".into(),
+            https.to_string(),
+            "--resolve".into(),
+            format!("{host}:{}:127.0.0.1", https.port()),
+            "--cacert".into(),
+            ca_path.to_str().unwrap().to_owned(),
+            "--timeout".into(),
+            "2s".into(),
+        ]
+    };
+    let t = trace(&args(HOST)).await;
+    assert_eq!(t.exit, 0, "{}", t.stdout);
+    let proxy = only(&t.report, Hop::Proxy);
+    assert_eq!(proxy.proxy_id.as_deref(), Some("lb-tls-1"));
+    let tls = proxy.tls.as_ref().unwrap();
+    assert!(tls.verified && tls.names == [HOST], "{tls:?}");
+
+    let t = trace(&args("bar.app.test")).await;
+    assert_verdict(
+        &t,
+        Hop::Proxy,
+        &https.to_string(),
+        &[
+            "certificate is for default.app.test, not bar.app.test",
+            "tls_cert",
+        ],
+    );
+    assert_passes(&t.report, &[Hop::Route, Hop::Upstream]);
+}

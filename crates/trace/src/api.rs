@@ -27,6 +27,9 @@ pub struct Health {
     pub proxy_id: String,
     /// The configured `[proxy] http_listen`.
     pub http_listen: SocketAddr,
+    /// The configured `[proxy] https_listen`, if HTTPS is served.
+    #[serde(default)]
+    pub https_listen: Option<SocketAddr>,
     pub services: usize,
     pub uptime_seconds: u64,
 }

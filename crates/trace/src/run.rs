@@ -36,15 +36,22 @@ pub async fn trace(opts: &Options) -> Report {
     admin_hops(opts, &mut ctx, &mut hops).await;
 
     let mut proxies = opts.proxies.clone();
-    if proxies.is_empty() && !opts.target.https {
+    if proxies.is_empty() {
         // The admin API knows where its own proxy listens.
         if let (Some(h), Some(admin)) = (&ctx.health, opts.admin) {
-            let ip = if h.http_listen.ip().is_unspecified() {
-                admin.ip()
+            let listen = if opts.target.https {
+                h.https_listen
             } else {
-                h.http_listen.ip()
+                Some(h.http_listen)
             };
-            proxies.push(SocketAddr::new(ip, h.http_listen.port()));
+            if let Some(listen) = listen.filter(|l| l.port() != 0) {
+                let ip = if listen.ip().is_unspecified() {
+                    admin.ip()
+                } else {
+                    listen.ip()
+                };
+                proxies.push(SocketAddr::new(ip, listen.port()));
+            }
         }
     }
     if proxies.is_empty() {
@@ -595,9 +602,15 @@ fn judge(
         }
     }
     if let (Hop::Proxy, Some(h), Some(id)) = (hop, &ctx.health, &row.proxy_id) {
-        let same_listener = h.http_listen.port() == addr.port()
-            && (h.http_listen.ip() == addr.ip() || h.http_listen.ip().is_unspecified());
-        if same_listener && !opts.target.https && *id != h.proxy_id {
+        let listen = if opts.target.https {
+            h.https_listen
+        } else {
+            Some(h.http_listen)
+        };
+        let same_listener = listen.is_some_and(|l| {
+            l.port() == addr.port() && (l.ip() == addr.ip() || l.ip().is_unspecified())
+        });
+        if same_listener && *id != h.proxy_id {
             row.evidence = format!(
                 "{}: x-proxy-id is {id}, expected {}",
                 answer.status, h.proxy_id
