@@ -1026,4 +1026,76 @@ upstreams = ["127.0.0.1:1", "nope:80", "127.0.0.1:1"]
         assert!(c.admin.unwrap().token.is_some());
         assert!(Config::parse("", "p.toml").unwrap().admin.is_none());
     }
+
+    #[test]
+    fn tls_settings_are_checked_together() {
+        let e = errors(
+            r#"
+[proxy]
+default_tls_cert = "d.crt"
+
+[[service]]
+name = "a"
+hosts = ["a.test"]
+tls_cert = "a.crt"
+passthrough = true
+upstream_protocol = "h2"
+upstream_tls_verify = "maybe"
+
+[[service]]
+name = "b"
+hosts = ["a.test"]
+ssl_only = true
+upstream_tls_name = "x.test"
+"#,
+        );
+        let expect = [
+            "p.toml:3:20: proxy.default_tls_key: proxy.default_tls_cert is set, so proxy.default_tls_key must be too",
+            "p.toml:8:12: service[0] (a).tls_key: service[0] (a).tls_cert is set, so service[0] (a).tls_key must be too",
+            "p.toml:10:21: service[0] (a).upstream_protocol: \"h2\" is HTTP/2 over TLS and needs upstream_tls = true",
+            "p.toml:11:23: service[0] (a).upstream_tls_verify: \"maybe\" is not one of",
+            "p.toml:11:23: service[0] (a).upstream_tls_verify: only applies with upstream_tls = true",
+            "p.toml:9:15: service[0] (a).passthrough: a passthrough service relays raw TLS",
+            "p.toml:17:21: service[1] (b).upstream_tls_name: only applies with upstream_tls = true",
+        ];
+        assert_eq!(e.len(), expect.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(expect) {
+            assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
+        }
+        // Services valid on their own, but not together or without HTTPS.
+        let e = errors(
+            r#"
+[[service]]
+name = "a"
+hosts = ["a.test"]
+passthrough = true
+
+[[service]]
+name = "b"
+hosts = ["a.test", "b.test"]
+ssl_only = true
+tls_cert = "b.crt"
+tls_key = "b.key"
+"#,
+        );
+        let expect = [
+            "p.toml:3:8: service (a).passthrough: needs [proxy] https_listen",
+            "p.toml:8:8: service (b).tls_cert: needs [proxy] https_listen",
+            "p.toml:8:8: service (b).ssl_only: needs [proxy] https_listen",
+            "p.toml:8:8: service (b).passthrough: shares host a.test with service a but not its passthrough",
+            "p.toml:8:8: service (b).ssl_only: shares host a.test with service a but not its ssl_only",
+        ];
+        assert_eq!(e.len(), expect.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(expect) {
+            assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
+        }
+        let ok = Config::parse(
+            "[proxy]\nhttps_listen = \"127.0.0.1:8443\"\n[[service]]\nname = \"g\"\nhosts = [\"*.g.test\", \"g.test\"]\nupstream_tls = true\nupstream_protocol = \"h2\"\n",
+            "p.toml",
+        )
+        .unwrap();
+        let tls = ok.services[0].upstream.tls.as_ref().unwrap();
+        assert_eq!(tls.server_name, "g.test");
+        assert!(tls.verify);
+    }
 }

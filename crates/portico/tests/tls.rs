@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -593,4 +593,69 @@ async fn sessions_resume_across_a_reload_on_tls12_and_tls13() {
     ])
     .await;
     assert_ne!(r.exit, 0, "{r:?}");
+}
+
+/// Accepts any certificate and records the stapled OCSP response.
+#[derive(Debug)]
+struct RecordOcsp(Arc<Mutex<Vec<u8>>>, Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for RecordOcsp {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.0.lock().unwrap() = ocsp.to_vec();
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.1.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.1.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.1.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_ocsp_response_is_stapled() {
+    let site = Site::new();
+    let b = Backend::echo("b").await;
+    std::fs::write(site.dir.path().join("foo.ocsp"), b"pretend-der-ocsp-response").unwrap();
+    let proxy = TestProxy::start(&format!(
+        "{HTTPS}{}",
+        service(
+            "foo",
+            &["foo.app.test"],
+            &[b.addr],
+            &format!("{}tls_ocsp = {:?}\n", site.cert("foo", &["foo.app.test"]), site.path("foo.ocsp"))
+        ),
+    ))
+    .await;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(RecordOcsp(seen.clone(), provider)))
+        .with_no_client_auth();
+    let kind = handshake_kind(proxy.https_addr.unwrap(), Arc::new(config), "foo.app.test").await;
+    assert!(kind.is_some());
+    assert_eq!(&seen.lock().unwrap()[..], b"pretend-der-ocsp-response");
 }
