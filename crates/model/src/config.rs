@@ -132,6 +132,8 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// The admin API; `None` (no `[admin]` table) means it is not served.
     pub admin: Option<AdminSettings>,
+    /// The Docker provider; `None` (no `[docker]` table) means it is off.
+    pub docker: Option<DockerSettings>,
     pub services: Vec<Service>,
     /// Contents of the files the config refers to (certificates, keys,
     /// CAs), read by the provider, keyed by path as written. Part of the
@@ -170,6 +172,44 @@ impl Config {
             }
         }
         out
+    }
+}
+
+/// How the Docker provider reaches the engine and paces its updates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerSettings {
+    /// `unix:///var/run/docker.sock`, `tcp://host:2376`, ...; `None` means
+    /// `DOCKER_HOST`, else the local socket.
+    pub endpoint: Option<String>,
+    /// Full resynchronisation interval (Interlock's PollInterval), on top of events.
+    pub poll_interval: Duration,
+    /// PEM files for a TLS `tcp://` endpoint: CA, client certificate and key.
+    pub tls_ca: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    /// A service changing its upstreams more than this many times within
+    /// `damping_window` is damped.
+    pub damping_changes: usize,
+    pub damping_window: Duration,
+    /// How often a damped service's changes are applied.
+    pub damping_interval: Duration,
+    /// Attach Portico's own container to the networks of labelled services.
+    pub attach_networks: bool,
+}
+
+impl Default for DockerSettings {
+    fn default() -> Self {
+        DockerSettings {
+            endpoint: None,
+            poll_interval: Duration::from_secs(3),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            damping_changes: 5,
+            damping_window: Duration::from_secs(60),
+            damping_interval: Duration::from_secs(5),
+            attach_networks: true,
+        }
     }
 }
 
@@ -231,8 +271,23 @@ struct RawConfig {
     #[serde(default)]
     proxy: RawProxy,
     admin: Option<Spanned<RawAdmin>>,
+    docker: Option<Spanned<RawDocker>>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    endpoint: Option<Spanned<String>>,
+    poll_interval: Option<Spanned<String>>,
+    tls_ca: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    damping_changes: Option<Spanned<i64>>,
+    damping_window: Option<Spanned<String>>,
+    damping_interval: Option<Spanned<String>>,
+    attach_networks: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -378,6 +433,10 @@ impl Config {
         };
         let proxy = validate_proxy(&raw.proxy, &mut r);
         let admin = raw.admin.as_ref().and_then(|a| validate_admin(a, &mut r));
+        let docker = raw
+            .docker
+            .as_ref()
+            .map(|d| validate_docker(d.get_ref(), &mut r));
         let mut services = Vec::with_capacity(raw.service.len());
         let mut names: HashMap<String, usize> = HashMap::new();
         for (i, svc) in raw.service.iter().enumerate() {
@@ -390,6 +449,7 @@ impl Config {
             Ok(Config {
                 proxy,
                 admin,
+                docker,
                 services,
                 files: BTreeMap::new(),
             })
@@ -529,12 +589,15 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
 }
 
 /// A certificate/key pair from two optional keys: both or neither.
+/// The optional certificate, key and OCSP path keys of one table.
+type TlsKeys<'a> = (
+    &'a Option<Spanned<String>>,
+    &'a Option<Spanned<String>>,
+    &'a Option<Spanned<String>>,
+);
+
 fn tls_files(
-    (cert, key, ocsp): (
-        &Option<Spanned<String>>,
-        &Option<Spanned<String>>,
-        &Option<Spanned<String>>,
-    ),
+    (cert, key, ocsp): TlsKeys<'_>,
     cert_field: &str,
     key_field: &str,
     r: &mut Reporter<'_>,
@@ -636,6 +699,79 @@ fn check_services_agree(
             }
         }
     }
+}
+
+fn validate_docker(raw: &RawDocker, r: &mut Reporter<'_>) -> DockerSettings {
+    let mut d = DockerSettings::default();
+    if let Some(e) = &raw.endpoint {
+        let v = e.get_ref();
+        if ["unix://", "tcp://", "http://", "https://"]
+            .iter()
+            .any(|p| v.starts_with(p))
+        {
+            d.endpoint = Some(v.clone());
+        } else {
+            r.at(
+                e.span().start,
+                "docker.endpoint",
+                format!("{v:?} is not unix:///path/to/docker.sock or tcp://host:port"),
+            );
+        }
+    }
+    for (value, field, slot) in [
+        (
+            &raw.poll_interval,
+            "docker.poll_interval",
+            &mut d.poll_interval,
+        ),
+        (
+            &raw.damping_window,
+            "docker.damping_window",
+            &mut d.damping_window,
+        ),
+        (
+            &raw.damping_interval,
+            "docker.damping_interval",
+            &mut d.damping_interval,
+        ),
+    ] {
+        let Some(value) = value else { continue };
+        match humantime::parse_duration(value.get_ref()) {
+            Ok(v) if !v.is_zero() => *slot = v,
+            Ok(_) => r.at(value.span().start, field, "must be greater than zero"),
+            Err(e) => r.at(
+                value.span().start,
+                field,
+                format!(
+                    "{:?} is not a duration such as \"3s\": {e}",
+                    value.get_ref()
+                ),
+            ),
+        }
+    }
+    if let Some(n) = &raw.damping_changes {
+        match usize::try_from(*n.get_ref()) {
+            Ok(v) if v > 0 => d.damping_changes = v,
+            _ => r.at(
+                n.span().start,
+                "docker.damping_changes",
+                "must be a positive count",
+            ),
+        }
+    }
+    d.tls_ca = raw.tls_ca.as_ref().map(|v| v.get_ref().clone());
+    d.tls_cert = raw.tls_cert.as_ref().map(|v| v.get_ref().clone());
+    d.tls_key = raw.tls_key.as_ref().map(|v| v.get_ref().clone());
+    if d.tls_cert.is_some() != d.tls_key.is_some() {
+        let at = raw
+            .tls_cert
+            .as_ref()
+            .or(raw.tls_key.as_ref())
+            .map_or(0, |v| v.span().start);
+        r.at(at, "docker.tls_cert", "tls_cert and tls_key go together");
+    }
+    d.attach_networks = raw.attach_networks.unwrap_or(d.attach_networks);
+    d
 }
 
 fn validate_admin(raw: &Spanned<RawAdmin>, r: &mut Reporter<'_>) -> Option<AdminSettings> {

@@ -11,6 +11,7 @@
 //!   every problem is reported with file, line, column and field.
 //! - [`host`]: host-name rules shared by config validation and request
 //!   routing (case, ports, wildcards).
+//! - [`labels`]: Interlock's `com.docker.lb.*` labels → services, with findings.
 //! - [`table`]: the compiled host → route table, with services that share a
 //!   host pooled together.
 //! - [`version`]: content digests, so unchanged configs are recognised.
@@ -18,12 +19,13 @@
 
 pub mod config;
 pub mod host;
+pub mod labels;
 pub mod table;
 pub mod version;
 
 pub use config::{
-    AdminSettings, Config, ConfigError, ConfigErrors, FileData, ProxySettings, Service, TlsFiles,
-    UpstreamOptions, UpstreamProtocol, UpstreamTls,
+    AdminSettings, Config, ConfigError, ConfigErrors, DockerSettings, FileData, ProxySettings,
+    Service, TlsFiles, UpstreamOptions, UpstreamProtocol, UpstreamTls,
 };
 pub use host::{normalize_request_host, HostPattern, RequestHostError};
 pub use table::{Route, RouteId, RoutingTable};

@@ -61,6 +61,9 @@ fn canonical(config: &Config) -> String {
         // A token change is a real change; the text is only hashed, never shown.
         let _ = writeln!(out, "{admin:?}");
     }
+    if let Some(docker) = &config.docker {
+        let _ = writeln!(out, "{docker:?}");
+    }
     let mut services: Vec<_> = config.services.iter().collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
     for s in services {
