@@ -117,7 +117,7 @@ pub fn is_labelled(labels: &BTreeMap<String, String>) -> bool {
 
 pub fn translate(w: &Workload) -> Translation {
     let mut t = Translation::default();
-    let mut error = |t: &mut Translation, key: &str, message: String| {
+    let error = |t: &mut Translation, key: &str, message: String| {
         t.findings.push(Finding {
             workload: w.name.clone(),
             label: if key.is_empty() {
