@@ -1,0 +1,681 @@
+//! The Docker provider: Swarm services (their running tasks, or their VIP)
+//! and plain containers labelled `com.docker.lb.*`, kept equal to what runs.
+//!
+//! Each sync reads the whole picture (services, tasks, networks,
+//! containers) and derives the services to route; events only trigger
+//! syncs early, so a missed or reordered event can never leave routes
+//! wrong for longer than one poll interval. Services whose upstreams keep
+//! changing are damped: their changes are applied at most every
+//! `damping_interval`, while every other service's are applied at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use portico_model::labels::{self, Finding, Severity, Workload, WorkloadKind};
+use portico_model::{Config, DockerSettings, FileData, Service};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{
+    filters, ConfigObj, ContainerInspect, ContainerObj, Engine, EngineError, Info, NetworkObj,
+    ServiceObj, TaskObj,
+};
+
+/// Prefix of the keys under which certificates from Docker config objects
+/// are kept in [`Config::files`], so they can't collide with file paths.
+pub const CONFIG_OBJECT_PREFIX: &str = "docker-config:";
+
+/// What the provider sees at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DockerView {
+    pub services: Vec<Service>,
+    /// Certificate material named by `ssl_cert`/`ssl_key` labels.
+    pub files: BTreeMap<String, FileData>,
+    pub findings: Vec<Finding>,
+}
+
+/// Everything a scan reads from the engine, before interpretation.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub swarm: bool,
+    pub services: Vec<ServiceObj>,
+    pub tasks: Vec<TaskObj>,
+    pub networks: Vec<NetworkObj>,
+    pub containers: Vec<ContainerObj>,
+}
+
+impl Scan {
+    /// Describes each labelled service and container as a [`Workload`].
+    pub fn workloads(&self) -> Vec<(Workload, String)> {
+        let net_name: HashMap<&str, &str> = self
+            .networks
+            .iter()
+            .map(|n| (n.id.as_str(), n.name.as_str()))
+            .collect();
+        let name_of = |target: &str| -> String {
+            net_name
+                .get(target)
+                .map(|n| n.to_string())
+                // A target may be a name already, or an ID prefix.
+                .or_else(|| {
+                    self.networks
+                        .iter()
+                        .find(|n| n.name == target || n.id.starts_with(target))
+                        .map(|n| n.name.clone())
+                })
+                .unwrap_or_else(|| target.to_owned())
+        };
+        let mut out = Vec::new();
+        for svc in &self.services {
+            if !labels::is_labelled(&svc.spec.labels) {
+                continue;
+            }
+            let mut networks: Vec<String> = svc
+                .spec
+                .task_template
+                .networks
+                .iter()
+                .chain(&svc.spec.networks)
+                .map(|n| name_of(&n.target))
+                .collect();
+            networks.sort();
+            networks.dedup();
+            let mut addresses: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+            // Only tasks that run and are meant to: a task being stopped
+            // (desired state shutdown) leaves at once, before it dies.
+            for task in self.tasks.iter().filter(|t| {
+                t.service_id == svc.id
+                    && t.desired_state == "running"
+                    && t.status.state == "running"
+            }) {
+                for att in &task.networks_attachments {
+                    let name = if att.network.spec.name.is_empty() {
+                        name_of(&att.network.id)
+                    } else {
+                        att.network.spec.name.clone()
+                    };
+                    for a in &att.addresses {
+                        if let Some(ip) = cidr_ip(a) {
+                            addresses.entry(name.clone()).or_default().push(ip);
+                        }
+                    }
+                }
+            }
+            for ips in addresses.values_mut() {
+                ips.sort();
+                ips.dedup();
+            }
+            let vips = svc
+                .endpoint
+                .virtual_ips
+                .iter()
+                .filter_map(|v| Some((name_of(&v.network_id), cidr_ip(&v.addr)?)))
+                .collect();
+            out.push((
+                Workload {
+                    kind: WorkloadKind::Service,
+                    name: svc.spec.name.clone(),
+                    labels: svc.spec.labels.clone(),
+                    networks,
+                    addresses,
+                    vips,
+                },
+                svc.id.clone(),
+            ));
+        }
+        for c in &self.containers {
+            // Task containers are routed through their service.
+            if c.labels.contains_key("com.docker.swarm.service.id")
+                || !labels::is_labelled(&c.labels)
+            {
+                continue;
+            }
+            let healthy = c.state == "running"
+                && !c.status.contains("(unhealthy)")
+                && !c.status.contains("(health: starting)");
+            let networks: Vec<String> = c.network_settings.networks.keys().cloned().collect();
+            let addresses = c
+                .network_settings
+                .networks
+                .iter()
+                .filter(|_| healthy)
+                .filter_map(|(n, e)| Some((n.clone(), vec![e.ip_address.parse().ok()?])))
+                .collect();
+            let name = c
+                .names
+                .first()
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_else(|| c.id.chars().take(12).collect());
+            out.push((
+                Workload {
+                    kind: WorkloadKind::Container,
+                    name,
+                    labels: c.labels.clone(),
+                    networks,
+                    addresses,
+                    vips: BTreeMap::new(),
+                },
+                c.id.clone(),
+            ));
+        }
+        out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        out
+    }
+}
+
+fn cidr_ip(addr: &str) -> Option<IpAddr> {
+    addr.split('/').next()?.parse().ok()
+}
+
+/// Portico's own container, when it runs in one.
+struct SelfContainer {
+    id: String,
+    networks: BTreeSet<String>,
+}
+
+/// Per-service change history, for flap damping.
+#[derive(Default)]
+struct Flaps {
+    /// When the service's upstream set changed recently.
+    changes: VecDeque<Instant>,
+    /// The last set seen from the engine.
+    last_seen: Vec<SocketAddr>,
+    /// What is applied while damped, and since when.
+    applied: Vec<SocketAddr>,
+    applied_at: Option<Instant>,
+    damped: bool,
+}
+
+pub struct DockerProvider {
+    engine: Engine,
+    settings: DockerSettings,
+    own: Option<SelfContainer>,
+    flaps: HashMap<String, Flaps>,
+}
+
+impl DockerProvider {
+    pub async fn connect(settings: DockerSettings) -> Result<DockerProvider, EngineError> {
+        let engine = Engine::from_settings(&settings)?;
+        engine.get::<serde_json::Value>("/version").await?;
+        // In a container, the hostname is the container's short ID.
+        let own = match std::env::var("HOSTNAME") {
+            Ok(h) if !h.is_empty() => engine
+                .get::<ContainerInspect>(&format!("/containers/{h}/json"))
+                .await
+                .ok()
+                .map(|c| SelfContainer {
+                    id: c.id,
+                    networks: c.network_settings.networks.into_keys().collect(),
+                }),
+            _ => None,
+        };
+        match &own {
+            Some(c) => {
+                tracing::info!(endpoint = %engine.name, container = %&c.id[..c.id.len().min(12)], "connected to the Docker engine; running in a container")
+            }
+            None => tracing::info!(endpoint = %engine.name, "connected to the Docker engine"),
+        }
+        Ok(DockerProvider {
+            engine,
+            settings,
+            own,
+            flaps: HashMap::new(),
+        })
+    }
+
+    /// Reads services, tasks, networks and containers.
+    pub async fn scan(&self) -> Result<Scan, EngineError> {
+        let info: Info = self.engine.get("/info").await?;
+        let swarm = info.swarm.local_node_state == "active" && info.swarm.control_available;
+        let networks: Vec<NetworkObj> = self.engine.get("/networks").await?;
+        let containers: Vec<ContainerObj> = self.engine.get("/containers/json").await?;
+        let (services, tasks) = if swarm {
+            let services: Vec<ServiceObj> = self.engine.get("/services").await?;
+            let tasks: Vec<TaskObj> = self
+                .engine
+                .get(&format!(
+                    "/tasks?filters={}",
+                    filters(&[("desired-state", "running")])
+                ))
+                .await?;
+            (services, tasks)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Ok(Scan {
+            swarm,
+            services,
+            tasks,
+            networks,
+            containers,
+        })
+    }
+
+    /// One full sync: scan, translate labels, make networks reachable,
+    /// fetch certificates, damp flapping services.
+    pub async fn sync(&mut self) -> Result<DockerView, EngineError> {
+        let scan = self.scan().await?;
+        let mut view = DockerView::default();
+        if let Some(own) = &mut self.own {
+            // Refresh: someone may have detached us.
+            if let Ok(c) = self
+                .engine
+                .get::<ContainerInspect>(&format!("/containers/{}/json", own.id))
+                .await
+            {
+                own.networks = c.network_settings.networks.into_keys().collect();
+            }
+        }
+        let drivers: HashMap<&str, &NetworkObj> =
+            scan.networks.iter().map(|n| (n.name.as_str(), n)).collect();
+        for (workload, _id) in scan.workloads() {
+            let t = labels::translate(&workload);
+            view.findings.extend(t.findings);
+            let Some(mut service) = t.service else {
+                continue;
+            };
+            let network = t.network.unwrap_or_default();
+            if let Err(message) = self
+                .reach(&network, drivers.get(network.as_str()).copied())
+                .await
+            {
+                view.findings.push(Finding {
+                    workload: workload.name.clone(),
+                    label: format!("{}network", labels::PREFIX),
+                    severity: Severity::Error,
+                    message,
+                });
+                continue;
+            }
+            if let Some(tls) = &mut service.tls {
+                for path in [&mut tls.cert, &mut tls.key] {
+                    let (key, data) = self.material(path).await;
+                    view.files.insert(key.clone(), data);
+                    *path = key;
+                }
+            }
+            service.upstreams = self.damp(&service.name, std::mem::take(&mut service.upstreams));
+            view.services.push(service);
+        }
+        let live: BTreeSet<&str> = view.services.iter().map(|s| s.name.as_str()).collect();
+        self.flaps.retain(|name, _| live.contains(name.as_str()));
+        Ok(view)
+    }
+
+    /// Makes sure the proxy can reach `network`, attaching its own container
+    /// when it runs in one; says why not otherwise.
+    async fn reach(&mut self, network: &str, net: Option<&NetworkObj>) -> Result<(), String> {
+        let Some(own) = &mut self.own else {
+            // On the host: local bridge networks are routed to; overlays are not.
+            return match net {
+                Some(n) if n.driver == "overlay" => Err(format!(
+                    "network {network:?} is an overlay network, which Portico running outside a container cannot reach; run Portico as a container or service attached to it"
+                )),
+                _ => Ok(()),
+            };
+        };
+        if own.networks.contains(network) {
+            return Ok(());
+        }
+        if !self.settings.attach_networks {
+            return Err(format!(
+                "Portico's container is not attached to network {network:?}; attach it (docker network connect {network} <portico>) or set [docker] attach_networks = true"
+            ));
+        }
+        let body = serde_json::json!({ "Container": own.id });
+        match self.engine.post(&format!("/networks/{network}/connect"), body).await {
+            Ok(()) => {
+                tracing::info!(network, "attached Portico's container to the network");
+                own.networks.insert(network.to_owned());
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "Portico's container is not on network {network:?} and could not attach itself ({e}); create the network with --attachable, or attach Portico to it"
+            )),
+        }
+    }
+
+    /// Certificate bytes for an `ssl_cert`/`ssl_key` label value: a file
+    /// mounted into the proxy (an absolute path), or a Docker config object
+    /// of that name.
+    async fn material(&self, value: &str) -> (String, FileData) {
+        if value.starts_with('/') {
+            let data = std::fs::read(value)
+                .map(Arc::from)
+                .map_err(|e| e.to_string());
+            return (value.to_owned(), data);
+        }
+        let key = format!("{CONFIG_OBJECT_PREFIX}{value}");
+        let path = format!("/configs?filters={}", filters(&[("name", value)]));
+        let data = match self.engine.get::<Vec<ConfigObj>>(&path).await {
+            Ok(configs) => match configs.into_iter().find(|c| c.spec.name == value) {
+                Some(c) => base64::engine::general_purpose::STANDARD
+                    .decode(c.spec.data.as_bytes())
+                    .map(Arc::from)
+                    .map_err(|e| format!("docker config {value}: {e}")),
+                None => Err(format!(
+                    "no docker config named {value:?} (and not an absolute file path)"
+                )),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        (key, data)
+    }
+
+    /// Flap damping: passes a service's upstreams through, unless they have
+    /// changed too often lately, in which case changes are held back and
+    /// applied at most every `damping_interval`.
+    fn damp(&mut self, service: &str, upstreams: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        let now = Instant::now();
+        let s = &self.settings;
+        let f = self
+            .flaps
+            .entry(service.to_owned())
+            .or_insert_with(|| Flaps {
+                last_seen: upstreams.clone(),
+                applied: upstreams.clone(),
+                ..Flaps::default()
+            });
+        if f.last_seen != upstreams {
+            f.last_seen = upstreams.clone();
+            f.changes.push_back(now);
+        }
+        while f
+            .changes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > s.damping_window)
+        {
+            f.changes.pop_front();
+        }
+        if !f.damped && f.changes.len() > s.damping_changes {
+            f.damped = true;
+            tracing::warn!(service, changes = f.changes.len(), window = ?s.damping_window, "service is restarting repeatedly; damping its updates");
+        } else if f.damped && f.changes.is_empty() {
+            f.damped = false;
+            tracing::info!(
+                service,
+                "service is stable again; its updates apply at once"
+            );
+        }
+        if !f.damped {
+            f.applied = upstreams.clone();
+            f.applied_at = Some(now);
+            return upstreams;
+        }
+        if f.applied_at
+            .is_none_or(|t| now.duration_since(t) >= s.damping_interval)
+        {
+            f.applied = upstreams;
+            f.applied_at = Some(now);
+        }
+        f.applied.clone()
+    }
+
+    /// When the next damped service is due for an update, if any.
+    fn next_damping_deadline(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.flaps
+            .values()
+            .filter(|f| f.damped && f.applied != f.last_seen)
+            .filter_map(|f| f.applied_at)
+            .map(|t| (t + self.settings.damping_interval).saturating_duration_since(now))
+            .min()
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Runs the provider until `shutdown`: syncs at start, on every relevant
+/// event, every `poll_interval`, and after reconnecting; calls `on_view`
+/// with each view that differs from the last.
+pub async fn watch(
+    mut provider: DockerProvider,
+    shutdown: CancellationToken,
+    mut on_view: impl FnMut(DockerView),
+) {
+    let poll = provider.settings.poll_interval;
+    let mut last: Option<DockerView> = None;
+    let mut events = None;
+    let mut next_sync = tokio::time::Instant::now();
+    loop {
+        if events.is_none() {
+            match provider
+                .engine
+                .events(&["service", "container", "network", "node", "config"])
+                .await
+            {
+                Ok(e) => events = Some(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe to Docker events; polling only")
+                }
+            }
+            // A fresh subscription may have missed changes: resync now.
+            next_sync = tokio::time::Instant::now();
+        }
+        let damped_due = provider.next_damping_deadline();
+        let wake = damped_due.map_or(next_sync, |d| {
+            next_sync.min(tokio::time::Instant::now() + d)
+        });
+        let event = async {
+            match &mut events {
+                Some(e) => e.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(wake) => {}
+            ev = event => match ev {
+                Some(ev) => {
+                    tracing::debug!(kind = %ev.kind, action = %ev.action, id = %ev.actor.id, "docker event");
+                    // Exec and health-probe noise says nothing about routing.
+                    if ev.action.starts_with("exec_") || ev.action.starts_with("health_status") && ev.kind != "container" {
+                        continue;
+                    }
+                }
+                None => {
+                    tracing::warn!("Docker event stream ended; reconnecting");
+                    events = None;
+                    continue;
+                }
+            },
+        }
+        match provider.sync().await {
+            Ok(view) => {
+                next_sync = tokio::time::Instant::now() + poll;
+                if last.as_ref() != Some(&view) {
+                    log_new_findings(
+                        last.as_ref().map(|v| &v.findings[..]).unwrap_or(&[]),
+                        &view.findings,
+                    );
+                    last = Some(view.clone());
+                    on_view(view);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Docker sync failed; keeping the last routes");
+                next_sync = tokio::time::Instant::now() + poll;
+                events = None;
+            }
+        }
+    }
+}
+
+fn log_new_findings(before: &[Finding], now: &[Finding]) {
+    for f in now.iter().filter(|f| !before.contains(f)) {
+        match f.severity {
+            Severity::Error => {
+                tracing::error!(service = %f.workload, label = %f.label, error = %f.message, "service skipped")
+            }
+            Severity::Warning => {
+                tracing::warn!(service = %f.workload, label = %f.label, warning = %f.message, "label not applied")
+            }
+        }
+    }
+}
+
+/// The file config with the Docker services added. File services win: a
+/// Docker service whose name or host a file service already has loses
+/// that name or host, and this is reported.
+pub fn merge(file: &Config, docker: &DockerView) -> (Config, Vec<Finding>) {
+    let mut config = file.clone();
+    let mut findings = Vec::new();
+    let names: BTreeSet<&str> = file.services.iter().map(|s| s.name.as_str()).collect();
+    let hosts: BTreeMap<_, &str> = file
+        .services
+        .iter()
+        .flat_map(|s| s.hosts.iter().map(move |h| (h.clone(), s.name.as_str())))
+        .collect();
+    let https = file.proxy.https_listen.is_some();
+    for svc in &docker.services {
+        let mut svc = svc.clone();
+        let mut report = |label: &str, message: String| {
+            findings.push(Finding {
+                workload: svc.name.clone(),
+                label: label.to_owned(),
+                severity: Severity::Error,
+                message,
+            })
+        };
+        if names.contains(svc.name.as_str()) {
+            report(
+                "",
+                format!(
+                    "a service named {:?} is in the config file; the file's wins",
+                    svc.name
+                ),
+            );
+            continue;
+        }
+        if !https && (svc.tls.is_some() || svc.ssl_only || svc.passthrough) {
+            report(
+                "com.docker.lb.ssl_cert",
+                "HTTPS labels need [proxy] https_listen in Portico's config".into(),
+            );
+            continue;
+        }
+        let mut kept = Vec::new();
+        for h in std::mem::take(&mut svc.hosts) {
+            match hosts.get(&h) {
+                Some(owner) => report(
+                    "com.docker.lb.hosts",
+                    format!("host {h} is also claimed by service {owner} in the config file, which keeps it"),
+                ),
+                None => kept.push(h),
+            }
+        }
+        if kept.is_empty() {
+            continue;
+        }
+        svc.hosts = kept;
+        config.services.push(svc);
+    }
+    for (k, v) in &docker.files {
+        config.files.insert(k.clone(), v.clone());
+    }
+    (config, findings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_from_fixtures() -> Scan {
+        let read = |name: &str| {
+            std::fs::read_to_string(format!(
+                "{}/tests/fixtures/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let info: Info = serde_json::from_str(&read("info_swarm.json")).unwrap();
+        Scan {
+            swarm: info.swarm.local_node_state == "active" && info.swarm.control_available,
+            services: serde_json::from_str(&read("services.json")).unwrap(),
+            tasks: serde_json::from_str(&read("tasks.json")).unwrap(),
+            networks: serde_json::from_str(&read("networks.json")).unwrap(),
+            containers: serde_json::from_str(&read("containers.json")).unwrap(),
+        }
+    }
+
+    /// Recorded from a real engine (20.10, swarm mode): service fx_foo with
+    /// two replicas on overlay fx_net; fx_bad with a typo'd label on two
+    /// networks; a plain container fx_plain on the default bridge.
+    #[test]
+    fn recorded_engine_json_becomes_workloads_and_services() {
+        let scan = scan_from_fixtures();
+        assert!(scan.swarm);
+        let workloads = scan.workloads();
+        let names: Vec<&str> = workloads.iter().map(|(w, _)| w.name.as_str()).collect();
+        assert_eq!(names, ["fx_bad", "fx_foo", "fx_plain"]);
+
+        let foo = &workloads[1].0;
+        assert_eq!(foo.kind, WorkloadKind::Service);
+        assert_eq!(foo.networks, ["fx_net"]);
+        assert_eq!(foo.addresses["fx_net"].len(), 2);
+        assert!(foo.vips.contains_key("fx_net"));
+        let t = labels::translate(foo);
+        let svc = t.service.expect("fx_foo routes");
+        assert_eq!(svc.hosts[0].to_string(), "foo.app.test");
+        assert_eq!(svc.upstreams.len(), 2);
+        assert!(svc
+            .upstreams
+            .iter()
+            .all(|u| u.port() == 8080 && u.ip().to_string().starts_with("10.0.1.")));
+        assert_eq!(t.findings.len(), 1, "{:?}", t.findings);
+        assert!(t.findings[0]
+            .to_string()
+            .contains("sticky_session_cookie: not implemented"));
+
+        let bad = labels::translate(&workloads[0].0);
+        assert!(bad.service.is_none());
+        let msgs: Vec<String> = bad.findings.iter().map(|f| f.to_string()).collect();
+        assert!(
+            msgs.iter().any(|m| m
+                .contains("com.docker.lb.host: unknown label (did you mean com.docker.lb.hosts?)")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("several networks (fx_net, fx_other)")),
+            "{msgs:?}"
+        );
+
+        let plain = &workloads[2].0;
+        assert_eq!(plain.kind, WorkloadKind::Container);
+        assert_eq!(plain.networks, ["bridge"]);
+        let t = labels::translate(plain);
+        assert_eq!(t.service.unwrap().upstreams[0].port(), 8080);
+    }
+
+    #[test]
+    fn merge_lets_file_services_win_and_reports_it() {
+        let file = Config::parse(
+            "[[service]]\nname = \"web\"\nhosts = [\"foo.app.test\"]\nupstreams = [\"127.0.0.1:1\"]\n",
+            "f",
+        )
+        .unwrap();
+        let scan = scan_from_fixtures();
+        let docker = DockerView {
+            services: scan
+                .workloads()
+                .iter()
+                .filter_map(|(w, _)| labels::translate(w).service)
+                .collect(),
+            ..DockerView::default()
+        };
+        let (merged, findings) = merge(&file, &docker);
+        let names: Vec<&str> = merged.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web", "fx_plain"]);
+        assert!(
+            findings[0]
+                .to_string()
+                .contains("host foo.app.test is also claimed by service web in the config file"),
+            "{findings:?}"
+        );
+    }
+}
