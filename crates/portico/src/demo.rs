@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -25,21 +26,27 @@ pub async fn start_replica(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let stream = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
-            };
-            tokio::spawn(async move {
-                let svc =
-                    service_fn(move |req| async move { Ok::<_, Infallible>(echo(name, req)) });
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-            });
-        }
-    });
+    tokio::spawn(serve_replica(listener, name.into(), stop));
     Ok(addr)
+}
+
+/// Serves the echo replica on `listener` until `stop`.
+pub async fn serve_replica(listener: TcpListener, name: Arc<str>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+        };
+        let name = name.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let name = name.clone();
+                async move { Ok::<_, Infallible>(echo(&name, req)) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
 }
 
 fn echo(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -13,6 +13,7 @@
 mod admin;
 mod demo;
 mod logging;
+mod providers;
 mod trace_cmd;
 
 use std::net::SocketAddr;
@@ -58,6 +59,9 @@ enum Command {
     Run {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Worker threads serving connections (default: one per CPU).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        workers: Option<u16>,
     },
     /// Run two built-in demo replicas behind the proxy, routing foo.app.test.
     Demo {
@@ -68,10 +72,25 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         admin: Option<SocketAddr>,
     },
+    /// Serve a tiny echo backend (its name, and the request it got), e.g. as a test service's image.
+    Echo {
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// The replica name it answers with (default: the hostname, a container's short id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Exit with status 1 after this long (e.g. "2s"): a crash-looping service for tests.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        exit_after: Option<std::time::Duration>,
+    },
     /// Validate a config file; list every problem and exit non-zero if any.
     Check {
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        #[arg(short, long, value_name = "FILE", required_unless_present = "docker")]
+        config: Option<PathBuf>,
+        /// Also check the Docker engine's labelled services and containers
+        /// (with the config's [docker] settings, else the defaults).
+        #[arg(long)]
+        docker: bool,
     },
     /// Check each hop to a service (route, tasks, proxies, LB, DNS, client) and name the first that fails.
     Trace(Box<trace_cmd::TraceArgs>),
@@ -87,18 +106,49 @@ fn main() -> ExitCode {
         eprintln!("portico: a command is required (run, demo or check); see `portico --help`");
         return ExitCode::from(2);
     };
-    if let Command::Check { config } = &command {
-        return check(config);
+    if let Command::Check { config, docker } = &command {
+        let mut ok = true;
+        let mut settings = None;
+        if let Some(config) = config {
+            if check(config) != ExitCode::SUCCESS {
+                ok = false;
+            }
+            settings = file::load(config).ok().and_then(|c| c.docker);
+        }
+        if *docker {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let checked = runtime
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(providers::check_docker(settings.unwrap_or_default())));
+            match checked {
+                Ok(clean) => ok &= clean,
+                Err(e) => {
+                    println!("docker: {e:#}");
+                    ok = false;
+                }
+            }
+        }
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     let command = match command {
         Command::Trace(args) => return trace_cmd::run(*args),
         other => other,
     };
     logging::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Run {
+        workers: Some(n), ..
+    } = &command
     {
+        builder.worker_threads(usize::from(*n));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("portico: cannot start the runtime: {e}");
@@ -107,8 +157,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match command {
-            Command::Run { config } => run(config).await,
+            Command::Run { config, .. } => run(config).await,
             Command::Demo { listen, admin } => demo(listen, admin).await,
+            Command::Echo {
+                listen,
+                name,
+                exit_after,
+            } => echo(listen, name, exit_after).await,
             Command::Check { .. } | Command::Trace(_) => unreachable!("handled above"),
         }
     });
@@ -224,11 +279,19 @@ async fn start(
         None => None,
     };
     tracing::info!(listen = %local, "starting server");
-    let plain = tokio::spawn(portico_proxy::serve(proxy.clone(), listener, shutdown.clone()));
+    let plain = tokio::spawn(portico_proxy::serve(
+        proxy.clone(),
+        listener,
+        shutdown.clone(),
+    ));
     let secure = match https {
         Some(listener) => {
             tracing::info!(listen = %listener.local_addr()?, "starting HTTPS server");
-            Some(tokio::spawn(portico_proxy::serve_https(proxy.clone(), listener, shutdown.clone())))
+            Some(tokio::spawn(portico_proxy::serve_https(
+                proxy.clone(),
+                listener,
+                shutdown.clone(),
+            )))
         }
         None => None,
     };
@@ -257,22 +320,60 @@ async fn start(
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     tracing::info!(version = SERVER_INFO, "portico");
-    let config = file::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let file_config = file::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = CancellationToken::new();
     let reload = Arc::new(Notify::new());
     handle_signals(shutdown.clone(), reload.clone())?;
+    let (provider, docker_view) = match &file_config.docker {
+        Some(settings) => providers::first_docker_view(settings).await,
+        None => (None, Default::default()),
+    };
+    let first = providers::merged(&file_config, &docker_view, &mut Vec::new());
     let mut controller = Controller::new();
-    let running = start(config, &mut controller, shutdown.clone()).await?;
-    let proxy = running.proxy.clone();
-    let watcher = tokio::spawn(file::watch(path, reload, shutdown.clone(), move |config| {
-        if let Some((config, version)) = controller.offer(config) {
-            proxy.apply(config, version);
-        }
-    }));
+    let running = start(first, &mut controller, shutdown.clone()).await?;
+    let watcher = providers::spawn(
+        path,
+        file_config,
+        provider,
+        docker_view,
+        controller,
+        running.proxy.clone(),
+        reload,
+        shutdown.clone(),
+    );
     running.task.await.context("proxy task")??;
     shutdown.cancel();
     watcher.await.context("watcher task")??;
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn echo(
+    listen: SocketAddr,
+    name: Option<String>,
+    exit_after: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    let name = name.unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(listen = %listener.local_addr()?, name = %name, "echo backend serving");
+    let shutdown = CancellationToken::new();
+    handle_signals(shutdown.clone(), Arc::new(Notify::new()))?;
+    let serving = tokio::spawn(demo::serve_replica(listener, name.into(), shutdown.clone()));
+    match exit_after {
+        Some(after) => {
+            tokio::select! {
+                _ = tokio::time::sleep(after) => {
+                    tracing::error!(after = ?after, "exiting as asked (--exit-after)");
+                    std::process::exit(1);
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        None => shutdown.cancelled().await,
+    }
+    serving.abort();
     Ok(())
 }
 

@@ -1,0 +1,166 @@
+//! Wiring of the providers to the proxy: the file and (when configured)
+//! Docker providers each report what they see; their latest reports are
+//! merged, versioned by the controller, and applied to the proxy. Also
+//! `portico check --docker`.
+
+use std::sync::Arc;
+
+use portico_discovery::docker::{self, DockerProvider, DockerView};
+use portico_discovery::{file, Controller};
+use portico_model::labels::{Finding, Severity};
+use portico_model::{Config, DockerSettings};
+use portico_proxy::Proxy;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+enum Update {
+    File(Config),
+    Docker(DockerView),
+}
+
+/// The first Docker view, read before the proxy starts so that it serves
+/// Docker routes from its first request. A missing engine is not fatal:
+/// the provider keeps trying in the background.
+pub async fn first_docker_view(settings: &DockerSettings) -> (Option<DockerProvider>, DockerView) {
+    match DockerProvider::connect(settings.clone()).await {
+        Ok(mut provider) => match provider.sync().await {
+            Ok(view) => (Some(provider), view),
+            Err(e) => {
+                tracing::warn!(error = %e, "first Docker sync failed; retrying");
+                (Some(provider), DockerView::default())
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reach the Docker engine; serving the file's routes and retrying");
+            (None, DockerView::default())
+        }
+    }
+}
+
+/// Merges the file's config with a Docker view, logging merge findings
+/// that are new since `logged`.
+pub fn merged(file: &Config, docker: &DockerView, logged: &mut Vec<Finding>) -> Config {
+    let (config, findings) = docker::merge(file, docker);
+    for f in findings.iter().filter(|f| !logged.contains(f)) {
+        tracing::error!(service = %f.workload, label = %f.label, error = %f.message, "service skipped");
+    }
+    *logged = findings;
+    config
+}
+
+/// Runs the providers until `shutdown`, applying every change to `proxy`.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn(
+    path: std::path::PathBuf,
+    mut file_config: Config,
+    provider: Option<DockerProvider>,
+    mut docker_view: DockerView,
+    mut controller: Controller,
+    proxy: Arc<Proxy>,
+    reload: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> JoinHandle<Result<(), notify::Error>> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if let Some(settings) = file_config.docker.clone() {
+        let (tx, shutdown) = (tx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let provider = match provider {
+                Some(p) => p,
+                None => loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(settings.poll_interval) => {}
+                    }
+                    if let Ok(p) = DockerProvider::connect(settings.clone()).await {
+                        break p;
+                    }
+                },
+            };
+            docker::watch(provider, shutdown, move |view| {
+                let _ = tx.send(Update::Docker(view));
+            })
+            .await;
+        });
+    }
+    let file_tx = tx;
+    let watcher = tokio::spawn(file::watch(path, reload, shutdown.clone(), move |config| {
+        let _ = file_tx.send(Update::File(config));
+    }));
+    tokio::spawn(async move {
+        let mut logged = Vec::new();
+        while let Some(update) = rx.recv().await {
+            match update {
+                Update::File(c) => {
+                    if c.docker != file_config.docker {
+                        tracing::warn!(
+                            "[docker] settings changed; they take effect after a restart"
+                        );
+                    }
+                    file_config = c;
+                }
+                Update::Docker(v) => docker_view = v,
+            }
+            let config = merged(&file_config, &docker_view, &mut logged);
+            if let Some((config, version)) = controller.offer(config) {
+                proxy.apply(config, version);
+            }
+        }
+    });
+    watcher
+}
+
+/// `portico check --docker`: every finding about the engine's labelled
+/// services and containers, as a table. Returns whether there were none.
+pub async fn check_docker(settings: DockerSettings) -> anyhow::Result<bool> {
+    let mut provider = DockerProvider::connect(DockerSettings {
+        // A check only reads: it never attaches networks.
+        attach_networks: false,
+        ..settings
+    })
+    .await?;
+    let view = provider.sync().await?;
+    let findings = &view.findings;
+    let routed: Vec<&str> = view.services.iter().map(|s| s.name.as_str()).collect();
+    println!("{} service(s) routed: {}", routed.len(), routed.join(", "));
+    if findings.is_empty() {
+        println!("no problems found");
+        return Ok(true);
+    }
+    let w1 = findings
+        .iter()
+        .map(|f| f.workload.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    let w2 = findings
+        .iter()
+        .map(|f| f.label.len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    println!(
+        "{:<w1$}  {:<w2$}  {:<8}  PROBLEM",
+        "SERVICE", "LABEL", "SEVERITY"
+    );
+    for f in findings {
+        let label = if f.label.is_empty() { "-" } else { &f.label };
+        println!(
+            "{:<w1$}  {:<w2$}  {:<8}  {}",
+            f.workload,
+            label,
+            f.severity.to_string(),
+            f.message
+        );
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    println!(
+        "{} problem(s): {errors} error(s), {} warning(s)",
+        findings.len(),
+        findings.len() - errors
+    );
+    Ok(false)
+}
