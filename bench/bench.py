@@ -1,0 +1,723 @@
+#!/usr/bin/env python3
+"""Portico vs nginx vs HAProxy, side by side, on 127.0.0.1.
+
+Started by bench/run.sh (which installs the tools and builds Portico). Each
+proxy routes `foo.app.test` round robin to the same two backends (one nginx
+serving fixed 100 B / 4 KiB / 64 KiB files and accepting POSTs), with
+equivalent settings: keep-alive to the backends, no access log, the same
+forwarding headers (X-Forwarded-For/-Proto/-Host, X-Real-IP, a request id)
+and the same informational response headers Portico adds.
+
+Phases:
+  pinned    every proxy with 1 worker on CPU 1; load generator and backends on CPU 0
+  unpinned  every proxy with 2 workers, nothing pinned (a subset of scenarios)
+  idle      idle RSS, then 10,000 idle keep-alive client connections per proxy
+
+In each phase the three proxies run side by side on their own ports (idle
+ones cost nothing) and the runs are interleaved per scenario: portico, nginx,
+haproxy, portico, nginx, haproxy... Medians over the repetitions are quoted.
+The proxy's CPU time per request comes from /proc/PID/stat (utime+stime,
+summed over its processes) before and after each run; peak RSS is VmHWM,
+reset before each run through /proc/PID/clear_refs.
+"""
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HOST = "foo.app.test"
+BACKENDS = (18081, 18082)
+# (http, https) per proxy
+PORTS = {"portico": (18380, 18743), "nginx": (18180, 18543), "haproxy": (18280, 18643)}
+PROXIES = ("portico", "nginx", "haproxy")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# 10,000 idle connections need more descriptors than the usual 1024, in
+# every process started from here (proxies, backends, clients).
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+_want = 65536 if _hard == resource.RLIM_INFINITY else min(65536, _hard)
+resource.setrlimit(resource.RLIMIT_NOFILE, (_want, _hard))
+FD_LIMIT = _want
+
+# HAProxy's connection cap: room for the idle-connection test's clients.
+MAXCONN = 12000
+
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+DURATION = float(os.environ.get("BENCH_DURATION", "1" if QUICK else "3"))
+REPS = int(os.environ.get("BENCH_REPS", "1" if QUICK else "3"))
+IDLE_CONNS = min(int(os.environ.get("BENCH_IDLE_CONNS", "1000" if QUICK else "10000")),
+                 FD_LIMIT - 1000)
+
+# name, tool, path, connections, extra
+SCENARIOS = [
+    ("h1-100B-c50", "wrk", "/100.bin", 50, {}),
+    ("h1-100B-c256", "wrk", "/100.bin", 256, {}),
+    ("h1-4KiB-c50", "wrk", "/4k.bin", 50, {}),
+    ("h1-4KiB-c256", "wrk", "/4k.bin", 256, {}),
+    ("h1-64KiB-c50", "wrk", "/64k.bin", 50, {}),
+    ("h1-64KiB-c256", "wrk", "/64k.bin", 256, {}),
+    ("h2-tls-4KiB-c50x10", "h2load", "/4k.bin", 50, {"streams": 10}),
+    ("tls-new-conn-c50", "wrk-tls-close", "/100.bin", 50, {}),
+    ("post-1MiB-c16", "wrk", "/upload", 16, {"post": 1 << 20}),
+]
+UNPINNED = ("h1-100B-c256", "h1-4KiB-c256", "h2-tls-4KiB-c50x10", "tls-new-conn-c50")
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def children(pid):
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def tree(pid):
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += children(p)
+    return pids
+
+
+def cpu_ticks(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total
+
+
+def status_kb(pids, key):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def reset_hwm(pids):
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+def wait_port(port, timeout=10.0, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with status {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def port_free(port):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def pin(cpu):
+    return ["taskset", "-c", str(cpu)] if cpu is not None else []
+
+
+class Proc:
+    def __init__(self, name, cmd, logpath, ports, cpu=None):
+        self.name = name
+        self.log = open(logpath, "ab")
+        self.p = subprocess.Popen(pin(cpu) + cmd, stdout=self.log, stderr=self.log,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            for port in ports:
+                wait_port(port, proc=self.p)
+        except RuntimeError as e:
+            self.stop()
+            with open(logpath, errors="replace") as f:
+                tail = f.read()[-2000:]
+            raise RuntimeError(f"{name}: {e}\n{tail}") from None
+        time.sleep(0.2)  # let workers come up
+
+    @property
+    def pids(self):
+        return tree(self.p.pid)
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+        self.log.close()
+
+
+# ---------------------------------------------------------------- configs
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def setup_files(work):
+    www = os.path.join(work, "www")
+    os.makedirs(www, exist_ok=True)
+    for name, size in (("100.bin", 100), ("4k.bin", 4096), ("64k.bin", 65536)):
+        write(os.path.join(www, name), ("x" * (size - 1)) + "\n")
+    for d in ("tmp", "logs"):
+        os.makedirs(os.path.join(work, d), exist_ok=True)
+    cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", f"/CN={HOST}",
+         "-addext", f"subjectAltName=DNS:{HOST}"],
+        check=True, capture_output=True)
+    with open(cert) as c, open(key) as k:
+        write(os.path.join(work, "combined.pem"), c.read() + k.read())
+    write(os.path.join(work, "post.lua"),
+          f'wrk.method = "POST"\nwrk.body = string.rep("x", {1 << 20})\n'
+          'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+    return www
+
+
+def nginx_common(work):
+    return f"""
+user root;
+daemon off;
+master_process on;
+pid {work}/tmp/nginx-%s.pid;
+error_log {work}/logs/nginx-%s-error.log warn;
+worker_rlimit_nofile {FD_LIMIT - 500};
+events {{ worker_connections {FD_LIMIT - 1000}; multi_accept on; }}
+"""
+
+
+def backend_conf(work, www, workers):
+    head = nginx_common(work).replace("%s", "backend")
+    servers = "".join(f"""
+  server {{
+    listen 127.0.0.1:{p} backlog=4096;
+    root {www};
+    location = /upload {{ client_max_body_size 2m; return 200 "ok\\n"; }}
+  }}""" for p in BACKENDS)
+    return write(os.path.join(work, "backend.conf"), f"""worker_processes {workers};
+{head}
+http {{
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_requests 10000000; keepalive_timeout 300s;
+  open_file_cache max=16 inactive=300s;
+  open_file_cache_valid 300s;
+  default_type application/octet-stream;
+  client_body_temp_path {work}/tmp/backend_body;
+{servers}
+}}
+""")
+
+
+def nginx_conf(work, workers):
+    head = nginx_common(work).replace("%s", "proxy")
+    http, https = PORTS["nginx"]
+    ups = "".join(f"    server 127.0.0.1:{p};\n" for p in BACKENDS)
+    return write(os.path.join(work, f"nginx-proxy-{workers}.conf"), f"""worker_processes {workers};
+{head}
+http {{
+  access_log off;
+  tcp_nodelay on;
+  keepalive_requests 10000000; keepalive_timeout 300s;
+  http2_max_requests 10000000;
+  client_body_temp_path {work}/tmp/proxy_body;
+  proxy_temp_path {work}/tmp/proxy_temp;
+  ssl_protocols TLSv1.2 TLSv1.3;
+  ssl_session_cache shared:SSL:10m;
+  upstream foo {{
+{ups}    keepalive 512;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+  }}
+  server {{
+    listen 127.0.0.1:{http} default_server backlog=4096;
+    listen 127.0.0.1:{https} ssl http2 default_server backlog=4096;
+    ssl_certificate {work}/cert.pem;
+    ssl_certificate_key {work}/key.pem;
+    return 503;
+  }}
+  server {{
+    listen 127.0.0.1:{http};
+    listen 127.0.0.1:{https} ssl http2;
+    server_name {HOST};
+    ssl_certificate {work}/cert.pem;
+    ssl_certificate_key {work}/key.pem;
+    client_max_body_size 2m;
+    location / {{
+      proxy_pass http://foo;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Real-IP $remote_addr;
+      proxy_set_header X-Request-ID $request_id;
+      proxy_request_buffering off;
+      proxy_buffers 16 16k;
+      proxy_buffer_size 16k;
+      add_header x-request-id $request_id always;
+      add_header x-proxy-id bench always;
+      add_header x-server-info "nginx" always;
+      add_header x-upstream-addr $upstream_addr always;
+      add_header x-upstream-response-time $upstream_header_time always;
+    }}
+  }}
+}}
+""")
+
+
+def haproxy_conf(work, threads):
+    http, https = PORTS["haproxy"]
+    return write(os.path.join(work, f"haproxy-{threads}.cfg"), f"""global
+  nbthread {threads}
+  maxconn {MAXCONN}
+  # HAProxy wants 2 descriptors per connection up front; where the hard
+  # limit is lower (20000 in some containers) run with what there is.
+  no strict-limits
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+  tune.ssl.default-dh-param 2048
+
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 60s
+  timeout http-request 30s
+  timeout http-keep-alive 300s
+  option http-keep-alive
+  http-reuse always
+  maxconn {MAXCONN}
+
+frontend fe
+  bind 127.0.0.1:{http} backlog 4096
+  bind 127.0.0.1:{https} ssl crt {work}/combined.pem alpn h2,http/1.1 backlog 4096
+  unique-id-format %[uuid]
+  use_backend foo if {{ req.hdr(host),field(1,:),lower -m str {HOST} }}
+  default_backend none
+
+backend none
+  http-request return status 503
+
+backend foo
+  balance roundrobin
+  option forwardfor
+  http-request set-header X-Real-IP %[src]
+  http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
+  http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Request-ID %[unique-id]
+  http-response set-header x-request-id %[unique-id]
+  http-response set-header x-proxy-id bench
+  http-response set-header x-server-info haproxy
+  http-response set-header x-upstream-addr %si:%sp
+  http-response set-header x-upstream-response-time %Tr
+  server s1 127.0.0.1:{BACKENDS[0]}
+  server s2 127.0.0.1:{BACKENDS[1]}
+""")
+
+
+def portico_conf(work):
+    http, https = PORTS["portico"]
+    ups = ", ".join(f'"127.0.0.1:{p}"' for p in BACKENDS)
+    return write(os.path.join(work, "portico.toml"), f"""[proxy]
+http_listen = "127.0.0.1:{http}"
+https_listen = "127.0.0.1:{https}"
+proxy_id = "bench"
+access_log = false
+idle_connections_per_upstream = 512
+
+[[service]]
+name = "foo"
+hosts = ["{HOST}"]
+upstreams = [{ups}]
+tls_cert = "{work}/cert.pem"
+tls_key = "{work}/key.pem"
+""")
+
+
+def start_backends(work, www, cpu):
+    conf = backend_conf(work, www, 1 if cpu is not None else 2)
+    return Proc("backend", ["nginx", "-c", conf], f"{work}/logs/backend.out", BACKENDS, cpu)
+
+
+def start_proxy(name, args, work, workers, cpu):
+    ports = PORTS[name]
+    logf = f"{work}/logs/{name}.out"
+    if name == "portico":
+        cmd = [args.portico, "run", "--config", portico_conf(work), "--workers", str(workers)]
+    elif name == "nginx":
+        cmd = ["nginx", "-c", nginx_conf(work, workers)]
+    else:
+        cmd = ["haproxy", "-db", "-f", haproxy_conf(work, workers)]
+    return Proc(name, cmd, logf, ports, cpu)
+
+
+# ---------------------------------------------------------------- load
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def to_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def run_wrk(port, path, conns, cpu, threads, extra, tls=False):
+    scheme = "https" if tls else "http"
+    cmd = pin(cpu) + ["wrk", f"-t{threads}", f"-c{conns}", f"-d{DURATION}s", "--latency",
+                      "--timeout", "5s"]
+    if tls:
+        # A new TLS connection for every request: the client says close.
+        cmd += ["-H", "Connection: close"]
+        url = f"https://{HOST}:{port}{path}"
+    else:
+        cmd += ["-H", f"Host: {HOST}"]
+        url = f"http://127.0.0.1:{port}{path}"
+    if extra.get("post"):
+        cmd += ["-s", extra["lua"]]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=DURATION + 30).stdout
+    r = {}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    r["requests"] = int(m.group(1))
+    r["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    r["p50_ms"] = to_ms(lat["50"])
+    r["p99_ms"] = to_ms(lat["99"])
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    r["errors"] = errors
+    r["raw"] = out
+    return r
+
+
+def run_h2load(port, path, conns, cpu, threads, extra, work):
+    logf = os.path.join(work, "tmp", "h2load.log")
+    if os.path.exists(logf):
+        os.unlink(logf)
+    cmd = pin(cpu) + ["h2load", "-t", str(threads), "-c", str(conns), "-m", str(extra["streams"]),
+                      "-D", str(int(DURATION)), "--connect-to", f"127.0.0.1:{port}",
+                      "--log-file", logf, f"https://{HOST}:{port}{path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=DURATION + 30).stdout
+    r = {}
+    m = re.search(r"finished in ([\d.]+)(\w+), ([\d.]+) req/s", out)
+    r["rps"] = float(m.group(3))
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    r["requests"] = int(m.group(3))
+    errors = int(m.group(5)) + int(m.group(6)) + int(m.group(7))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    errors += int(m.group(3)) + int(m.group(4))
+    if "ALPN: h2" not in out and "Application protocol: h2" not in out:
+        errors += 1  # not HTTP/2 after all
+    r["errors"] = errors
+    lats = []
+    with open(logf) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                lats.append(int(parts[2]) / 1000.0)
+    lats.sort()
+    r["p50_ms"] = lats[len(lats) // 2] if lats else float("nan")
+    r["p99_ms"] = lats[min(len(lats) - 1, int(len(lats) * 0.99))] if lats else float("nan")
+    r["raw"] = out
+    return r
+
+
+def measure(proc, name, scenario, cpu, threads, work):
+    sname, tool, path, conns, extra = scenario
+    http, https = PORTS[name]
+    pids = proc.pids
+    reset_hwm(pids)
+    t0 = cpu_ticks(pids)
+    if tool == "wrk":
+        ex = dict(extra)
+        if ex.get("post"):
+            ex["lua"] = os.path.join(work, "post.lua")
+        r = run_wrk(http, path, conns, cpu, threads, ex)
+    elif tool == "wrk-tls-close":
+        r = run_wrk(https, path, conns, cpu, threads, extra, tls=True)
+    else:
+        r = run_h2load(https, path, conns, cpu, threads, extra, work)
+    pids = proc.pids
+    t1 = cpu_ticks(pids)
+    r["cpu_s"] = (t1 - t0) / CLK_TCK
+    r["cpu_us_per_req"] = r["cpu_s"] / max(r["requests"], 1) * 1e6
+    r["peak_rss_kb"] = status_kb(pids, "VmHWM")
+    if proc.p.poll() is not None:
+        raise RuntimeError(f"{name} exited during {sname}")
+    return r
+
+
+# ---------------------------------------------------------------- idle connections
+
+
+async def hold_idle(port, n, ready, release):
+    conns = []
+    sem = asyncio.Semaphore(64)
+    request = f"GET /100.bin HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+
+    async def one():
+        async with sem:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(request)
+            await w.drain()
+            head = await r.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+            await r.readexactly(length)
+            conns.append(w)
+
+    results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+    failed = sum(1 for x in results if isinstance(x, BaseException))
+    await asyncio.sleep(1.0)
+    ready(len(conns), failed)
+    await asyncio.sleep(release)
+    alive = 0
+    for w in conns:
+        if not w.is_closing():
+            alive += 1
+        w.close()
+    return alive
+
+
+def idle_memory(args, work, www):
+    """Fresh proxy (1 worker, pinned): idle RSS; then RSS with IDLE_CONNS idle keep-alive clients."""
+    out = {}
+    backends = start_backends(work, www, 0)
+    try:
+        for name in PROXIES:
+            proc = start_proxy(name, args, work, 1, 1)
+            try:
+                time.sleep(1.0)
+                idle = status_kb(proc.pids, "VmRSS")
+                seen = {}
+
+                def ready(ok, failed):
+                    seen["rss"] = status_kb(proc.pids, "VmRSS")
+                    seen["ok"], seen["failed"] = ok, failed
+
+                # The client runs here, in this process; it is pinned to CPU 0 like other clients.
+                os.sched_setaffinity(0, {0})
+                try:
+                    asyncio.run(hold_idle(PORTS[name][0], IDLE_CONNS, ready, 0.5))
+                finally:
+                    os.sched_setaffinity(0, set(range(os.cpu_count())))
+                per_conn = (seen["rss"] - idle) * 1024 / max(seen["ok"], 1)
+                out[name] = {"idle_rss_kb": idle, "rss_with_idle_kb": seen["rss"],
+                             "connections": seen["ok"], "failed": seen["failed"],
+                             "bytes_per_conn": per_conn}
+                log(f"  {name:8} idle RSS {idle / 1024:6.1f} MiB; with {seen['ok']} idle "
+                    f"connections {seen['rss'] / 1024:6.1f} MiB = {per_conn / 1024:5.1f} KiB each"
+                    + (f" ({seen['failed']} failed)" if seen["failed"] else ""))
+            finally:
+                proc.stop()
+    finally:
+        backends.stop()
+    return out
+
+
+# ---------------------------------------------------------------- phases
+
+
+def phase(label, args, work, www, workers, cpu_proxy, cpu_load, threads, scenarios):
+    log(f"\n== {label}: proxies with {workers} worker(s)"
+        + (f" on CPU {cpu_proxy}, load and backends on CPU {cpu_load}" if cpu_proxy is not None
+           else ", nothing pinned"))
+    backends = start_backends(work, www, cpu_load)
+    procs = {}
+    results = {}
+    try:
+        for name in PROXIES:
+            procs[name] = start_proxy(name, args, work, workers, cpu_proxy)
+        for sc in scenarios:
+            sname = sc[0]
+            results[sname] = {n: [] for n in PROXIES}
+            # Warm each proxy's pools and caches (not measured).
+            for name in PROXIES:
+                warm = (sc[0], sc[1], sc[2], sc[3], sc[4])
+                saved = globals()["DURATION"]
+                globals()["DURATION"] = 1.0
+                try:
+                    measure(procs[name], name, warm, cpu_load, threads, work)
+                finally:
+                    globals()["DURATION"] = saved
+            for rep in range(REPS):
+                for name in PROXIES:
+                    r = measure(procs[name], name, sc, cpu_load, threads, work)
+                    results[sname][name].append(r)
+                    log(f"  {sname:20} rep {rep + 1} {name:8} {r['rps']:10.0f} req/s  "
+                        f"p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  "
+                        f"cpu {r['cpu_us_per_req']:6.1f} us/req  rss {r['peak_rss_kb'] / 1024:6.1f} MiB"
+                        f"  errors {r['errors']}")
+    finally:
+        for p in procs.values():
+            p.stop()
+        backends.stop()
+    return results
+
+
+def med(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def report(label, results):
+    lines = []
+    log(f"\n== {label}: medians of {REPS} run(s) of {DURATION:g} s")
+    hdr = (f"{'scenario':20} {'proxy':8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+           f"{'cpu us/req':>10} {'peak RSS':>9} {'errors':>6}   {'rps':>5} {'p99':>5} {'cpu/req':>7}  (vs nginx)")
+    log(hdr)
+    for sname, per in results.items():
+        base = per["nginx"]
+        for name in PROXIES:
+            runs = per[name]
+            rps, p50, p99 = med(runs, "rps"), med(runs, "p50_ms"), med(runs, "p99_ms")
+            cpu, rss = med(runs, "cpu_us_per_req"), max(r["peak_rss_kb"] for r in runs)
+            errs = sum(r["errors"] for r in runs)
+            ratio = (f"{rps / med(base, 'rps'):5.2f} {p99 / med(base, 'p99_ms'):5.2f} "
+                     f"{cpu / med(base, 'cpu_us_per_req'):7.2f}")
+            log(f"{sname:20} {name:8} {rps:10.0f} {p50:8.3f} {p99:8.3f} {cpu:10.1f} "
+                f"{rss / 1024:7.1f}Mi {errs:6}   {ratio}")
+        p = per["portico"]
+        lines.append(f"{label:8} {sname:20} portico/nginx rps={med(p, 'rps') / med(base, 'rps'):.2f} "
+                     f"p99={med(p, 'p99_ms') / med(base, 'p99_ms'):.2f} "
+                     f"cpu/req={med(p, 'cpu_us_per_req') / med(base, 'cpu_us_per_req'):.2f} "
+                     f"errors={sum(r['errors'] for r in p)}")
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--portico", required=True)
+    ap.add_argument("--skip-unpinned", action="store_true")
+    ap.add_argument("--skip-idle", action="store_true")
+    ap.add_argument("--only", help="comma-separated scenario names")
+    args = ap.parse_args()
+
+    for name in PROXIES:
+        for port in PORTS[name]:
+            if not port_free(port):
+                sys.exit(f"port {port} is in use; is another benchmark running?")
+    started = time.monotonic()
+    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                      if l.startswith("model name")), platform.processor())
+    load = open("/proc/loadavg").read().split()[:3]
+    version = subprocess.run([args.portico, "--version"], capture_output=True, text=True).stdout.strip()
+    log(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; nproc {os.cpu_count()}; "
+        f"cpu {cpu_model}; load average {' '.join(load)} at start")
+    log(f"{version}; {subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}; "
+        f"{subprocess.run(['haproxy', '-v'], capture_output=True, text=True).stdout.splitlines()[0]}")
+    if os.cpu_count() < 2:
+        sys.exit("needs 2 CPUs (one for the proxy, one for load and backends)")
+
+    scenarios = SCENARIOS
+    if args.only:
+        want = set(args.only.split(","))
+        scenarios = [s for s in SCENARIOS if s[0] in want]
+    work = tempfile.mkdtemp(prefix="portico-bench.")
+    www = setup_files(work)
+    # wrk resolves foo.app.test itself for TLS (it sends the URL's host as SNI).
+    with open("/etc/hosts") as f:
+        hosts = f.read()
+    if not re.search(rf"^127\.0\.0\.1\s.*\b{re.escape(HOST)}\b", hosts, re.M):
+        log(f"adding '127.0.0.1 {HOST}' to /etc/hosts (for wrk's TLS runs)")
+        with open("/etc/hosts", "a") as f:
+            f.write(f"\n127.0.0.1 {HOST}\n")
+
+    all_results = {}
+    summary = []
+    pinned = phase("pinned", args, work, www, 1, 1, 0, 1, scenarios)
+    all_results["pinned"] = pinned
+    summary += report("pinned", pinned)
+    if not args.skip_unpinned:
+        sub = [s for s in scenarios if s[0] in UNPINNED]
+        if sub:
+            unpinned = phase("unpinned", args, work, www, 2, None, None, 2, sub)
+            all_results["unpinned"] = unpinned
+            summary += report("unpinned", unpinned)
+    if not args.skip_idle:
+        log(f"\n== idle memory: fresh proxies (1 worker, CPU 1), {IDLE_CONNS} idle keep-alive connections")
+        idle = idle_memory(args, work, www)
+        all_results["idle"] = idle
+        base = idle["nginx"]["bytes_per_conn"]
+        summary.append(f"idle     portico idle RSS {idle['portico']['idle_rss_kb'] / 1024:.1f} MiB; "
+                       f"portico/nginx bytes per idle connection="
+                       f"{idle['portico']['bytes_per_conn'] / base:.2f} "
+                       f"({idle['portico']['bytes_per_conn']:.0f} B vs {base:.0f} B)")
+    log(f"\n== summary ({time.monotonic() - started:.0f} s in all)")
+    for line in summary:
+        log(line)
+
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for per in all_results.values():
+        for runs in per.values():
+            if isinstance(runs, dict):
+                for rs in runs.values():
+                    for r in rs if isinstance(rs, list) else []:
+                        r.pop("raw", None)
+    with open(os.path.join(HERE, "results", f"{stamp}.json"), "w") as f:
+        json.dump({"cpu": cpu_model, "nproc": os.cpu_count(), "load_at_start": load,
+                   "duration_s": DURATION, "reps": REPS, "results": all_results,
+                   "summary": summary}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

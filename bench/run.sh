@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The side-by-side benchmark: Portico, nginx and HAProxy in front of the same
+# two backends, one at a time, on this machine. One command:
+#
+#   bash bench/run.sh            # everything (about 9 minutes on 2 cores, plus the first build)
+#   BENCH_QUICK=1 bash bench/run.sh   # 1 repetition, short runs: a smoke test of the script
+#
+# It installs what it needs from Debian (nginx, haproxy, wrk, h2load),
+# builds Portico in release mode, then hands over to bench/bench.py, which
+# starts the backends and the proxies, runs the scenarios interleaved and
+# prints the tables and the `portico/nginx …` summary lines.
+# Results are also written to bench/results/ (ignored by git).
+# Every byte of traffic stays on 127.0.0.1.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v openssl >/dev/null || need+=(openssl)
+command -v taskset >/dev/null || need+=(util-linux)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${need[@]}"
+fi
+
+echo "building portico (release)"
+(cd "$root" && cargo build --release -p portico --quiet)
+
+# 10,000 idle connections need more descriptors than the usual 1024, in every
+# process started from here (proxies, backends, clients).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+exec python3 "$here/bench.py" --portico "$root/target/release/portico" "$@"
