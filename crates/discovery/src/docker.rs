@@ -46,9 +46,35 @@ pub struct Scan {
     pub containers: Vec<ContainerObj>,
 }
 
+/// How soon to look again while tasks are on their way to running: task
+/// state changes on other nodes raise no event here, and a task that just
+/// started should be routed within a second.
+const CONVERGING_POLL: Duration = Duration::from_millis(250);
+
 impl Scan {
+    /// Whether some wanted task or container is not running (or healthy)
+    /// yet, so its arrival is imminent.
+    pub fn converging(&self) -> bool {
+        self.tasks
+            .iter()
+            .any(|t| t.desired_state == "running" && t.status.state != "running")
+            || self
+                .containers
+                .iter()
+                .any(|c| labels::is_labelled(&c.labels) && c.status.contains("(health: starting)"))
+    }
+
     /// Describes each labelled service and container as a [`Workload`].
     pub fn workloads(&self) -> Vec<(Workload, String)> {
+        self.workloads_with_failures()
+            .into_iter()
+            .map(|(w, id, _)| (w, id))
+            .collect()
+    }
+
+    /// [`Scan::workloads`], each with the IDs of its tasks that failed
+    /// (for services; `None` for containers).
+    pub fn workloads_with_failures(&self) -> Vec<(Workload, String, Option<Vec<String>>)> {
         let net_name: HashMap<&str, &str> = self
             .networks
             .iter()
@@ -113,6 +139,15 @@ impl Scan {
                 .iter()
                 .filter_map(|v| Some((name_of(&v.network_id), cidr_ip(&v.addr)?)))
                 .collect();
+            let failures = self
+                .tasks
+                .iter()
+                .filter(|t| {
+                    t.service_id == svc.id
+                        && matches!(t.status.state.as_str(), "failed" | "rejected")
+                })
+                .map(|t| t.id.clone())
+                .collect();
             out.push((
                 Workload {
                     kind: WorkloadKind::Service,
@@ -123,6 +158,7 @@ impl Scan {
                     vips,
                 },
                 svc.id.clone(),
+                Some(failures),
             ));
         }
         for c in &self.containers {
@@ -158,6 +194,7 @@ impl Scan {
                     vips: BTreeMap::new(),
                 },
                 c.id.clone(),
+                None,
             ));
         }
         out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
@@ -186,6 +223,8 @@ struct Flaps {
     applied: Vec<SocketAddr>,
     applied_at: Option<Instant>,
     damped: bool,
+    /// Failed task IDs, when first seen.
+    failed: HashMap<String, Instant>,
 }
 
 pub struct DockerProvider {
@@ -193,6 +232,8 @@ pub struct DockerProvider {
     settings: DockerSettings,
     own: Option<SelfContainer>,
     flaps: HashMap<String, Flaps>,
+    /// Set by the last sync: tasks are on their way to running.
+    converging: bool,
 }
 
 impl DockerProvider {
@@ -222,6 +263,7 @@ impl DockerProvider {
             settings,
             own,
             flaps: HashMap::new(),
+            converging: false,
         })
     }
 
@@ -233,13 +275,8 @@ impl DockerProvider {
         let containers: Vec<ContainerObj> = self.engine.get("/containers/json").await?;
         let (services, tasks) = if swarm {
             let services: Vec<ServiceObj> = self.engine.get("/services").await?;
-            let tasks: Vec<TaskObj> = self
-                .engine
-                .get(&format!(
-                    "/tasks?filters={}",
-                    filters(&[("desired-state", "running")])
-                ))
-                .await?;
+            // All tasks, history included: the failed ones measure crash loops.
+            let tasks: Vec<TaskObj> = self.engine.get("/tasks").await?;
             (services, tasks)
         } else {
             (Vec::new(), Vec::new())
@@ -257,6 +294,7 @@ impl DockerProvider {
     /// fetch certificates, damp flapping services.
     pub async fn sync(&mut self) -> Result<DockerView, EngineError> {
         let scan = self.scan().await?;
+        self.converging = scan.converging();
         let mut view = DockerView::default();
         if let Some(own) = &mut self.own {
             // Refresh: someone may have detached us.
@@ -270,7 +308,7 @@ impl DockerProvider {
         }
         let drivers: HashMap<&str, &NetworkObj> =
             scan.networks.iter().map(|n| (n.name.as_str(), n)).collect();
-        for (workload, _id) in scan.workloads() {
+        for (workload, _id, failed) in scan.workloads_with_failures() {
             let t = labels::translate(&workload);
             view.findings.extend(t.findings);
             let Some(mut service) = t.service else {
@@ -296,7 +334,12 @@ impl DockerProvider {
                     *path = key;
                 }
             }
-            service.upstreams = self.damp(&service.name, std::mem::take(&mut service.upstreams));
+            let failures = failed.map(|ids| self.recent_failures(&service.name, ids));
+            service.upstreams = self.damp(
+                &service.name,
+                std::mem::take(&mut service.upstreams),
+                failures,
+            );
             view.services.push(service);
         }
         let live: BTreeSet<&str> = view.services.iter().map(|s| s.name.as_str()).collect();
@@ -364,20 +407,40 @@ impl DockerProvider {
         (key, data)
     }
 
-    /// Flap damping: passes a service's upstreams through, unless they have
-    /// changed too often lately, in which case changes are held back and
-    /// applied at most every `damping_interval`.
-    fn damp(&mut self, service: &str, upstreams: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    /// Counts a service's task failures first seen within `damping_window`.
+    /// Counted here rather than from the engine's task history, which keeps
+    /// only a few tasks per slot.
+    fn recent_failures(&mut self, service: &str, failed: Vec<String>) -> usize {
+        let now = Instant::now();
+        let window = self.settings.damping_window;
+        let seen = &mut self.flaps.entry(service.to_owned()).or_default().failed;
+        for id in failed {
+            seen.entry(id).or_insert(now);
+        }
+        seen.retain(|_, at| now.duration_since(*at) <= window * 2);
+        seen.values()
+            .filter(|at| now.duration_since(**at) <= window)
+            .count()
+    }
+
+    /// Flap damping. A service under pressure (Swarm services: tasks that
+    /// failed within `damping_window`; containers: upstream changes within
+    /// it) beyond `damping_changes` is damped: upstreams that went away
+    /// leave at once (never route to a dead task), new ones join at most
+    /// every `damping_interval`. Rolling updates stop tasks without failing
+    /// them, so they are never damped.
+    fn damp(
+        &mut self,
+        service: &str,
+        upstreams: Vec<SocketAddr>,
+        failures: Option<usize>,
+    ) -> Vec<SocketAddr> {
         let now = Instant::now();
         let s = &self.settings;
-        let f = self
-            .flaps
-            .entry(service.to_owned())
-            .or_insert_with(|| Flaps {
-                last_seen: upstreams.clone(),
-                applied: upstreams.clone(),
-                ..Flaps::default()
-            });
+        let f = self.flaps.entry(service.to_owned()).or_default();
+        if f.applied_at.is_none() {
+            f.last_seen = upstreams.clone();
+        }
         if f.last_seen != upstreams {
             f.last_seen = upstreams.clone();
             f.changes.push_back(now);
@@ -389,26 +452,25 @@ impl DockerProvider {
         {
             f.changes.pop_front();
         }
-        if !f.damped && f.changes.len() > s.damping_changes {
+        let pressure = failures.unwrap_or(f.changes.len());
+        if !f.damped && pressure > s.damping_changes {
             f.damped = true;
-            tracing::warn!(service, changes = f.changes.len(), window = ?s.damping_window, "service is restarting repeatedly; damping its updates");
-        } else if f.damped && f.changes.is_empty() {
+            tracing::warn!(service, changes = pressure, window = ?s.damping_window, "service is restarting repeatedly; damping its updates");
+        } else if f.damped && pressure == 0 {
             f.damped = false;
             tracing::info!(
                 service,
                 "service is stable again; its updates apply at once"
             );
         }
-        if !f.damped {
-            f.applied = upstreams.clone();
-            f.applied_at = Some(now);
-            return upstreams;
-        }
-        if f.applied_at
-            .is_none_or(|t| now.duration_since(t) >= s.damping_interval)
-        {
+        let due = f
+            .applied_at
+            .is_none_or(|t| now.duration_since(t) >= s.damping_interval);
+        if !f.damped || due {
             f.applied = upstreams;
             f.applied_at = Some(now);
+        } else {
+            f.applied.retain(|u| upstreams.contains(u));
         }
         f.applied.clone()
     }
@@ -486,7 +548,12 @@ pub async fn watch(
         }
         match provider.sync().await {
             Ok(view) => {
-                next_sync = tokio::time::Instant::now() + poll;
+                let wait = if provider.converging {
+                    CONVERGING_POLL.min(poll)
+                } else {
+                    poll
+                };
+                next_sync = tokio::time::Instant::now() + wait;
                 if last.as_ref() != Some(&view) {
                     log_new_findings(
                         last.as_ref().map(|v| &v.findings[..]).unwrap_or(&[]),

@@ -431,6 +431,8 @@ pub struct TaskObj {
 #[serde(rename_all = "PascalCase", default)]
 pub struct TaskStatus {
     pub state: String,
+    /// RFC 3339, when the task reached `state`.
+    pub timestamp: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

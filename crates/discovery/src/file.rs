@@ -148,6 +148,10 @@ pub async fn watch(
         let mut files = vec![path.clone()];
         files.extend(config.referenced_files().iter().map(|f| resolve(&path, f)));
         update_watches(&files)?;
+        // The caller read the file before the watch was in place: an edit
+        // made in between would otherwise wait for the next one. Unchanged
+        // configs are recognised downstream and cost nothing.
+        on_config(config);
     }
     tracing::info!(file = %path.display(), "watching config file");
 

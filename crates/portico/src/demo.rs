@@ -30,23 +30,31 @@ pub async fn start_replica(
     Ok(addr)
 }
 
-/// Serves the echo replica on `listener` until `stop`.
+/// Serves the echo replica on `listener` until `stop`, then closes its
+/// keep-alive connections gracefully (finishing requests in flight), as a
+/// well-behaved backend does when its orchestrator stops it.
 pub async fn serve_replica(listener: TcpListener, name: Arc<str>, stop: CancellationToken) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
         };
         let name = name.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let name = name.clone();
-                async move { Ok::<_, Infallible>(echo(&name, req)) }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        let svc = service_fn(move |req| {
+            let name = name.clone();
+            async move { Ok::<_, Infallible>(echo(&name, req)) }
         });
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let conn = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned(),
+        );
+        tokio::spawn(conn);
     }
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
 }
 
 fn echo(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -373,7 +373,7 @@ async fn echo(
         }
         None => shutdown.cancelled().await,
     }
-    serving.abort();
+    let _ = serving.await;
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! - [`client`]: real `curl` as the client, and a small hyper client for loops.
 //! - [`tls`]: a test certificate authority and TLS configs for backends.
 //! - [`tls_front`]: a TLS-terminating front standing in for an HTTPS proxy hop.
+//! - [`docker`]: images `FROM scratch` of our binary, cleanup guards for the real engine.
 //! - [`dns`]: a tiny DNS server answering from a fixed table.
 //! - [`forwarder`]: a TCP forwarder standing in for an external load balancer.
 //! - [`wait_until`]: bounded waiting on a condition instead of sleeping.
@@ -15,6 +16,7 @@
 pub mod backend;
 pub mod client;
 pub mod dns;
+pub mod docker;
 pub mod forwarder;
 pub mod harness;
 pub mod process;

@@ -1,0 +1,504 @@
+//! The Docker provider against the real engine on this machine. Portico
+//! runs in its own container (an image built `FROM scratch` from this
+//! workspace's binary), with the Docker socket mounted read-only and its
+//! port published on 127.0.0.1; the tests talk to it only through that
+//! port, and it reaches the backends (the same image, running `portico
+//! echo`) over their networks. Everything created is removed at the end,
+//! failed or not.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use portico_testkit::docker::{self as dk, Cleanup};
+use portico_testkit::{wait_until, HttpClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portico");
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// `docker ARGS` off the async workers.
+async fn d(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        dk::docker(&args)
+    })
+    .await
+    .unwrap()
+}
+
+/// The replica name from a `portico echo` answer, if the request got one.
+async fn replica(client: &HttpClient, host: &str) -> Option<String> {
+    let (status, _, body) = client.get(host, "/").await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("replica: "))
+        .map(str::to_owned)
+}
+
+async fn status(client: &HttpClient, host: &str) -> u16 {
+    client
+        .get(host, "/")
+        .await
+        .map_or(0, |(s, _, _)| s.as_u16())
+}
+
+/// Replicas seen in `n` requests.
+async fn replicas(client: &HttpClient, host: &str, n: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        if let Some(r) = replica(client, host).await {
+            seen.insert(r);
+        }
+    }
+    seen
+}
+
+fn running_tasks(service: &str) -> usize {
+    dk::try_docker(&[
+        "service",
+        "ps",
+        service,
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.CurrentState}}",
+    ])
+    .unwrap_or_default()
+    .lines()
+    .filter(|l| l.starts_with("Running"))
+    .count()
+}
+
+/// Starts Portico in a container with `config`, publishing 8080 on loopback.
+async fn start_portico(
+    cleanup: &mut Cleanup,
+    image: &str,
+    config: &str,
+) -> (SocketAddr, String, tempfile::TempDir) {
+    let name = dk::unique("pt-proxy");
+    let (dir, _) = dk::config_dir(config);
+    let mount = format!("{}:/etc/portico:ro", dir.path().display());
+    cleanup.containers.push(name.clone());
+    d(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        "127.0.0.1::8080",
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock:ro",
+        "-v",
+        &mount,
+        image,
+        "run",
+        "--config",
+        "/etc/portico/portico.toml",
+    ])
+    .await;
+    let addr = dk::published(&name, 8080);
+    wait_until(CONVERGE, "Portico's container to answer", || async {
+        HttpClient::new(addr).get("nothing.test", "/").await.is_ok()
+    })
+    .await;
+    (addr, name, dir)
+}
+
+fn logs(container: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["logs", container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+}
+
+fn image() -> String {
+    let tag = format!("portico-test:{}", std::process::id());
+    dk::build_image(Path::new(BIN), &tag);
+    tag
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_services_route_scale_update_move_and_go() {
+    if !dk::available() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    if let Err(e) = cleanup.ensure_swarm() {
+        panic!("swarm mode is unavailable here: {e}");
+    }
+    let image = image();
+    let net = dk::unique("pt-net");
+    d(&["network", "create", "-d", "overlay", "--attachable", &net]).await;
+    cleanup.networks.push(net.clone());
+    let (addr, proxy, _dir) = start_portico(
+        &mut cleanup,
+        &image,
+        "[proxy]\nhttp_listen = \"0.0.0.0:8080\"\nproxy_id = \"pt-proxy\"\n\
+         [docker]\npoll_interval = \"2s\"\ndamping_changes = 4\ndamping_interval = \"5s\"\n",
+    )
+    .await;
+    let client = HttpClient::new(addr);
+
+    // A service with two replicas: both are reached.
+    let foo = dk::unique("pt-foo");
+    let foo_host = format!("{foo}.test");
+    cleanup.services.push(foo.clone());
+    d(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        &foo,
+        "--replicas",
+        "2",
+        "--network",
+        &net,
+        "--label",
+        &format!("com.docker.lb.hosts={foo_host}"),
+        "--label",
+        "com.docker.lb.port=8080",
+        &image,
+        "echo",
+    ])
+    .await;
+    wait_until(CONVERGE, "both replicas of foo to be routed", || async {
+        replicas(&client, &foo_host, 6).await.len() == 2
+    })
+    .await;
+
+    // Scale to 3: the third is used soon after it runs.
+    d(&["service", "scale", "-d", &format!("{foo}=3")]).await;
+    wait_until(CONVERGE, "a third task to run", || async {
+        running_tasks(&foo) == 3
+    })
+    .await;
+    let running_at = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "the third replica to be routed",
+        || async { replicas(&client, &foo_host, 6).await.len() == 3 },
+    )
+    .await;
+    eprintln!(
+        "scale-up: third replica routed {:?} after docker reported it running",
+        running_at.elapsed()
+    );
+
+    // Rolling update under a request loop: no request fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let looping = {
+        let (stop, failures, sent, client, host) = (
+            stop.clone(),
+            failures.clone(),
+            sent.clone(),
+            client.clone(),
+            foo_host.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match client.get(&host, "/").await {
+                    Ok((s, _, _)) if s == 200 => {}
+                    Ok((s, _, body)) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{s}: {}", String::from_utf8_lossy(&body))),
+                    Err(e) => failures.lock().unwrap().push(e),
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    d(&[
+        "service",
+        "update",
+        "-q",
+        "--env-add",
+        "ROLLED=1",
+        "--update-parallelism",
+        "1",
+        "--update-delay",
+        "500ms",
+        &foo,
+    ])
+    .await;
+    wait_until(CONVERGE, "the update to finish", || async {
+        dk::try_docker(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{else}}completed{{end}}",
+            &foo,
+        ])
+        .is_ok_and(|s| s == "completed")
+            && running_tasks(&foo) == 3
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "the new replicas to be routed",
+        || async { replicas(&client, &foo_host, 6).await.len() == 3 },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    looping.await.unwrap();
+    let failures = failures.lock().unwrap().clone();
+    if !failures.is_empty() {
+        let slow: Vec<String> = logs(&proxy)
+            .lines()
+            .filter(|l| {
+                l.contains("level=warn")
+                    || l.contains("level=error")
+                    || l.split("request_time=")
+                        .nth(1)
+                        .and_then(|t| t.split(' ').next())
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .is_some_and(|t| t > 0.5)
+            })
+            .map(str::to_owned)
+            .collect();
+        eprintln!(
+            "slow or failed requests in Portico's log:\n{}",
+            slow.join("\n")
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the rolling update: {:?}",
+        failures.len(),
+        sent.load(Ordering::SeqCst),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(sent.load(Ordering::SeqCst) > 50);
+
+    // backend_mode=vip routes to the service's virtual IP.
+    let vip = dk::unique("pt-vip");
+    let vip_host = format!("{vip}.test");
+    cleanup.services.push(vip.clone());
+    d(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        &vip,
+        "--replicas",
+        "2",
+        "--network",
+        &net,
+        "--label",
+        &format!("com.docker.lb.hosts={vip_host}"),
+        "--label",
+        "com.docker.lb.port=8080",
+        "--label",
+        "com.docker.lb.backend_mode=vip",
+        &image,
+        "echo",
+    ])
+    .await;
+    let vip_addr = d(&["service", "inspect", "--format", &format!("{{{{range .Endpoint.VirtualIPs}}}}{{{{if eq .NetworkID \"{}\"}}}}{{{{.Addr}}}}{{{{end}}}}{{{{end}}}}", d(&["network", "inspect", "-f", "{{.Id}}", &net]).await), &vip]).await;
+    let vip_ip = vip_addr.split('/').next().unwrap().to_owned();
+    wait_until(CONVERGE, "the VIP service to be routed", || async {
+        status(&client, &vip_host).await != 503
+    })
+    .await;
+    let (vip_status, headers, body) = client.get(&vip_host, "/").await.unwrap();
+    assert_eq!(
+        headers["x-upstream-addr"].to_str().unwrap(),
+        format!("{vip_ip}:8080")
+    );
+    // Swarm's VIPs are IPVS load balancers; a kernel without IPVS (as on
+    // some sandboxes) can't carry the traffic, though Portico routes right.
+    if Path::new("/proc/net/ip_vs").exists() {
+        assert_eq!(vip_status, 200, "{}", String::from_utf8_lossy(&body));
+    } else {
+        eprintln!(
+            "note: no IPVS in this kernel; the VIP answered {vip_status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+
+    // A label change moves the host.
+    let moved = format!("moved-{vip}.test");
+    d(&[
+        "service",
+        "update",
+        "-d",
+        "--label-add",
+        &format!("com.docker.lb.hosts={moved}"),
+        &vip,
+    ])
+    .await;
+    wait_until(CONVERGE, "the host to move", || async {
+        status(&client, &moved).await != 503 && status(&client, &vip_host).await == 503
+    })
+    .await;
+
+    // A bad label on one service: reported, the service skipped, others unharmed.
+    let bad = dk::unique("pt-bad");
+    cleanup.services.push(bad.clone());
+    d(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        &bad,
+        "--network",
+        &net,
+        "--label",
+        &format!("com.docker.lb.hosts={bad}.test"),
+        "--label",
+        "com.docker.lb.port=http",
+        &image,
+        "echo",
+    ])
+    .await;
+    wait_until(CONVERGE, "the bad label to be reported", || async {
+        logs(&proxy).lines().any(|l| {
+            l.contains("msg=\"service skipped\"")
+                && l.contains(&bad)
+                && l.contains("label=com.docker.lb.port")
+                && l.contains("is not a port")
+        })
+    })
+    .await;
+    assert_eq!(status(&client, &format!("{bad}.test")).await, 503);
+    assert_eq!(status(&client, &foo_host).await, 200);
+
+    // A crash-looping service is damped, while another's scale-up still applies at once.
+    let crash = dk::unique("pt-crash");
+    cleanup.services.push(crash.clone());
+    d(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        &crash,
+        "--replicas",
+        "2",
+        "--network",
+        &net,
+        "--restart-delay",
+        "200ms",
+        "--label",
+        &format!("com.docker.lb.hosts={crash}.test"),
+        "--label",
+        "com.docker.lb.port=8080",
+        &image,
+        "echo",
+        "--exit-after",
+        "1500ms",
+    ])
+    .await;
+    wait_until(CONVERGE, "the crash loop to be damped", || async {
+        logs(&proxy).lines().any(|l| {
+            l.contains("msg=\"service is restarting repeatedly; damping its updates\"")
+                && l.contains(&crash)
+        })
+    })
+    .await;
+    let damped_lines = logs(&proxy)
+        .lines()
+        .filter(|l| l.contains("damping its updates"))
+        .count();
+    d(&["service", "scale", "-d", &format!("{foo}=4")]).await;
+    wait_until(CONVERGE, "a fourth task of foo to run", || async {
+        running_tasks(&foo) == 4
+    })
+    .await;
+    let running_at = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "foo's fourth replica to be routed despite the crash loop",
+        || async { replicas(&client, &foo_host, 8).await.len() == 4 },
+    )
+    .await;
+    eprintln!(
+        "scale-up during a crash loop: routed {:?} after docker reported it running",
+        running_at.elapsed()
+    );
+    // Logged once, not on every restart.
+    assert_eq!(damped_lines, 1);
+
+    // Removing a service: 503.
+    d(&["service", "rm", &foo]).await;
+    wait_until(CONVERGE, "the removed service to answer 503", || async {
+        status(&client, &foo_host).await == 503
+    })
+    .await;
+    drop(cleanup);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_containers_on_a_bridge_network_route_from_the_host() {
+    if !dk::available() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let image = image();
+    let net = dk::unique("pt-bridge");
+    d(&["network", "create", "-d", "bridge", &net]).await;
+    cleanup.networks.push(net.clone());
+    let host = format!("{}.test", dk::unique("pt-plain"));
+    let mut names = Vec::new();
+    for i in 0..2 {
+        let name = dk::unique(&format!("pt-plain{i}"));
+        cleanup.containers.push(name.clone());
+        d(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            &net,
+            "--label",
+            &format!("com.docker.lb.hosts={host}"),
+            "--label",
+            "com.docker.lb.port=8080",
+            &image,
+            "echo",
+            "--name",
+            &name,
+        ])
+        .await;
+        names.push(name);
+    }
+    // Portico on the host (not in a container) reaches local bridge networks.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portico.toml");
+    std::fs::write(
+        &config,
+        "[proxy]\nhttp_listen = \"127.0.0.1:0\"\n[docker]\npoll_interval = \"2s\"\n",
+    )
+    .unwrap();
+    let portico = portico_testkit::Portico::spawn(
+        Path::new(BIN),
+        &["run", "--config", config.to_str().unwrap()],
+    );
+    let addr = portico.listen_addr().await;
+    let client = HttpClient::new(addr);
+    wait_until(CONVERGE, "both containers to be routed", || async {
+        replicas(&client, &host, 6).await == names.iter().cloned().collect()
+    })
+    .await;
+    d(&["rm", "-f", &names[0]]).await;
+    wait_until(
+        CONVERGE,
+        "the removed container to leave the pool",
+        || async { replicas(&client, &host, 6).await == [names[1].clone()].into_iter().collect() },
+    )
+    .await;
+    d(&["rm", "-f", &names[1]]).await;
+    wait_until(CONVERGE, "the host to answer 503", || async {
+        status(&client, &host).await == 503
+    })
+    .await;
+}
