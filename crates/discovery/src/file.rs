@@ -143,7 +143,7 @@ pub async fn watch(
         *targets.lock().unwrap_or_else(|e| e.into_inner()) = pairs.into_keys().collect();
         Ok(())
     };
-    update_watches(&[path.clone()])?;
+    update_watches(std::slice::from_ref(&path))?;
     if let Ok(config) = load(&path) {
         let mut files = vec![path.clone()];
         files.extend(config.referenced_files().iter().map(|f| resolve(&path, f)));

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 enum Update {
-    File(Config),
+    File(Box<Config>),
     Docker(DockerView),
 }
 
@@ -85,7 +85,7 @@ pub fn spawn(
     }
     let file_tx = tx;
     let watcher = tokio::spawn(file::watch(path, reload, shutdown.clone(), move |config| {
-        let _ = file_tx.send(Update::File(config));
+        let _ = file_tx.send(Update::File(Box::new(config)));
     }));
     tokio::spawn(async move {
         let mut logged = Vec::new();
@@ -97,7 +97,7 @@ pub fn spawn(
                             "[docker] settings changed; they take effect after a restart"
                         );
                     }
-                    file_config = c;
+                    file_config = *c;
                 }
                 Update::Docker(v) => docker_view = v,
             }
