@@ -636,14 +636,22 @@ impl rustls::client::danger::ServerCertVerifier for RecordOcsp {
 async fn a_configured_ocsp_response_is_stapled() {
     let site = Site::new();
     let b = Backend::echo("b").await;
-    std::fs::write(site.dir.path().join("foo.ocsp"), b"pretend-der-ocsp-response").unwrap();
+    std::fs::write(
+        site.dir.path().join("foo.ocsp"),
+        b"pretend-der-ocsp-response",
+    )
+    .unwrap();
     let proxy = TestProxy::start(&format!(
         "{HTTPS}{}",
         service(
             "foo",
             &["foo.app.test"],
             &[b.addr],
-            &format!("{}tls_ocsp = {:?}\n", site.cert("foo", &["foo.app.test"]), site.path("foo.ocsp"))
+            &format!(
+                "{}tls_ocsp = {:?}\n",
+                site.cert("foo", &["foo.app.test"]),
+                site.path("foo.ocsp")
+            )
         ),
     ))
     .await;

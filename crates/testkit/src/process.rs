@@ -116,6 +116,7 @@ pub struct Portico {
 
 impl Portico {
     /// Starts `binary` with `args` (stdin empty, stdout and stderr captured).
+    /// Must be called inside a Tokio runtime: the output readers are tasks.
     /// `PORTICO_LOG` is cleared so the log level is the default, info,
     /// whatever the environment running the tests says.
     pub fn spawn(binary: &Path, args: &[&str]) -> Portico {
