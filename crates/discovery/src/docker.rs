@@ -745,4 +745,58 @@ mod tests {
             "{findings:?}"
         );
     }
+
+    fn provider(damping_changes: usize, damping_interval: Duration) -> DockerProvider {
+        let settings = DockerSettings {
+            damping_changes,
+            damping_interval,
+            ..DockerSettings::default()
+        };
+        DockerProvider {
+            engine: Engine::from_settings(&settings).unwrap(),
+            settings,
+            own: None,
+            flaps: HashMap::new(),
+            converging: false,
+        }
+    }
+
+    fn addrs(ports: &[u16]) -> Vec<SocketAddr> {
+        ports
+            .iter()
+            .map(|p| SocketAddr::from(([10, 0, 0, 1], *p)))
+            .collect()
+    }
+
+    #[test]
+    fn damping_holds_back_new_tasks_of_a_crash_looping_service_but_drops_dead_ones_at_once() {
+        let mut p = provider(2, Duration::from_secs(3600));
+        // Changes without failures (a rolling update) pass straight through.
+        for ports in [&[1, 2][..], &[2, 3], &[3, 4], &[4, 5]] {
+            assert_eq!(p.damp("roll", addrs(ports), Some(0)), addrs(ports));
+        }
+        // Three failed tasks (more than 2): damped.
+        assert_eq!(p.damp("crash", addrs(&[1, 2]), Some(0)), addrs(&[1, 2]));
+        let n = p.recent_failures("crash", vec!["t1".into(), "t2".into(), "t3".into()]);
+        assert_eq!(n, 3);
+        // A new task is held back; a dead one leaves at once.
+        assert_eq!(p.damp("crash", addrs(&[1, 2, 3]), Some(n)), addrs(&[1, 2]));
+        assert_eq!(p.damp("crash", addrs(&[2, 3]), Some(n)), addrs(&[2]));
+        assert!(p.next_damping_deadline().is_some());
+        // Other services are untouched.
+        assert_eq!(p.damp("calm", addrs(&[7]), Some(0)), addrs(&[7]));
+        // The same failures seen again are not counted twice.
+        assert_eq!(
+            p.recent_failures("crash", vec!["t1".into(), "t3".into()]),
+            3
+        );
+    }
+
+    #[test]
+    fn a_damped_service_catches_up_when_its_interval_is_due() {
+        let mut p = provider(0, Duration::ZERO);
+        assert_eq!(p.damp("crash", addrs(&[1]), Some(1)), addrs(&[1]));
+        // Damped, but with a zero interval every change is due at once.
+        assert_eq!(p.damp("crash", addrs(&[1, 2]), Some(1)), addrs(&[1, 2]));
+    }
 }
