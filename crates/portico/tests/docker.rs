@@ -471,6 +471,43 @@ async fn plain_containers_on_a_bridge_network_route_from_the_host() {
         .await;
         names.push(name);
     }
+    // A mislabelled container beside them: skipped, reported, harmless.
+    let typo = dk::unique("pt-typo");
+    cleanup.containers.push(typo.clone());
+    d(&[
+        "run",
+        "-d",
+        "--name",
+        &typo,
+        "--network",
+        &net,
+        "--label",
+        &format!("com.docker.lb.host=typo-{host}"),
+        "--label",
+        "com.docker.lb.port=8080",
+        &image,
+        "echo",
+    ])
+    .await;
+    let out = tokio::process::Command::new(BIN)
+        .args(["check", "--docker"])
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&typo))
+        .unwrap_or_else(|| panic!("no row for {typo}:\n{table}"));
+    assert!(
+        row.contains("com.docker.lb.host ")
+            && row.contains("error")
+            && row.contains("did you mean com.docker.lb.hosts?"),
+        "{row}"
+    );
+    assert!(table.lines().next().unwrap().contains(&names[0]), "{table}");
+
     // Portico on the host (not in a container) reaches local bridge networks.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("portico.toml");
