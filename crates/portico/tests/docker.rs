@@ -81,7 +81,7 @@ async fn start_portico(
     cleanup: &mut Cleanup,
     image: &str,
     config: &str,
-) -> (SocketAddr, String, tempfile::TempDir) {
+) -> (SocketAddr, String, tempfile::TempDir, SocketAddr) {
     let name = dk::unique("pt-proxy");
     let (dir, _) = dk::config_dir(config);
     let mount = format!("{}:/etc/portico:ro", dir.path().display());
@@ -93,6 +93,8 @@ async fn start_portico(
         &name,
         "-p",
         "127.0.0.1::8080",
+        "-p",
+        "127.0.0.1::8443",
         "-v",
         "/var/run/docker.sock:/var/run/docker.sock:ro",
         "-v",
@@ -104,11 +106,12 @@ async fn start_portico(
     ])
     .await;
     let addr = dk::published(&name, 8080);
+    let https = dk::published(&name, 8443);
     wait_until(CONVERGE, "Portico's container to answer", || async {
         HttpClient::new(addr).get("nothing.test", "/").await.is_ok()
     })
     .await;
-    (addr, name, dir)
+    (addr, name, dir, https)
 }
 
 fn logs(container: &str) -> String {
@@ -138,10 +141,10 @@ async fn swarm_services_route_scale_update_move_and_go() {
     let net = dk::unique("pt-net");
     d(&["network", "create", "-d", "overlay", "--attachable", &net]).await;
     cleanup.networks.push(net.clone());
-    let (addr, proxy, _dir) = start_portico(
+    let (addr, proxy, _dir, https) = start_portico(
         &mut cleanup,
         &image,
-        "[proxy]\nhttp_listen = \"0.0.0.0:8080\"\nproxy_id = \"pt-proxy\"\n\
+        "[proxy]\nhttp_listen = \"0.0.0.0:8080\"\nhttps_listen = \"0.0.0.0:8443\"\nproxy_id = \"pt-proxy\"\n\
          [docker]\npoll_interval = \"2s\"\ndamping_changes = 4\ndamping_interval = \"5s\"\n",
     )
     .await;
@@ -173,6 +176,64 @@ async fn swarm_services_route_scale_update_move_and_go() {
         replicas(&client, &foo_host, 6).await.len() == 2
     })
     .await;
+
+    // HTTPS with the certificate and key from Docker config objects.
+    let ca = portico_testkit::TestCa::new("Docker Test CA");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write(ca_dir.path());
+    let secure = dk::unique("pt-secure");
+    let secure_host = format!("{secure}.test");
+    let (cert, key) = ca.issue(&[&secure_host]).write(ca_dir.path(), "secure");
+    for (name, file) in [
+        (format!("{secure}-crt"), &cert),
+        (format!("{secure}-key"), &key),
+    ] {
+        d(&["config", "create", &name, &file.display().to_string()]).await;
+        cleanup.configs.push(name);
+    }
+    cleanup.services.push(secure.clone());
+    d(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        &secure,
+        "--network",
+        &net,
+        "--label",
+        &format!("com.docker.lb.hosts={secure_host}"),
+        "--label",
+        "com.docker.lb.port=8080",
+        "--label",
+        &format!("com.docker.lb.ssl_cert={secure}-crt"),
+        "--label",
+        &format!("com.docker.lb.ssl_key={secure}-key"),
+        "--label",
+        "com.docker.lb.ssl_only=true",
+        &image,
+        "echo",
+        "--name",
+        "secure-replica",
+    ])
+    .await;
+    let resolve = format!("{secure_host}:{}:127.0.0.1", https.port());
+    let url = format!("https://{secure_host}:{}/", https.port());
+    let ca_path = ca_file.display().to_string();
+    wait_until(CONVERGE, "the HTTPS service to answer", || async {
+        let r =
+            portico_testkit::curl(&["-v", "--cacert", &ca_path, "--resolve", &resolve, &url]).await;
+        r.status == 200
+            && r.body.contains("replica: secure-replica")
+            && r.stderr.contains(&format!("subject: CN={secure_host}"))
+    })
+    .await;
+    // ssl_only: plain HTTP is redirected.
+    let (code, headers, _) = client.get(&secure_host, "/x?y").await.unwrap();
+    assert_eq!(code, 301);
+    assert_eq!(
+        headers["location"],
+        format!("https://{secure_host}/x?y").as_str()
+    );
 
     // Scale to 3: the third is used soon after it runs.
     d(&["service", "scale", "-d", &format!("{foo}=3")]).await;
