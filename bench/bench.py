@@ -40,6 +40,7 @@ import time
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HOST = "foo.app.test"
 BACKENDS = (18081, 18082)
+SINK = 18089  # behind the backends' /upload
 # (http, https) per proxy
 PORTS = {"portico": (18380, 18743), "nginx": (18180, 18543), "haproxy": (18280, 18643)}
 PROXIES = ("portico", "nginx", "haproxy")
@@ -244,7 +245,18 @@ def backend_conf(work, www, workers):
   server {{
     listen 127.0.0.1:{p} backlog=4096;
     root {www};
-    location = /upload {{ client_max_body_size 2m; return 200 "ok\\n"; }}
+    # Reads the whole body (into memory) before answering, as an upload
+    # handler does; answering early would make the proxies' handling of
+    # early responses, not their forwarding, the subject of the benchmark.
+    location = /upload {{
+      client_max_body_size 2m;
+      client_body_buffer_size 2m;
+      proxy_pass http://sink;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
   }}""" for p in BACKENDS)
     return write(os.path.join(work, "backend.conf"), f"""worker_processes {workers};
 {head}
@@ -256,6 +268,11 @@ http {{
   open_file_cache_valid 300s;
   default_type application/octet-stream;
   client_body_temp_path {work}/tmp/backend_body;
+  upstream sink {{ server 127.0.0.1:{SINK}; keepalive 64; keepalive_requests 10000000; }}
+  server {{
+    listen 127.0.0.1:{SINK} backlog=4096;
+    location / {{ return 200 "ok\\n"; }}
+  }}
 {servers}
 }}
 """)
@@ -418,7 +435,7 @@ def to_ms(text):
 
 def run_wrk(port, path, conns, cpu, threads, extra, tls=False):
     scheme = "https" if tls else "http"
-    cmd = pin(cpu) + ["wrk", f"-t{threads}", f"-c{conns}", f"-d{DURATION}s", "--latency",
+    cmd = pin(cpu) + ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(DURATION))}s", "--latency",
                       "--timeout", "5s"]
     if tls:
         # A new TLS connection for every request: the client says close.
@@ -429,9 +446,12 @@ def run_wrk(port, path, conns, cpu, threads, extra, tls=False):
         url = f"http://127.0.0.1:{port}{path}"
     if extra.get("post"):
         cmd += ["-s", extra["lua"]]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=DURATION + 30).stdout
+    done = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=DURATION + 30)
+    out = done.stdout
     r = {}
     m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    if not m:
+        raise RuntimeError(f"wrk failed: {' '.join(cmd + [url])}\n{out}\n{done.stderr}")
     r["requests"] = int(m.group(1))
     r["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
@@ -454,9 +474,12 @@ def run_h2load(port, path, conns, cpu, threads, extra, work):
     if os.path.exists(logf):
         os.unlink(logf)
     cmd = pin(cpu) + ["h2load", "-t", str(threads), "-c", str(conns), "-m", str(extra["streams"]),
-                      "-D", str(int(DURATION)), "--connect-to", f"127.0.0.1:{port}",
+                      "-D", str(max(1, round(DURATION))), "--connect-to", f"127.0.0.1:{port}",
                       "--log-file", logf, f"https://{HOST}:{port}{path}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=DURATION + 30).stdout
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=DURATION + 30)
+    out = done.stdout
+    if "finished in" not in out:
+        raise RuntimeError(f"h2load failed: {' '.join(cmd)}\n{out}\n{done.stderr}")
     r = {}
     m = re.search(r"finished in ([\d.]+)(\w+), ([\d.]+) req/s", out)
     r["rps"] = float(m.group(3))

@@ -141,13 +141,21 @@ fn main() -> ExitCode {
         other => other,
     };
     logging::init(cli.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Run {
-        workers: Some(n), ..
-    } = &command
-    {
-        builder.worker_threads(usize::from(*n));
-    }
+    let mut builder = match &command {
+        // One worker: a runtime on this one thread, with no cross-thread
+        // hand-offs between the tasks of a request.
+        Command::Run {
+            workers: Some(1), ..
+        } => tokio::runtime::Builder::new_current_thread(),
+        Command::Run {
+            workers: Some(n), ..
+        } => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(*n));
+            b
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

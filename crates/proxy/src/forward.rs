@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -18,26 +18,58 @@ use crate::access_log::{seconds, AccessLog};
 use crate::body::{ProxyBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::headers::{
-    new_request_id, set_forwarding, strip_hop_by_hop, X_PROXY_ID, X_REQUEST_ID, X_SERVER_INFO,
-    X_UPSTREAM_ADDR, X_UPSTREAM_RESPONSE_TIME,
+    ip_value, new_request_id, set_forwarding, strip_hop_by_hop, X_PROXY_ID, X_REQUEST_ID,
+    X_SERVER_INFO, X_UPSTREAM_ADDR, X_UPSTREAM_RESPONSE_TIME,
 };
 use crate::snapshot::{Pool, Snapshot};
 use crate::upstream::Upstream;
 use crate::Proxy;
 
+/// One upstream tried for a request, and how long it took.
+struct Attempt {
+    addr: SocketAddr,
+    /// `addr` as a header value, made once per upstream.
+    addr_value: HeaderValue,
+    took: Duration,
+}
+
+impl Attempt {
+    fn new(upstream: &Upstream, took: Duration) -> Attempt {
+        Attempt {
+            addr: upstream.addr,
+            addr_value: upstream.addr_value.clone(),
+            took,
+        }
+    }
+}
+
 /// Upstreams tried for one request, with the time each took, for
 /// `x-upstream-addr`, `x-upstream-response-time` and the access log
 /// (comma-separated when several were tried, as nginx prints them).
+/// Nearly every request tries one; that one is kept without allocating.
 #[derive(Default)]
-struct Attempts(Vec<(SocketAddr, Duration)>);
+struct Attempts {
+    first: Option<Attempt>,
+    more: Vec<Attempt>,
+}
 
 impl Attempts {
-    fn render(&self, mut item: impl FnMut(&mut String, &(SocketAddr, Duration))) -> Option<String> {
-        if self.0.is_empty() {
-            return None;
+    fn push(&mut self, attempt: Attempt) {
+        if self.first.is_none() {
+            self.first = Some(attempt);
+        } else {
+            self.more.push(attempt);
         }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Attempt> {
+        self.first.iter().chain(&self.more)
+    }
+
+    fn render(&self, mut item: impl FnMut(&mut String, &Attempt)) -> Option<String> {
+        self.first.as_ref()?;
         let mut out = String::new();
-        for (i, a) in self.0.iter().enumerate() {
+        for (i, a) in self.iter().enumerate() {
             if i > 0 {
                 out.push_str(", ");
             }
@@ -47,21 +79,77 @@ impl Attempts {
     }
 
     fn addrs(&self) -> Option<String> {
-        self.render(|out, (addr, _)| {
-            let _ = write!(out, "{addr}");
+        self.render(|out, a| {
+            let _ = write!(out, "{}", a.addr);
         })
     }
 
     fn times(&self) -> Option<String> {
-        self.render(|out, (_, t)| out.push_str(&seconds(*t)))
+        self.render(|out, a| out.push_str(&seconds(a.took)))
     }
+
+    /// `x-upstream-addr`; for a single attempt without formatting anything.
+    fn addrs_value(&self) -> Option<HeaderValue> {
+        match (&self.first, self.more.is_empty()) {
+            (None, _) => None,
+            (Some(a), true) => Some(a.addr_value.clone()),
+            (Some(_), false) => self.addrs().and_then(|a| HeaderValue::from_str(&a).ok()),
+        }
+    }
+
+    /// `x-upstream-response-time`; for a single attempt under a second
+    /// without formatting or allocating anything.
+    fn times_value(&self) -> Option<HeaderValue> {
+        match (&self.first, self.more.is_empty()) {
+            (None, _) => None,
+            (Some(a), true) => Some(seconds_value(a.took)),
+            (Some(_), false) => self.times().and_then(|t| HeaderValue::from_str(&t).ok()),
+        }
+    }
+}
+
+/// [`seconds`] as a header value. Times under a second come from a table
+/// made on first use ("0.000" to "0.999"), so they cost no formatting.
+fn seconds_value(d: Duration) -> HeaderValue {
+    static UNDER_A_SECOND: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    if d.as_secs() == 0 {
+        let table = UNDER_A_SECOND.get_or_init(|| {
+            // One string for all of them, kept for the life of the process,
+            // so each value is a static slice: cloning one is a copy.
+            let all: &'static str = Box::leak(
+                (0..1000)
+                    .map(|ms| format!("0.{ms:03}"))
+                    .collect::<String>()
+                    .into_boxed_str(),
+            );
+            (0..1000)
+                .map(|i| HeaderValue::from_static(&all[i * 5..i * 5 + 5]))
+                .collect()
+        });
+        return table[d.subsec_millis() as usize].clone();
+    }
+    HeaderValue::from_str(&seconds(d)).expect("digits and a dot are a valid header value")
 }
 
 /// What the request's connection says about it.
 pub(crate) struct ConnInfo {
+    pub proxy: Arc<Proxy>,
     pub client: SocketAddr,
+    /// `client`'s IP as a header value, made once for the connection's requests.
+    pub client_ip: HeaderValue,
     /// Set on connections that came in over TLS.
     pub tls: Option<TlsInfo>,
+}
+
+impl ConnInfo {
+    pub fn new(proxy: Arc<Proxy>, client: SocketAddr, tls: Option<TlsInfo>) -> ConnInfo {
+        ConnInfo {
+            proxy,
+            client,
+            client_ip: ip_value(client.ip()),
+            tls,
+        }
+    }
 }
 
 pub(crate) struct TlsInfo {
@@ -69,12 +157,9 @@ pub(crate) struct TlsInfo {
     pub sni: Option<String>,
 }
 
-pub(crate) async fn handle(
-    proxy: Arc<Proxy>,
-    conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
-) -> Response<ResponseBody> {
+pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody> {
     let start = Instant::now();
+    let proxy = &conn.proxy;
     let client = conn.client;
     let snap = proxy.snapshot();
     let request_id = new_request_id();
@@ -131,21 +216,19 @@ pub(crate) async fn handle(
     let headers = resp.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), request_id);
     headers.insert(X_PROXY_ID.clone(), snap.proxy_id.clone());
-    let addrs = attempts.addrs();
-    let times = attempts.times();
     if !snap.config.proxy.hide_info_headers {
         headers.insert(X_SERVER_INFO.clone(), proxy.server_info.clone());
-        if let Some(v) = addrs.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+        if let Some(v) = attempts.addrs_value() {
             headers.insert(X_UPSTREAM_ADDR.clone(), v);
         }
-        if let Some(v) = times.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+        if let Some(v) = attempts.times_value() {
             headers.insert(X_UPSTREAM_RESPONSE_TIME.clone(), v);
         }
     }
     if let Some(mut log) = log {
         log.status = resp.status();
-        log.upstream = addrs;
-        log.upstream_time = times;
+        log.upstream = attempts.addrs();
+        log.upstream_time = attempts.times();
         resp.body_mut().set_log(log);
     }
     resp
@@ -212,7 +295,7 @@ async fn forward(
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let proto = if conn.tls.is_some() { "https" } else { "http" };
-    prepare_upstream_request(&mut parts, conn.client, proto, host_value, request_id);
+    prepare_upstream_request(&mut parts, &conn.client_ip, proto, host_value, request_id);
     let empty_body = body.is_end_stream();
     let template = (empty_body && is_idempotent(&parts.method)).then(|| RetryTemplate {
         method: parts.method.clone(),
@@ -306,7 +389,7 @@ fn route(snap: &Snapshot, req: &Request<Incoming>) -> Result<(HeaderValue, usize
 
 fn prepare_upstream_request(
     parts: &mut Parts,
-    client: SocketAddr,
+    client_ip: &HeaderValue,
     proto: &'static str,
     host: HeaderValue,
     request_id: &HeaderValue,
@@ -314,7 +397,7 @@ fn prepare_upstream_request(
     strip_hop_by_hop(&mut parts.headers);
     set_forwarding(
         &mut parts.headers,
-        client.ip(),
+        client_ip,
         proto,
         Some(&host),
         request_id,
@@ -423,7 +506,7 @@ async fn send_with_retries(
         let mut conn = match upstream.checkout().await {
             Ok(c) => c,
             Err(e) => {
-                attempts.0.push((upstream.addr, tried_at.elapsed()));
+                attempts.push(Attempt::new(upstream, tried_at.elapsed()));
                 failures.push(format!("{}: {e}", upstream.addr));
                 pending = Some(req);
                 i += 1;
@@ -435,11 +518,11 @@ async fn send_with_retries(
         let took = sent_at.elapsed();
         match outcome {
             Ok(Ok(resp)) => {
-                attempts.0.push((upstream.addr, took));
+                attempts.push(Attempt::new(upstream, took));
                 return Ok(upstream_response(resp, conn, upstream));
             }
             Err(_elapsed) => {
-                attempts.0.push((upstream.addr, took));
+                attempts.push(Attempt::new(upstream, took));
                 return Err(ProxyError::Timeout {
                     service: pool.label.clone(),
                     detail: format!(
@@ -456,7 +539,7 @@ async fn send_with_retries(
                         stale_retry_used = true;
                         continue;
                     }
-                    attempts.0.push((upstream.addr, took));
+                    attempts.push(Attempt::new(upstream, took));
                     failures.push(format!(
                         "{}: connection closed before the request was sent",
                         upstream.addr
@@ -464,7 +547,7 @@ async fn send_with_retries(
                     i += 1;
                     continue;
                 }
-                attempts.0.push((upstream.addr, took));
+                attempts.push(Attempt::new(upstream, took));
                 let why = format!("{}: {}", upstream.addr, err.error());
                 if template.is_none() {
                     return Err(ProxyError::BadGateway {

@@ -16,68 +16,116 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The hop-by-hop headers removed whatever `Connection` says (in the
+/// order of the bits `strip_hop_by_hop` gives them).
+static FIXED_HOP_BY_HOP: [HeaderName; 8] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
 
 /// Removes hop-by-hop headers: the fixed set (RFC 9110 §7.6.1 and the
 /// customary extras) and every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are collected first: removing while
-    // iterating the Connection values is not possible.
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = headers
+    // One pass over the names present (a handful, compared without hashing)
+    // finds which need removing; most messages carry none, or only
+    // `Connection: keep-alive`, and then nothing else is looked up.
+    const CONNECTION_BIT: u16 = 1 << 15;
+    let mut present = 0u16;
+    for name in headers.keys() {
+        present |= match name.as_str() {
+            "connection" => CONNECTION_BIT,
+            "keep-alive" => 1 << 0,
+            "proxy-connection" => 1 << 1,
+            "te" => 1 << 2,
+            "trailer" => 1 << 3,
+            "transfer-encoding" => 1 << 4,
+            "upgrade" => 1 << 5,
+            "proxy-authorization" => 1 << 6,
+            "proxy-authenticate" => 1 << 7,
+            _ => 0,
+        };
+    }
+    if present == 0 {
+        return;
+    }
+    if present & CONNECTION_BIT != 0 {
+        // Names listed in Connection are collected first: removing while
+        // iterating the Connection values is not possible. Only names that
+        // are present are collected (looking one up by its text allocates
+        // nothing), so `Connection: keep-alive` costs no allocation.
+        let mut listed: Vec<HeaderName> = Vec::new();
+        for token in headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in listed {
-            // Never let a client strip what the proxy itself relies on.
-            if name != header::HOST {
-                headers.remove(&name);
+        {
+            let token = token.trim();
+            if !headers.contains_key(token) {
+                continue;
             }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                // Never let a client strip what the proxy itself relies on.
+                if name != header::HOST {
+                    listed.push(name);
+                }
+            }
+        }
+        for name in listed {
+            headers.remove(&name);
         }
         headers.remove(header::CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHORIZATION,
-        &header::PROXY_AUTHENTICATE,
-    ] {
-        headers.remove(name);
+    for (i, name) in FIXED_HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
+/// A client address as a header value (`X-Real-IP`, `X-Forwarded-For`),
+/// made once per connection and shared by its requests.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+}
+
 /// Sets the forwarding headers on a request about to go upstream.
+/// `client_ip` is the client's address as made by [`ip_value`].
 pub fn set_forwarding(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client_ip: &HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
     request_id: &HeaderValue,
 ) {
-    let client_text = client.to_string();
-    let mut xff = String::new();
+    let mut xff: Option<String> = None;
     for prior in headers.get_all(&X_FORWARDED_FOR) {
         if let Some(prior) = prior.to_str().ok().map(str::trim).filter(|p| !p.is_empty()) {
+            let xff = xff.get_or_insert_with(String::new);
             xff.push_str(prior);
             xff.push_str(", ");
         }
     }
-    xff.push_str(&client_text);
     // Several X-Forwarded-For lines are one list; replace them with the joined value.
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    match xff {
+        None => {
+            headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
+        }
+        Some(mut xff) => {
+            xff.push_str(client_ip.to_str().unwrap_or_default());
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
     }
-    if let Ok(v) = HeaderValue::from_str(&client_text) {
-        headers.insert(X_REAL_IP.clone(), v);
-    }
+    headers.insert(X_REAL_IP.clone(), client_ip.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
@@ -137,7 +185,7 @@ mod tests {
         let host = HeaderValue::from_static("foo.test:8080");
         set_forwarding(
             &mut h,
-            "127.0.0.2".parse().unwrap(),
+            &ip_value("127.0.0.2".parse().unwrap()),
             "http",
             Some(&host),
             &id,

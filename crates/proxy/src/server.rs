@@ -92,11 +92,8 @@ async fn run(
                 tunnels.clone(),
             ));
         } else {
-            let info = ConnInfo {
-                client: peer,
-                tls: None,
-            };
-            tokio::spawn(serve_http(proxy, stream, info, watcher));
+            let info = ConnInfo::new(proxy, peer, None);
+            tokio::spawn(serve_http(stream, info, watcher));
         }
     }
     drop(listener);
@@ -113,16 +110,16 @@ async fn run(
     Ok(())
 }
 
-async fn serve_http<I>(proxy: Arc<Proxy>, io: I, info: ConnInfo, watcher: Watcher)
+async fn serve_http<I>(io: I, info: ConnInfo, watcher: Watcher)
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let snapshot = proxy.snapshot();
+    let snapshot = info.proxy.snapshot();
     let client = info.client;
     let info = Arc::new(info);
     let service = service_fn(move |req| {
-        let (proxy, info) = (proxy.clone(), info.clone());
-        async move { Ok::<_, Infallible>(forward::handle(proxy, info, req).await) }
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(forward::handle(info, req).await) }
     });
     let conn = snapshot
         .conn_builder
@@ -232,11 +229,8 @@ async fn tls_connection(
             return;
         }
     };
-    let info = ConnInfo {
-        client: peer,
-        tls: Some(TlsInfo { sni: hello.sni }),
-    };
-    serve_http(proxy, tls, info, watcher).await;
+    let info = ConnInfo::new(proxy, peer, Some(TlsInfo { sni: hello.sni }));
+    serve_http(tls, info, watcher).await;
 }
 
 /// Relays a TLS connection as it is to one of the route's upstreams, which

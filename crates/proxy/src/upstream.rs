@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -66,6 +66,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// `addr` as a header value (`x-upstream-addr`), made once.
+    pub addr_value: HeaderValue,
     pub limits: UpstreamLimits,
     pub transport: Transport,
     /// Counts open connections, busy and idle, against `max_connections`.
@@ -136,6 +138,8 @@ impl Upstream {
     pub fn new(addr: SocketAddr, limits: UpstreamLimits, transport: Transport) -> Upstream {
         Upstream {
             addr,
+            addr_value: HeaderValue::from_str(&addr.to_string())
+                .expect("a socket address is a valid header value"),
             limits,
             transport,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
