@@ -122,9 +122,10 @@ fn logs(container: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
 }
 
-fn image() -> String {
+fn image(cleanup: &mut Cleanup) -> String {
     let tag = format!("portico-test:{}", std::process::id());
     dk::build_image(Path::new(BIN), &tag);
+    cleanup.images.push(tag.clone());
     tag
 }
 
@@ -137,7 +138,7 @@ async fn swarm_services_route_scale_update_move_and_go() {
     if let Err(e) = cleanup.ensure_swarm() {
         panic!("swarm mode is unavailable here: {e}");
     }
-    let image = image();
+    let image = image(&mut cleanup);
     let net = dk::unique("pt-net");
     d(&["network", "create", "-d", "overlay", "--attachable", &net]).await;
     cleanup.networks.push(net.clone());
@@ -504,7 +505,7 @@ async fn plain_containers_on_a_bridge_network_route_from_the_host() {
         return;
     }
     let mut cleanup = Cleanup::default();
-    let image = image();
+    let image = image(&mut cleanup);
     let net = dk::unique("pt-bridge");
     d(&["network", "create", "-d", "bridge", &net]).await;
     cleanup.networks.push(net.clone());

@@ -101,6 +101,7 @@ pub struct Cleanup {
     pub containers: Vec<String>,
     pub networks: Vec<String>,
     pub configs: Vec<String>,
+    pub images: Vec<String>,
     pub left_swarm_on_drop: bool,
 }
 
@@ -154,6 +155,9 @@ impl Drop for Cleanup {
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
+        }
+        for i in &self.images {
+            let _ = try_docker(&["rmi", "-f", i]);
         }
         if self.left_swarm_on_drop {
             let _ = try_docker(&["swarm", "leave", "--force"]);
