@@ -172,7 +172,7 @@ impl Upstream {
             if let Some(conn) = current {
                 return Ok(conn);
             }
-            let conn = self.connect().await?;
+            let conn = self.connect_boxed().await?;
             if let Sender::Http2(s) = &conn.sender {
                 *lock(&self.shared) = Some(Conn {
                     sender: Sender::Http2(s.clone()),
@@ -193,7 +193,15 @@ impl Upstream {
                 }
             }
         }
-        self.connect().await
+        self.connect_boxed().await
+    }
+
+    /// [`connect`](Self::connect), on the heap. Connecting (TCP, TLS and
+    /// the HTTP handshake) needs a future of several KiB; inline, it would
+    /// make every request's future that large, and that future is moved
+    /// (copied) several times per request, while a connect is rare.
+    async fn connect_boxed(&self) -> Result<Conn, ConnectError> {
+        Box::pin(self.connect()).await
     }
 
     fn pop_idle(&self) -> Option<IdleConn> {
