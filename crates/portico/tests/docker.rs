@@ -601,3 +601,77 @@ async fn plain_containers_on_a_bridge_network_route_from_the_host() {
     })
     .await;
 }
+
+/// The README's figure: from a task reaching *running* (as `docker service
+/// ps` reports it) to the first request routed to it, median of 10
+/// scale-ups. A measurement, not a test: run it by hand with
+/// `cargo nextest run -p portico --test docker --run-ignored only --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run by hand"]
+async fn measure_time_from_running_to_routed() {
+    if !dk::available() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    cleanup.ensure_swarm().expect("swarm mode");
+    let image = image(&mut cleanup);
+    let net = dk::unique("pt-net");
+    d(&["network", "create", "-d", "overlay", "--attachable", &net]).await;
+    cleanup.networks.push(net.clone());
+    let (addr, _proxy, _dir, _https) = start_portico(
+        &mut cleanup,
+        &image,
+        "[proxy]\nhttp_listen = \"0.0.0.0:8080\"\naccess_log = false\n[docker]\n",
+    )
+    .await;
+    let client = HttpClient::new(addr);
+    let svc = dk::unique("pt-measure");
+    let host = format!("{svc}.test");
+    cleanup.services.push(svc.clone());
+    d(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        &svc,
+        "--replicas",
+        "1",
+        "--network",
+        &net,
+        "--label",
+        &format!("com.docker.lb.hosts={host}"),
+        "--label",
+        "com.docker.lb.port=8080",
+        &image,
+        "echo",
+    ])
+    .await;
+    wait_until(CONVERGE, "the first replica", || async {
+        replica(&client, &host).await.is_some()
+    })
+    .await;
+    let mut samples = Vec::new();
+    for n in 2..=11 {
+        let before = replicas(&client, &host, 2 * n).await;
+        d(&["service", "scale", "-d", &format!("{svc}={n}")]).await;
+        // Poll docker closely, then the proxy closely.
+        wait_until(CONVERGE, "the new task to run", || async {
+            running_tasks(&svc) == n
+        })
+        .await;
+        let running_at = Instant::now();
+        loop {
+            let seen = replicas(&client, &host, 2 * n).await;
+            if seen.len() == n && seen != before {
+                break;
+            }
+            assert!(running_at.elapsed() < Duration::from_secs(10), "not routed");
+        }
+        samples.push(running_at.elapsed());
+    }
+    samples.sort();
+    eprintln!(
+        "running → routed over 10 scale-ups: median {:?}, min {:?}, max {:?}; all: {samples:?}",
+        samples[4], samples[0], samples[9]
+    );
+}
