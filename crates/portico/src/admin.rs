@@ -54,13 +54,24 @@ pub async fn start(
         .with_context(|| format!("cannot listen on {} (admin)", settings.listen))?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, auth = settings.token.is_some(), "starting admin server");
-    tokio::spawn(serve(proxy, listener, shutdown));
+    tokio::spawn(serve(proxy, listener, settings.token.clone(), shutdown));
     Ok(local)
 }
 
 /// Serves the admin API on an already-bound listener until `shutdown`.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: CancellationToken) {
+///
+/// The token is the one the listener was started with, for its whole life:
+/// a reload that removed `[admin]` or its token must never leave a socket
+/// bound to a public address without authentication. Changes to `[admin]`
+/// take effect on restart (and a reload says so).
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    token: Option<String>,
+    shutdown: CancellationToken,
+) {
     let started = Instant::now();
+    let token: Option<Arc<str>> = token.map(Arc::from);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -76,10 +87,11 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: Cancellat
         };
         let proxy = proxy.clone();
         let stop = shutdown.clone();
+        let token = token.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(handle(&proxy, started, req).await) }
+                let (proxy, token) = (proxy.clone(), token.clone());
+                async move { Ok::<_, Infallible>(handle(&proxy, token.as_deref(), started, req).await) }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
@@ -99,10 +111,13 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: Cancellat
 
 type Resp = Response<Full<Bytes>>;
 
-async fn handle(proxy: &Proxy, started: Instant, req: Request<Incoming>) -> Resp {
+async fn handle(
+    proxy: &Proxy,
+    token: Option<&str>,
+    started: Instant,
+    req: Request<Incoming>,
+) -> Resp {
     let snap = proxy.snapshot();
-    // Read per request, so a reload that changes the token applies at once.
-    let token = snap.config.admin.as_ref().and_then(|a| a.token.as_deref());
     if let Some(token) = token {
         if !authorized(req.headers().get(header::AUTHORIZATION), token) {
             let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");

@@ -356,3 +356,38 @@ async fn routes_follow_a_reload() {
         serde_json::json!([up.addr.to_string()])
     );
 }
+
+/// Regression: a reload that drops `[admin]` (or its token) must not leave
+/// the running admin listener open without authentication.
+#[tokio::test]
+async fn a_reload_never_relaxes_the_running_admin_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portico.toml");
+    let admin = format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n");
+    std::fs::write(&path, config(&admin, &[])).unwrap();
+    let portico = Portico::spawn(bin(), &["run", "--config", path.to_str().unwrap()]);
+    let line = portico
+        .wait_for_line(|l| l.contains(r#"msg="starting admin server""#), WAIT)
+        .await;
+    let addr: SocketAddr = parse_logfmt(&line)["listen"].parse().unwrap();
+    portico
+        .wait_for_line(|l| l.contains(r#"msg="watching config file""#), WAIT)
+        .await;
+    let tmp = dir.path().join(".portico.toml.tmp");
+    std::fs::write(&tmp, config("", &[])).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    portico
+        .wait_for_line(
+            |l| {
+                l.contains("listeners keep their settings until a restart")
+                    && l.contains("setting=[admin]")
+            },
+            WAIT,
+        )
+        .await;
+    let r = curl(&[&format!("http://{addr}/routes")]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let (status, _) = get_json(&format!("http://{addr}/routes"), &["-H", &bearer]).await;
+    assert_eq!(status, 200);
+}
