@@ -597,6 +597,73 @@ def idle_memory(args, work, www):
     return out
 
 
+# ---------------------------------------------------------------- reload under load
+
+
+def big_config(work, services, variant):
+    """portico.toml with foo.app.test and `services - 1` more services."""
+    base = open(portico_conf(work)).read()
+    out = [base]
+    for i in range(1, services):
+        port = 20000 + i % 40000
+        out.append(f'\n[[service]]\nname = "svc{i}{variant}"\nhosts = ["svc{i}{variant}.app.test"]\n'
+                   f'upstreams = ["127.0.0.1:{port}", "127.0.0.2:{port}"]\n')
+    return "".join(out)
+
+
+def reload_under_load(args, work, www, services=10000):
+    """Portico serving a 10,000-service config; the file is replaced twice
+    while wrk runs. Every request must succeed across the swaps."""
+    backends = start_backends(work, www, 0)
+    conf = os.path.join(work, "portico.toml")
+    try:
+        text = big_config(work, services, "")
+        logf = f"{work}/logs/portico-reload.out"
+        http = PORTS["portico"][0]
+        proc = Proc("portico", [args.portico, "run", "--config", conf, "--workers", "1"], logf,
+                    [http], 1)
+        # portico_conf() rewrote the small config; put the big one in place and wait for it.
+        def swap(variant):
+            tmp = conf + ".new"
+            write(tmp, big_config(work, services, variant))
+            os.replace(tmp, conf)  # as editors and config managers save
+        def configured():
+            with open(logf, errors="replace") as f:
+                return f.read().count('msg="configured proxy"')
+        try:
+            swap("")
+            deadline = time.monotonic() + 30
+            while configured() < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            before = configured()
+            wrk = subprocess.Popen(pin(0) + ["wrk", "-t1", "-c50", "-d6s", "--latency", "-H", f"Host: {HOST}",
+                                            f"http://127.0.0.1:{http}/100.bin"],
+                                   stdout=subprocess.PIPE, text=True)
+            time.sleep(1.5)
+            swap("-b")
+            time.sleep(2.0)
+            swap("-c")
+            out, _ = wrk.communicate(timeout=30)
+            swaps = configured() - before
+            m = re.search(r"(\d+) requests in", out)
+            errors = 0
+            for pat in (r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                        r"Non-2xx or 3xx responses: (\d+)"):
+                mm = re.search(pat, out)
+                if mm:
+                    errors += sum(int(x) for x in mm.groups())
+            r = {"services": services, "requests": int(m.group(1)) if m else 0,
+                 "swaps": swaps, "errors": errors,
+                 "rss_kb": status_kb(proc.pids, "VmRSS")}
+            log(f"  {services} services, {r['swaps']} swaps during {r['requests']} requests: "
+                f"{r['errors']} errors; RSS {r['rss_kb'] / 1024:.1f} MiB")
+            return r
+        finally:
+            proc.stop()
+    finally:
+        backends.stop()
+
+
 # ---------------------------------------------------------------- phases
 
 
@@ -671,6 +738,7 @@ def main():
     ap.add_argument("--portico", required=True)
     ap.add_argument("--skip-unpinned", action="store_true")
     ap.add_argument("--skip-idle", action="store_true")
+    ap.add_argument("--skip-reload", action="store_true")
     ap.add_argument("--only", help="comma-separated scenario names")
     args = ap.parse_args()
 
@@ -724,6 +792,12 @@ def main():
                        f"portico/nginx bytes per idle connection="
                        f"{idle['portico']['bytes_per_conn'] / base:.2f} "
                        f"({idle['portico']['bytes_per_conn']:.0f} B vs {base:.0f} B)")
+    if not args.skip_reload:
+        log("\n== reload under load: portico with 10,000 services, the file replaced twice during a 6 s wrk run")
+        reload = reload_under_load(args, work, www)
+        all_results["reload"] = reload
+        summary.append(f"reload   10,000 services: {reload['swaps']} swaps under load, "
+                       f"{reload['errors']} failed requests of {reload['requests']}")
     log(f"\n== summary ({time.monotonic() - started:.0f} s in all)")
     for line in summary:
         log(line)

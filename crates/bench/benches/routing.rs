@@ -62,6 +62,24 @@ fn snapshot(c: &mut Criterion) {
     group.bench_function("compile_table", |b| {
         b.iter(|| black_box(RoutingTable::build(&first)))
     });
+    group.bench_function("version_digest", |b| {
+        b.iter(|| black_box(Version::of(&first)))
+    });
+    let mut flip_apply = false;
+    let second = Arc::new(
+        Config::parse(&text.replace("svc0.app.test", "svc0-b.app.test"), "bench").unwrap(),
+    );
+    let (v1, v2) = (Version::of(&first), Version::of(&second));
+    group.bench_function("compile_swap", |b| {
+        b.iter(|| {
+            flip_apply = !flip_apply;
+            if flip_apply {
+                proxy.apply(second.clone(), v2);
+            } else {
+                proxy.apply(first.clone(), v1);
+            }
+        })
+    });
     // The whole reload: text to a routing snapshot serving requests.
     // Alternating between two versions, so every swap is a real change.
     let other = text.replace("svc0.app.test", "svc0-b.app.test");
