@@ -19,8 +19,8 @@ use portico_model::{Config, DockerSettings, FileData, Service};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{
-    filters, ConfigObj, ContainerInspect, ContainerObj, Engine, EngineError, Info, NetworkObj,
-    ServiceObj, TaskObj,
+    filters, ConfigObj, ContainerInspect, ContainerObj, Engine, EngineError, Events, Info,
+    NetworkObj, ServiceObj, TaskObj,
 };
 
 /// Prefix of the keys under which certificates from Docker config objects
@@ -50,18 +50,28 @@ pub struct Scan {
 /// state changes on other nodes raise no event here, and a task that just
 /// started should be routed within a second.
 const CONVERGING_POLL: Duration = Duration::from_millis(250);
+/// How long after its last state change a task still counts as on its way.
+const CONVERGING_FOR: Duration = Duration::from_secs(30);
 
 impl Scan {
     /// Whether some wanted task or container is not running (or healthy)
     /// yet, so its arrival is imminent.
     pub fn converging(&self) -> bool {
-        self.tasks
+        let now = std::time::SystemTime::now();
+        // Only tasks that changed lately: one stuck in `pending` (an
+        // impossible constraint) must not keep the engine polled fast forever.
+        let recent = |stamp: &str| {
+            humantime::parse_rfc3339_weak(stamp)
+                .is_ok_and(|at| now.duration_since(at).unwrap_or_default() < CONVERGING_FOR)
+        };
+        self.tasks.iter().any(|t| {
+            t.desired_state == "running"
+                && t.status.state != "running"
+                && recent(&t.status.timestamp)
+        }) || self
+            .containers
             .iter()
-            .any(|t| t.desired_state == "running" && t.status.state != "running")
-            || self
-                .containers
-                .iter()
-                .any(|c| labels::is_labelled(&c.labels) && c.status.contains("(health: starting)"))
+            .any(|c| labels::is_labelled(&c.labels) && c.status.contains("(health: starting)"))
     }
 
     /// Describes each labelled service and container as a [`Workload`].
@@ -72,9 +82,10 @@ impl Scan {
             .collect()
     }
 
-    /// [`Scan::workloads`], each with the IDs of its tasks that failed
-    /// (for services; `None` for containers).
-    pub fn workloads_with_failures(&self) -> Vec<(Workload, String, Option<Vec<String>>)> {
+    /// [`Scan::workloads`], each with its failed tasks' IDs and failure
+    /// times (for services; `None` for containers).
+    #[allow(clippy::type_complexity)]
+    pub fn workloads_with_failures(&self) -> Vec<(Workload, String, Option<Vec<Failure>>)> {
         let net_name: HashMap<&str, &str> = self
             .networks
             .iter()
@@ -146,7 +157,10 @@ impl Scan {
             let failures = tasks
                 .iter()
                 .filter(|t| matches!(t.status.state.as_str(), "failed" | "rejected"))
-                .map(|t| t.id.clone())
+                .map(|t| Failure {
+                    task: t.id.clone(),
+                    at: humantime::parse_rfc3339_weak(&t.status.timestamp).ok(),
+                })
                 .collect();
             out.push((
                 Workload {
@@ -206,6 +220,14 @@ fn cidr_ip(addr: &str) -> Option<IpAddr> {
     addr.split('/').next()?.parse().ok()
 }
 
+/// A failed task, as the engine lists it.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub task: String,
+    /// When it failed, if the engine said.
+    pub at: Option<std::time::SystemTime>,
+}
+
 /// Portico's own container, when it runs in one.
 struct SelfContainer {
     id: String,
@@ -223,8 +245,8 @@ struct Flaps {
     applied: Vec<SocketAddr>,
     applied_at: Option<Instant>,
     damped: bool,
-    /// Failed task IDs, when first seen.
-    failed: HashMap<String, Instant>,
+    /// Failed task IDs, with when they failed.
+    failed: HashMap<String, std::time::SystemTime>,
 }
 
 pub struct DockerProvider {
@@ -308,7 +330,18 @@ impl DockerProvider {
         }
         let drivers: HashMap<&str, &NetworkObj> =
             scan.networks.iter().map(|n| (n.name.as_str(), n)).collect();
+        let mut names = BTreeSet::new();
         for (workload, _id, failed) in scan.workloads_with_failures() {
+            if !names.insert(workload.name.clone()) {
+                view.findings.push(Finding {
+                    workload: workload.name.clone(),
+                    label: String::new(),
+                    severity: Severity::Error,
+                    message: "another labelled service or container has this name; rename one"
+                        .into(),
+                });
+                continue;
+            }
             let t = labels::translate(&workload);
             view.findings.extend(t.findings);
             let Some(mut service) = t.service else {
@@ -385,9 +418,11 @@ impl DockerProvider {
     /// of that name.
     async fn material(&self, value: &str) -> (String, FileData) {
         if value.starts_with('/') {
-            let data = std::fs::read(value)
-                .map(Arc::from)
-                .map_err(|e| e.to_string());
+            let path = std::path::PathBuf::from(value);
+            let data = tokio::task::spawn_blocking(move || crate::file::read_limited(&path))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map(Arc::from).map_err(|e| format!("{value}: {e}")));
             return (value.to_owned(), data);
         }
         let key = format!("{CONFIG_OBJECT_PREFIX}{value}");
@@ -407,20 +442,21 @@ impl DockerProvider {
         (key, data)
     }
 
-    /// Counts a service's task failures first seen within `damping_window`.
-    /// Counted here rather than from the engine's task history, which keeps
-    /// only a few tasks per slot.
-    fn recent_failures(&mut self, service: &str, failed: Vec<String>) -> usize {
-        let now = Instant::now();
+    /// Counts a service's task failures within `damping_window`, by the time
+    /// the engine gives (else when first seen). Failures are remembered
+    /// here, not just read from the engine's task history, which keeps only
+    /// a few tasks per slot; and a task still listed is never counted anew.
+    fn recent_failures(&mut self, service: &str, failed: Vec<Failure>) -> usize {
+        let now = std::time::SystemTime::now();
         let window = self.settings.damping_window;
         let seen = &mut self.flaps.entry(service.to_owned()).or_default().failed;
-        for id in failed {
-            seen.entry(id).or_insert(now);
+        let listed: BTreeSet<String> = failed.iter().map(|f| f.task.clone()).collect();
+        for f in failed {
+            seen.entry(f.task).or_insert(f.at.unwrap_or(now));
         }
-        seen.retain(|_, at| now.duration_since(*at) <= window * 2);
-        seen.values()
-            .filter(|at| now.duration_since(**at) <= window)
-            .count()
+        let age = |at: &std::time::SystemTime| now.duration_since(*at).unwrap_or_default();
+        seen.retain(|id, at| listed.contains(id) || age(at) <= window * 2);
+        seen.values().filter(|at| age(at) <= window).count()
     }
 
     /// Flap damping. A service under pressure (Swarm services: tasks that
@@ -499,29 +535,35 @@ pub async fn watch(
     shutdown: CancellationToken,
     mut on_view: impl FnMut(DockerView),
 ) {
+    use tokio::time::Instant as At;
     let poll = provider.settings.poll_interval;
     let mut last: Option<DockerView> = None;
-    let mut events = None;
-    let mut next_sync = tokio::time::Instant::now();
+    let mut events: Option<Events> = None;
+    let mut next_sync = At::now();
+    let mut resubscribe_at = At::now();
+    let mut retry = RETRY_MIN;
     loop {
-        if events.is_none() {
-            match provider
-                .engine
-                .events(&["service", "container", "network", "node", "config"])
-                .await
-            {
-                Ok(e) => events = Some(e),
+        if events.is_none() && At::now() >= resubscribe_at {
+            match provider.engine.events(EVENT_TYPES).await {
+                Ok(e) => {
+                    events = Some(e);
+                    // A fresh subscription may have missed changes: resync now.
+                    next_sync = At::now();
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot subscribe to Docker events; polling only")
+                    tracing::warn!(error = %e, retry_in = ?retry, "cannot subscribe to Docker events");
+                    resubscribe_at = At::now() + retry;
+                    retry = (retry * 2).min(RETRY_MAX);
                 }
             }
-            // A fresh subscription may have missed changes: resync now.
-            next_sync = tokio::time::Instant::now();
         }
-        let damped_due = provider.next_damping_deadline();
-        let wake = damped_due.map_or(next_sync, |d| {
-            next_sync.min(tokio::time::Instant::now() + d)
-        });
+        let mut wake = next_sync;
+        if let Some(d) = provider.next_damping_deadline() {
+            wake = wake.min(At::now() + d);
+        }
+        if events.is_none() {
+            wake = wake.min(resubscribe_at);
+        }
         let event = async {
             match &mut events {
                 Some(e) => e.next().await,
@@ -530,13 +572,27 @@ pub async fn watch(
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(wake) => {}
+            _ = tokio::time::sleep_until(wake) => {
+                let damping_due = provider.next_damping_deadline().is_some_and(|d| d.is_zero());
+                if At::now() < next_sync && !damping_due {
+                    // Woken only to resubscribe.
+                    continue;
+                }
+            }
             ev = event => match ev {
+                Some(ev) if is_noise(&ev) => continue,
                 Some(ev) => {
                     tracing::debug!(kind = %ev.kind, action = %ev.action, id = %ev.actor.id, "docker event");
-                    // Exec and health-probe noise says nothing about routing.
-                    if ev.action.starts_with("exec_") || ev.action.starts_with("health_status") && ev.kind != "container" {
-                        continue;
+                    // Events come in bursts (a scale-up is several): gather
+                    // the burst, then sync once for all of it.
+                    let until = At::now() + EVENT_COALESCE;
+                    while let Some(stream) = &mut events {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(until) => break,
+                            more = stream.next() => if more.is_none() {
+                                events = None;
+                            },
+                        }
                     }
                 }
                 None => {
@@ -548,12 +604,13 @@ pub async fn watch(
         }
         match provider.sync().await {
             Ok(view) => {
+                retry = RETRY_MIN;
                 let wait = if provider.converging {
                     CONVERGING_POLL.min(poll)
                 } else {
                     poll
                 };
-                next_sync = tokio::time::Instant::now() + wait;
+                next_sync = At::now() + wait;
                 if last.as_ref() != Some(&view) {
                     log_new_findings(
                         last.as_ref().map(|v| &v.findings[..]).unwrap_or(&[]),
@@ -564,12 +621,28 @@ pub async fn watch(
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "Docker sync failed; keeping the last routes");
-                next_sync = tokio::time::Instant::now() + poll;
+                tracing::warn!(error = %e, retry_in = ?retry, "Docker sync failed; keeping the last routes");
+                next_sync = At::now() + retry;
+                resubscribe_at = next_sync;
+                retry = (retry * 2).min(RETRY_MAX);
                 events = None;
             }
         }
     }
+}
+
+const EVENT_TYPES: &[&str] = &["service", "container", "network", "node", "config"];
+/// Quiet time gathered after an event before syncing once for the burst.
+const EVENT_COALESCE: Duration = Duration::from_millis(30);
+/// Back-off after a failed sync or subscription: doubled up to the maximum.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Events that say nothing about routing: exec sessions, and health probes
+/// of anything but containers (a container's health decides its routing).
+fn is_noise(ev: &crate::engine::Event) -> bool {
+    ev.action.starts_with("exec_")
+        || (ev.action.starts_with("health_status") && ev.kind != "container")
 }
 
 fn log_new_findings(before: &[Finding], now: &[Finding]) {
@@ -598,6 +671,9 @@ pub fn merge(file: &Config, docker: &DockerView) -> (Config, Vec<Finding>) {
         .flat_map(|s| s.hosts.iter().map(move |h| (h.clone(), s.name.as_str())))
         .collect();
     let https = file.proxy.https_listen.is_some();
+    #[allow(clippy::type_complexity)]
+    let mut claims: BTreeMap<_, (String, bool, bool, Option<portico_model::TlsFiles>)> =
+        BTreeMap::new();
     for svc in &docker.services {
         let mut svc = svc.clone();
         let mut report = |label: &str, message: String| {
@@ -625,6 +701,25 @@ pub fn merge(file: &Config, docker: &DockerView) -> (Config, Vec<Finding>) {
             );
             continue;
         }
+        // Docker services sharing a host pool together, so they must agree
+        // on how the host is served, as file services must.
+        let disagreement = svc.hosts.iter().find_map(|h| {
+            let (other, passthrough, ssl_only, tls) = claims.get(h)?;
+            let what = if *passthrough != svc.passthrough {
+                "ssl_passthrough"
+            } else if *ssl_only != svc.ssl_only {
+                "ssl_only"
+            } else if tls.is_some() && svc.tls.is_some() && *tls != svc.tls {
+                "ssl_cert"
+            } else {
+                return None;
+            };
+            Some(format!("shares host {h} with service {other} but not its {what}; services on one host must agree"))
+        });
+        if let Some(message) = disagreement {
+            report("", message);
+            continue;
+        }
         let mut kept = Vec::new();
         for h in std::mem::take(&mut svc.hosts) {
             match hosts.get(&h) {
@@ -639,6 +734,16 @@ pub fn merge(file: &Config, docker: &DockerView) -> (Config, Vec<Finding>) {
             continue;
         }
         svc.hosts = kept;
+        for h in &svc.hosts {
+            claims.entry(h.clone()).or_insert_with(|| {
+                (
+                    svc.name.clone(),
+                    svc.passthrough,
+                    svc.ssl_only,
+                    svc.tls.clone(),
+                )
+            });
+        }
         config.services.push(svc);
     }
     for (k, v) in &docker.files {
@@ -777,7 +882,15 @@ mod tests {
         }
         // Three failed tasks (more than 2): damped.
         assert_eq!(p.damp("crash", addrs(&[1, 2]), Some(0)), addrs(&[1, 2]));
-        let n = p.recent_failures("crash", vec!["t1".into(), "t2".into(), "t3".into()]);
+        let fail = |ids: &[&str]| -> Vec<Failure> {
+            ids.iter()
+                .map(|t| Failure {
+                    task: t.to_string(),
+                    at: None,
+                })
+                .collect()
+        };
+        let n = p.recent_failures("crash", fail(&["t1", "t2", "t3"]));
         assert_eq!(n, 3);
         // A new task is held back; a dead one leaves at once.
         assert_eq!(p.damp("crash", addrs(&[1, 2, 3]), Some(n)), addrs(&[1, 2]));
@@ -786,10 +899,13 @@ mod tests {
         // Other services are untouched.
         assert_eq!(p.damp("calm", addrs(&[7]), Some(0)), addrs(&[7]));
         // The same failures seen again are not counted twice.
-        assert_eq!(
-            p.recent_failures("crash", vec!["t1".into(), "t3".into()]),
-            3
-        );
+        assert_eq!(p.recent_failures("crash", fail(&["t1", "t3"])), 3);
+        // Failures the engine dates outside the window don't count.
+        let old = Failure {
+            task: "t0".into(),
+            at: Some(std::time::SystemTime::now() - Duration::from_secs(3600)),
+        };
+        assert_eq!(p.recent_failures("old", vec![old]), 0);
     }
 
     #[test]
@@ -853,5 +969,38 @@ mod tests {
         assert_eq!(config.services.len(), 1000);
         assert!(config.services.iter().all(|s| s.upstreams.len() == 2));
         assert!(table.lookup("app999.example.com").is_some());
+    }
+
+    #[test]
+    fn docker_services_on_one_host_must_agree() {
+        let svc = |name: &str, passthrough: bool| Service {
+            name: name.into(),
+            hosts: vec![portico_model::HostPattern::Exact("shared.test".into())],
+            upstreams: addrs(&[1]),
+            tls: None,
+            ssl_only: false,
+            hsts_max_age: None,
+            passthrough,
+            upstream: Default::default(),
+        };
+        let file = Config::parse("[proxy]\nhttps_listen = \"127.0.0.1:0\"\n", "f").unwrap();
+        let docker = DockerView {
+            services: vec![
+                svc("a_victim", false),
+                svc("b_canary", false),
+                svc("c_evil", true),
+            ],
+            ..DockerView::default()
+        };
+        let (merged, findings) = merge(&file, &docker);
+        let names: Vec<&str> = merged.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a_victim", "b_canary"]);
+        assert_eq!(findings.len(), 1);
+        assert!(
+            findings[0].to_string().contains(
+                "c_evil: shares host shared.test with service a_victim but not its ssl_passthrough"
+            ),
+            "{findings:?}"
+        );
     }
 }

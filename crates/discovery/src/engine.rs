@@ -85,7 +85,13 @@ impl Engine {
             .find_map(|p| name.strip_prefix(p))
         {
             let addr = rest.trim_end_matches('/').to_owned();
-            let wants_tls = name.starts_with("https://") || settings.tls_ca.is_some();
+            // As the docker CLI: TLS when asked for by scheme, by any TLS
+            // setting, or by DOCKER_TLS_VERIFY; never plaintext with a
+            // client certificate configured.
+            let wants_tls = name.starts_with("https://")
+                || settings.tls_ca.is_some()
+                || settings.tls_cert.is_some()
+                || std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0");
             let tls = if wants_tls {
                 Some(tls_connector(settings, &addr)?)
             } else {
@@ -334,7 +340,12 @@ fn tls_connector(
         }
         _ => builder.with_no_client_auth(),
     };
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned();
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let name = ServerName::try_from(host.clone()).map_err(|e| bad(format!("{host}: {e}")))?;
     Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
 }

@@ -7,10 +7,10 @@
 //! directory of every file it refers to (certificates, keys, CAs), so a
 //! renewed certificate is picked up like an edited config.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -62,14 +62,24 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     Ok(config)
 }
 
-fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
-    let len = std::fs::metadata(path)?.len();
-    if len > MAX_REFERENCED_FILE {
+/// Reads a referenced file: regular files only (not a FIFO or a device,
+/// which could block or never end), at most [`MAX_REFERENCED_FILE`] bytes.
+pub(crate) fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let mut data = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_REFERENCED_FILE + 1)
+        .read_to_end(&mut data)?;
+    if data.len() as u64 > MAX_REFERENCED_FILE {
         return Err(io::Error::other(format!(
-            "{len} bytes is more than the {MAX_REFERENCED_FILE} a certificate or key file may have"
+            "larger than the {MAX_REFERENCED_FILE} bytes a certificate or key file may have"
         )));
     }
-    std::fs::read(path)
+    Ok(data)
 }
 
 /// Paths in the config are relative to the config file's directory.
@@ -105,22 +115,23 @@ pub async fn watch(
     shutdown: CancellationToken,
     mut on_config: impl FnMut(Config),
 ) -> Result<(), notify::Error> {
-    let targets: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let event_targets = targets.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = match event {
-            Ok(event) => {
-                let targets = event_targets.lock().unwrap_or_else(|e| e.into_inner());
-                !event.kind.is_access() && event.paths.iter().any(|p| targets.contains(p))
-            }
-            // Overflow and the like: re-read to be safe.
-            Err(_) => true,
-        };
-        if relevant {
+    // Any change in a watched directory re-reads the config: a file may
+    // change under another name (Kubernetes swaps a `..data` symlink), and
+    // a re-read that finds nothing new costs only the read.
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_err() || event.is_ok_and(|e| !e.kind.is_access()) {
             let _ = tx.send(());
         }
-    })?;
+    });
+    let mut watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "cannot watch the config file; reload it with SIGHUP");
+            None
+        }
+    };
+    let watching = watcher.is_some();
     let mut watched: BTreeSet<PathBuf> = BTreeSet::new();
     let mut update_watches = |files: &[PathBuf]| -> Result<(), notify::Error> {
         let pairs: BTreeMap<PathBuf, PathBuf> = files
@@ -131,6 +142,9 @@ pub async fn watch(
             })
             .collect();
         let dirs: BTreeSet<PathBuf> = pairs.values().cloned().collect();
+        let Some(watcher) = watcher.as_mut() else {
+            return Ok(());
+        };
         for dir in dirs.difference(&watched) {
             if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; changes there need SIGHUP");
@@ -140,7 +154,6 @@ pub async fn watch(
             let _ = watcher.unwatch(dir);
         }
         watched = dirs;
-        *targets.lock().unwrap_or_else(|e| e.into_inner()) = pairs.into_keys().collect();
         Ok(())
     };
     update_watches(std::slice::from_ref(&path))?;
@@ -161,7 +174,7 @@ pub async fn watch(
             _ = reload.notified() => {
                 tracing::info!(file = %path.display(), "reload requested");
             }
-            got = rx.recv() => {
+            got = rx.recv(), if watching => {
                 if got.is_none() {
                     return Ok(());
                 }
@@ -235,5 +248,60 @@ mod tests {
         let c = load(&path).unwrap();
         assert_eq!(c.files["certs/a.pem"].as_deref(), Ok(&b"CERT"[..]));
         assert!(c.files["certs/missing.pem"].is_err());
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let e = read_limited(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(e.to_string(), "not a regular file");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.pem");
+        std::fs::write(&big, vec![b'x'; MAX_REFERENCED_FILE as usize + 1]).unwrap();
+        assert!(read_limited(&big)
+            .unwrap_err()
+            .to_string()
+            .starts_with("larger than"));
+    }
+
+    /// Kubernetes (and similar) update a mounted config by swapping a
+    /// `..data` symlink; the config's own name never changes.
+    #[tokio::test]
+    async fn a_symlink_swap_of_the_config_directory_is_seen() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let svc = |host: &str| format!("[[service]]\nname = \"s\"\nhosts = [\"{host}\"]\n");
+        for (v, host) in [("v1", "one.test"), ("v2", "two.test")] {
+            std::fs::create_dir(d.join(v)).unwrap();
+            std::fs::write(d.join(v).join("portico.toml"), svc(host)).unwrap();
+        }
+        symlink("v1", d.join("..data")).unwrap();
+        symlink("..data/portico.toml", d.join("portico.toml")).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(watch(
+            d.join("portico.toml"),
+            Arc::new(Notify::new()),
+            shutdown.clone(),
+            move |c| {
+                let _ = tx.send(c.services[0].hosts[0].to_string());
+            },
+        ));
+        assert_eq!(rx.recv().await.as_deref(), Some("one.test"));
+        symlink("v2", d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match rx.recv().await.as_deref() {
+                    Some("two.test") => return true,
+                    Some(_) => continue,
+                    None => return false,
+                }
+            }
+        })
+        .await;
+        assert_eq!(next, Ok(true));
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
     }
 }

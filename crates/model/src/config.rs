@@ -445,6 +445,7 @@ impl Config {
             }
         }
         check_services_agree(&raw, &services, &proxy, &mut r);
+        check_listeners_differ(&raw, &proxy, admin.as_ref(), &mut r);
         if r.errors.is_empty() {
             Ok(Config {
                 proxy,
@@ -510,6 +511,7 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
     for (value, field, slot) in durations {
         let Some(value) = value else { continue };
         match humantime::parse_duration(value.get_ref()) {
+            Ok(d) if d > MAX_DURATION => r.at(value.span().start, field, "must be at most 30 days"),
             Ok(d) if !d.is_zero() => *slot = d,
             Ok(_) => r.at(value.span().start, field, "must be greater than zero"),
             Err(e) => r.at(
@@ -644,6 +646,41 @@ fn tls_files(
     }
 }
 
+/// Timeouts beyond this are surely typos, and would overflow the clock.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The listeners must not share an address: `run` could not bind them.
+fn check_listeners_differ(
+    raw: &RawConfig,
+    proxy: &ProxySettings,
+    admin: Option<&AdminSettings>,
+    r: &mut Reporter<'_>,
+) {
+    let https = proxy.https_listen;
+    let admin_listen = admin.map(|a| a.listen);
+    let at = |v: &Option<Spanned<String>>| v.as_ref().map_or(0, |v| v.span().start);
+    if https.is_some() && https == Some(proxy.http_listen) && proxy.http_listen.port() != 0 {
+        r.at(
+            at(&raw.proxy.https_listen),
+            "proxy.https_listen",
+            "is the same address as http_listen",
+        );
+    }
+    if let Some(a) = admin_listen.filter(|a| a.port() != 0) {
+        if a == proxy.http_listen || Some(a) == https {
+            let span = raw
+                .admin
+                .as_ref()
+                .map_or(0, |v| v.get_ref().listen.span().start);
+            r.at(
+                span,
+                "admin.listen",
+                "is the same address as a proxy listener",
+            );
+        }
+    }
+}
+
 /// Checks across services: what HTTPS needs, and that services sharing a
 /// host (one pool) agree on how that host is served.
 fn check_services_agree(
@@ -737,6 +774,7 @@ fn validate_docker(raw: &RawDocker, r: &mut Reporter<'_>) -> DockerSettings {
     ] {
         let Some(value) = value else { continue };
         match humantime::parse_duration(value.get_ref()) {
+            Ok(v) if v > MAX_DURATION => r.at(value.span().start, field, "must be at most 30 days"),
             Ok(v) if !v.is_zero() => *slot = v,
             Ok(_) => r.at(value.span().start, field, "must be greater than zero"),
             Err(e) => r.at(
@@ -876,6 +914,17 @@ fn validate_service(
                 format!("{label}.upstreams"),
                 format!("{a} is listed twice"),
             ),
+            Ok(a)
+                if a.ip().is_unspecified()
+                    || a.ip().is_multicast()
+                    || a.ip() == std::net::IpAddr::from([255, 255, 255, 255]) =>
+            {
+                r.at(
+                    u.span().start,
+                    format!("{label}.upstreams"),
+                    format!("{a}: not an address a connection can be made to"),
+                )
+            }
             Ok(a) if a.port() == 0 => r.at(
                 u.span().start,
                 format!("{label}.upstreams"),
@@ -1233,5 +1282,24 @@ tls_key = "b.key"
         let tls = ok.services[0].upstream.tls.as_ref().unwrap();
         assert_eq!(tls.server_name, "g.test");
         assert!(tls.verify);
+    }
+
+    #[test]
+    fn absurd_values_that_would_break_at_run_time_are_refused() {
+        let e = errors(
+            "[proxy]\nhttp_listen = \"127.0.0.1:8080\"\nhttps_listen = \"127.0.0.1:8080\"\nconnect_timeout = \"300000000000y\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n[[service]]\nname = \"a\"\nhosts = [\"a.test\"]\nupstreams = [\"0.0.0.0:80\", \"255.255.255.255:80\", \"224.0.0.1:80\"]\n",
+        );
+        let want = [
+            "p.toml:4:19: proxy.connect_timeout: must be at most 30 days",
+            "p.toml:10:14: service[0] (a).upstreams: 0.0.0.0:80: not an address a connection can be made to",
+            "p.toml:10:28: service[0] (a).upstreams: 255.255.255.255:80: not an address",
+            "p.toml:10:50: service[0] (a).upstreams: 224.0.0.1:80: not an address",
+            "p.toml:3:16: proxy.https_listen: is the same address as http_listen",
+            "p.toml:6:10: admin.listen: is the same address as a proxy listener",
+        ];
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(want) {
+            assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
+        }
     }
 }
