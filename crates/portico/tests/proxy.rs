@@ -344,6 +344,8 @@ async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_set() {
         "-H",
         "X-Real-IP: 198.51.100.1",
         "-H",
+        "Forwarded: for=198.51.100.9;proto=https",
+        "-H",
         "X-Request-Id: client-chosen",
         "-H",
         "X-Kept: yes",
@@ -377,6 +379,7 @@ async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_set() {
         Some("203.0.113.7, 127.0.0.1")
     );
     assert_eq!(echo.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(echo.header("forwarded"), None);
     assert_eq!(echo.header("x-forwarded-proto"), Some("http"));
     assert_eq!(echo.header("x-forwarded-host"), Some("h.test:8080"));
     let id = echo.header("x-request-id").unwrap();
@@ -628,4 +631,27 @@ async fn reload_swaps_routes_without_failing_requests_in_flight() {
     release.notify_one();
     let (status, _, body) = in_flight.await.unwrap().unwrap();
     assert_eq!((status.as_u16(), &body[..]), (200, &b"old"[..]));
+}
+
+/// Regression: a connection that never sends a byte (nor the h2c preface's
+/// follow-up) is closed after client_header_timeout, not held forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_after_client_header_timeout() {
+    let proxy = TestProxy::start("[proxy]\nclient_header_timeout = \"300ms\"\n").await;
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("the proxy closes a silent connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    // A keep-alive connection that goes quiet after a request is closed too.
+    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut got)).await;
+    assert!(closed.is_ok(), "idle keep-alive connection stayed open");
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 503"));
 }

@@ -667,3 +667,63 @@ async fn a_configured_ocsp_response_is_stapled() {
     assert!(kind.is_some());
     assert_eq!(&seen.lock().unwrap()[..], b"pretend-der-ocsp-response");
 }
+
+/// Regression: after the TLS handshake, a client that sends nothing is
+/// closed after client_header_timeout (ALPN decides the protocol; nothing
+/// waits to detect it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_connections_are_closed_after_the_handshake() {
+    let site = Site::new();
+    let b = Backend::echo("b").await;
+    let proxy = TestProxy::start(&format!(
+        "{HTTPS}client_header_timeout = \"300ms\"\n{}",
+        service(
+            "foo",
+            &["foo.app.test"],
+            &[b.addr],
+            &site.cert("foo", &["foo.app.test"])
+        ),
+    ))
+    .await;
+    let ca = site.dir.path().join("ca.crt");
+    let connector =
+        tokio_rustls::TlsConnector::from(client_config(&ca, &[&rustls::version::TLS13]));
+    let stream = TcpStream::connect(proxy.https_addr.unwrap()).await.unwrap();
+    let mut tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("foo.app.test").unwrap(),
+            stream,
+        )
+        .await
+        .unwrap();
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let closed =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    assert!(closed.is_ok(), "a silent TLS connection stayed open");
+}
+
+/// Regression: a client without SNI (served the default certificate) may
+/// not reach a site that has a certificate of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_sni_reaches_only_sites_served_by_the_default_certificate() {
+    let site = Site::new();
+    let b = Backend::echo("b").await;
+    let (dc, dk) = site
+        .ca
+        .issue(&["default.test"])
+        .write(site.dir.path(), "default");
+    let proxy = TestProxy::start(&format!(
+        "[proxy]\nhttps_listen = \"127.0.0.1:0\"\ndefault_tls_cert = {:?}\ndefault_tls_key = {:?}\n{}{}",
+        dc.display().to_string(),
+        dk.display().to_string(),
+        service("own", &["own.test"], &[b.addr], &site.cert("own", &["own.test"])),
+        service("plain", &["plain.test"], &[b.addr], ""),
+    ))
+    .await;
+    let url = format!("https://127.0.0.1:{}/", proxy.https_port());
+    let r = curl(&["-k", "-H", "Host: own.test", &url]).await;
+    assert_eq!(r.status, 421, "{r:?}");
+    let r = curl(&["-k", "-H", "Host: plain.test", &url]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}

@@ -272,13 +272,17 @@ async fn forward(
         // The connection was set up for the SNI's site: serving another
         // site's request on it would route around that site's certificate
         // (domain fronting, or a browser reusing a connection too eagerly).
-        if let Some(sni) = &tls.sni {
-            if snap.table.lookup(sni) != Some(route_id) {
-                return Err(ProxyError::Misdirected {
-                    host: host_text(&host_value),
-                    sni: sni.clone(),
-                });
-            }
+        let misdirected = match &tls.sni {
+            Some(sni) => snap.table.lookup(sni) != Some(route_id),
+            // Without SNI the connection got the default certificate: it may
+            // carry only sites that have no certificate of their own.
+            None => route.tls.is_some(),
+        };
+        if misdirected {
+            return Err(ProxyError::Misdirected {
+                host: host_text(&host_value),
+                sni: tls.sni.clone().unwrap_or_else(|| "(none)".into()),
+            });
         }
     } else if route.ssl_only {
         return Ok(redirect_to_https(snap, &host_value, req.uri()));

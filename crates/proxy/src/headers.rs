@@ -132,6 +132,10 @@ pub fn set_forwarding(
         None => headers.remove(&X_FORWARDED_HOST),
     };
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    // RFC 7239's Forwarded says the same as the X-Forwarded-* family, but
+    // Portico doesn't maintain it: a client's own would pass unchecked to
+    // applications that trust it.
+    headers.remove(header::FORWARDED);
 }
 
 /// A fresh request id: 32 lower-case hex digits, like nginx's `$request_id`.

@@ -6,6 +6,7 @@
 //! and drain for the grace period.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -92,8 +93,20 @@ async fn run(
                 tunnels.clone(),
             ));
         } else {
+            let limit = proxy.snapshot().config.proxy.client_header_timeout;
             let info = ConnInfo::new(proxy, peer, None);
-            tokio::spawn(serve_http(stream, info, watcher));
+            tokio::spawn(async move {
+                // hyper waits without limit for the first bytes (to tell
+                // HTTP/1 from h2c): a client that sends nothing must not
+                // hold a connection.
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(limit, stream.peek(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => serve_http(stream, info, Alpn::Detect, watcher).await,
+                    _ => {
+                        tracing::debug!(client = %peer, "nothing received within client_header_timeout")
+                    }
+                }
+            });
         }
     }
     drop(listener);
@@ -110,19 +123,31 @@ async fn run(
     Ok(())
 }
 
-async fn serve_http<I>(io: I, info: ConnInfo, watcher: Watcher)
+/// What the connection's protocol is known to be.
+enum Alpn {
+    /// Cleartext: HTTP/1.1, or h2c by its preface.
+    Detect,
+    Http1,
+    H2,
+}
+
+async fn serve_http<I>(io: I, info: ConnInfo, alpn: Alpn, watcher: Watcher)
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let snapshot = info.proxy.snapshot();
+    let builder = match alpn {
+        Alpn::Detect => &snapshot.conn_builder,
+        Alpn::Http1 => &snapshot.h1_builder,
+        Alpn::H2 => &snapshot.h2_builder,
+    };
     let client = info.client;
     let info = Arc::new(info);
     let service = service_fn(move |req| {
         let info = info.clone();
         async move { Ok::<_, Infallible>(forward::handle(info, req).await) }
     });
-    let conn = snapshot
-        .conn_builder
+    let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     drop(snapshot);
@@ -229,8 +254,16 @@ async fn tls_connection(
             return;
         }
     };
+    let alpn = match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Alpn::H2,
+        _ => Alpn::Http1,
+    };
     let info = ConnInfo::new(proxy, peer, Some(TlsInfo { sni: hello.sni }));
-    serve_http(tls, info, watcher).await;
+    let io = FirstReadDeadline {
+        inner: tls,
+        deadline: Some(Box::pin(tokio::time::sleep(limit))),
+    };
+    serve_http(io, info, alpn, watcher).await;
 }
 
 /// Relays a TLS connection as it is to one of the route's upstreams, which
@@ -283,6 +316,68 @@ async fn passthrough(
         return;
     }
     tracing::warn!(client = %peer.ip(), sni, service = %pool.label, error = %failures.join("; "), "passthrough failed: no upstream could take the connection");
+}
+
+/// A stream whose first read must bring data before a deadline: hyper
+/// arms its header timeout only once a request has begun, so a client that
+/// completes a TLS handshake and then says nothing would otherwise hold the
+/// connection forever.
+struct FirstReadDeadline<I> {
+    inner: I,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstReadDeadline<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.deadline = None,
+            Poll::Pending => {
+                if let Some(deadline) = &mut self.deadline {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                    }
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstReadDeadline<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// A stream that first yields bytes already read from it.

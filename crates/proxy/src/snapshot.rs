@@ -31,6 +31,9 @@ pub struct Snapshot {
     pub(crate) tls_config: Option<Arc<ServerConfig>>,
     /// Connection settings for new client connections.
     pub(crate) conn_builder: auto::Builder<TokioExecutor>,
+    /// The same, for TLS connections that negotiated HTTP/1.1 or h2 by ALPN.
+    pub(crate) h1_builder: auto::Builder<TokioExecutor>,
+    pub(crate) h2_builder: auto::Builder<TokioExecutor>,
 }
 
 /// The upstreams behind one route, with its round-robin cursor.
@@ -128,7 +131,14 @@ impl Snapshot {
         conn_builder
             .http2()
             .timer(TokioTimer::new())
+            // Pings find peers that vanished without closing.
+            .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+            .keep_alive_timeout(std::time::Duration::from_secs(10))
             .max_header_list_size(u32::try_from(p.max_header_bytes).unwrap_or(u32::MAX));
+        // After TLS, ALPN has already said which protocol it is: no waiting
+        // to detect it, so HTTP/1's header timeout runs from the start.
+        let h1_builder = conn_builder.clone().http1_only();
+        let h2_builder = conn_builder.clone().http2_only();
         Snapshot {
             version,
             config,
@@ -138,6 +148,8 @@ impl Snapshot {
             certs,
             tls_config,
             conn_builder,
+            h1_builder,
+            h2_builder,
         }
     }
 }
