@@ -33,6 +33,8 @@ pub struct ProxySettings {
     pub client_header_timeout: Duration,
     /// How long in-flight requests may run on after SIGTERM.
     pub shutdown_grace: Duration,
+    /// A passthrough tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
     /// Cap on open connections to each upstream address (busy and idle).
     pub max_connections_per_upstream: usize,
     /// How many idle keep-alive connections are kept per upstream address.
@@ -97,6 +99,7 @@ impl Default for ProxySettings {
             upstream_timeout: Duration::from_secs(60),
             client_header_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            tunnel_idle_timeout: Duration::from_secs(600),
             max_connections_per_upstream: 1024,
             idle_connections_per_upstream: 128,
             max_header_bytes: 64 * 1024,
@@ -308,6 +311,7 @@ struct RawProxy {
     upstream_timeout: Option<Spanned<String>>,
     client_header_timeout: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    tunnel_idle_timeout: Option<Spanned<String>>,
     max_connections_per_upstream: Option<Spanned<i64>>,
     idle_connections_per_upstream: Option<Spanned<i64>>,
     max_header_bytes: Option<Spanned<i64>>,
@@ -506,6 +510,11 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
             &raw.shutdown_grace,
             "proxy.shutdown_grace",
             &mut p.shutdown_grace,
+        ),
+        (
+            &raw.tunnel_idle_timeout,
+            "proxy.tunnel_idle_timeout",
+            &mut p.tunnel_idle_timeout,
         ),
     ];
     for (value, field, slot) in durations {

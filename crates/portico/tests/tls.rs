@@ -727,3 +727,43 @@ async fn no_sni_reaches_only_sites_served_by_the_default_certificate() {
     let r = curl(&["-k", "-H", "Host: plain.test", &url]).await;
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// Regression: a passthrough tunnel where nothing moves is closed after
+/// tunnel_idle_timeout instead of holding two sockets forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_passthrough_tunnels_are_closed() {
+    // A "TLS backend" that accepts and never says anything.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let proxy = TestProxy::start(&format!(
+        "{HTTPS}tunnel_idle_timeout = \"300ms\"\n{}",
+        service("pass", &["pass.test"], &[backend], "passthrough = true\n"),
+    ))
+    .await;
+    // A client starting a TLS handshake for pass.test, then silence.
+    let config = client_config(
+        &Site::new().dir.path().join("ca.crt"),
+        &[&rustls::version::TLS13],
+    );
+    let stream = TcpStream::connect(proxy.https_addr.unwrap()).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let handshake = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        connector.connect(
+            rustls::pki_types::ServerName::try_from("pass.test").unwrap(),
+            stream,
+        ),
+    )
+    .await;
+    // The proxy closes the idle tunnel, which fails the handshake, in time.
+    assert!(
+        matches!(handshake, Ok(Err(_))),
+        "the idle tunnel was not closed"
+    );
+}

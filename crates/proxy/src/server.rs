@@ -276,46 +276,109 @@ async fn passthrough(
     peer: SocketAddr,
 ) {
     let start = Instant::now();
+    // Take what the tunnel needs and let the snapshot go: a tunnel may live
+    // for hours, and must not keep old configs alive.
     let pool = &snap.pools[route];
     let n = pool.upstreams.len();
     let first = pool.next_start();
+    let addrs: Vec<SocketAddr> = (0..n)
+        .map(|i| pool.upstreams[(first + i) % n].addr)
+        .collect();
+    let label = pool.label.clone();
+    let connect_timeout = snap.config.proxy.connect_timeout;
+    let idle = snap.config.proxy.tunnel_idle_timeout;
+    drop(snap);
     let sni = hello.sni.as_deref().unwrap_or("-");
     let mut failures = Vec::new();
-    for i in 0..n {
-        let upstream = &pool.upstreams[(first + i) % n];
-        let connect = TcpStream::connect(upstream.addr);
-        let mut up = match tokio::time::timeout(snap.config.proxy.connect_timeout, connect).await {
+    for addr in addrs {
+        let mut up = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                failures.push(format!("{}: {e}", upstream.addr));
+                failures.push(format!("{addr}: {e}"));
                 continue;
             }
             Err(_) => {
-                failures.push(format!("{}: connect timed out", upstream.addr));
+                failures.push(format!("{addr}: connect timed out"));
                 continue;
             }
         };
         let _ = up.set_nodelay(true);
         if let Err(e) = up.write_all(&hello.bytes).await {
-            failures.push(format!("{}: {e}", upstream.addr));
+            failures.push(format!("{addr}: {e}"));
             continue;
         }
-        let result = tokio::io::copy_bidirectional(&mut client, &mut up).await;
-        let (sent, received) = result.as_ref().map_or((0, 0), |r| *r);
+        let (result, counts) = relay(&mut client, &mut up, idle).await;
+        let (sent, received) = counts;
         tracing::info!(
             target: crate::access_log::TARGET,
             client = %peer.ip(),
             sni,
-            service = %pool.label,
-            upstream = %upstream.addr,
+            service = %label,
+            upstream = %addr,
             bytes_in = sent + hello.bytes.len() as u64,
             bytes_out = received,
             duration = %crate::access_log::seconds(start.elapsed()),
+            end = %result.err().map_or_else(|| "closed".to_owned(), |e| e.to_string()),
             "tunnel"
         );
         return;
     }
-    tracing::warn!(client = %peer.ip(), sni, service = %pool.label, error = %failures.join("; "), "passthrough failed: no upstream could take the connection");
+    tracing::warn!(client = %peer.ip(), sni, service = %label, error = %failures.join("; "), "passthrough failed: no upstream could take the connection");
+}
+
+/// Copies both ways until either side closes, or nothing moves for `idle`.
+/// Returns how it ended and the bytes copied each way.
+async fn relay(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    idle: Duration,
+) -> (io::Result<()>, (u64, u64)) {
+    let (mut ar, mut aw) = a.split();
+    let (mut br, mut bw) = b.split();
+    let (mut up, mut down) = (0u64, 0u64);
+    let (mut a_open, mut b_open) = (true, true);
+    let mut abuf = vec![0u8; 16 * 1024];
+    let mut bbuf = vec![0u8; 16 * 1024];
+    while a_open || b_open {
+        let step = async {
+            tokio::select! {
+                r = ar.read(&mut abuf), if a_open => (true, r),
+                r = br.read(&mut bbuf), if b_open => (false, r),
+            }
+        };
+        let (from_a, read) = match tokio::time::timeout(idle, step).await {
+            Ok(r) => r,
+            Err(_) => {
+                return (
+                    Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
+                    (up, down),
+                )
+            }
+        };
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => return (Err(e), (up, down)),
+        };
+        let written = if from_a {
+            if n == 0 {
+                a_open = false;
+                bw.shutdown().await
+            } else {
+                up += n as u64;
+                bw.write_all(&abuf[..n]).await
+            }
+        } else if n == 0 {
+            b_open = false;
+            aw.shutdown().await
+        } else {
+            down += n as u64;
+            aw.write_all(&bbuf[..n]).await
+        };
+        if let Err(e) = written {
+            return (Err(e), (up, down));
+        }
+    }
+    (Ok(()), (up, down))
 }
 
 /// A stream whose first read must bring data before a deadline: hyper
