@@ -380,7 +380,10 @@ fn field_at(text: &str, offset: usize) -> String {
     let offset = offset.min(text.len());
     let mut table = String::new();
     let mut services = 0usize;
-    for line in text[..offset].split_inclusive('\n') {
+    // Up to the end of the offset's line: an error on a table header (such
+    // as a missing field) belongs to that table.
+    let line_end = text[offset..].find('\n').map_or(text.len(), |p| offset + p);
+    for line in text[..line_end].split_inclusive('\n') {
         let trimmed = line.trim();
         if trimmed == "[[service]]" {
             table = format!("service[{services}]");
@@ -1310,5 +1313,14 @@ tls_key = "b.key"
         for (got, want) in e.iter().zip(want) {
             assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
         }
+    }
+
+    #[test]
+    fn a_table_missing_a_field_is_named() {
+        let e = errors("[proxy]\naccess_log = true\n\n[[service]]\nhosts = [\"a.test\"]\n");
+        assert!(
+            e[0].starts_with("p.toml:4:1: service[0]: missing field `name`"),
+            "{e:?}"
+        );
     }
 }
