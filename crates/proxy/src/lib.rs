@@ -89,11 +89,17 @@ impl Proxy {
     pub fn apply(&self, config: Arc<Config>, version: Version) {
         let previous = self.current.load_full();
         for (what, changed) in [
-            ("https_listen", config.proxy.https_listen != previous.config.proxy.https_listen),
+            (
+                "https_listen",
+                config.proxy.https_listen != previous.config.proxy.https_listen,
+            ),
             ("[admin]", config.admin != previous.config.admin),
         ] {
             if changed {
-                tracing::warn!(setting = what, "changed; listeners keep their settings until a restart");
+                tracing::warn!(
+                    setting = what,
+                    "changed; listeners keep their settings until a restart"
+                );
             }
         }
         if config.proxy.http_listen != previous.config.proxy.http_listen {
