@@ -1003,4 +1003,96 @@ mod tests {
             "{findings:?}"
         );
     }
+
+    /// Recorded from a real engine: one service per label case (created
+    /// with `--replicas 0`), so every label and every bad value goes through
+    /// the Engine API's JSON, not only through hand-made workloads.
+    #[test]
+    fn recorded_services_with_every_label_and_bad_value() {
+        let read = |name: &str| {
+            std::fs::read_to_string(format!(
+                "{}/tests/fixtures/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let scan = Scan {
+            swarm: true,
+            services: serde_json::from_str(&read("services_labels.json")).unwrap(),
+            networks: serde_json::from_str(&read("networks_labels.json")).unwrap(),
+            ..Scan::default()
+        };
+        let results: BTreeMap<String, labels::Translation> = scan
+            .workloads()
+            .into_iter()
+            .map(|(w, _)| (w.name.clone(), labels::translate(&w)))
+            .collect();
+        assert_eq!(results.len(), 16);
+        let messages = |name: &str| -> Vec<String> {
+            results[name]
+                .findings
+                .iter()
+                .map(|f| f.to_string())
+                .collect()
+        };
+
+        // Every supported label at once, and every not-yet-implemented one warned about.
+        let all = results["fxl_all"].service.clone().expect("fxl_all routes");
+        assert_eq!(
+            all.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+            ["all.test", "*.all.test"]
+        );
+        assert!(all.ssl_only);
+        assert_eq!(
+            all.tls.as_ref().map(|t| (t.cert.as_str(), t.key.as_str())),
+            Some(("all_cert", "all_key"))
+        );
+        let up = all.upstream.tls.as_ref().unwrap();
+        assert!(!up.verify);
+        // backend_mode=vip: the service's virtual IP, though no task runs.
+        assert_eq!(all.upstreams.len(), 1);
+        assert_eq!(all.upstreams[0].port(), 8443);
+        let warned: Vec<String> = messages("fxl_all");
+        for label in [
+            "context_root",
+            "context_root_rewrite",
+            "websocket_endpoints",
+            "sticky_session_cookie",
+            "ip_hash",
+            "redirects",
+            "default_backend",
+            "service_cluster",
+        ] {
+            assert!(
+                warned.contains(&format!("warning fxl_all com.docker.lb.{label}: not implemented by Portico yet; the label is ignored")),
+                "{label}: {warned:?}"
+            );
+        }
+        assert!(results["fxl_pass"].service.as_ref().unwrap().passthrough);
+
+        let cases = [
+            ("fxl_no_hosts", "error fxl_no_hosts com.docker.lb.hosts: missing"),
+            ("fxl_typo_host", "error fxl_typo_host com.docker.lb.host: unknown label (did you mean com.docker.lb.hosts?)"),
+            ("fxl_bad_host", "error fxl_bad_host com.docker.lb.hosts: \"bad host.test\": invalid character"),
+            ("fxl_no_port", "error fxl_no_port com.docker.lb.port: missing"),
+            ("fxl_bad_port", "error fxl_bad_port com.docker.lb.port: \"http\" is not a port"),
+            ("fxl_wrong_net", "error fxl_wrong_net com.docker.lb.network: the service is not attached to network \"elsewhere\" (it is on: fxl_net)"),
+            ("fxl_bad_bool", "error fxl_bad_bool com.docker.lb.ssl_only: \"maybe\" is not true or false"),
+            ("fxl_bad_verify", "error fxl_bad_verify com.docker.lb.ssl_backend_tls_verify: \"strict\" is not"),
+            ("fxl_verify_alone", "error fxl_verify_alone com.docker.lb.ssl_backend_tls_verify: only applies with com.docker.lb.ssl_backend=true"),
+            ("fxl_bad_mode", "error fxl_bad_mode com.docker.lb.backend_mode: \"dnsrr\" is not \"task\" or \"vip\""),
+            ("fxl_cert_alone", "error fxl_cert_alone com.docker.lb.ssl_key: missing"),
+            ("fxl_pass_tls", "error fxl_pass_tls com.docker.lb.ssl_passthrough: a passthrough service does not terminate TLS"),
+            ("fxl_unknown", "error fxl_unknown com.docker.lb.colour: unknown label"),
+            ("fxl_two_nets", "error fxl_two_nets com.docker.lb.network: missing, and the service is on several networks (fxl_net, fxl_other)"),
+        ];
+        for (name, want) in cases {
+            assert!(results[name].service.is_none(), "{name} should be skipped");
+            let got = messages(name);
+            assert!(
+                got.iter().any(|m| m.starts_with(want)),
+                "{name}: want {want:?}, got {got:?}"
+            );
+        }
+    }
 }
