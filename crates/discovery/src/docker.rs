@@ -1056,7 +1056,6 @@ mod tests {
         for label in [
             "context_root",
             "context_root_rewrite",
-            "websocket_endpoints",
             "sticky_session_cookie",
             "ip_hash",
             "redirects",

@@ -27,6 +27,9 @@ const SUPPORTED: &[&str] = &[
     "ssl_backend_tls_verify",
     "ssl_passthrough",
     "backend_mode",
+    // Every route upgrades to websockets when a client asks, so the paths
+    // Interlock needed listed are served as they are.
+    "websocket_endpoints",
 ];
 
 /// Interlock labels Portico knows but does not implement yet: reported, never
@@ -34,7 +37,6 @@ const SUPPORTED: &[&str] = &[
 const NOT_YET: &[&str] = &[
     "context_root",
     "context_root_rewrite",
-    "websocket_endpoints",
     "sticky_session_cookie",
     "ip_hash",
     "redirects",

@@ -655,3 +655,89 @@ async fn silent_connections_are_closed_after_client_header_timeout() {
     assert!(closed.is_ok(), "idle keep-alive connection stayed open");
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 503"));
 }
+
+/// A backend that accepts a websocket upgrade and then echoes upper-cased.
+async fn upgrading_backend() -> (SocketAddr, Arc<std::sync::Mutex<String>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                *seen.lock().unwrap() = String::from_utf8_lossy(&head).to_lowercase();
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n").await.unwrap();
+                let mut buf = [0u8; 1024];
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    let up: Vec<u8> = buf[..n].to_ascii_uppercase();
+                    if s.write_all(&up).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_are_tunnelled_both_ways() {
+    let (backend, seen) = upgrading_backend().await;
+    let proxy = TestProxy::start(&service("ws", &["ws.test"], &[backend])).await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    c.write_all(b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("upgrade: websocket") && head.contains("connection: upgrade"),
+        "{head}"
+    );
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    assert!(head.contains("x-request-id: "), "{head}");
+    // The upstream got the upgrade asked for, and the websocket headers.
+    let upstream_head = seen.lock().unwrap().clone();
+    assert!(
+        upstream_head.contains("upgrade: websocket")
+            && upstream_head.contains("connection: upgrade"),
+        "{upstream_head}"
+    );
+    assert!(
+        upstream_head.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="),
+        "{upstream_head}"
+    );
+    for msg in [&b"hello"[..], b"second frame"] {
+        c.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, msg.to_ascii_uppercase());
+    }
+}

@@ -256,7 +256,7 @@ async fn forward(
     snap: &Snapshot,
     conn: &ConnInfo,
     request_id: &HeaderValue,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     attempts: &mut Attempts,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if req.method() == Method::CONNECT {
@@ -293,6 +293,10 @@ async fn forward(
         });
     }
 
+    // A protocol upgrade (websockets): the client asks with `Connection:
+    // upgrade` and `Upgrade`. Those are hop-by-hop, so they are set again
+    // for the upstream hop, and on a 101 the two connections are joined.
+    let upgrade = upgrade_requested(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     let te_trailers = parts
         .headers
@@ -300,6 +304,12 @@ async fn forward(
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let proto = if conn.tls.is_some() { "https" } else { "http" };
     prepare_upstream_request(&mut parts, &conn.client_ip, proto, host_value, request_id);
+    if let Some((protocol, _)) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+    }
     let empty_body = body.is_end_stream();
     let template = (empty_body && is_idempotent(&parts.method)).then(|| RetryTemplate {
         method: parts.method.clone(),
@@ -320,6 +330,16 @@ async fn forward(
         attempts,
     )
     .await?;
+    if let Some((protocol, client_side)) = upgrade {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            let headers = resp.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol);
+            let idle = snap.config.proxy.tunnel_idle_timeout;
+            tokio::spawn(join_upgraded(client_side, upstream_side, idle));
+        }
+    }
     if let (Some(_), Some(max_age)) = (&conn.tls, route.hsts_max_age) {
         if let Ok(v) = HeaderValue::from_str(&format!("max-age={}", max_age.as_secs())) {
             resp.headers_mut()
@@ -327,6 +347,47 @@ async fn forward(
         }
     }
     Ok(resp)
+}
+
+/// The protocol a request asks to upgrade to (HTTP/1.1 only: h2 has no
+/// Upgrade), when its `Connection` header lists `upgrade`.
+fn upgrade_requested(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != HttpVersion::HTTP_11 {
+        return None;
+    }
+    let protocol = req.headers().get(header::UPGRADE)?;
+    let asks = req.headers().get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    asks.then(|| protocol.clone())
+}
+
+/// Joins the client's and the upstream's upgraded connections until either
+/// side closes or nothing moves for `idle`.
+async fn join_upgraded(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+) {
+    let (client, upstream) = match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => (c, u),
+        (c, u) => {
+            tracing::debug!(
+                client_ok = c.is_ok(),
+                upstream_ok = u.is_ok(),
+                "upgrade failed"
+            );
+            return;
+        }
+    };
+    let client = hyper_util::rt::TokioIo::new(client);
+    let upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let (Err(e), _) = crate::server::relay(client, upstream, idle).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
 }
 
 fn host_text(host: &HeaderValue) -> String {

@@ -271,7 +271,7 @@ async fn tls_connection(
 async fn passthrough(
     snap: Arc<Snapshot>,
     route: usize,
-    mut client: TcpStream,
+    client: TcpStream,
     hello: ClientHello,
     peer: SocketAddr,
 ) {
@@ -307,7 +307,7 @@ async fn passthrough(
             failures.push(format!("{addr}: {e}"));
             continue;
         }
-        let (result, counts) = relay(&mut client, &mut up, idle).await;
+        let (result, counts) = relay(client, up, idle).await;
         let (sent, received) = counts;
         tracing::info!(
             target: crate::access_log::TARGET,
@@ -328,13 +328,13 @@ async fn passthrough(
 
 /// Copies both ways until either side closes, or nothing moves for `idle`.
 /// Returns how it ended and the bytes copied each way.
-async fn relay(
-    a: &mut TcpStream,
-    b: &mut TcpStream,
-    idle: Duration,
-) -> (io::Result<()>, (u64, u64)) {
-    let (mut ar, mut aw) = a.split();
-    let (mut br, mut bw) = b.split();
+pub(crate) async fn relay<A, B>(a: A, b: B, idle: Duration) -> (io::Result<()>, (u64, u64))
+where
+    A: AsyncRead + AsyncWrite,
+    B: AsyncRead + AsyncWrite,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
     let (mut up, mut down) = (0u64, 0u64);
     let (mut a_open, mut b_open) = (true, true);
     let mut abuf = vec![0u8; 16 * 1024];

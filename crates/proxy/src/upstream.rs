@@ -286,7 +286,8 @@ impl Upstream {
                     .handshake(TokioIo::new(io))
                     .await
                     .map_err(ConnectError::Handshake)?;
-                tokio::spawn(async move { conn.await.map_err(log_end) });
+                // With upgrades: a 101 hands the connection over to a tunnel.
+                tokio::spawn(async move { conn.with_upgrades().await.map_err(log_end) });
                 Ok(Sender::Http1(sender))
             }
             UpstreamProtocol::H2 | UpstreamProtocol::H2c => {
