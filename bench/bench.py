@@ -29,6 +29,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -814,6 +815,10 @@ def main():
         json.dump({"cpu": cpu_model, "nproc": os.cpu_count(), "load_at_start": load,
                    "duration_s": DURATION, "reps": REPS, "results": all_results,
                    "summary": summary}, f, indent=1)
+    if os.environ.get("BENCH_KEEP") == "1":
+        log(f"configs and logs kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

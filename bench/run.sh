@@ -9,8 +9,11 @@
 # builds Portico in release mode, then hands over to bench/bench.py, which
 # starts the backends and the proxies, runs the scenarios interleaved and
 # prints the tables and the `portico/nginx …` summary lines.
-# Results are also written to bench/results/ (ignored by git).
-# Every byte of traffic stays on 127.0.0.1.
+# Results are also written to bench/results/ (ignored by git); BENCH_KEEP=1
+# keeps the generated configs and logs (in /tmp/portico-bench.*).
+# Every byte of traffic stays on 127.0.0.1. wrk takes the TLS server name
+# from the URL, so the script adds "127.0.0.1 foo.app.test" to /etc/hosts
+# if it is not there (it needs root, like the apt-get step).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
