@@ -147,7 +147,10 @@ pub fn new_request_id() -> HeaderValue {
         *byte = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    HeaderValue::from_bytes(&out).expect("hex digits are a valid header value")
+    // One allocation, shared (by reference count) by the copies that go to
+    // the upstream, to the client and into the access log.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+        .expect("hex digits are a valid header value")
 }
 
 #[cfg(test)]
