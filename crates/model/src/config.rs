@@ -707,6 +707,10 @@ fn check_services_agree(
             .find(|s| s.get_ref().name.get_ref() == name)
             .map_or(0, |s| s.get_ref().name.span().start)
     };
+    // The first service to claim each host: agreement is checked against
+    // it, so the check stays linear in the number of hosts (10,000-service
+    // configs are parsed on every reload).
+    let mut first_claim: HashMap<&HostPattern, usize> = HashMap::new();
     for (i, s) in services.iter().enumerate() {
         if proxy.https_listen.is_none() {
             let needs = [
@@ -724,10 +728,19 @@ fn check_services_agree(
                 }
             }
         }
-        for other in &services[..i] {
-            let Some(host) = s.hosts.iter().find(|h| other.hosts.contains(h)) else {
-                continue;
-            };
+        let mut earlier: Vec<(usize, &HostPattern)> = Vec::new();
+        for h in &s.hosts {
+            match first_claim.get(h) {
+                Some(&j) if !earlier.iter().any(|(k, _)| *k == j) => earlier.push((j, h)),
+                Some(_) => {}
+                None => {
+                    first_claim.insert(h, i);
+                }
+            }
+        }
+        earlier.sort_by_key(|(j, _)| *j);
+        for (j, host) in earlier {
+            let other = &services[j];
             let differs = [
                 (s.passthrough != other.passthrough, "passthrough"),
                 (s.ssl_only != other.ssl_only, "ssl_only"),
