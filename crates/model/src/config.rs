@@ -35,6 +35,8 @@ pub struct ProxySettings {
     pub shutdown_grace: Duration,
     /// A passthrough tunnel with no bytes either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// A request body that brings no data for this long is abandoned (408).
+    pub client_body_timeout: Duration,
     /// Cap on open connections to each upstream address (busy and idle).
     pub max_connections_per_upstream: usize,
     /// How many idle keep-alive connections are kept per upstream address.
@@ -100,6 +102,7 @@ impl Default for ProxySettings {
             client_header_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             tunnel_idle_timeout: Duration::from_secs(600),
+            client_body_timeout: Duration::from_secs(60),
             max_connections_per_upstream: 1024,
             idle_connections_per_upstream: 128,
             max_header_bytes: 64 * 1024,
@@ -312,6 +315,7 @@ struct RawProxy {
     client_header_timeout: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
     tunnel_idle_timeout: Option<Spanned<String>>,
+    client_body_timeout: Option<Spanned<String>>,
     max_connections_per_upstream: Option<Spanned<i64>>,
     idle_connections_per_upstream: Option<Spanned<i64>>,
     max_header_bytes: Option<Spanned<i64>>,
@@ -518,6 +522,11 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
             &raw.tunnel_idle_timeout,
             "proxy.tunnel_idle_timeout",
             &mut p.tunnel_idle_timeout,
+        ),
+        (
+            &raw.client_body_timeout,
+            "proxy.client_body_timeout",
+            &mut p.client_body_timeout,
         ),
     ];
     for (value, field, slot) in durations {

@@ -741,3 +741,48 @@ async fn websocket_upgrades_are_tunnelled_both_ways() {
         assert_eq!(got, msg.to_ascii_uppercase());
     }
 }
+
+/// upstream_timeout measures the upstream: a slow upload is not its fault.
+/// A client that stops sending its body gets 408 after client_body_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uploads_are_not_upstream_timeouts_but_stalled_ones_get_408() {
+    let b = Backend::echo("b").await;
+    let proxy = TestProxy::start(&format!(
+        "[proxy]\nupstream_timeout = \"300ms\"\nclient_body_timeout = \"400ms\"\n{}",
+        service("up", &["up.test"], &[b.addr])
+    ))
+    .await;
+    // Ten bytes, one every 100 ms: a second in all, three upstream timeouts.
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    c.write_all(
+        b"POST /slow HTTP/1.1\r\nHost: up.test\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.write_all(b"x").await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"body_len\":10"), "{out}");
+
+    // Three bytes of ten, then silence.
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    c.write_all(b"POST /stall HTTP/1.1\r\nHost: up.test\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("client_body_timeout"), "{out}");
+}

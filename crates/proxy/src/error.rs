@@ -31,6 +31,8 @@ pub enum ProxyError {
         detail: String,
     },
     MethodNotAllowed(String),
+    /// The client stopped sending its request body.
+    ClientTimeout(String),
     /// Over TLS, the Host names another site than the SNI the connection
     /// was set up for.
     Misdirected {
@@ -50,6 +52,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -97,6 +100,7 @@ impl fmt::Display for ProxyError {
             }
             ProxyError::Timeout { service, detail } => write!(f, "service {service}: {detail}"),
             ProxyError::MethodNotAllowed(why) => write!(f, "{why}"),
+            ProxyError::ClientTimeout(why) => write!(f, "{why} (client_body_timeout)"),
             ProxyError::Misdirected { host, sni } => write!(
                 f,
                 "host {host:?} is not served on this connection, which was opened for {sni:?} (TLS server name); open a new connection for {host:?}"

@@ -13,9 +13,10 @@ use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use portico_model::{normalize_request_host, UpstreamProtocol};
+use tokio::sync::oneshot;
 
 use crate::access_log::{seconds, AccessLog};
-use crate::body::{ProxyBody, ResponseBody};
+use crate::body::{ClientStalled, ProxyBody, ResponseBody, Upload};
 use crate::error::ProxyError;
 use crate::headers::{
     ip_value, new_request_id, set_forwarding, strip_hop_by_hop, X_PROXY_ID, X_REQUEST_ID,
@@ -203,7 +204,11 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
             }
             // After a malformed request the connection's framing can't be
             // trusted: close it, as nginx does.
-            let close = http1 && e.status() == StatusCode::BAD_REQUEST;
+            let close = http1
+                && matches!(
+                    e.status(),
+                    StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT
+                );
             let mut resp = e.into_response();
             if close {
                 resp.headers_mut()
@@ -316,16 +321,18 @@ async fn forward(
         uri: parts.uri.clone(),
         headers: parts.headers.clone(),
     });
-    let body = if empty_body {
-        ProxyBody::Empty
+    let (body, upload_sent) = if empty_body {
+        (ProxyBody::Empty, None)
     } else {
-        ProxyBody::Incoming(body)
+        let (body, sent) = Upload::start(body, snap.config.proxy.client_body_timeout);
+        (body, Some(sent))
     };
     let mut resp = send_with_retries(
         snap,
         pool,
         Request::from_parts(parts, body),
         template,
+        upload_sent,
         te_trailers,
         attempts,
     )
@@ -545,6 +552,7 @@ async fn send_with_retries(
     pool: &Pool,
     req: Request<ProxyBody>,
     template: Option<RetryTemplate>,
+    mut upload_sent: Option<oneshot::Receiver<()>>,
     te_trailers: bool,
     attempts: &mut Attempts,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -579,7 +587,24 @@ async fn send_with_retries(
             }
         };
         let sent_at = Instant::now();
-        let outcome = tokio::time::timeout(timeout, conn.send(req)).await;
+        // upstream_timeout measures the upstream, not the client: with a
+        // body, it starts once the body has all been sent.
+        let outcome = match upload_sent.take() {
+            None => tokio::time::timeout(timeout, conn.send(req)).await,
+            Some(mut sent) => {
+                let send = conn.send(req);
+                tokio::pin!(send);
+                tokio::select! {
+                    r = &mut send => {
+                        // An early answer (or a connection that never took
+                        // the body): keep the signal for a retry.
+                        upload_sent = Some(sent);
+                        Ok(r)
+                    }
+                    _ = &mut sent => tokio::time::timeout(timeout, send).await,
+                }
+            }
+        };
         let took = sent_at.elapsed();
         match outcome {
             Ok(Ok(resp)) => {
@@ -613,6 +638,9 @@ async fn send_with_retries(
                     continue;
                 }
                 attempts.push(Attempt::new(upstream, took));
+                if let Some(stalled) = client_stalled(err.error()) {
+                    return Err(ProxyError::ClientTimeout(stalled.to_string()));
+                }
                 let why = format!("{}: {}", upstream.addr, err.error());
                 if template.is_none() {
                     return Err(ProxyError::BadGateway {
@@ -635,6 +663,18 @@ async fn send_with_retries(
             failures.join("; ")
         ),
     })
+}
+
+/// The client's stall, if that is what broke the exchange.
+fn client_stalled(err: &hyper::Error) -> Option<&ClientStalled> {
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(stalled) = e.downcast_ref::<ClientStalled>() {
+            return Some(stalled);
+        }
+        source = e.source();
+    }
+    None
 }
 
 fn upstream_response(
