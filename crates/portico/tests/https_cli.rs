@@ -256,6 +256,21 @@ async fn bad_certificates_are_named_and_refuse_only_their_own_service() {
         );
         let r = curl_sni(addr, &format!("{service}.test"), &ca_file).await;
         assert_eq!(r.exit, 35, "{service}: {r:?}");
+        // The refusal names the name asked for and who asked.
+        let refused = portico
+            .wait_for_line(
+                |l| {
+                    l.contains("msg=\"no certificate for the requested name; handshake refused\"")
+                        && l.contains(&format!("sni={service}.test "))
+                },
+                WAIT,
+            )
+            .await;
+        assert_eq!(
+            parse_logfmt(&refused)["client"].split(':').next(),
+            Some("127.0.0.1"),
+            "{refused}"
+        );
     }
     let warning = portico
         .stderr_lines()
