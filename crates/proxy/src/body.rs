@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -121,6 +122,25 @@ pub struct ResponseBody {
     lease: Option<(Conn, Arc<Upstream>)>,
     bytes: u64,
     log: Option<Box<AccessLog>>,
+    /// Counts the request as in flight until the response is done.
+    in_flight: Option<InFlight>,
+}
+
+/// A request in flight: counted from its arrival until its response body
+/// is dropped (sent, or abandoned), so shutdown knows when nothing is left.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn enter(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
 }
 
 enum Source {
@@ -135,6 +155,7 @@ impl ResponseBody {
             lease: None,
             bytes: 0,
             log: None,
+            in_flight: None,
         }
     }
 
@@ -144,9 +165,14 @@ impl ResponseBody {
             lease: Some((conn, upstream)),
             bytes: 0,
             log: None,
+            in_flight: None,
         };
         body.release_if_done();
         body
+    }
+
+    pub fn set_in_flight(&mut self, guard: InFlight) {
+        self.in_flight = Some(guard);
     }
 
     pub fn set_log(&mut self, log: Box<AccessLog>) {

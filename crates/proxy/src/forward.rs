@@ -161,6 +161,7 @@ pub(crate) struct TlsInfo {
 pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody> {
     let start = Instant::now();
     let proxy = &conn.proxy;
+    let in_flight = crate::body::InFlight::enter(&proxy.in_flight);
     let client = conn.client;
     let snap = proxy.snapshot();
     let request_id = new_request_id();
@@ -236,6 +237,7 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
         log.upstream_time = attempts.times();
         resp.body_mut().set_log(log);
     }
+    resp.body_mut().set_in_flight(in_flight);
     resp
 }
 

@@ -54,6 +54,8 @@ pub struct Proxy {
     server_info: HeaderValue,
     tls_provider: Arc<rustls::crypto::CryptoProvider>,
     sessions: tls::SessionState,
+    /// Requests whose responses are not done yet (see [`body::InFlight`]).
+    pub(crate) in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -76,7 +78,13 @@ impl Proxy {
             server_info,
             tls_provider,
             sessions,
+            in_flight: Arc::default(),
         })
+    }
+
+    /// Requests received whose responses are not finished.
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The snapshot in force now.

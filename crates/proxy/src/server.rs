@@ -114,7 +114,23 @@ async fn run(
     let grace = proxy.snapshot().config.proxy.shutdown_grace;
     tracing::info!(listen = %local, connections = graceful.count() + tunnels.len(), grace = ?grace, "stopped accepting; draining");
     let drained = async {
-        graceful.shutdown().await;
+        // Done when every connection has closed, or when no request is in
+        // flight any more: an idle keep-alive connection that hyper hasn't
+        // wound down yet has nothing left to lose.
+        let closed = graceful.shutdown();
+        tokio::pin!(closed);
+        tokio::select! {
+            _ = &mut closed => {}
+            _ = async {
+                while proxy.requests_in_flight() > 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            } => {
+                // The last responses are written; give their connections a
+                // moment to flush and close before the process goes.
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut closed).await;
+            }
+        }
         tunnels.wait().await;
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
