@@ -171,6 +171,14 @@ impl ResponseBody {
         body
     }
 
+    /// The whole body, for responses made by the proxy itself.
+    pub fn full_bytes(&self) -> Option<&Bytes> {
+        match &self.source {
+            Source::Full(data) => data.as_ref(),
+            Source::Upstream(_) => None,
+        }
+    }
+
     pub fn set_in_flight(&mut self, guard: InFlight) {
         self.in_flight = Some(guard);
     }

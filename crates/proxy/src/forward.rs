@@ -27,7 +27,7 @@ use crate::upstream::Upstream;
 use crate::Proxy;
 
 /// One upstream tried for a request, and how long it took.
-struct Attempt {
+pub(crate) struct Attempt {
     addr: SocketAddr,
     /// `addr` as a header value, made once per upstream.
     addr_value: HeaderValue,
@@ -35,7 +35,7 @@ struct Attempt {
 }
 
 impl Attempt {
-    fn new(upstream: &Upstream, took: Duration) -> Attempt {
+    pub(crate) fn new(upstream: &Upstream, took: Duration) -> Attempt {
         Attempt {
             addr: upstream.addr,
             addr_value: upstream.addr_value.clone(),
@@ -49,13 +49,13 @@ impl Attempt {
 /// (comma-separated when several were tried, as nginx prints them).
 /// Nearly every request tries one; that one is kept without allocating.
 #[derive(Default)]
-struct Attempts {
+pub(crate) struct Attempts {
     first: Option<Attempt>,
     more: Vec<Attempt>,
 }
 
 impl Attempts {
-    fn push(&mut self, attempt: Attempt) {
+    pub(crate) fn push(&mut self, attempt: Attempt) {
         if self.first.is_none() {
             self.first = Some(attempt);
         } else {
@@ -79,18 +79,18 @@ impl Attempts {
         Some(out)
     }
 
-    fn addrs(&self) -> Option<String> {
+    pub(crate) fn addrs(&self) -> Option<String> {
         self.render(|out, a| {
             let _ = write!(out, "{}", a.addr);
         })
     }
 
-    fn times(&self) -> Option<String> {
+    pub(crate) fn times(&self) -> Option<String> {
         self.render(|out, a| out.push_str(&seconds(a.took)))
     }
 
     /// `x-upstream-addr`; for a single attempt without formatting anything.
-    fn addrs_value(&self) -> Option<HeaderValue> {
+    pub(crate) fn addrs_value(&self) -> Option<HeaderValue> {
         match (&self.first, self.more.is_empty()) {
             (None, _) => None,
             (Some(a), true) => Some(a.addr_value.clone()),
@@ -100,7 +100,7 @@ impl Attempts {
 
     /// `x-upstream-response-time`; for a single attempt under a second
     /// without formatting or allocating anything.
-    fn times_value(&self) -> Option<HeaderValue> {
+    pub(crate) fn times_value(&self) -> Option<HeaderValue> {
         match (&self.first, self.more.is_empty()) {
             (None, _) => None,
             (Some(a), true) => Some(seconds_value(a.took)),
@@ -189,17 +189,7 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
     let mut resp = match forward(&snap, &conn, &request_id, req, &mut attempts).await {
         Ok(resp) => resp,
         Err(e) => {
-            let upstream = attempts.addrs();
-            let upstream = upstream.as_deref().unwrap_or("-");
-            let id = request_id.to_str().unwrap_or("-");
-            let status = e.status().as_u16();
-            // Upstream trouble is the operator's business; a client's bad or
-            // unroutable request is only the access log's.
-            if e.is_upstream_failure() {
-                tracing::warn!(status, client = %client.ip(), request_id = id, upstream, error = %e, "request failed");
-            } else {
-                tracing::debug!(status, client = %client.ip(), request_id = id, error = %e, "request refused");
-            }
+            log_failure(&e, client, &request_id, &attempts);
             if let Some(log) = &mut log {
                 log.error = Some(e.to_string());
             }
@@ -219,7 +209,46 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
         }
     };
 
-    let headers = resp.headers_mut();
+    add_interlock_headers(resp.headers_mut(), &snap, proxy, request_id, &attempts);
+    if let Some(mut log) = log {
+        log.status = resp.status();
+        log.upstream = attempts.addrs();
+        log.upstream_time = attempts.times();
+        resp.body_mut().set_log(log);
+    }
+    resp.body_mut().set_in_flight(in_flight);
+    resp
+}
+
+/// Logs a request that got an error response: upstream trouble is the
+/// operator's business; a client's bad or unroutable request is only the
+/// access log's.
+pub(crate) fn log_failure(
+    e: &ProxyError,
+    client: SocketAddr,
+    request_id: &HeaderValue,
+    attempts: &Attempts,
+) {
+    let upstream = attempts.addrs();
+    let upstream = upstream.as_deref().unwrap_or("-");
+    let id = request_id.to_str().unwrap_or("-");
+    let status = e.status().as_u16();
+    if e.is_upstream_failure() {
+        tracing::warn!(status, client = %client.ip(), request_id = id, upstream, error = %e, "request failed");
+    } else {
+        tracing::debug!(status, client = %client.ip(), request_id = id, error = %e, "request refused");
+    }
+}
+
+/// Interlock's response headers: `x-request-id`, `x-proxy-id`, and unless
+/// hidden `x-server-info`, `x-upstream-addr`, `x-upstream-response-time`.
+pub(crate) fn add_interlock_headers(
+    headers: &mut HeaderMap,
+    snap: &Snapshot,
+    proxy: &Proxy,
+    request_id: HeaderValue,
+    attempts: &Attempts,
+) {
     headers.insert(X_REQUEST_ID.clone(), request_id);
     headers.insert(X_PROXY_ID.clone(), snap.proxy_id.clone());
     if !snap.config.proxy.hide_info_headers {
@@ -231,14 +260,6 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
             headers.insert(X_UPSTREAM_RESPONSE_TIME.clone(), v);
         }
     }
-    if let Some(mut log) = log {
-        log.status = resp.status();
-        log.upstream = attempts.addrs();
-        log.upstream_time = attempts.times();
-        resp.body_mut().set_log(log);
-    }
-    resp.body_mut().set_in_flight(in_flight);
-    resp
 }
 
 /// The parts of a request needed to send it again, kept only for requests
@@ -538,7 +559,7 @@ fn adapt_for(req: &mut Request<ProxyBody>, upstream: &Upstream, te_trailers: boo
     }
 }
 
-fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -690,7 +711,7 @@ fn upstream_response(
     Response::from_parts(parts, ResponseBody::upstream(body, conn, upstream.clone()))
 }
 
-fn humanize(d: Duration) -> String {
+pub(crate) fn humanize(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {

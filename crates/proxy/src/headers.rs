@@ -140,6 +140,14 @@ pub fn set_forwarding(
 
 /// A fresh request id: 32 lower-case hex digits, like nginx's `$request_id`.
 pub fn new_request_id() -> HeaderValue {
+    // One allocation, shared (by reference count) by the copies that go to
+    // the upstream, to the client and into the access log.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(request_id_bytes()))
+        .expect("hex digits are a valid header value")
+}
+
+/// The text of a fresh request id, for paths that write headers as bytes.
+pub fn request_id_bytes() -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut n = fastrand::u128(..);
     let mut out = [0u8; 32];
@@ -147,10 +155,7 @@ pub fn new_request_id() -> HeaderValue {
         *byte = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
-    // One allocation, shared (by reference count) by the copies that go to
-    // the upstream, to the client and into the access log.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
-        .expect("hex digits are a valid header value")
+    out
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`server`]: the accept loop over an already-bound listener, HTTP/1.1 and
 //!   h2c, graceful drain.
+//! - `h1`: the HTTP/1.1 fast path for plain body-less requests to
+//!   cleartext HTTP/1.1 upstreams; hands anything else to hyper and `forward`.
 //! - `forward`: one request's life: find the host, pick an upstream, send,
 //!   retry where safe, classify failures, add headers.
 //! - [`snapshot`]: the compiled routing snapshot and its upstream pools.
@@ -24,6 +26,7 @@ pub mod access_log;
 pub mod body;
 pub mod error;
 mod forward;
+mod h1;
 pub mod headers;
 pub mod server;
 pub mod snapshot;

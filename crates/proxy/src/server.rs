@@ -93,20 +93,8 @@ async fn run(
                 tunnels.clone(),
             ));
         } else {
-            let limit = proxy.snapshot().config.proxy.client_header_timeout;
             let info = ConnInfo::new(proxy, peer, None);
-            tokio::spawn(async move {
-                // hyper waits without limit for the first bytes (to tell
-                // HTTP/1 from h2c): a client that sends nothing must not
-                // hold a connection.
-                let mut first = [0u8; 1];
-                match tokio::time::timeout(limit, stream.peek(&mut first)).await {
-                    Ok(Ok(n)) if n > 0 => serve_http(stream, info, Alpn::Detect, watcher).await,
-                    _ => {
-                        tracing::debug!(client = %peer, "nothing received within client_header_timeout")
-                    }
-                }
-            });
+            tokio::spawn(crate::h1::serve(stream, info, watcher, shutdown.clone()));
         }
     }
     drop(listener);
@@ -140,14 +128,14 @@ async fn run(
 }
 
 /// What the connection's protocol is known to be.
-enum Alpn {
+pub(crate) enum Alpn {
     /// Cleartext: HTTP/1.1, or h2c by its preface.
     Detect,
     Http1,
     H2,
 }
 
-async fn serve_http<I>(io: I, info: ConnInfo, alpn: Alpn, watcher: Watcher)
+pub(crate) async fn serve_http<I>(io: I, info: ConnInfo, alpn: Alpn, watcher: Watcher)
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -254,11 +242,7 @@ async fn tls_connection(
     };
     drop(snap);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let io = Prefixed {
-        prefix: hello.bytes,
-        pos: 0,
-        inner: stream,
-    };
+    let io = Prefixed::new(hello.bytes, stream);
     let tls = match tokio::time::timeout(limit, acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -468,10 +452,20 @@ impl<I: AsyncRead + Unpin> AsyncRead for FirstReadDeadline<I> {
 write_through_inner!(impl[I: AsyncWrite + Unpin] for FirstReadDeadline<I>);
 
 /// A stream that first yields bytes already read from it.
-struct Prefixed {
+pub(crate) struct Prefixed {
     prefix: Vec<u8>,
     pos: usize,
     inner: TcpStream,
+}
+
+impl Prefixed {
+    pub(crate) fn new(prefix: Vec<u8>, inner: TcpStream) -> Prefixed {
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
 }
 
 impl AsyncRead for Prefixed {

@@ -41,6 +41,9 @@ pub struct Pool {
     /// The service name(s), for logs and error bodies.
     pub label: String,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Every upstream speaks HTTP/1.1 in cleartext: the pool can be served
+    /// by the fast path (`crate::h1`).
+    pub plain_http1: bool,
     next: AtomicUsize,
 }
 
@@ -83,6 +86,10 @@ impl Snapshot {
             .iter()
             .map(|route| Pool {
                 label: route.label(),
+                plain_http1: route
+                    .upstream_options
+                    .iter()
+                    .all(|o| o.protocol == UpstreamProtocol::Http1 && o.tls.is_none()),
                 upstreams: route
                     .upstreams
                     .iter()

@@ -10,6 +10,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response};
@@ -73,6 +74,9 @@ pub struct Upstream {
     /// Counts open connections, busy and idle, against `max_connections`.
     slots: Arc<Semaphore>,
     idle: Mutex<Vec<IdleConn>>,
+    /// Idle keep-alive connections of the HTTP/1.1 fast path (`crate::h1`),
+    /// which speaks HTTP itself over the bare socket.
+    raw_idle: Mutex<Vec<RawIdle>>,
     /// The multiplexed connection, for HTTP/2 upstreams.
     shared: Mutex<Option<Conn>>,
 }
@@ -80,6 +84,20 @@ pub struct Upstream {
 struct IdleConn {
     conn: Conn,
     since: Instant,
+}
+
+struct RawIdle {
+    conn: RawConn,
+    since: Instant,
+}
+
+/// A bare connection for the HTTP/1.1 fast path, and the slot it occupies.
+pub struct RawConn {
+    pub stream: TcpStream,
+    /// Whether it served an earlier request: a reused connection may have
+    /// been closed by the upstream just as the request was written.
+    pub reused: bool,
+    _slot: OwnedSemaphorePermit,
 }
 
 pub enum Sender {
@@ -144,6 +162,7 @@ impl Upstream {
             transport,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             idle: Mutex::new(Vec::new()),
+            raw_idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
         }
     }
@@ -222,9 +241,47 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, ConnectError> {
-        let timeout = self.limits.connect_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// A bare keep-alive connection for the fast path: the most recently
+    /// used idle one that is still open, else a new one.
+    pub async fn checkout_raw(&self) -> Result<RawConn, ConnectError> {
+        loop {
+            let Some(idle) = lock(&self.raw_idle).pop() else {
+                break;
+            };
+            if idle.since.elapsed() <= IDLE_TIMEOUT && still_open(&idle.conn.stream) {
+                return Ok(idle.conn);
+            }
+        }
+        Box::pin(async {
+            let timeout = self.limits.connect_timeout;
+            let deadline = tokio::time::Instant::now() + timeout;
+            let (slot, stream) = self.open(deadline).await?;
+            Ok(RawConn {
+                stream,
+                reused: false,
+                _slot: slot,
+            })
+        })
+        .await
+    }
+
+    /// Returns a fast-path connection whose exchange completed cleanly.
+    pub fn checkin_raw(&self, mut conn: RawConn) {
+        conn.reused = true;
+        let mut idle = lock(&self.raw_idle);
+        if idle.len() < self.limits.max_idle {
+            idle.push(RawIdle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// A slot and a TCP connection, both by `deadline`.
+    async fn open(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(OwnedSemaphorePermit, TcpStream), ConnectError> {
         let slot = match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await
         {
             Ok(Ok(slot)) => slot,
@@ -236,10 +293,17 @@ impl Upstream {
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(self.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(ConnectError::Io(e)),
-            Err(_) => return Err(ConnectError::Timeout(timeout)),
+            Err(_) => return Err(ConnectError::Timeout(self.limits.connect_timeout)),
         };
         // Requests are written whole; don't let Nagle hold back their tails.
         let _ = stream.set_nodelay(true);
+        Ok((slot, stream))
+    }
+
+    async fn connect(&self) -> Result<Conn, ConnectError> {
+        let timeout = self.limits.connect_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (slot, stream) = self.open(deadline).await?;
         let protocol = self.transport.options.protocol;
         let sender = match &self.transport.tls {
             None => self.handshake(stream, protocol).await?,
@@ -305,6 +369,18 @@ impl Upstream {
     fn idle_len(&self) -> usize {
         lock(&self.idle).len()
     }
+}
+
+/// Whether an idle connection can take a request: not closed by the peer,
+/// and with no stray bytes waiting. Asks the socket only when the reactor
+/// has seen it become readable since it was last read to the end.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    if stream.poll_read_ready(&mut cx).is_pending() {
+        return true;
+    }
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

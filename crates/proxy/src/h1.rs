@@ -1,0 +1,1296 @@
+//! The HTTP/1.1 fast path, for the requests that make up nearly all of a
+//! load balancer's traffic: a body-less, idempotent HTTP/1.1 request in
+//! cleartext, routed to a pool of cleartext HTTP/1.1 upstreams.
+//!
+//! Such a request is parsed once (httparse), its head is rewritten as bytes
+//! straight into the buffer that goes upstream (hop-by-hop headers out,
+//! forwarding headers in), the response head is rewritten the same way on
+//! its way back, and the body is copied through a buffer without being
+//! framed again: a chunked body passes as it came, after its framing has
+//! been checked. No `HeaderMap`, no hyper dispatch, a handful of
+//! allocations per request, and an idle keep-alive connection holds no
+//! buffer at all.
+//!
+//! Everything else (a request with a body, an upgrade, `Expect`, an
+//! absolute URI, HTTP/1.0, an unknown host, a redirect, upstreams over TLS
+//! or HTTP/2, a head that does not parse, h2c) is not refused here: the
+//! connection is handed, with every byte already read, to hyper's server
+//! and the general path in [`crate::forward`], which serves it from then on.
+//! So the fast path decides only before it has consumed anything, and each
+//! of its answers matches what the general path would have sent.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Method, StatusCode, Uri};
+use hyper_util::server::graceful::Watcher;
+use portico_model::normalize_request_host;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::access_log::AccessLog;
+use crate::body::InFlight;
+use crate::error::ProxyError;
+use crate::forward::{self, Attempt, Attempts, ConnInfo};
+use crate::headers::request_id_bytes;
+use crate::server::{Alpn, Prefixed};
+use crate::snapshot::{Pool, Snapshot};
+use crate::upstream::RawConn;
+
+/// Headers parsed per message; a message with more goes to hyper (which
+/// allows 100) or, from an upstream, is a 502.
+const MAX_HEADERS: usize = 100;
+/// The first read of a request head; heads rarely need more.
+const REQUEST_BUF: usize = 4 * 1024;
+/// Response bodies are copied through a buffer this size (nginx's
+/// `proxy_buffer_size` in the benchmark's tuned config).
+const RESPONSE_BUF: usize = 16 * 1024;
+
+/// Serves a cleartext client connection: on the fast path while its
+/// requests qualify, then, from the first one that doesn't, on hyper.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    info: ConnInfo,
+    watcher: Watcher,
+    shutdown: CancellationToken,
+) {
+    // Bytes read and not yet served: a request head, and whatever a
+    // pipelining client sent after it. Empty (and unallocated) when idle.
+    let mut pending: Vec<u8> = Vec::new();
+    let mut served = 0usize;
+    loop {
+        let (limit, max_head) = {
+            let snap = info.proxy.snapshot();
+            let p = &snap.config.proxy;
+            (p.client_header_timeout, p.max_header_bytes)
+        };
+        if pending.is_empty() {
+            let ready = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                r = tokio::time::timeout(limit, stream.readable()) => r,
+            };
+            if !matches!(ready, Ok(Ok(()))) {
+                if served == 0 {
+                    tracing::debug!(client = %info.client, "nothing received within client_header_timeout");
+                }
+                return;
+            }
+            pending.reserve_exact(REQUEST_BUF);
+            match stream.try_read_buf(&mut pending) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    pending = Vec::new();
+                    continue;
+                }
+                Err(_) => return,
+            }
+        }
+        let head = match read_head(&mut stream, &mut pending, limit, max_head).await {
+            ReadHead::Complete(n) => n,
+            ReadHead::Closed => return,
+            ReadHead::NotMine => break,
+        };
+        match Box::pin(exchange(&mut stream, &info, &pending[..head], &shutdown)).await {
+            Exchange::KeepAlive => {
+                pending.drain(..head);
+                if pending.is_empty() {
+                    pending = Vec::new();
+                }
+                served += 1;
+            }
+            Exchange::Close => {
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Exchange::NotMine => break,
+        }
+    }
+    // Before the first request the connection may still be h2c by prior
+    // knowledge; after one, it is HTTP/1.1 for good.
+    let alpn = if served == 0 {
+        Alpn::Detect
+    } else {
+        Alpn::Http1
+    };
+    let io = Prefixed::new(pending, stream);
+    crate::server::serve_http(io, info, alpn, watcher).await;
+}
+
+enum ReadHead {
+    /// The head is `pending[..n]`.
+    Complete(usize),
+    /// The client closed, failed or stalled: nothing to answer.
+    Closed,
+    /// Too large for `max_header_bytes`: hyper answers that (431).
+    NotMine,
+}
+
+/// Reads until `buf` holds a whole request head. A head that needs more
+/// than the read that began it must be complete within `limit`.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limit: Duration,
+    max: usize,
+) -> ReadHead {
+    let mut scanned = 0;
+    let mut deadline = None;
+    loop {
+        if let Some(end) = head_end(buf, scanned) {
+            return ReadHead::Complete(end);
+        }
+        if buf.len() >= max {
+            return ReadHead::NotMine;
+        }
+        scanned = buf.len().saturating_sub(3);
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(buf.len().max(REQUEST_BUF));
+        }
+        let deadline = deadline.get_or_insert_with(|| tokio::time::Instant::now() + limit);
+        match tokio::time::timeout_at(*deadline, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return ReadHead::Closed,
+            Err(_) => {
+                tracing::debug!("request head incomplete within client_header_timeout");
+                return ReadHead::Closed;
+            }
+        }
+    }
+}
+
+/// The length of the head at the start of `buf` (through the empty line
+/// that ends it), if it is all there. `from` is where the last search
+/// stopped, less the three bytes an end could straddle.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+        let at = i + p;
+        match buf.get(at + 1) {
+            Some(b'\n') => return Some(at + 2),
+            Some(b'\r') => match buf.get(at + 2) {
+                Some(b'\n') => return Some(at + 3),
+                None => return None,
+                _ => {}
+            },
+            None => return None,
+            _ => {}
+        }
+        i = at + 1;
+    }
+    None
+}
+
+enum Exchange {
+    KeepAlive,
+    Close,
+    /// Nothing was consumed or sent: hyper takes the connection.
+    NotMine,
+}
+
+/// What the request's headers say about how it may be handled.
+#[derive(Default)]
+struct RequestScan<'a> {
+    host: Option<&'a [u8]>,
+    hosts: usize,
+    close: bool,
+    /// Something only the general path handles: a body, `Expect`, an upgrade...
+    general: bool,
+    /// Names the `Connection` header lists (hop-by-hop for this message).
+    listed: Listed<'a>,
+}
+
+/// Up to eight names from a `Connection` header; more is unusual enough to
+/// leave to the general path.
+#[derive(Default)]
+struct Listed<'a> {
+    names: [&'a [u8]; 8],
+    len: usize,
+}
+
+impl<'a> Listed<'a> {
+    fn push(&mut self, name: &'a [u8]) -> bool {
+        if self.len == self.names.len() {
+            return false;
+        }
+        self.names[self.len] = name;
+        self.len += 1;
+        true
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.names[..self.len]
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+/// Splits a comma-separated header value into trimmed, non-empty tokens.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Headers the proxy drops from any message it forwards: the fixed
+/// hop-by-hop set (the `Connection`-listed ones are checked separately).
+fn is_hop_by_hop(name: &str) -> bool {
+    const FIXED: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+    ];
+    FIXED.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+impl<'a> RequestScan<'a> {
+    fn of(headers: &[httparse::Header<'a>]) -> RequestScan<'a> {
+        let mut scan = RequestScan::default();
+        for h in headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("host") {
+                scan.hosts += 1;
+                scan.host = Some(h.value);
+            } else if name.eq_ignore_ascii_case("connection") {
+                for t in tokens(h.value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        scan.close = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") || !scan.listed.push(t) {
+                        scan.general = true;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case("content-length") {
+                scan.general |= h.value.trim_ascii() != b"0";
+            } else if name.eq_ignore_ascii_case("transfer-encoding")
+                || name.eq_ignore_ascii_case("expect")
+                || name.eq_ignore_ascii_case("upgrade")
+            {
+                scan.general = true;
+            }
+        }
+        scan
+    }
+}
+
+/// The upstream response's framing, as far as the client side is concerned.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    Length(u64),
+    /// Passed through as it came, its framing checked on the way.
+    Chunked,
+    /// Ends when the upstream closes; the client connection closes after it.
+    UntilClose,
+}
+
+/// A response head read from an upstream and rewritten for the client
+/// (into `out`, without the proxy's own headers and the final empty line).
+struct UpstreamHead {
+    /// Bytes of the head in the upstream buffer (the body follows).
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// The upstream may be sent another request on this connection.
+    reusable: bool,
+}
+
+/// How one exchange with an upstream failed.
+#[derive(Debug)]
+enum UpstreamError {
+    /// Reading or writing the connection failed; `nothing` when not one
+    /// byte of a response had arrived (a reused connection closed under us).
+    Io { error: io::Error, nothing: bool },
+    /// The upstream sent something that is not a valid HTTP/1.x response.
+    Protocol(String),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Io {
+                error,
+                nothing: true,
+            } => {
+                write!(f, "connection closed before a response: {error}")
+            }
+            UpstreamError::Io { error, .. } => write!(f, "{error}"),
+            UpstreamError::Protocol(why) => write!(f, "invalid response: {why}"),
+        }
+    }
+}
+
+/// One request on the fast path, or [`Exchange::NotMine`] before anything
+/// is consumed.
+async fn exchange(
+    client: &mut TcpStream,
+    conn: &ConnInfo,
+    head: &[u8],
+    shutdown: &CancellationToken,
+) -> Exchange {
+    let snap = conn.proxy.snapshot();
+    let start = Instant::now();
+    let id = request_id_bytes();
+    let mut upstream_req = Vec::with_capacity(head.len() + 256);
+    // The parsed headers (3 KiB of slices) live only in this block, so they
+    // are not part of the future across its awaits.
+    let (method, path, host, close, route_id) = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(head) {
+            Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+            _ => return Exchange::NotMine,
+        }
+        let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+            return Exchange::NotMine;
+        };
+        let scan = RequestScan::of(req.headers);
+        if scan.general || scan.hosts != 1 || !path.starts_with('/') || !idempotent(method) {
+            return Exchange::NotMine;
+        }
+        let Some(host) = scan.host else {
+            return Exchange::NotMine;
+        };
+        let Some(route_id) = std::str::from_utf8(host)
+            .ok()
+            .and_then(|h| normalize_request_host(h).ok())
+            .and_then(|h| snap.table.lookup(&h))
+        else {
+            return Exchange::NotMine;
+        };
+        let pool = &snap.pools[route_id];
+        if snap.table.route(route_id).ssl_only || !pool.plain_http1 || pool.upstreams.is_empty() {
+            return Exchange::NotMine;
+        }
+        write_upstream_head(
+            &mut upstream_req,
+            method,
+            path,
+            req.headers,
+            &scan,
+            conn,
+            host,
+            &id,
+        );
+        (method, path, host, scan.close, route_id)
+    };
+    let _in_flight = InFlight::enter(&conn.proxy.in_flight);
+    let pool = &snap.pools[route_id];
+    let mut log = snap
+        .config
+        .proxy
+        .access_log
+        .then(|| access_log(start, conn.client, method, path, host, &id));
+
+    let mut attempts = Attempts::default();
+    let mut from_upstream: Vec<u8> = Vec::with_capacity(RESPONSE_BUF);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let sent = send(
+        &snap,
+        pool,
+        &upstream_req,
+        &mut from_upstream,
+        &mut out,
+        &mut attempts,
+    )
+    .await;
+    drop(upstream_req);
+    let (mut upstream_conn, upstream, resp) = match sent {
+        Ok(ok) => ok,
+        Err(e) => {
+            let request_id = HeaderValue::from_bytes(&id).expect("hex digits");
+            forward::log_failure(&e, conn.client, &request_id, &attempts);
+            let status = e.status();
+            let mut resp = e.into_response();
+            forward::add_interlock_headers(
+                resp.headers_mut(),
+                &snap,
+                &conn.proxy,
+                request_id,
+                &attempts,
+            );
+            let close = close || shutdown.is_cancelled();
+            out.clear();
+            write_response(&mut out, &resp, method == "HEAD", close);
+            if let Some(log) = &mut log {
+                log.status = status;
+                log.upstream = attempts.addrs();
+                log.upstream_time = attempts.times();
+                log.error = resp.body().full_bytes().map(|b| {
+                    String::from_utf8_lossy(b)
+                        .lines()
+                        .nth(1)
+                        .unwrap_or("")
+                        .to_owned()
+                });
+            }
+            let ok = client.write_all(&out).await.is_ok();
+            if let Some(log) = log {
+                log.emit(0, ok);
+            }
+            return if ok && !close {
+                Exchange::KeepAlive
+            } else {
+                Exchange::Close
+            };
+        }
+    };
+
+    let framing = if method == "HEAD" {
+        Framing::Empty
+    } else {
+        resp.framing
+    };
+    let close = close || framing == Framing::UntilClose || shutdown.is_cancelled();
+    finish_client_head(&mut out, &snap, conn, &id, &attempts, close);
+
+    let copied = copy_body(
+        client,
+        &mut upstream_conn.stream,
+        &mut from_upstream,
+        resp.len,
+        &out,
+        framing,
+    )
+    .await;
+    let (bytes, outcome) = copied;
+    let complete = outcome.is_ok();
+    if let Some(mut log) = log.take() {
+        log.status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        log.upstream = attempts.addrs();
+        log.upstream_time = attempts.times();
+        if let Err(e) = &outcome {
+            log.error = Some(format!("{e}"));
+        }
+        log.emit(bytes, complete);
+    }
+    match outcome {
+        Ok(clean_end) => {
+            if clean_end && resp.reusable {
+                upstream.checkin_raw(upstream_conn);
+            }
+            if close {
+                Exchange::Close
+            } else {
+                Exchange::KeepAlive
+            }
+        }
+        Err(e) => {
+            tracing::debug!(client = %conn.client, error = %e, "response broke off");
+            Exchange::Close
+        }
+    }
+}
+
+fn idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+    )
+}
+
+fn access_log(
+    start: Instant,
+    client: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &[u8],
+    id: &[u8; 32],
+) -> Box<AccessLog> {
+    Box::new(AccessLog {
+        start,
+        client,
+        method: Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET),
+        host: HeaderValue::from_bytes(host).ok(),
+        uri: path
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("/")),
+        status: StatusCode::OK,
+        upstream: None,
+        upstream_time: None,
+        request_id: HeaderValue::from_bytes(id).expect("hex digits"),
+        error: None,
+    })
+}
+
+/// The request head as the upstream gets it: the client's headers less the
+/// hop-by-hop ones and those the proxy sets, then the forwarding headers
+/// (as [`crate::headers::set_forwarding`] sets them on the general path).
+#[allow(clippy::too_many_arguments)]
+fn write_upstream_head(
+    out: &mut Vec<u8>,
+    method: &str,
+    path: &str,
+    headers: &[httparse::Header<'_>],
+    scan: &RequestScan<'_>,
+    conn: &ConnInfo,
+    host: &[u8],
+    id: &[u8; 32],
+) {
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n");
+    let mut xff_prior = false;
+    for h in headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            xff_prior = true;
+            continue;
+        }
+        if name.eq_ignore_ascii_case("host")
+            || is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case("x-real-ip")
+            || name.eq_ignore_ascii_case("x-forwarded-proto")
+            || name.eq_ignore_ascii_case("x-forwarded-host")
+            || name.eq_ignore_ascii_case("x-request-id")
+            || name.eq_ignore_ascii_case("forwarded")
+            || scan.listed.contains(name)
+        {
+            continue;
+        }
+        put_header(out, name.as_bytes(), h.value);
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if xff_prior {
+        // Several X-Forwarded-For lines are one list: joined, then ours.
+        for h in headers {
+            if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+                let prior = h.value.trim_ascii();
+                if !prior.is_empty() {
+                    out.extend_from_slice(prior);
+                    out.extend_from_slice(b", ");
+                }
+            }
+        }
+    }
+    out.extend_from_slice(conn.client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nx-real-ip: ");
+    out.extend_from_slice(conn.client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\nx-request-id: ");
+    out.extend_from_slice(id);
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Tries the pool's upstreams in round-robin order, like the general path's
+/// `send_with_retries` for a body-less idempotent request: an upstream that
+/// can't be connected to, or whose connection fails before a response, is
+/// skipped; a reused connection found closed is retried once on another
+/// connection to the same upstream without counting as a failure; no
+/// response within `upstream_timeout` is a 504.
+async fn send<'s>(
+    snap: &'s Snapshot,
+    pool: &'s Pool,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    attempts: &mut Attempts,
+) -> Result<
+    (
+        RawConn,
+        &'s std::sync::Arc<crate::upstream::Upstream>,
+        UpstreamHead,
+    ),
+    ProxyError,
+> {
+    let n = pool.upstreams.len();
+    let first = pool.next_start();
+    let timeout = snap.config.proxy.upstream_timeout;
+    let max_head = snap.config.proxy.max_header_bytes;
+    let hide = snap.config.proxy.hide_info_headers;
+    let mut failures: Vec<String> = Vec::new();
+    let mut stale_retry_used = false;
+    let mut i = 0;
+    while i < n {
+        let upstream = &pool.upstreams[(first + i) % n];
+        let tried_at = Instant::now();
+        let mut conn = match upstream.checkout_raw().await {
+            Ok(c) => c,
+            Err(e) => {
+                attempts.push(Attempt::new(upstream, tried_at.elapsed()));
+                failures.push(format!("{}: {e}", upstream.addr));
+                i += 1;
+                continue;
+            }
+        };
+        let sent_at = Instant::now();
+        buf.clear();
+        out.clear();
+        let exchange = round_trip(&mut conn.stream, request, buf, out, max_head, hide);
+        let outcome = tokio::time::timeout(timeout, exchange).await;
+        let took = sent_at.elapsed();
+        match outcome {
+            Ok(Ok(head)) => {
+                attempts.push(Attempt::new(upstream, took));
+                return Ok((conn, upstream, head));
+            }
+            Err(_elapsed) => {
+                attempts.push(Attempt::new(upstream, took));
+                return Err(ProxyError::Timeout {
+                    service: pool.label.clone(),
+                    detail: format!(
+                        "upstream {} sent no response within {} (upstream_timeout)",
+                        upstream.addr,
+                        forward::humanize(timeout)
+                    ),
+                });
+            }
+            Ok(Err(e)) => {
+                if conn.reused
+                    && matches!(e, UpstreamError::Io { nothing: true, .. })
+                    && !stale_retry_used
+                {
+                    stale_retry_used = true;
+                    continue;
+                }
+                attempts.push(Attempt::new(upstream, took));
+                failures.push(format!("{}: {e}", upstream.addr));
+                i += 1;
+            }
+        }
+    }
+    Err(ProxyError::BadGateway {
+        service: pool.label.clone(),
+        detail: format!(
+            "no upstream could take the request: {}",
+            failures.join("; ")
+        ),
+    })
+}
+
+/// Writes the request, reads the response head into `buf` (skipping 1xx
+/// interim responses) and rewrites it for the client into `out`.
+async fn round_trip(
+    stream: &mut TcpStream,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    max_head: usize,
+    hide: bool,
+) -> Result<UpstreamHead, UpstreamError> {
+    if let Err(error) = stream.write_all(request).await {
+        return Err(UpstreamError::Io {
+            error,
+            nothing: true,
+        });
+    }
+    let mut scanned = 0;
+    loop {
+        if let Some(end) = head_end(buf, scanned) {
+            match rewrite_response_head(&buf[..end], out, hide)? {
+                Some(head) => return Ok(head),
+                None => {
+                    // An interim response (100, 103): the final one follows.
+                    buf.drain(..end);
+                    out.clear();
+                    scanned = 0;
+                    continue;
+                }
+            }
+        }
+        if buf.len() >= max_head {
+            return Err(UpstreamError::Protocol(format!(
+                "response head larger than {max_head} bytes (max_header_bytes)"
+            )));
+        }
+        scanned = buf.len().saturating_sub(3);
+        if buf.capacity() == buf.len() {
+            buf.reserve(RESPONSE_BUF);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => {
+                return Err(UpstreamError::Io {
+                    error: io::ErrorKind::UnexpectedEof.into(),
+                    nothing: buf.is_empty(),
+                })
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return Err(UpstreamError::Io {
+                    error,
+                    nothing: buf.is_empty(),
+                })
+            }
+        }
+    }
+}
+
+/// Parses a response head and writes the client's version of it into
+/// `out`: status line, the upstream's headers less hop-by-hop ones and
+/// those the proxy sets, and its own framing header. `None` for an interim
+/// (1xx) response.
+fn rewrite_response_head(
+    head: &[u8],
+    out: &mut Vec<u8>,
+    hide: bool,
+) -> Result<Option<UpstreamHead>, UpstreamError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        Ok(_) => return Err(UpstreamError::Protocol("malformed head".into())),
+        Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
+    }
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Err(UpstreamError::Protocol("malformed status line".into()));
+    };
+    if status == 101 {
+        return Err(UpstreamError::Protocol(
+            "101 Switching Protocols to a request that asked for no upgrade".into(),
+        ));
+    }
+    if (100..200).contains(&status) {
+        return Ok(None);
+    }
+    let mut listed = Listed::default();
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut other_coding = false;
+    let mut reusable = version == 1;
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("connection") {
+            for t in tokens(h.value) {
+                // More listed names than kept: the rest are dropped with
+                // the connection, which is not reused.
+                if t.eq_ignore_ascii_case(b"close") || !listed.push(t) {
+                    reusable = false;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(h.value.trim_ascii())
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    UpstreamError::Protocol(format!(
+                        "invalid Content-Length {:?}",
+                        String::from_utf8_lossy(h.value)
+                    ))
+                })?;
+            if length.is_some_and(|l| l != value) {
+                return Err(UpstreamError::Protocol(
+                    "conflicting Content-Length headers".into(),
+                ));
+            }
+            length = Some(value);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only a final `chunked` frames the body; anything else runs to
+            // the end of the connection (RFC 9112 §6.3).
+            for t in tokens(h.value) {
+                chunked = t.eq_ignore_ascii_case(b"chunked");
+                other_coding |= !chunked;
+            }
+        }
+    }
+    let framing = if status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked || other_coding {
+        if chunked && !other_coding {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        match length {
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    if framing == Framing::UntilClose {
+        reusable = false;
+    }
+
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa3(status).as_slice());
+    out.push(b' ');
+    match resp.reason {
+        Some(reason) if !reason.is_empty() => out.extend_from_slice(reason.as_bytes()),
+        _ => out.extend_from_slice(
+            StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("")
+                .as_bytes(),
+        ),
+    }
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let name = h.name;
+        let skip = is_hop_by_hop(name)
+            || listed.contains(name)
+            || name.eq_ignore_ascii_case("x-request-id")
+            || name.eq_ignore_ascii_case("x-proxy-id")
+            || (!hide
+                && (name.eq_ignore_ascii_case("x-server-info")
+                    || name.eq_ignore_ascii_case("x-upstream-addr")
+                    || name.eq_ignore_ascii_case("x-upstream-response-time")))
+            || (framing == Framing::Chunked && name.eq_ignore_ascii_case("content-length"));
+        if !skip {
+            put_header(out, name.as_bytes(), h.value);
+        }
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    Ok(Some(UpstreamHead {
+        len: head.len(),
+        status,
+        framing,
+        reusable,
+    }))
+}
+
+fn itoa3(status: u16) -> [u8; 3] {
+    [
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]
+}
+
+/// Ends the client's response head with the proxy's headers.
+fn finish_client_head(
+    out: &mut Vec<u8>,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    id: &[u8; 32],
+    attempts: &Attempts,
+    close: bool,
+) {
+    put_header(out, b"x-request-id", id);
+    put_header(out, b"x-proxy-id", snap.proxy_id.as_bytes());
+    if !snap.config.proxy.hide_info_headers {
+        put_header(out, b"x-server-info", conn.proxy.server_info.as_bytes());
+        if let Some(v) = attempts.addrs_value() {
+            put_header(out, b"x-upstream-addr", v.as_bytes());
+        }
+        if let Some(v) = attempts.times_value() {
+            put_header(out, b"x-upstream-response-time", v.as_bytes());
+        }
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response made by the proxy itself (an error), as bytes.
+fn write_response(
+    out: &mut Vec<u8>,
+    resp: &http::Response<crate::body::ResponseBody>,
+    head_only: bool,
+    close: bool,
+) {
+    let status = resp.status();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in resp.headers() {
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let body = resp.body().full_bytes().map_or(&[][..], |b| &b[..]);
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+}
+
+/// Why a response body could not be passed on whole.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("client: {0}")]
+    Client(io::Error),
+    #[error("upstream: {0}")]
+    Upstream(io::Error),
+    #[error("upstream closed the connection {0} bytes before the end of the body")]
+    Short(u64),
+    #[error("upstream sent a malformed chunked body")]
+    BadChunk,
+}
+
+/// Sends the client `head` and the body that follows the upstream's head
+/// (`buf[head_len..]` and what is still to come). Returns the body bytes
+/// sent, and whether the upstream connection ended its message cleanly
+/// (with nothing after it) and may be reused.
+async fn copy_body(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head_len: usize,
+    head: &[u8],
+    framing: Framing,
+) -> (u64, Result<bool, BodyError>) {
+    let mut sent = 0u64;
+    let first = &buf[head_len..];
+    let (take, mut state) = match framing {
+        Framing::Empty => (0, Copy::Done),
+        Framing::Length(n) => {
+            let take = first.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            let left = n - take as u64;
+            (
+                take,
+                if left == 0 {
+                    Copy::Done
+                } else {
+                    Copy::Length(left)
+                },
+            )
+        }
+        Framing::Chunked => {
+            let mut chunks = Chunked::default();
+            match chunks.feed(first) {
+                Ok(used) => (
+                    used,
+                    if chunks.done() {
+                        Copy::Done
+                    } else {
+                        Copy::Chunked(chunks)
+                    },
+                ),
+                Err(()) => return (0, Err(BodyError::BadChunk)),
+            }
+        }
+        Framing::UntilClose => (first.len(), Copy::UntilClose),
+    };
+    // Bytes after the message's end: the connection can't be trusted again.
+    let mut stray = take < first.len();
+    if let Err(e) = write_two(client, head, &first[..take]).await {
+        return (0, Err(BodyError::Client(e)));
+    }
+    sent += take as u64;
+    while !matches!(state, Copy::Done) {
+        buf.clear();
+        let n = match upstream.read_buf(buf).await {
+            Ok(n) => n,
+            Err(e) => return (sent, Err(BodyError::Upstream(e))),
+        };
+        let chunk = &buf[..n];
+        let take = match &mut state {
+            Copy::Length(left) => {
+                if n == 0 {
+                    return (sent, Err(BodyError::Short(*left)));
+                }
+                let take = n.min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= take as u64;
+                if *left == 0 {
+                    state = Copy::Done;
+                }
+                take
+            }
+            Copy::Chunked(chunks) => {
+                if n == 0 {
+                    return (
+                        sent,
+                        Err(BodyError::Upstream(io::ErrorKind::UnexpectedEof.into())),
+                    );
+                }
+                let Ok(used) = chunks.feed(chunk) else {
+                    return (sent, Err(BodyError::BadChunk));
+                };
+                if chunks.done() {
+                    state = Copy::Done;
+                }
+                used
+            }
+            Copy::UntilClose => {
+                if n == 0 {
+                    state = Copy::Done;
+                }
+                n
+            }
+            Copy::Done => 0,
+        };
+        stray |= take < n;
+        if take > 0 {
+            if let Err(e) = client.write_all(&chunk[..take]).await {
+                return (sent, Err(BodyError::Client(e)));
+            }
+            sent += take as u64;
+        }
+    }
+    (sent, Ok(!stray && framing != Framing::UntilClose))
+}
+
+enum Copy {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+/// Writes `a` then `b`, in one system call when the socket takes both.
+async fn write_two(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+    while !a.is_empty() {
+        let n = stream
+            .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    stream.write_all(b).await
+}
+
+/// Follows a chunked body's framing (RFC 9112 §7.1) without changing it,
+/// to know where it ends.
+#[derive(Default, Debug)]
+struct Chunked {
+    state: ChunkState,
+    size: u64,
+    size_digits: u8,
+}
+
+#[derive(Default, Debug, PartialEq, Clone, Copy)]
+enum ChunkState {
+    /// Hex digits of a chunk size.
+    #[default]
+    Size,
+    /// Extensions after the size, up to the line's end.
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final empty line).
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+impl Chunked {
+    fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Consumes bytes of the body from `input`; returns how many belong to
+    /// it (fewer than given only once it is done).
+    fn feed(&mut self, input: &[u8]) -> Result<usize, ()> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        self.size_digits += 1;
+                        if self.size_digits > 15 {
+                            return Err(());
+                        }
+                        let digit = (b as char).to_digit(16).unwrap_or(0);
+                        self.size = self.size * 16 + u64::from(digit);
+                    }
+                    b';' | b' ' | b'\t' if self.size_digits > 0 => self.state = Extension,
+                    b'\r' if self.size_digits > 0 => self.state = SizeLf,
+                    b'\n' if self.size_digits > 0 => self.end_size_line(),
+                    _ => return Err(()),
+                },
+                Extension => match b {
+                    b'\r' => self.state = SizeLf,
+                    b'\n' => self.end_size_line(),
+                    _ => {}
+                },
+                SizeLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.end_size_line();
+                }
+                Data => {
+                    let take =
+                        (input.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                    self.size -= take as u64;
+                    i += take;
+                    if self.size == 0 {
+                        self.state = DataCr;
+                    }
+                    continue;
+                }
+                DataCr => match b {
+                    b'\r' => self.state = DataLf,
+                    b'\n' => self.next_chunk(),
+                    _ => return Err(()),
+                },
+                DataLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.next_chunk();
+                }
+                TrailerStart => match b {
+                    b'\r' => self.state = EndLf,
+                    b'\n' => self.state = Done,
+                    _ => self.state = TrailerLine,
+                },
+                TrailerLine => match b {
+                    b'\r' => self.state = TrailerLf,
+                    b'\n' => self.state = TrailerStart,
+                    _ => {}
+                },
+                TrailerLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.state = TrailerStart;
+                }
+                EndLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.state = Done;
+                }
+                Done => return Ok(i),
+            }
+            i += 1;
+            if self.state == Done {
+                return Ok(i);
+            }
+        }
+        Ok(i)
+    }
+
+    fn end_size_line(&mut self) {
+        self.state = if self.size == 0 {
+            ChunkState::TrailerStart
+        } else {
+            ChunkState::Data
+        };
+    }
+
+    fn next_chunk(&mut self) {
+        self.state = ChunkState::Size;
+        self.size = 0;
+        self.size_digits = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_end_of_a_head_across_reads() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next";
+        assert_eq!(head_end(head, 0), Some(27));
+        assert_eq!(head_end(&head[..26], 0), None);
+        assert_eq!(head_end(&head[..25], 0), None);
+        // Resumed three bytes before where the last search stopped.
+        assert_eq!(head_end(head, 22), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nrest", 0), Some(24));
+    }
+
+    fn chunked_len(body: &[u8]) -> Result<(usize, bool), ()> {
+        let mut c = Chunked::default();
+        let n = c.feed(body)?;
+        Ok((n, c.done()))
+    }
+
+    #[test]
+    fn follows_chunked_framing() {
+        let body =
+            b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-sum: 1\r\n\r\nNEXT";
+        assert_eq!(chunked_len(body), Ok((body.len() - 4, true)));
+        assert_eq!(chunked_len(b"0\r\n\r\n"), Ok((5, true)));
+        assert_eq!(chunked_len(b"5\r\nhel"), Ok((6, false)));
+        assert_eq!(chunked_len(b"zz\r\n"), Err(()));
+        assert_eq!(chunked_len(b"5\r\nhelloX"), Err(()));
+        assert_eq!(chunked_len(b"ffffffffffffffff0\r\n"), Err(()));
+        // Byte by byte gives the same result.
+        let mut c = Chunked::default();
+        let mut used = 0;
+        for b in body.iter() {
+            used += c.feed(std::slice::from_ref(b)).unwrap();
+        }
+        assert!(c.done());
+        assert_eq!(used, body.len() - 4);
+    }
+
+    #[test]
+    fn rewrites_a_response_head() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nKeep-Alive: timeout=5\r\nx-request-id: theirs\r\nx-app: yes\r\n\r\n";
+        let mut out = Vec::new();
+        let h = rewrite_response_head(head, &mut out, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Length(5));
+        assert!(h.reusable);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nx-app: yes\r\n"
+        );
+
+        let mut out = Vec::new();
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\n\r\n";
+        let h = rewrite_response_head(head, &mut out, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
+        );
+
+        let mut out = Vec::new();
+        let h = rewrite_response_head(b"HTTP/1.0 200 OK\r\n\r\n", &mut out, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::UntilClose);
+        assert!(!h.reusable);
+
+        assert!(matches!(
+            rewrite_response_head(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+                &mut out,
+                false
+            ),
+            Ok(None)
+        ));
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"garbage\r\n\r\n",
+        ] {
+            assert!(matches!(
+                rewrite_response_head(bad, &mut Vec::new(), false),
+                Err(UpstreamError::Protocol(_))
+            ));
+        }
+    }
+}
