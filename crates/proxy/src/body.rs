@@ -224,7 +224,16 @@ impl Body for ResponseBody {
                     }
                     Some(Err(e))
                 }
-                Some(Ok(frame)) => Some(Ok(frame)),
+                Some(Ok(frame)) => {
+                    // Trailers end the message: hyper asks for nothing
+                    // after them, so the connection goes back now.
+                    if frame.is_trailers() {
+                        if let Some((conn, upstream)) = this.lease.take() {
+                            upstream.checkin(conn);
+                        }
+                    }
+                    Some(Ok(frame))
+                }
             },
         };
         if let Some(Ok(f)) = &frame {

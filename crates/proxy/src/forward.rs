@@ -339,6 +339,14 @@ async fn forward(
         parts.headers.insert(header::UPGRADE, protocol.clone());
     }
     let empty_body = body.is_end_stream();
+    if !empty_body && body.size_hint().exact().is_none() {
+        // A body of unknown length goes chunked. Said explicitly: hyper
+        // sends a GET or HEAD whose length it doesn't know without its body.
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     let template = (empty_body && is_idempotent(&parts.method)).then(|| RetryTemplate {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
@@ -532,6 +540,8 @@ fn adapt_for(req: &mut Request<ProxyBody>, upstream: &Upstream, te_trailers: boo
         }
         UpstreamProtocol::H2 | UpstreamProtocol::H2c => {
             *req.version_mut() = HttpVersion::HTTP_2;
+            // HTTP/2 frames bodies itself.
+            req.headers_mut().remove(header::TRANSFER_ENCODING);
             let scheme = if upstream.transport.tls.is_some() {
                 "https"
             } else {
@@ -706,6 +716,12 @@ fn upstream_response(
     upstream: &Arc<Upstream>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        // Framed by its transfer coding, which hyper has decoded: a
+        // Content-Length beside it is wrong (RFC 9112 §6.3) and would cut
+        // the body short on the client's side.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers);
     parts.version = HttpVersion::HTTP_11;
     Response::from_parts(parts, ResponseBody::upstream(body, conn, upstream.clone()))

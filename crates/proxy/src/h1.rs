@@ -37,7 +37,7 @@ use crate::forward::{self, Attempt, Attempts, ConnInfo};
 use crate::headers::request_id_bytes;
 use crate::server::{Alpn, Prefixed};
 use crate::snapshot::{Pool, Snapshot};
-use crate::upstream::RawConn;
+use crate::upstream::{RawConn, Upstream};
 
 /// Headers parsed per message; a message with more goes to hyper (which
 /// allows 100) or, from an upstream, is a 502.
@@ -117,7 +117,9 @@ pub(crate) async fn serve(
         Alpn::Http1
     };
     let io = Prefixed::new(pending, stream);
-    crate::server::serve_http(io, info, alpn, watcher).await;
+    // On the heap: hyper's connection future is large, and inline it would
+    // make every connection's task that large, idle ones included.
+    Box::pin(crate::server::serve_http(io, info, alpn, watcher)).await;
 }
 
 enum ReadHead {
@@ -405,12 +407,13 @@ async fn exchange(
     )
     .await;
     drop(upstream_req);
-    let (mut upstream_conn, upstream, resp) = match sent {
+    let (upstream_conn, upstream, resp) = match sent {
         Ok(ok) => ok,
         Err(e) => {
             let request_id = HeaderValue::from_bytes(&id).expect("hex digits");
             forward::log_failure(&e, conn.client, &request_id, &attempts);
             let status = e.status();
+            let error = log.as_ref().map(|_| e.to_string());
             let mut resp = e.into_response();
             forward::add_interlock_headers(
                 resp.headers_mut(),
@@ -426,13 +429,7 @@ async fn exchange(
                 log.status = status;
                 log.upstream = attempts.addrs();
                 log.upstream_time = attempts.times();
-                log.error = resp.body().full_bytes().map(|b| {
-                    String::from_utf8_lossy(b)
-                        .lines()
-                        .nth(1)
-                        .unwrap_or("")
-                        .to_owned()
-                });
+                log.error = error;
             }
             let ok = client.write_all(&out).await.is_ok();
             if let Some(log) = log {
@@ -454,37 +451,25 @@ async fn exchange(
     let close = close || framing == Framing::UntilClose || shutdown.is_cancelled();
     finish_client_head(&mut out, &snap, conn, &id, &attempts, close);
 
-    let copied = copy_body(
-        client,
-        &mut upstream_conn.stream,
-        &mut from_upstream,
-        resp.len,
-        &out,
-        framing,
-    )
-    .await;
-    let (bytes, outcome) = copied;
-    let complete = outcome.is_ok();
+    let lease = Lease {
+        conn: Some(upstream_conn),
+        upstream,
+        reusable: resp.reusable && framing != Framing::UntilClose,
+    };
+    let (bytes, outcome) =
+        copy_body(client, lease, &mut from_upstream, resp.len, &out, framing).await;
     if let Some(mut log) = log.take() {
         log.status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
         log.upstream = attempts.addrs();
         log.upstream_time = attempts.times();
         if let Err(e) = &outcome {
-            log.error = Some(format!("{e}"));
+            log.error = Some(e.to_string());
         }
-        log.emit(bytes, complete);
+        log.emit(bytes, outcome.is_ok());
     }
     match outcome {
-        Ok(clean_end) => {
-            if clean_end && resp.reusable {
-                upstream.checkin_raw(upstream_conn);
-            }
-            if close {
-                Exchange::Close
-            } else {
-                Exchange::KeepAlive
-            }
-        }
+        Ok(()) if !close => Exchange::KeepAlive,
+        Ok(()) => Exchange::Close,
         Err(e) => {
             tracing::debug!(client = %conn.client, error = %e, "response broke off");
             Exchange::Close
@@ -765,8 +750,9 @@ fn rewrite_response_head(
     }
     let mut listed = Listed::default();
     let mut length: Option<u64> = None;
+    // Transfer codings in order; the body is chunked when the last one is.
+    let mut codings = false;
     let mut chunked = false;
-    let mut other_coding = false;
     let mut reusable = version == 1;
     for h in resp.headers.iter() {
         let name = h.name;
@@ -799,19 +785,17 @@ fn rewrite_response_head(
             // Only a final `chunked` frames the body; anything else runs to
             // the end of the connection (RFC 9112 §6.3).
             for t in tokens(h.value) {
+                codings = true;
                 chunked = t.eq_ignore_ascii_case(b"chunked");
-                other_coding |= !chunked;
             }
         }
     }
     let framing = if status == 204 || status == 304 {
         Framing::Empty
-    } else if chunked || other_coding {
-        if chunked && !other_coding {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
-        }
+    } else if chunked {
+        Framing::Chunked
+    } else if codings {
+        Framing::UntilClose
     } else {
         match length {
             Some(n) => Framing::Length(n),
@@ -838,7 +822,11 @@ fn rewrite_response_head(
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
         let name = h.name;
-        let skip = is_hop_by_hop(name)
+        // The body passes with its transfer codings as they are (a chunked
+        // body is not re-framed), so their headers pass too.
+        let framing_header =
+            name.eq_ignore_ascii_case("transfer-encoding") || name.eq_ignore_ascii_case("trailer");
+        let skip = (is_hop_by_hop(name) && !(framing_header && codings))
             || listed.contains(name)
             || name.eq_ignore_ascii_case("x-request-id")
             || name.eq_ignore_ascii_case("x-proxy-id")
@@ -846,13 +834,10 @@ fn rewrite_response_head(
                 && (name.eq_ignore_ascii_case("x-server-info")
                     || name.eq_ignore_ascii_case("x-upstream-addr")
                     || name.eq_ignore_ascii_case("x-upstream-response-time")))
-            || (framing == Framing::Chunked && name.eq_ignore_ascii_case("content-length"));
+            || (codings && name.eq_ignore_ascii_case("content-length"));
         if !skip {
             put_header(out, name.as_bytes(), h.value);
         }
-    }
-    if framing == Framing::Chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     Ok(Some(UpstreamHead {
         len: head.len(),
@@ -938,18 +923,46 @@ enum BodyError {
     BadChunk,
 }
 
+/// The upstream connection a response arrives on, returned to its pool as
+/// soon as the message has ended cleanly: before the last bytes go to the
+/// client, so the client's next request finds it there.
+struct Lease<'a> {
+    conn: Option<RawConn>,
+    upstream: &'a Upstream,
+    /// The response head allows another request on this connection.
+    reusable: bool,
+}
+
+impl Lease<'_> {
+    fn stream(&mut self) -> &mut TcpStream {
+        &mut self
+            .conn
+            .as_mut()
+            .expect("the connection is leased until the body ends")
+            .stream
+    }
+
+    /// The message is over; `stray` when the upstream sent more after it.
+    fn end(&mut self, stray: bool) {
+        if let Some(conn) = self.conn.take() {
+            if self.reusable && !stray {
+                self.upstream.checkin_raw(conn);
+            }
+        }
+    }
+}
+
 /// Sends the client `head` and the body that follows the upstream's head
 /// (`buf[head_len..]` and what is still to come). Returns the body bytes
-/// sent, and whether the upstream connection ended its message cleanly
-/// (with nothing after it) and may be reused.
+/// sent, and how the body ended.
 async fn copy_body(
     client: &mut TcpStream,
-    upstream: &mut TcpStream,
+    mut lease: Lease<'_>,
     buf: &mut Vec<u8>,
     head_len: usize,
     head: &[u8],
     framing: Framing,
-) -> (u64, Result<bool, BodyError>) {
+) -> (u64, Result<(), BodyError>) {
     let mut sent = 0u64;
     let first = &buf[head_len..];
     let (take, mut state) = match framing {
@@ -977,20 +990,26 @@ async fn copy_body(
                         Copy::Chunked(chunks)
                     },
                 ),
-                Err(()) => return (0, Err(BodyError::BadChunk)),
+                Err(()) => {
+                    // The head is good and goes out; the body is cut short
+                    // where it broke, and the connection closes.
+                    let _ = client.write_all(head).await;
+                    return (0, Err(BodyError::BadChunk));
+                }
             }
         }
         Framing::UntilClose => (first.len(), Copy::UntilClose),
     };
-    // Bytes after the message's end: the connection can't be trusted again.
-    let mut stray = take < first.len();
+    if matches!(state, Copy::Done) {
+        lease.end(take < first.len());
+    }
     if let Err(e) = write_two(client, head, &first[..take]).await {
         return (0, Err(BodyError::Client(e)));
     }
     sent += take as u64;
     while !matches!(state, Copy::Done) {
         buf.clear();
-        let n = match upstream.read_buf(buf).await {
+        let n = match lease.stream().read_buf(buf).await {
             Ok(n) => n,
             Err(e) => return (sent, Err(BodyError::Upstream(e))),
         };
@@ -1014,13 +1033,15 @@ async fn copy_body(
                         Err(BodyError::Upstream(io::ErrorKind::UnexpectedEof.into())),
                     );
                 }
-                let Ok(used) = chunks.feed(chunk) else {
-                    return (sent, Err(BodyError::BadChunk));
-                };
-                if chunks.done() {
-                    state = Copy::Done;
+                match chunks.feed(chunk) {
+                    Ok(used) => {
+                        if chunks.done() {
+                            state = Copy::Done;
+                        }
+                        used
+                    }
+                    Err(()) => return (sent, Err(BodyError::BadChunk)),
                 }
-                used
             }
             Copy::UntilClose => {
                 if n == 0 {
@@ -1030,7 +1051,9 @@ async fn copy_body(
             }
             Copy::Done => 0,
         };
-        stray |= take < n;
+        if matches!(state, Copy::Done) {
+            lease.end(take < n);
+        }
         if take > 0 {
             if let Err(e) = client.write_all(&chunk[..take]).await {
                 return (sent, Err(BodyError::Client(e)));
@@ -1038,7 +1061,7 @@ async fn copy_body(
             sent += take as u64;
         }
     }
-    (sent, Ok(!stray && framing != Framing::UntilClose))
+    (sent, Ok(()))
 }
 
 enum Copy {
@@ -1264,8 +1287,18 @@ mod tests {
         assert_eq!(h.framing, Framing::Chunked);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
         );
+
+        let mut out = Vec::new();
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        let h = rewrite_response_head(head, &mut out, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("Transfer-Encoding: gzip, chunked\r\n"));
 
         let mut out = Vec::new();
         let h = rewrite_response_head(b"HTTP/1.0 200 OK\r\n\r\n", &mut out, false)

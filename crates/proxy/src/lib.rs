@@ -59,6 +59,8 @@ pub struct Proxy {
     sessions: tls::SessionState,
     /// Requests whose responses are not done yet (see [`body::InFlight`]).
     pub(crate) in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Whether [`Proxy::start_upkeep`] has run.
+    upkeep: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
@@ -82,7 +84,30 @@ impl Proxy {
             tls_provider,
             sessions,
             in_flight: Arc::default(),
+            upkeep: Default::default(),
         })
+    }
+
+    /// Starts, once per proxy, the background upkeep of upstream
+    /// connections: every second, idle ones that were closed by their
+    /// upstream or have idled too long are closed. Ends with the proxy.
+    pub(crate) fn start_upkeep(self: &Arc<Self>) {
+        if self.upkeep.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let proxy = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(proxy) = proxy.upgrade() else { return };
+                let snap = proxy.snapshot();
+                for upstream in snap.pools.iter().flat_map(|p| p.upstreams.iter()) {
+                    upstream.sweep_idle();
+                }
+            }
+        });
     }
 
     /// Requests received whose responses are not finished.

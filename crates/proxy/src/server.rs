@@ -61,6 +61,7 @@ async fn run(
     https: bool,
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
+    proxy.start_upkeep();
     let graceful = GracefulShutdown::new();
     // Passthrough tunnels are not HTTP connections hyper can wind down;
     // they are tracked separately and get the same grace period.

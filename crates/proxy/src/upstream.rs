@@ -277,6 +277,15 @@ impl Upstream {
         }
     }
 
+    /// Closes idle connections the upstream has closed (so none lingers in
+    /// CLOSE_WAIT) and those idle longer than [`IDLE_TIMEOUT`].
+    pub fn sweep_idle(&self) {
+        lock(&self.raw_idle)
+            .retain(|idle| idle.since.elapsed() <= IDLE_TIMEOUT && still_open(&idle.conn.stream));
+        lock(&self.idle)
+            .retain(|idle| idle.since.elapsed() <= IDLE_TIMEOUT && !idle.conn.is_closed());
+    }
+
     /// A slot and a TCP connection, both by `deadline`.
     async fn open(
         &self,

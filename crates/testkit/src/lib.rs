@@ -10,6 +10,7 @@
 //! - [`tls_front`]: a TLS-terminating front standing in for an HTTPS proxy hop.
 //! - [`docker`]: images `FROM scratch` of our binary, cleanup guards for the real engine.
 //! - [`dns`]: a tiny DNS server answering from a fixed table.
+//! - [`raw`]: HTTP/1.x at the byte level: a strict wire reader and scripted raw upstreams.
 //! - [`forwarder`]: a TCP forwarder standing in for an external load balancer.
 //! - [`wait_until`]: bounded waiting on a condition instead of sleeping.
 
@@ -20,6 +21,7 @@ pub mod docker;
 pub mod forwarder;
 pub mod harness;
 pub mod process;
+pub mod raw;
 pub mod tls;
 pub mod tls_front;
 
