@@ -966,6 +966,39 @@ async fn connection_close_from_the_client_gets_the_response_then_a_close() {
     assert!(!up.head.connection_has("close"), "{}", up.head.text());
 }
 
+/// A keep-alive connection left idle is closed after client_header_timeout
+/// (the same limit hyper applies), whether it has served requests or none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_client_header_timeout() {
+    let b = RawBackend::fixed(ok_with(b"hi", "")).await;
+    let proxy = proxy_to(b.addr, "client_header_timeout = \"300ms\"\n").await;
+    let mut used = Wire::connect(proxy.addr).await;
+    for _ in 0..2 {
+        let r = exchange(&mut used, get("/"), "GET").await;
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"hi"[..]));
+    }
+    let mut never_used = Wire::connect(proxy.addr).await;
+    used.closed().await.unwrap();
+    never_used.closed().await.unwrap();
+}
+
+/// On shutdown, idle keep-alive connections are closed at once rather than
+/// waited for until the grace period ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_keep_alive_connections_without_waiting_for_the_grace_period() {
+    let b = RawBackend::fixed(ok_with(b"hi", "")).await;
+    let proxy = proxy_to(b.addr, "shutdown_grace = \"60s\"\n").await;
+    let mut idle = Wire::connect(proxy.addr).await;
+    let r = exchange(&mut idle, get("/"), "GET").await;
+    assert_eq!(r.status, 200);
+    let mut silent = Wire::connect(proxy.addr).await;
+    tokio::time::timeout(Duration::from_secs(10), proxy.shutdown())
+        .await
+        .expect("the drain waited for idle connections");
+    idle.closed().await.unwrap();
+    silent.closed().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http10_client_gets_an_http10_response_and_a_close() {
     let b = RawBackend::fixed(ok_with(b"old", "")).await;

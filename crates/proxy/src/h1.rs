@@ -20,15 +20,17 @@
 //! of its answers matches what the general path would have sent.
 
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, StatusCode, Uri};
-use hyper_util::server::graceful::Watcher;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use portico_model::normalize_request_host;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::access_log::AccessLog;
 use crate::body::InFlight;
@@ -48,33 +50,139 @@ const REQUEST_BUF: usize = 4 * 1024;
 /// `proxy_buffer_size` in the benchmark's tuned config).
 const RESPONSE_BUF: usize = 16 * 1024;
 
+/// What a listener's fast-path connections share. An idle connection waits
+/// for its socket to become readable or for [`Shared::wake`]: a tick that
+/// lets it check its idle time, and shutdown. One timer and one flag for
+/// the listener instead of a timer and a cancellation future per
+/// connection keeps an idle connection's task to a few hundred bytes.
+pub(crate) struct Shared {
+    wake: Notify,
+    stopping: AtomicBool,
+    /// Fast-path connections open now (hyper's are counted by `graceful`).
+    open: AtomicUsize,
+    /// Taken at shutdown; connections handed to hyper are watched by it.
+    graceful: Mutex<Option<GracefulShutdown>>,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            wake: Notify::new(),
+            stopping: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            graceful: Mutex::new(Some(GracefulShutdown::new())),
+        })
+    }
+
+    /// A watcher for a connection served by hyper; `None` once stopping.
+    pub(crate) fn watcher(&self) -> Option<Watcher> {
+        lock(&self.graceful).as_ref().map(GracefulShutdown::watcher)
+    }
+
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn hyper_connections(&self) -> usize {
+        lock(&self.graceful)
+            .as_ref()
+            .map_or(0, GracefulShutdown::count)
+    }
+
+    /// Wakes idle connections to check their idle time, every `period`
+    /// until shutdown.
+    pub(crate) async fn tick(self: Arc<Self>, proxy: Arc<crate::Proxy>) {
+        while !self.stopping.load(Ordering::Acquire) {
+            let limit = proxy.snapshot().config.proxy.client_header_timeout;
+            // Idle connections close between `limit` and `limit` + a tick:
+            // an eighth of it, between 100 ms and 5 s.
+            let period = (limit / 8).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            tokio::time::sleep(period).await;
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// Stops: idle connections close now, busy ones after their response.
+    /// Returns hyper's part, to wind down its connections.
+    pub(crate) fn stop(&self) -> Option<GracefulShutdown> {
+        self.stopping.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+        lock(&self.graceful).take()
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counts a fast-path connection as open for as long as it lives.
+struct Open(Arc<Shared>);
+
+impl Open {
+    fn new(shared: Arc<Shared>) -> Open {
+        shared.open.fetch_add(1, Ordering::AcqRel);
+        Open(shared)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Waits until the client sends something (`true`), or the connection has
+/// been idle for `limit`, or the listener stops (`false`).
+async fn idle(stream: &TcpStream, shared: &Shared, limit: Duration) -> bool {
+    let since = Instant::now();
+    loop {
+        let woken = shared.wake.notified();
+        if shared.stopping() {
+            return false;
+        }
+        // Polled through the socket's own reader slot: `readable()` would
+        // put a 150-byte waiter in every idle connection's task.
+        let readable = std::future::poll_fn(|cx| stream.poll_read_ready(cx));
+        tokio::select! {
+            biased;
+            r = readable => return r.is_ok(),
+            _ = woken => {
+                if since.elapsed() >= limit {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// Serves a cleartext client connection: on the fast path while its
 /// requests qualify, then, from the first one that doesn't, on hyper.
 pub(crate) async fn serve(
     mut stream: TcpStream,
-    info: ConnInfo,
-    watcher: Watcher,
-    shutdown: CancellationToken,
+    proxy: Arc<crate::Proxy>,
+    client: SocketAddr,
+    shared: Arc<Shared>,
 ) {
+    let open = Open::new(shared);
+    let shared = &open.0;
     // Bytes read and not yet served: a request head, and whatever a
     // pipelining client sent after it. Empty (and unallocated) when idle.
     let mut pending: Vec<u8> = Vec::new();
     let mut served = 0usize;
     loop {
         let (limit, max_head) = {
-            let snap = info.proxy.snapshot();
+            let snap = proxy.snapshot();
             let p = &snap.config.proxy;
             (p.client_header_timeout, p.max_header_bytes)
         };
         if pending.is_empty() {
-            let ready = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                r = tokio::time::timeout(limit, stream.readable()) => r,
-            };
-            if !matches!(ready, Ok(Ok(()))) {
-                if served == 0 {
-                    tracing::debug!(client = %info.client, "nothing received within client_header_timeout");
+            if !idle(&stream, shared, limit).await {
+                if served == 0 && !shared.stopping() {
+                    tracing::debug!(client = %client, "nothing received within client_header_timeout");
                 }
                 return;
             }
@@ -89,12 +197,21 @@ pub(crate) async fn serve(
                 Err(_) => return,
             }
         }
-        let head = match read_head(&mut stream, &mut pending, limit, max_head).await {
-            ReadHead::Complete(n) => n,
-            ReadHead::Closed => return,
-            ReadHead::NotMine => break,
+        // Nearly always the first read brought the whole head; reading more
+        // happens on the heap, keeping its timer out of the idle task.
+        let head = match head_end(&pending, 0) {
+            Some(n) => n,
+            None => match Box::pin(read_head(&mut stream, &mut pending, limit, max_head)).await {
+                ReadHead::Complete(n) => n,
+                ReadHead::Closed => return,
+                ReadHead::NotMine => break,
+            },
         };
-        match Box::pin(exchange(&mut stream, &info, &pending[..head], &shutdown)).await {
+        let conn = ConnRef {
+            proxy: &proxy,
+            client,
+        };
+        match Box::pin(exchange(&mut stream, conn, &pending[..head], shared)).await {
             Exchange::KeepAlive => {
                 pending.drain(..head);
                 if pending.is_empty() {
@@ -109,6 +226,10 @@ pub(crate) async fn serve(
             Exchange::NotMine => break,
         }
     }
+    let Some(watcher) = shared.watcher() else {
+        return;
+    };
+    drop(open);
     // Before the first request the connection may still be h2c by prior
     // knowledge; after one, it is HTTP/1.1 for good.
     let alpn = if served == 0 {
@@ -117,9 +238,17 @@ pub(crate) async fn serve(
         Alpn::Http1
     };
     let io = Prefixed::new(pending, stream);
+    let info = ConnInfo::new(proxy, client, None);
     // On the heap: hyper's connection future is large, and inline it would
     // make every connection's task that large, idle ones included.
     Box::pin(crate::server::serve_http(io, info, alpn, watcher)).await;
+}
+
+/// What a request on the fast path knows of its connection.
+#[derive(Clone, Copy)]
+struct ConnRef<'a> {
+    proxy: &'a Arc<crate::Proxy>,
+    client: SocketAddr,
 }
 
 enum ReadHead {
@@ -336,9 +465,9 @@ impl std::fmt::Display for UpstreamError {
 /// is consumed.
 async fn exchange(
     client: &mut TcpStream,
-    conn: &ConnInfo,
+    conn: ConnRef<'_>,
     head: &[u8],
-    shutdown: &CancellationToken,
+    shared: &Shared,
 ) -> Exchange {
     let snap = conn.proxy.snapshot();
     let start = Instant::now();
@@ -380,7 +509,7 @@ async fn exchange(
             path,
             req.headers,
             &scan,
-            conn,
+            conn.client,
             host,
             &id,
         );
@@ -418,11 +547,11 @@ async fn exchange(
             forward::add_interlock_headers(
                 resp.headers_mut(),
                 &snap,
-                &conn.proxy,
+                conn.proxy,
                 request_id,
                 &attempts,
             );
-            let close = close || shutdown.is_cancelled();
+            let close = close || shared.stopping();
             out.clear();
             write_response(&mut out, &resp, method == "HEAD", close);
             if let Some(log) = &mut log {
@@ -448,7 +577,7 @@ async fn exchange(
     } else {
         resp.framing
     };
-    let close = close || framing == Framing::UntilClose || shutdown.is_cancelled();
+    let close = close || framing == Framing::UntilClose || shared.stopping();
     finish_client_head(&mut out, &snap, conn, &id, &attempts, close);
 
     let lease = Lease {
@@ -518,7 +647,7 @@ fn write_upstream_head(
     path: &str,
     headers: &[httparse::Header<'_>],
     scan: &RequestScan<'_>,
-    conn: &ConnInfo,
+    client: SocketAddr,
     host: &[u8],
     id: &[u8; 32],
 ) {
@@ -561,14 +690,40 @@ fn write_upstream_head(
             }
         }
     }
-    out.extend_from_slice(conn.client_ip.as_bytes());
+    let ip_at = out.len();
+    write_ip(out, client.ip());
+    let ip_end = out.len();
     out.extend_from_slice(b"\r\nx-real-ip: ");
-    out.extend_from_slice(conn.client_ip.as_bytes());
+    out.extend_from_within(ip_at..ip_end);
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(id);
     out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// An IP address as text; IPv4 without going through `fmt`.
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{ip}");
+        }
+    }
 }
 
 fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -859,7 +1014,7 @@ fn itoa3(status: u16) -> [u8; 3] {
 fn finish_client_head(
     out: &mut Vec<u8>,
     snap: &Snapshot,
-    conn: &ConnInfo,
+    conn: ConnRef<'_>,
     id: &[u8; 32],
     attempts: &Attempts,
     close: bool,
@@ -1263,6 +1418,15 @@ mod tests {
         }
         assert!(c.done());
         assert_eq!(used, body.len() - 4);
+    }
+
+    #[test]
+    fn writes_ip_addresses() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.255.9", "::1", "2001:db8::5"] {
+            let mut out = Vec::new();
+            write_ip(&mut out, ip.parse().unwrap());
+            assert_eq!(out, ip.as_bytes());
+        }
     }
 
     #[test]

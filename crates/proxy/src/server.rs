@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -62,7 +62,8 @@ async fn run(
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
     proxy.start_upkeep();
-    let graceful = GracefulShutdown::new();
+    let shared = crate::h1::Shared::new();
+    tokio::spawn(shared.clone().tick(proxy.clone()));
     // Passthrough tunnels are not HTTP connections hyper can wind down;
     // they are tracked separately and get the same grace period.
     let tunnels = TaskTracker::new();
@@ -84,8 +85,10 @@ async fn run(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
-        let watcher = graceful.watcher();
         if https {
+            let Some(watcher) = shared.watcher() else {
+                break;
+            };
             tokio::spawn(tls_connection(
                 proxy,
                 stream,
@@ -94,19 +97,27 @@ async fn run(
                 tunnels.clone(),
             ));
         } else {
-            let info = ConnInfo::new(proxy, peer, None);
-            tokio::spawn(crate::h1::serve(stream, info, watcher, shutdown.clone()));
+            tokio::spawn(crate::h1::serve(stream, proxy, peer, shared.clone()));
         }
     }
     drop(listener);
     tunnels.close();
     let grace = proxy.snapshot().config.proxy.shutdown_grace;
-    tracing::info!(listen = %local, connections = graceful.count() + tunnels.len(), grace = ?grace, "stopped accepting; draining");
+    let connections = shared.open() + shared.hyper_connections() + tunnels.len();
+    tracing::info!(listen = %local, connections, grace = ?grace, "stopped accepting; draining");
+    let graceful = shared.stop();
     let drained = async {
         // Done when every connection has closed, or when no request is in
         // flight any more: an idle keep-alive connection that hyper hasn't
         // wound down yet has nothing left to lose.
-        let closed = graceful.shutdown();
+        let closed = async {
+            if let Some(graceful) = graceful {
+                graceful.shutdown().await;
+            }
+            while shared.open() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
         tokio::pin!(closed);
         tokio::select! {
             _ = &mut closed => {}
