@@ -49,6 +49,8 @@ const REQUEST_BUF: usize = 4 * 1024;
 /// Response bodies are copied through a buffer this size (nginx's
 /// `proxy_buffer_size` in the benchmark's tuned config).
 const RESPONSE_BUF: usize = 16 * 1024;
+/// The buffer for the rest of a body that did not fit in the first one.
+const LARGE_BODY_BUF: usize = 64 * 1024;
 
 /// What a listener's fast-path connections share. An idle connection waits
 /// for its socket to become readable or for [`Shared::wake`]: a tick that
@@ -1162,6 +1164,15 @@ async fn copy_body(
         return (0, Err(BodyError::Client(e)));
     }
     sent += take as u64;
+    let more = match state {
+        Copy::Done => 0,
+        Copy::Length(left) => usize::try_from(left).unwrap_or(usize::MAX),
+        Copy::Chunked(_) | Copy::UntilClose => usize::MAX,
+    };
+    if more > buf.capacity() {
+        // A large body moves in fewer, larger reads and writes.
+        *buf = Vec::with_capacity(more.min(LARGE_BODY_BUF));
+    }
     while !matches!(state, Copy::Done) {
         buf.clear();
         let n = match lease.stream().read_buf(buf).await {
