@@ -982,6 +982,34 @@ async fn an_idle_keep_alive_connection_is_closed_after_client_header_timeout() {
     never_used.closed().await.unwrap();
 }
 
+/// A connection idle for longer than a tick of the idle clock (an eighth of
+/// client_header_timeout) is parked: it gives up its task until the client
+/// sends again. It is served again like any other, its idle time still
+/// runs out, and shutdown closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_idle_connection_serves_its_next_request_and_still_times_out() {
+    let b = RawBackend::fixed(ok_with(b"hi", "")).await;
+    // Ticks of 250 ms: parked after 250 to 500 ms idle.
+    let proxy = proxy_to(b.addr, "client_header_timeout = \"2s\"\n").await;
+    let mut c = Wire::connect(proxy.addr).await;
+    let r = exchange(&mut c, get("/"), "GET").await;
+    assert_eq!(r.status, 200);
+    // The idle period is the scenario: long enough to be parked.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let r = exchange(&mut c, get("/again"), "GET").await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"hi"[..]));
+    c.closed().await.unwrap();
+
+    let mut parked = Wire::connect(proxy.addr).await;
+    let r = exchange(&mut parked, get("/"), "GET").await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::timeout(Duration::from_secs(10), proxy.shutdown())
+        .await
+        .expect("the drain waited for a parked connection");
+    parked.closed().await.unwrap();
+}
+
 /// On shutdown, idle keep-alive connections are closed at once rather than
 /// waited for until the grace period ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,12 +25,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::{HeaderValue, Method, StatusCode, Uri};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use portico_model::normalize_request_host;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use crate::access_log::AccessLog;
 use crate::body::InFlight;
@@ -58,6 +59,9 @@ const LARGE_BODY_BUF: usize = 64 * 1024;
 /// the listener instead of a timer and a cancellation future per
 /// connection keeps an idle connection's task to a few hundred bytes.
 pub(crate) struct Shared {
+    /// Connections idle long enough (or while many are open) go here: the
+    /// listener's parking task holds them without a task each.
+    parker: mpsc::UnboundedSender<Parked>,
     wake: Notify,
     stopping: AtomicBool,
     /// Fast-path connections open now (hyper's are counted by `graceful`).
@@ -67,13 +71,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new() -> Arc<Shared> {
-        Arc::new(Shared {
+    /// The shared state, and the receiving end of the parking channel for
+    /// [`Shared::park`].
+    pub(crate) fn new() -> (Arc<Shared>, mpsc::UnboundedReceiver<Parked>) {
+        let (parker, parked) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            parker,
             wake: Notify::new(),
             stopping: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             graceful: Mutex::new(Some(GracefulShutdown::new())),
-        })
+        });
+        (shared, parked)
     }
 
     /// A watcher for a connection served by hyper; `None` once stopping.
@@ -96,9 +105,9 @@ impl Shared {
     pub(crate) async fn tick(self: Arc<Self>, proxy: Arc<crate::Proxy>) {
         while !self.stopping.load(Ordering::Acquire) {
             let limit = proxy.snapshot().config.proxy.client_header_timeout;
-            // Idle connections close between `limit` and `limit` + a tick:
-            // an eighth of it, between 100 ms and 5 s.
-            let period = (limit / 8).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            // Idle connections close between `limit` and `limit` + a tick,
+            // and are parked after one to two ticks.
+            let period = tick_period(limit);
             tokio::time::sleep(period).await;
             self.wake.notify_waiters();
         }
@@ -114,6 +123,80 @@ impl Shared {
 
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Holds parked connections until their client sends the next request
+    /// (then they get a task again), their idle time runs out, or the
+    /// listener stops (then they are closed).
+    pub(crate) async fn park(
+        self: Arc<Self>,
+        proxy: Arc<crate::Proxy>,
+        mut arrivals: mpsc::UnboundedReceiver<Parked>,
+    ) {
+        let mut parked = FuturesUnordered::new();
+        loop {
+            let woken = self.wake.notified();
+            if self.stopping() {
+                return;
+            }
+            tokio::select! {
+                Some(p) = arrivals.recv() => parked.push(WaitReadable(Some(p))),
+                Some(p) = parked.next(), if !parked.is_empty() => {
+                    let p: Parked = p;
+                    tokio::spawn(serve_from(p.stream, proxy.clone(), p.client, self.clone(), p.served));
+                }
+                _ = woken => {
+                    let limit = proxy.snapshot().config.proxy.client_header_timeout;
+                    let expired = |w: &WaitReadable| w.0.as_ref().is_none_or(|p| p.since.elapsed() >= limit);
+                    if parked.iter().any(expired) {
+                        parked = parked.into_iter().filter(|w| !expired(w)).collect();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How often idle connections are woken to check their idle time.
+fn tick_period(limit: Duration) -> Duration {
+    (limit / 8).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// Fast-path connections with a task of their own above which a connection
+/// that goes idle is parked at once rather than after a tick.
+const PARK_ABOVE: usize = 1024;
+
+/// An idle connection without a task: what it needs to be served again.
+pub(crate) struct Parked {
+    stream: TcpStream,
+    client: SocketAddr,
+    /// When it went idle.
+    since: Instant,
+    /// It has served a request (so it is HTTP/1.1, not h2c).
+    served: bool,
+}
+
+/// Ready when a parked connection's client has sent something (or closed).
+struct WaitReadable(Option<Parked>);
+
+impl std::future::Future for WaitReadable {
+    type Output = Parked;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Parked> {
+        let ready = match &self.0 {
+            Some(p) => p.stream.poll_read_ready(cx).is_ready(),
+            None => false,
+        };
+        match self.0.take() {
+            Some(p) if ready => std::task::Poll::Ready(p),
+            still_waiting => {
+                self.0 = still_waiting;
+                std::task::Poll::Pending
+            }
+        }
     }
 }
 
@@ -137,26 +220,43 @@ impl Drop for Open {
     }
 }
 
-/// Waits until the client sends something (`true`), or the connection has
-/// been idle for `limit`, or the listener stops (`false`).
-async fn idle(stream: &TcpStream, shared: &Shared, limit: Duration) -> bool {
-    let since = Instant::now();
+/// What an idle connection's wait ended with.
+enum Idle {
+    /// The client sent something (or closed).
+    Readable,
+    /// Idle for a tick, or many connections are open: park it.
+    Park,
+    /// Idle too long, or the listener is stopping.
+    Close,
+}
+
+/// Waits until the client sends something, or the connection should be
+/// parked or closed.
+async fn idle(stream: &TcpStream, shared: &Shared, limit: Duration, since: Instant) -> Idle {
+    let crowded = shared.open() > PARK_ABOVE;
+    let mut ticks = 0u8;
     loop {
         let woken = shared.wake.notified();
         if shared.stopping() {
-            return false;
+            return Idle::Close;
         }
         // Polled through the socket's own reader slot: `readable()` would
         // put a 150-byte waiter in every idle connection's task.
         let readable = std::future::poll_fn(|cx| stream.poll_read_ready(cx));
         tokio::select! {
             biased;
-            r = readable => return r.is_ok(),
+            r = readable => return if r.is_ok() { Idle::Readable } else { Idle::Close },
             _ = woken => {
                 if since.elapsed() >= limit {
-                    return false;
+                    return Idle::Close;
+                }
+                // Two ticks seen: idle for at least a whole tick.
+                ticks += 1;
+                if ticks >= 2 {
+                    return Idle::Park;
                 }
             }
+            _ = std::future::ready(()), if crowded => return Idle::Park,
         }
     }
 }
@@ -164,17 +264,28 @@ async fn idle(stream: &TcpStream, shared: &Shared, limit: Duration) -> bool {
 /// Serves a cleartext client connection: on the fast path while its
 /// requests qualify, then, from the first one that doesn't, on hyper.
 pub(crate) async fn serve(
+    stream: TcpStream,
+    proxy: Arc<crate::Proxy>,
+    client: SocketAddr,
+    shared: Arc<Shared>,
+) {
+    serve_from(stream, proxy, client, shared, false).await;
+}
+
+/// [`serve`], for a new connection or (`served`) one that was parked.
+async fn serve_from(
     mut stream: TcpStream,
     proxy: Arc<crate::Proxy>,
     client: SocketAddr,
     shared: Arc<Shared>,
+    served: bool,
 ) {
     let open = Open::new(shared);
     let shared = &open.0;
     // Bytes read and not yet served: a request head, and whatever a
     // pipelining client sent after it. Empty (and unallocated) when idle.
     let mut pending: Vec<u8> = Vec::new();
-    let mut served = 0usize;
+    let mut served = usize::from(served);
     loop {
         let (limit, max_head) = {
             let snap = proxy.snapshot();
@@ -182,11 +293,25 @@ pub(crate) async fn serve(
             (p.client_header_timeout, p.max_header_bytes)
         };
         if pending.is_empty() {
-            if !idle(&stream, shared, limit).await {
-                if served == 0 && !shared.stopping() {
-                    tracing::debug!(client = %client, "nothing received within client_header_timeout");
+            let since = Instant::now();
+            match idle(&stream, shared, limit, since).await {
+                Idle::Readable => {}
+                Idle::Park => {
+                    let parked = Parked {
+                        stream,
+                        client,
+                        since,
+                        served: served > 0,
+                    };
+                    let _ = shared.parker.send(parked);
+                    return;
                 }
-                return;
+                Idle::Close => {
+                    if served == 0 && !shared.stopping() {
+                        tracing::debug!(client = %client, "nothing received within client_header_timeout");
+                    }
+                    return;
+                }
             }
             pending.reserve_exact(REQUEST_BUF);
             match stream.try_read_buf(&mut pending) {

@@ -62,8 +62,9 @@ async fn run(
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
     proxy.start_upkeep();
-    let shared = crate::h1::Shared::new();
+    let (shared, parked) = crate::h1::Shared::new();
     tokio::spawn(shared.clone().tick(proxy.clone()));
+    tokio::spawn(shared.clone().park(proxy.clone(), parked));
     // Passthrough tunnels are not HTTP connections hyper can wind down;
     // they are tracked separately and get the same grace period.
     let tunnels = TaskTracker::new();
