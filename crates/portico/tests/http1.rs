@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portico_testkit::raw::{ok_with, Framing, RawBackend, RawRequest, RawResponse, Wire};
-use portico_testkit::{curl, wait_until, Backend, Echo, TestProxy};
+use portico_testkit::{curl, is_hex32, is_seconds, wait_until, Backend, Echo, TestProxy};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
@@ -57,20 +57,6 @@ fn get(path: &str) -> String {
 /// body-less GET takes the HTTP/1.1 fast path.
 fn post(path: &str) -> String {
     format!("POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 1\r\n\r\nx")
-}
-
-fn is_hex32(v: &str) -> bool {
-    v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn is_seconds(v: &str) -> bool {
-    let Some((s, ms)) = v.split_once('.') else {
-        return false;
-    };
-    !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && ms.len() == 3
-        && ms.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// `n` bytes of every value, CR and LF included.

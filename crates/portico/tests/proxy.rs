@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use portico_testkit::{curl, dead_addr, wait_until, Backend, Echo, HttpClient, TestProxy};
+use portico_testkit::{
+    curl, dead_addr, is_hex32, is_seconds, wait_until, Backend, Echo, HttpClient, TestProxy,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -20,20 +22,6 @@ fn service(name: &str, hosts: &[&str], upstreams: &[SocketAddr]) -> String {
         hosts.join(", "),
         ups.join(", ")
     )
-}
-
-fn is_hex32(v: &str) -> bool {
-    v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn is_seconds(v: &str) -> bool {
-    let Some((s, ms)) = v.split_once('.') else {
-        return false;
-    };
-    !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && ms.len() == 3
-        && ms.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Sends raw bytes and returns everything the proxy answers before closing

@@ -56,6 +56,36 @@ impl ProxyError {
         }
     }
 
+    /// `upstream` took the request and sent no response within `timeout`.
+    pub(crate) fn upstream_timeout(
+        pool: &crate::snapshot::Pool,
+        upstream: &crate::upstream::Upstream,
+        timeout: std::time::Duration,
+    ) -> ProxyError {
+        ProxyError::Timeout {
+            service: pool.label.clone(),
+            detail: format!(
+                "upstream {} sent no response within {} (upstream_timeout)",
+                upstream.addr,
+                crate::forward::humanize(timeout)
+            ),
+        }
+    }
+
+    /// Every upstream of the pool was tried and failed, as `failures` say.
+    pub(crate) fn no_upstream_took(
+        pool: &crate::snapshot::Pool,
+        failures: &[String],
+    ) -> ProxyError {
+        ProxyError::BadGateway {
+            service: pool.label.clone(),
+            detail: format!(
+                "no upstream could take the request: {}",
+                failures.join("; ")
+            ),
+        }
+    }
+
     /// Whether the failure lies with the upstreams (the operator's concern)
     /// rather than with the client's request.
     pub fn is_upstream_failure(&self) -> bool {

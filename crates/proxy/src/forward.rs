@@ -646,14 +646,7 @@ async fn send_with_retries(
             }
             Err(_elapsed) => {
                 attempts.push(Attempt::new(upstream, took));
-                return Err(ProxyError::Timeout {
-                    service: pool.label.clone(),
-                    detail: format!(
-                        "upstream {} sent no response within {} (upstream_timeout)",
-                        upstream.addr,
-                        humanize(timeout)
-                    ),
-                });
+                return Err(ProxyError::upstream_timeout(pool, upstream, timeout));
             }
             Ok(Err(mut err)) => {
                 if let Some(req) = err.take_message() {
@@ -689,13 +682,7 @@ async fn send_with_retries(
             }
         }
     }
-    Err(ProxyError::BadGateway {
-        service: pool.label.clone(),
-        detail: format!(
-            "no upstream could take the request: {}",
-            failures.join("; ")
-        ),
-    })
+    Err(ProxyError::no_upstream_took(pool, &failures))
 }
 
 /// The client's stall, if that is what broke the exchange.

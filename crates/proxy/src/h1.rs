@@ -327,7 +327,9 @@ async fn serve_from(
         // Nearly always the first read brought the whole head; reading more
         // happens on the heap, keeping its timer out of the idle task.
         let head = match head_end(&pending, 0) {
-            Some(n) => n,
+            Some(n) if n <= max_head => n,
+            // Over max_header_bytes: hyper answers 431.
+            Some(_) => break,
             None => match Box::pin(read_head(&mut stream, &mut pending, limit, max_head)).await {
                 ReadHead::Complete(n) => n,
                 ReadHead::Closed => return,
@@ -399,7 +401,11 @@ async fn read_head(
     let mut deadline = None;
     loop {
         if let Some(end) = head_end(buf, scanned) {
-            return ReadHead::Complete(end);
+            return if end <= max {
+                ReadHead::Complete(end)
+            } else {
+                ReadHead::NotMine
+            };
         }
         if buf.len() >= max {
             return ReadHead::NotMine;
@@ -914,14 +920,7 @@ async fn send<'s>(
             }
             Err(_elapsed) => {
                 attempts.push(Attempt::new(upstream, took));
-                return Err(ProxyError::Timeout {
-                    service: pool.label.clone(),
-                    detail: format!(
-                        "upstream {} sent no response within {} (upstream_timeout)",
-                        upstream.addr,
-                        forward::humanize(timeout)
-                    ),
-                });
+                return Err(ProxyError::upstream_timeout(pool, upstream, timeout));
             }
             Ok(Err(e)) => {
                 if conn.reused
@@ -937,13 +936,7 @@ async fn send<'s>(
             }
         }
     }
-    Err(ProxyError::BadGateway {
-        service: pool.label.clone(),
-        detail: format!(
-            "no upstream could take the request: {}",
-            failures.join("; ")
-        ),
-    })
+    Err(ProxyError::no_upstream_took(pool, &failures))
 }
 
 /// Writes the request, reads the response head into `buf` (skipping 1xx

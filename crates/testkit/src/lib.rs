@@ -34,6 +34,23 @@ pub use harness::TestProxy;
 pub use process::Portico;
 pub use tls::{Issued, TestCa};
 
+/// Whether `v` looks like a request id: 32 hex digits.
+pub fn is_hex32(v: &str) -> bool {
+    v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether `v` is seconds with millisecond precision, as nginx prints
+/// `$upstream_response_time` ("0.004").
+pub fn is_seconds(v: &str) -> bool {
+    let Some((s, ms)) = v.split_once('.') else {
+        return false;
+    };
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && ms.len() == 3
+        && ms.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Polls `check` until it returns true; panics with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where
