@@ -191,7 +191,11 @@ fn assert_verdict(t: &Traced, hop: Hop, target: &str, evidence: &[&str]) {
     for e in evidence {
         assert!(v.line.contains(e), "verdict lacks {e:?}: {}", v.line);
     }
-    assert!(t.stdout.contains(&v.line), "{}", t.stdout);
+    // The table comes from a second run, which round robin may have sent
+    // to the other upstream: the evidence after the first clause can name
+    // another address (CI saw this flake once in ~20 runs).
+    let first_clause = v.line.split("; ").next().unwrap_or(&v.line);
+    assert!(t.stdout.contains(first_clause), "{}", t.stdout);
 }
 
 #[tokio::test]
