@@ -996,6 +996,58 @@ async fn a_parked_idle_connection_serves_its_next_request_and_still_times_out() 
     parked.closed().await.unwrap();
 }
 
+/// A request that arrives while the listener stops is still answered, on
+/// either path (a POST goes to hyper, which then serves it without a
+/// graceful-shutdown watcher), with `Connection: close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_progress_when_shutdown_begins_are_answered() {
+    let b = RawBackend::answering(|req| next_or(req, |_| ok_with(b"done", ""))).await;
+    let proxy = proxy_to(b.addr, "shutdown_grace = \"10s\"\n").await;
+    let mut post = Wire::connect(proxy.addr).await;
+    let mut get = Wire::connect(proxy.addr).await;
+    // A first request on each: the proxy has accepted both (a connection
+    // still in the listen backlog when the listener closes is reset).
+    for c in [&mut post, &mut get] {
+        let r = exchange(c, self::get("/first"), "GET").await;
+        assert_eq!(r.status, 200);
+    }
+    post.send(format!("POST /x HTTP/1.1\r\nHost: {HOST}\r\n"))
+        .await
+        .unwrap();
+    get.send(format!("GET /y HTTP/1.1\r\nHost: {HOST}\r\n"))
+        .await
+        .unwrap();
+    let stopping = tokio::spawn(proxy.shutdown());
+    // The drain has begun once the listener refuses new connections.
+    let addr = post.stream_mut().peer_addr().unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the listener closed",
+        || async move { tokio::net::TcpStream::connect(addr).await.is_err() },
+    )
+    .await;
+    post.send("Content-Length: 2\r\n\r\nhi").await.unwrap();
+    get.send("\r\n").await.unwrap();
+    for (c, method) in [(&mut post, "POST"), (&mut get, "GET")] {
+        let r = c.read_response(method).await.unwrap();
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &b"done"[..]),
+            "{method}"
+        );
+        assert!(
+            r.head.connection_has("close"),
+            "{method}: {}",
+            r.head.text()
+        );
+        c.closed().await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the drain ended")
+        .unwrap();
+}
+
 /// On shutdown, idle keep-alive connections are closed at once rather than
 /// waited for until the grace period ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

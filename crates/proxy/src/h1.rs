@@ -137,6 +137,18 @@ impl Shared {
         loop {
             let woken = self.wake.notified();
             if self.stopping() {
+                // Answer what was already sent; close the rest.
+                for p in parked.into_iter().filter_map(|w: WaitReadable| w.0) {
+                    if readable_now(&p.stream) {
+                        tokio::spawn(serve_from(
+                            p.stream,
+                            proxy.clone(),
+                            p.client,
+                            self.clone(),
+                            p.served,
+                        ));
+                    }
+                }
                 return;
             }
             tokio::select! {
@@ -161,6 +173,10 @@ impl Shared {
 fn tick_period(limit: Duration) -> Duration {
     (limit / 8).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
+
+/// How long an idle connection waits for a request already on its way when
+/// the listener stops.
+const STOP_LINGER: Duration = Duration::from_millis(100);
 
 /// Fast-path connections with a task of their own above which a connection
 /// that goes idle is parked at once rather than after a tick.
@@ -230,6 +246,13 @@ enum Idle {
     Close,
 }
 
+/// Whether the socket has something to read (or was closed) already,
+/// without waiting.
+fn readable_now(stream: &TcpStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    stream.poll_read_ready(&mut cx).is_ready()
+}
+
 /// Waits until the client sends something, or the connection should be
 /// parked or closed.
 async fn idle(stream: &TcpStream, shared: &Shared, limit: Duration, since: Instant) -> Idle {
@@ -238,7 +261,15 @@ async fn idle(stream: &TcpStream, shared: &Shared, limit: Duration, since: Insta
     loop {
         let woken = shared.wake.notified();
         if shared.stopping() {
-            return Idle::Close;
+            // A request already sent is answered (with `Connection:
+            // close`); only a connection with nothing to read is closed.
+            // Bytes that arrived just before the stop may not have reached
+            // the reactor yet: a moment's grace, at shutdown only.
+            let readable = std::future::poll_fn(|cx| stream.poll_read_ready(cx));
+            return match tokio::time::timeout(STOP_LINGER, readable).await {
+                Ok(Ok(())) => Idle::Readable,
+                _ => Idle::Close,
+            };
         }
         // Polled through the socket's own reader slot: `readable()` would
         // put a 150-byte waiter in every idle connection's task.
@@ -355,10 +386,10 @@ async fn serve_from(
             Exchange::NotMine => break,
         }
     }
-    let Some(watcher) = shared.watcher() else {
-        return;
-    };
-    drop(open);
+    // While the listener stops there is no watcher: the connection is still
+    // served (its request was read), and counted open so the drain waits.
+    let watcher = shared.watcher();
+    let open = watcher.is_none().then_some(open);
     // Before the first request the connection may still be h2c by prior
     // knowledge; after one, it is HTTP/1.1 for good.
     let alpn = if served == 0 {
@@ -371,6 +402,7 @@ async fn serve_from(
     // On the heap: hyper's connection future is large, and inline it would
     // make every connection's task that large, idle ones included.
     Box::pin(crate::server::serve_http(io, info, alpn, watcher)).await;
+    drop(open);
 }
 
 /// What a request on the fast path knows of its connection.
@@ -467,28 +499,29 @@ struct RequestScan<'a> {
     listed: Listed<'a>,
 }
 
-/// Up to eight names from a `Connection` header; more is unusual enough to
-/// leave to the general path.
+/// The values of up to eight `Connection` header lines: the names they
+/// list are hop-by-hop for this message. More lines than that are unusual
+/// enough to leave to the general path (requests) or refuse (responses).
 #[derive(Default)]
 struct Listed<'a> {
-    names: [&'a [u8]; 8],
+    values: [&'a [u8]; 8],
     len: usize,
 }
 
 impl<'a> Listed<'a> {
-    fn push(&mut self, name: &'a [u8]) -> bool {
-        if self.len == self.names.len() {
+    fn push(&mut self, value: &'a [u8]) -> bool {
+        if self.len == self.values.len() {
             return false;
         }
-        self.names[self.len] = name;
+        self.values[self.len] = value;
         self.len += 1;
         true
     }
 
     fn contains(&self, name: &str) -> bool {
-        self.names[..self.len]
+        self.values[..self.len]
             .iter()
-            .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+            .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
     }
 }
 
@@ -529,10 +562,11 @@ impl<'a> RequestScan<'a> {
                 for t in tokens(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
                         scan.close = true;
-                    } else if t.eq_ignore_ascii_case(b"upgrade") || !scan.listed.push(t) {
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
                         scan.general = true;
                     }
                 }
+                scan.general |= !scan.listed.push(h.value);
             } else if name.eq_ignore_ascii_case("content-length") {
                 scan.general |= h.value.trim_ascii() != b"0";
             } else if name.eq_ignore_ascii_case("transfer-encoding")
@@ -619,7 +653,13 @@ async fn exchange(
             return Exchange::NotMine;
         };
         let scan = RequestScan::of(req.headers);
-        if scan.general || scan.hosts != 1 || !path.starts_with('/') || !idempotent(method) {
+        // The target as hyper would take it (a fragment, a character the
+        // URI grammar forbids, or over 64 KiB goes to hyper, to be refused
+        // or cleaned up there).
+        let target_ok = path.starts_with('/')
+            && path.len() < 65_535
+            && http::uri::PathAndQuery::try_from(path).is_ok_and(|pq| pq.as_str() == path);
+        if scan.general || scan.hosts != 1 || !target_ok || !idempotent(method) {
             return Exchange::NotMine;
         }
         let Some(host) = scan.host else {
@@ -693,9 +733,13 @@ async fn exchange(
                 log.upstream_time = attempts.times();
                 log.error = error;
             }
+            let body_len = match resp.body().full_bytes() {
+                Some(b) if method != "HEAD" => b.len() as u64,
+                _ => 0,
+            };
             let ok = client.write_all(&out).await.is_ok();
             if let Some(log) = log {
-                log.emit(0, ok);
+                log.emit(body_len, ok);
             }
             return if ok && !close {
                 Exchange::KeepAlive
@@ -859,6 +903,12 @@ fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
+/// A `Date` header with the time now.
+fn put_date(out: &mut Vec<u8>) {
+    let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+    put_header(out, b"date", now.as_bytes());
+}
+
 fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -1015,6 +1065,9 @@ fn rewrite_response_head(
     let (Some(version), Some(status)) = (resp.version, resp.code) else {
         return Err(UpstreamError::Protocol("malformed status line".into()));
     };
+    if status < 100 {
+        return Err(UpstreamError::Protocol(format!("status code {status}")));
+    }
     if status == 101 {
         return Err(UpstreamError::Protocol(
             "101 Switching Protocols to a request that asked for no upgrade".into(),
@@ -1032,12 +1085,13 @@ fn rewrite_response_head(
     for h in resp.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
-            for t in tokens(h.value) {
-                // More listed names than kept: the rest are dropped with
-                // the connection, which is not reused.
-                if t.eq_ignore_ascii_case(b"close") || !listed.push(t) {
-                    reusable = false;
-                }
+            if tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close")) {
+                reusable = false;
+            }
+            if !listed.push(h.value) {
+                return Err(UpstreamError::Protocol(
+                    "more than 8 Connection header lines".into(),
+                ));
             }
         } else if name.eq_ignore_ascii_case("content-length") {
             let value = std::str::from_utf8(h.value.trim_ascii())
@@ -1101,8 +1155,12 @@ fn rewrite_response_head(
         // body is not re-framed), so their headers pass too.
         let framing_header =
             name.eq_ignore_ascii_case("transfer-encoding") || name.eq_ignore_ascii_case("trailer");
+        // Framing headers are never dropped for being listed in
+        // `Connection`: the body is passed as they frame it.
         let skip = (is_hop_by_hop(name) && !(framing_header && codings))
-            || listed.contains(name)
+            || (listed.contains(name)
+                && !framing_header
+                && !name.eq_ignore_ascii_case("content-length"))
             || name.eq_ignore_ascii_case("x-request-id")
             || name.eq_ignore_ascii_case("x-proxy-id")
             || (!hide
@@ -1113,6 +1171,14 @@ fn rewrite_response_head(
         if !skip {
             put_header(out, name.as_bytes(), h.value);
         }
+    }
+    // As hyper does on the general path: a response without a Date gets one.
+    if !resp
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("date"))
+    {
+        put_date(out);
     }
     Ok(Some(UpstreamHead {
         len: head.len(),
@@ -1172,6 +1238,7 @@ fn write_response(
     for (name, value) in resp.headers() {
         put_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    put_date(out);
     let body = resp.body().full_bytes().map_or(&[][..], |b| &b[..]);
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(body.len().to_string().as_bytes());
@@ -1375,19 +1442,31 @@ async fn write_two(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::Re
 }
 
 /// Follows a chunked body's framing (RFC 9112 §7.1) without changing it,
-/// to know where it ends.
+/// to know where it ends. The body reaches the client as it came, so this
+/// is as strict as hyper's decoder: lines end in CRLF only, a size may be
+/// followed by whitespace and then only extensions, and extensions and
+/// trailers are bounded. Anything else is an error, never passed on.
 #[derive(Default, Debug)]
 struct Chunked {
     state: ChunkState,
     size: u64,
     size_digits: u8,
+    /// Extension bytes of the current size line, or trailer bytes so far.
+    extra: usize,
 }
+
+/// Extension bytes allowed on one size line.
+const MAX_CHUNK_EXTENSION: usize = 4 * 1024;
+/// Trailer section bytes allowed.
+const MAX_TRAILERS: usize = 16 * 1024;
 
 #[derive(Default, Debug, PartialEq, Clone, Copy)]
 enum ChunkState {
     /// Hex digits of a chunk size.
     #[default]
     Size,
+    /// Whitespace after the size: then `;` or the line's end.
+    SizeWs,
     /// Extensions after the size, up to the line's end.
     Extension,
     SizeLf,
@@ -1424,21 +1503,33 @@ impl Chunked {
                         let digit = (b as char).to_digit(16).unwrap_or(0);
                         self.size = self.size * 16 + u64::from(digit);
                     }
-                    b';' | b' ' | b'\t' if self.size_digits > 0 => self.state = Extension,
+                    b' ' | b'\t' if self.size_digits > 0 => self.state = SizeWs,
+                    b';' if self.size_digits > 0 => self.state = Extension,
                     b'\r' if self.size_digits > 0 => self.state = SizeLf,
-                    b'\n' if self.size_digits > 0 => self.end_size_line(),
+                    _ => return Err(()),
+                },
+                SizeWs => match b {
+                    b' ' | b'\t' => {}
+                    b';' => self.state = Extension,
+                    b'\r' => self.state = SizeLf,
                     _ => return Err(()),
                 },
                 Extension => match b {
                     b'\r' => self.state = SizeLf,
-                    b'\n' => self.end_size_line(),
-                    _ => {}
+                    b'\n' => return Err(()),
+                    _ => {
+                        self.extra += 1;
+                        if self.extra > MAX_CHUNK_EXTENSION {
+                            return Err(());
+                        }
+                    }
                 },
                 SizeLf => {
                     if b != b'\n' {
                         return Err(());
                     }
-                    self.end_size_line();
+                    self.extra = 0;
+                    self.state = if self.size == 0 { TrailerStart } else { Data };
                 }
                 Data => {
                     let take =
@@ -1450,26 +1541,29 @@ impl Chunked {
                     }
                     continue;
                 }
-                DataCr => match b {
-                    b'\r' => self.state = DataLf,
-                    b'\n' => self.next_chunk(),
-                    _ => return Err(()),
-                },
+                DataCr => {
+                    if b != b'\r' {
+                        return Err(());
+                    }
+                    self.state = DataLf;
+                }
                 DataLf => {
                     if b != b'\n' {
                         return Err(());
                     }
-                    self.next_chunk();
+                    self.state = Size;
+                    self.size = 0;
+                    self.size_digits = 0;
                 }
                 TrailerStart => match b {
                     b'\r' => self.state = EndLf,
-                    b'\n' => self.state = Done,
-                    _ => self.state = TrailerLine,
+                    b'\n' => return Err(()),
+                    _ => self.trailer_byte(TrailerLine)?,
                 },
                 TrailerLine => match b {
                     b'\r' => self.state = TrailerLf,
-                    b'\n' => self.state = TrailerStart,
-                    _ => {}
+                    b'\n' => return Err(()),
+                    _ => self.trailer_byte(TrailerLine)?,
                 },
                 TrailerLf => {
                     if b != b'\n' {
@@ -1493,18 +1587,13 @@ impl Chunked {
         Ok(i)
     }
 
-    fn end_size_line(&mut self) {
-        self.state = if self.size == 0 {
-            ChunkState::TrailerStart
-        } else {
-            ChunkState::Data
-        };
-    }
-
-    fn next_chunk(&mut self) {
-        self.state = ChunkState::Size;
-        self.size = 0;
-        self.size_digits = 0;
+    fn trailer_byte(&mut self, next: ChunkState) -> Result<(), ()> {
+        self.extra += 1;
+        if self.extra > MAX_TRAILERS {
+            return Err(());
+        }
+        self.state = next;
+        Ok(())
     }
 }
 
@@ -1539,6 +1628,27 @@ mod tests {
         assert_eq!(chunked_len(b"zz\r\n"), Err(()));
         assert_eq!(chunked_len(b"5\r\nhelloX"), Err(()));
         assert_eq!(chunked_len(b"ffffffffffffffff0\r\n"), Err(()));
+        // Stricter than "be liberal": what passes on must parse the same
+        // way everywhere downstream.
+        for bad in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"2;\nxx\r\n0\r\n\r\n",
+            b"5 x\r\nhello\r\n",
+            b"5 5\r\nhello\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"0\r\n\n",
+            b"0\r\nx-a: 1\n\r\n",
+        ] {
+            assert_eq!(
+                chunked_len(bad),
+                Err(()),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(chunked_len(b"5 ;a=b\r\nhello\r\n0\r\n\r\n"), Ok((20, true)));
+        let long_ext = [&b"1;"[..], &[b'x'; 5000], b"\r\n"].concat();
+        assert_eq!(chunked_len(&long_ext), Err(()));
         // Byte by byte gives the same result.
         let mut c = Chunked::default();
         let mut used = 0;
@@ -1560,7 +1670,7 @@ mod tests {
 
     #[test]
     fn rewrites_a_response_head() {
-        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nKeep-Alive: timeout=5\r\nx-request-id: theirs\r\nx-app: yes\r\n\r\n";
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nKeep-Alive: timeout=5\r\nx-request-id: theirs\r\nx-app: yes\r\nDate: then\r\n\r\n";
         let mut out = Vec::new();
         let h = rewrite_response_head(head, &mut out, false)
             .unwrap()
@@ -1569,7 +1679,7 @@ mod tests {
         assert!(h.reusable);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nx-app: yes\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nx-app: yes\r\nDate: then\r\n"
         );
 
         let mut out = Vec::new();
@@ -1578,9 +1688,23 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.framing, Framing::Chunked);
+        // No Date from the upstream: the proxy adds one.
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\ndate: "),
+            "{out}"
+        );
+
+        // Framing headers stay even when `Connection` lists them.
+        let mut out = Vec::new();
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: Content-Length, x-a\r\nx-a: 1\r\nDate: then\r\n\r\n";
+        let h = rewrite_response_head(head, &mut out, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Length(5));
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: then\r\n"
         );
 
         let mut out = Vec::new();
@@ -1612,6 +1736,7 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             b"garbage\r\n\r\n",
+            b"HTTP/1.1 099 Weird\r\n\r\n",
         ] {
             assert!(matches!(
                 rewrite_response_head(bad, &mut Vec::new(), false),

@@ -148,16 +148,28 @@ pub(crate) enum Alpn {
     H2,
 }
 
-pub(crate) async fn serve_http<I>(io: I, info: ConnInfo, alpn: Alpn, watcher: Watcher)
+/// Serves a connection on hyper until it closes. With no `watcher` the
+/// listener is already stopping: the request the connection carries is
+/// answered, with `Connection: close`, and that is all.
+pub(crate) async fn serve_http<I>(io: I, info: ConnInfo, alpn: Alpn, watcher: Option<Watcher>)
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let snapshot = info.proxy.snapshot();
-    let builder = match alpn {
+    let mut builder = match alpn {
         Alpn::Detect => &snapshot.conn_builder,
         Alpn::Http1 => &snapshot.h1_builder,
         Alpn::H2 => &snapshot.h2_builder,
     };
+    // Stopping: answer what the connection carries, then close. (hyper's
+    // graceful shutdown would close it unanswered: it hasn't read a byte.)
+    let closing;
+    if watcher.is_none() {
+        let mut b = builder.clone();
+        b.http1().keep_alive(false);
+        closing = b;
+        builder = &closing;
+    }
     let client = info.client;
     let info = Arc::new(info);
     let service = service_fn(move |req| {
@@ -168,7 +180,11 @@ where
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     drop(snapshot);
-    if let Err(e) = watcher.watch(conn).await {
+    let ended = match watcher {
+        Some(watcher) => watcher.watch(conn).await,
+        None => conn.await,
+    };
+    if let Err(e) = ended {
         tracing::debug!(client = %client, error = %e, "client connection ended with an error");
     }
 }
@@ -276,7 +292,7 @@ async fn tls_connection(
         inner: tls,
         deadline: Some(Box::pin(tokio::time::sleep(limit))),
     };
-    serve_http(io, info, alpn, watcher).await;
+    serve_http(io, info, alpn, Some(watcher)).await;
 }
 
 /// Relays a TLS connection as it is to one of the route's upstreams, which
