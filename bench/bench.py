@@ -456,6 +456,8 @@ def run_wrk(port, path, conns, cpu, threads, extra, tls=False):
     r["requests"] = int(m.group(1))
     r["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    if "50" not in lat or "99" not in lat:
+        raise RuntimeError(f"wrk printed no latency percentiles: {' '.join(cmd + [url])}\n{out}\n{done.stderr}")
     r["p50_ms"] = to_ms(lat["50"])
     r["p99_ms"] = to_ms(lat["99"])
     errors = 0
@@ -692,7 +694,13 @@ def phase(label, args, work, www, workers, cpu_proxy, cpu_load, threads, scenari
                     globals()["DURATION"] = saved
             for rep in range(REPS):
                 for name in PROXIES:
-                    r = measure(procs[name], name, sc, cpu_load, threads, work)
+                    try:
+                        r = measure(procs[name], name, sc, cpu_load, threads, work)
+                    except RuntimeError as e:
+                        # Seen once: wrk printed no percentiles. Say so, and
+                        # measure that run again rather than lose the phase.
+                        log(f"  {sname:20} rep {rep + 1} {name:8} measured again: {str(e).splitlines()[0]}")
+                        r = measure(procs[name], name, sc, cpu_load, threads, work)
                     results[sname][name].append(r)
                     log(f"  {sname:20} rep {rep + 1} {name:8} {r['rps']:10.0f} req/s  "
                         f"p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  "
