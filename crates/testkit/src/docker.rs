@@ -103,6 +103,8 @@ pub struct Cleanup {
     pub configs: Vec<String>,
     pub images: Vec<String>,
     pub left_swarm_on_drop: bool,
+    /// The swarm's docker_gwbridge network was made by `ensure_swarm`.
+    pub remove_gwbridge_on_drop: bool,
 }
 
 impl Cleanup {
@@ -113,6 +115,10 @@ impl Cleanup {
         if state == "active" {
             return Ok(());
         }
+        // `swarm init` also creates the docker_gwbridge network, which
+        // `swarm leave` keeps: removed afterwards unless it was there.
+        self.remove_gwbridge_on_drop =
+            try_docker(&["network", "inspect", "docker_gwbridge"]).is_err();
         // Swarm needs a non-loopback address to advertise: the bridge's.
         try_docker(&["swarm", "init", "--advertise-addr", "docker0"])?;
         self.left_swarm_on_drop = true;
@@ -161,6 +167,9 @@ impl Drop for Cleanup {
         }
         if self.left_swarm_on_drop {
             let _ = try_docker(&["swarm", "leave", "--force"]);
+        }
+        if self.remove_gwbridge_on_drop {
+            let _ = try_docker(&["network", "rm", "docker_gwbridge"]);
         }
     }
 }
