@@ -70,6 +70,17 @@ async fn exchange(c: &mut Wire, request: impl AsRef<[u8]>, method: &str) -> RawR
     c.read_response(method).await.expect("read the response")
 }
 
+/// `GET /0`, `/1`, `/2` on `c`, each answered with its own path (by a
+/// backend that echoes it).
+async fn three_paths_echoed(c: &mut Wire) {
+    for i in 0..3 {
+        let path = format!("/{i}");
+        let r = exchange(c, get(&path), "GET").await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body_text());
+        assert_eq!(r.body_text(), path);
+    }
+}
+
 /// The connection still carries requests: `GET /next` gets the backend's
 /// `next` answer on it.
 async fn still_usable(c: &mut Wire) {
@@ -888,12 +899,7 @@ async fn bytes_after_a_complete_response_are_never_served_as_the_next_response()
     let mut c = Wire::connect(proxy.addr).await;
     let r = exchange(&mut c, get("/extra"), "GET").await;
     assert_eq!((r.status, r.body.as_slice()), (200, &b"hi"[..]));
-    for i in 0..3 {
-        let path = format!("/{i}");
-        let r = exchange(&mut c, get(&path), "GET").await;
-        assert_eq!(r.status, 200, "{path}: {}", r.body_text());
-        assert_eq!(r.body_text(), path);
-    }
+    three_paths_echoed(&mut c).await;
 }
 
 /// RFC 9112 §6.3: a response with both Transfer-Encoding and
@@ -1255,12 +1261,7 @@ async fn a_get_lost_to_the_keep_alive_race_is_retried_on_a_fresh_connection() {
     .await;
     let proxy = proxy_to(b.addr, "").await;
     let mut c = Wire::connect(proxy.addr).await;
-    for i in 0..3 {
-        let path = format!("/{i}");
-        let r = exchange(&mut c, get(&path), "GET").await;
-        assert_eq!(r.status, 200, "{path}: {}", r.body_text());
-        assert_eq!(r.body_text(), path);
-    }
+    three_paths_echoed(&mut c).await;
 }
 
 // 8. Errors

@@ -21,7 +21,7 @@
 
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,10 +37,10 @@ use crate::access_log::AccessLog;
 use crate::body::InFlight;
 use crate::error::ProxyError;
 use crate::forward::{self, Attempt, Attempts, ConnInfo};
-use crate::headers::request_id_bytes;
+use crate::headers::{is_hop_by_hop, request_id_bytes};
 use crate::server::{Alpn, Prefixed};
 use crate::snapshot::{Pool, Snapshot};
-use crate::upstream::{RawConn, Upstream};
+use crate::upstream::{lock, readable_now, RawConn, Upstream};
 
 /// Headers parsed per message; a message with more goes to hyper (which
 /// allows 100) or, from an upstream, is a 502.
@@ -64,6 +64,10 @@ pub(crate) struct Shared {
     parker: mpsc::UnboundedSender<Parked>,
     wake: Notify,
     stopping: AtomicBool,
+    /// `client_header_timeout` in milliseconds, as of the last tick: how
+    /// long a connection may idle (read here so an idle connection loads no
+    /// snapshot).
+    idle_limit_ms: AtomicU64,
     /// Fast-path connections open now (hyper's are counted by `graceful`).
     open: AtomicUsize,
     /// Taken at shutdown; connections handed to hyper are watched by it.
@@ -73,11 +77,12 @@ pub(crate) struct Shared {
 impl Shared {
     /// The shared state, and the receiving end of the parking channel for
     /// [`Shared::park`].
-    pub(crate) fn new() -> (Arc<Shared>, mpsc::UnboundedReceiver<Parked>) {
+    pub(crate) fn new(idle_limit: Duration) -> (Arc<Shared>, mpsc::UnboundedReceiver<Parked>) {
         let (parker, parked) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             parker,
             wake: Notify::new(),
+            idle_limit_ms: AtomicU64::new(millis(idle_limit)),
             stopping: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             graceful: Mutex::new(Some(GracefulShutdown::new())),
@@ -105,6 +110,7 @@ impl Shared {
     pub(crate) async fn tick(self: Arc<Self>, proxy: Arc<crate::Proxy>) {
         while !self.stopping.load(Ordering::Acquire) {
             let limit = proxy.snapshot().config.proxy.client_header_timeout;
+            self.idle_limit_ms.store(millis(limit), Ordering::Relaxed);
             // Idle connections close between `limit` and `limit` + a tick,
             // and are parked after one to two ticks.
             let period = tick_period(limit);
@@ -119,6 +125,10 @@ impl Shared {
         self.stopping.store(true, Ordering::Release);
         self.wake.notify_waiters();
         lock(&self.graceful).take()
+    }
+
+    fn idle_limit(&self) -> Duration {
+        Duration::from_millis(self.idle_limit_ms.load(Ordering::Relaxed))
     }
 
     fn stopping(&self) -> bool {
@@ -158,7 +168,7 @@ impl Shared {
                     tokio::spawn(serve_from(p.stream, proxy.clone(), p.client, self.clone(), p.served));
                 }
                 _ = woken => {
-                    let limit = proxy.snapshot().config.proxy.client_header_timeout;
+                    let limit = self.idle_limit();
                     let expired = |w: &WaitReadable| w.0.as_ref().is_none_or(|p| p.since.elapsed() >= limit);
                     if parked.iter().any(expired) {
                         parked = parked.into_iter().filter(|w| !expired(w)).collect();
@@ -167,6 +177,10 @@ impl Shared {
             }
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// How often idle connections are woken to check their idle time.
@@ -216,10 +230,6 @@ impl std::future::Future for WaitReadable {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Counts a fast-path connection as open for as long as it lives.
 struct Open(Arc<Shared>);
 
@@ -244,13 +254,6 @@ enum Idle {
     Park,
     /// Idle too long, or the listener is stopping.
     Close,
-}
-
-/// Whether the socket has something to read (or was closed) already,
-/// without waiting.
-fn readable_now(stream: &TcpStream) -> bool {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    stream.poll_read_ready(&mut cx).is_ready()
 }
 
 /// Waits until the client sends something, or the connection should be
@@ -309,36 +312,30 @@ async fn serve_from(
     proxy: Arc<crate::Proxy>,
     client: SocketAddr,
     shared: Arc<Shared>,
-    served: bool,
+    mut served: bool,
 ) {
     let open = Open::new(shared);
     let shared = &open.0;
     // Bytes read and not yet served: a request head, and whatever a
     // pipelining client sent after it. Empty (and unallocated) when idle.
     let mut pending: Vec<u8> = Vec::new();
-    let mut served = usize::from(served);
     loop {
-        let (limit, max_head) = {
-            let snap = proxy.snapshot();
-            let p = &snap.config.proxy;
-            (p.client_header_timeout, p.max_header_bytes)
-        };
         if pending.is_empty() {
             let since = Instant::now();
-            match idle(&stream, shared, limit, since).await {
+            match idle(&stream, shared, shared.idle_limit(), since).await {
                 Idle::Readable => {}
                 Idle::Park => {
                     let parked = Parked {
                         stream,
                         client,
                         since,
-                        served: served > 0,
+                        served,
                     };
                     let _ = shared.parker.send(parked);
                     return;
                 }
                 Idle::Close => {
-                    if served == 0 && !shared.stopping() {
+                    if !served && !shared.stopping() {
                         tracing::debug!(client = %client, "nothing received within client_header_timeout");
                     }
                     return;
@@ -355,6 +352,12 @@ async fn serve_from(
                 Err(_) => return,
             }
         }
+        // The request's snapshot, loaded once: for its limits and its route.
+        let snap = proxy.snapshot();
+        let (limit, max_head) = (
+            snap.config.proxy.client_header_timeout,
+            snap.config.proxy.max_header_bytes,
+        );
         // Nearly always the first read brought the whole head; reading more
         // happens on the heap, keeping its timer out of the idle task.
         let head = match head_end(&pending, 0) {
@@ -371,13 +374,13 @@ async fn serve_from(
             proxy: &proxy,
             client,
         };
-        match Box::pin(exchange(&mut stream, conn, &pending[..head], shared)).await {
+        match Box::pin(exchange(&mut stream, conn, snap, &pending[..head], shared)).await {
             Exchange::KeepAlive => {
                 pending.drain(..head);
                 if pending.is_empty() {
                     pending = Vec::new();
                 }
-                served += 1;
+                served = true;
             }
             Exchange::Close => {
                 let _ = stream.shutdown().await;
@@ -392,11 +395,7 @@ async fn serve_from(
     let open = watcher.is_none().then_some(open);
     // Before the first request the connection may still be h2c by prior
     // knowledge; after one, it is HTTP/1.1 for good.
-    let alpn = if served == 0 {
-        Alpn::Detect
-    } else {
-        Alpn::Http1
-    };
+    let alpn = if !served { Alpn::Detect } else { Alpn::Http1 };
     let io = Prefixed::new(pending, stream);
     let info = ConnInfo::new(proxy, client, None);
     // On the heap: hyper's connection future is large, and inline it would
@@ -533,23 +532,6 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// Headers the proxy drops from any message it forwards: the fixed
-/// hop-by-hop set (the `Connection`-listed ones are checked separately).
-fn is_hop_by_hop(name: &str) -> bool {
-    const FIXED: [&str; 9] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authorization",
-        "proxy-authenticate",
-    ];
-    FIXED.iter().any(|h| h.eq_ignore_ascii_case(name))
-}
-
 impl<'a> RequestScan<'a> {
     fn of(headers: &[httparse::Header<'a>]) -> RequestScan<'a> {
         let mut scan = RequestScan::default();
@@ -633,10 +615,10 @@ impl std::fmt::Display for UpstreamError {
 async fn exchange(
     client: &mut TcpStream,
     conn: ConnRef<'_>,
+    snap: Arc<Snapshot>,
     head: &[u8],
     shared: &Shared,
 ) -> Exchange {
-    let snap = conn.proxy.snapshot();
     let start = Instant::now();
     let id = request_id_bytes();
     let mut upstream_req = Vec::with_capacity(head.len() + 256);
@@ -760,7 +742,7 @@ async fn exchange(
     let lease = Lease {
         conn: Some(upstream_conn),
         upstream,
-        reusable: resp.reusable && framing != Framing::UntilClose,
+        reusable: resp.reusable,
     };
     let (bytes, outcome) =
         copy_body(client, lease, &mut from_upstream, resp.len, &out, framing).await;

@@ -30,6 +30,16 @@ static FIXED_HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// Whether `name` (any case) is one of the fixed hop-by-hop headers or
+/// `Connection`: the same set [`strip_hop_by_hop`] removes, for code that
+/// works on header names as text (the HTTP/1.1 fast path).
+pub fn is_hop_by_hop(name: &str) -> bool {
+    name.eq_ignore_ascii_case("connection")
+        || FIXED_HOP_BY_HOP
+            .iter()
+            .any(|h| h.as_str().eq_ignore_ascii_case(name))
+}
+
 /// Removes hop-by-hop headers: the fixed set (RFC 9110 §7.6.1 and the
 /// customary extras) and every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -62,7 +62,8 @@ async fn run(
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
     proxy.start_upkeep();
-    let (shared, parked) = crate::h1::Shared::new();
+    let (shared, parked) =
+        crate::h1::Shared::new(proxy.snapshot().config.proxy.client_header_timeout);
     tokio::spawn(shared.clone().tick(proxy.clone()));
     tokio::spawn(shared.clone().park(proxy.clone(), parked));
     // Passthrough tunnels are not HTTP connections hyper can wind down;

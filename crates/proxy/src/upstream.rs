@@ -384,15 +384,22 @@ impl Upstream {
 /// and with no stray bytes waiting. Asks the socket only when the reactor
 /// has seen it become readable since it was last read to the end.
 fn still_open(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    if stream.poll_read_ready(&mut cx).is_pending() {
+    if !readable_now(stream) {
         return true;
     }
     let mut probe = [0u8; 1];
     matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Whether the reactor has seen the socket become readable (data, or the
+/// peer's close) since it was last read to the end; asks nothing of the OS.
+pub(crate) fn readable_now(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    stream.poll_read_ready(&mut cx).is_ready()
+}
+
+/// A lock that a panic elsewhere doesn't poison for good.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
