@@ -981,7 +981,7 @@ mod tests {
             ssl_only: false,
             hsts_max_age: None,
             passthrough,
-            upstream: Default::default(),
+            ..Default::default()
         };
         let file = Config::parse("[proxy]\nhttps_listen = \"127.0.0.1:0\"\n", "f").unwrap();
         let docker = DockerView {

@@ -50,6 +50,77 @@ pub struct ProxySettings {
     /// Port put in `ssl_only` redirects; 443 is left out of the URL. Differs
     /// from `https_listen`'s port when a load balancer maps 443 to it.
     pub https_redirect_port: u16,
+    /// Largest request body accepted (413 above it); `None`: no limit.
+    /// A service's own `max_body_size` takes precedence.
+    pub max_body_size: Option<u64>,
+    /// Peers whose `X-Forwarded-For` is believed: from them it is extended
+    /// and its last entry is the client's address; from anyone else it is
+    /// replaced. Empty: no peer is trusted.
+    pub trusted_proxies: Vec<Cidr>,
+    /// The plain-HTTP listener expects a PROXY protocol (v1 or v2) header
+    /// first on every connection, which then gives the client's address.
+    pub http_proxy_protocol: bool,
+    /// The same, for the HTTPS listener (before the TLS ClientHello).
+    pub https_proxy_protocol: bool,
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `::1/128`); a bare
+/// address is a network of one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies in this network (IPv4-mapped IPv6 addresses count
+    /// as the IPv4 address they carry).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How a pool's upstreams are chosen for requests that no hash (sticky
+/// cookie, client address) decides.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// The less busy of two upstreams picked at random (by requests in flight).
+    LeastRequest,
+}
+
+/// Interlock's `redirects`: requests for `from` (a scheme and one of the
+/// service's hosts) get a 302 to `to` with the request's path and query
+/// appended.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Redirect {
+    /// `"http"` or `"https"`.
+    pub from_scheme: String,
+    /// Lower case, without port: compared with the request's normalised host.
+    pub from_host: String,
+    /// The target as written, without a trailing `/` (the request's path,
+    /// which starts with one, is appended).
+    pub to: String,
 }
 
 /// PEM files of a certificate chain and its private key, and optionally a
@@ -109,12 +180,16 @@ impl Default for ProxySettings {
             https_listen: None,
             default_tls: None,
             https_redirect_port: 443,
+            max_body_size: None,
+            trusted_proxies: Vec::new(),
+            http_proxy_protocol: false,
+            https_proxy_protocol: false,
         }
     }
 }
 
 /// One routed service: the hosts it answers for and the replicas behind it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
     pub hosts: Vec<HostPattern>,
@@ -130,6 +205,29 @@ pub struct Service {
     /// service's hosts are relayed as they are to its upstreams.
     pub passthrough: bool,
     pub upstream: UpstreamOptions,
+    /// Interlock's `context_root`: the path prefix the service is reached
+    /// under, normalised to start with `/` and end without one (`/app`);
+    /// `None` (or `/` as written): every path of its hosts not claimed by a
+    /// longer prefix.
+    pub context_root: Option<String>,
+    /// The prefix is removed before the request goes upstream, and the
+    /// bare prefix (`/app`) is answered with a 301 to `/app/`.
+    pub context_root_rewrite: bool,
+    pub redirects: Vec<Redirect>,
+    /// Requests carrying this cookie go to the upstream a consistent hash
+    /// of its value picks.
+    pub sticky_session_cookie: Option<String>,
+    /// Requests go to the upstream a consistent hash of the client's
+    /// address picks.
+    pub ip_hash: bool,
+    pub balance: Balance,
+    /// Answers every request whose host no service claims.
+    pub default_backend: bool,
+    /// Overrides `[proxy] max_body_size` for this service.
+    pub max_body_size: Option<u64>,
+    /// Override `[proxy] connect_timeout` / `upstream_timeout`.
+    pub connect_timeout: Option<Duration>,
+    pub upstream_timeout: Option<Duration>,
 }
 
 /// A validated config.
@@ -1123,6 +1221,7 @@ fn validate_service(
         hsts_max_age,
         passthrough,
         upstream,
+        ..Service::default()
     })
 }
 

@@ -367,6 +367,7 @@ pub fn translate(w: &Workload) -> Translation {
                 server_name,
             }),
         },
+        ..Service::default()
     });
     t
 }

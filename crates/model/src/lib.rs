@@ -24,8 +24,8 @@ pub mod table;
 pub mod version;
 
 pub use config::{
-    AdminSettings, Config, ConfigError, ConfigErrors, DockerSettings, FileData, ProxySettings,
-    Service, TlsFiles, UpstreamOptions, UpstreamProtocol, UpstreamTls,
+    AdminSettings, Balance, Cidr, Config, ConfigError, ConfigErrors, DockerSettings, FileData,
+    ProxySettings, Redirect, Service, TlsFiles, UpstreamOptions, UpstreamProtocol, UpstreamTls,
 };
 pub use host::{normalize_request_host, HostPattern, RequestHostError};
 pub use table::{Route, RouteId, RoutingTable};
