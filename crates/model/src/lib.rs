@@ -28,5 +28,5 @@ pub use config::{
     ProxySettings, Redirect, Service, TlsFiles, UpstreamOptions, UpstreamProtocol, UpstreamTls,
 };
 pub use host::{normalize_request_host, HostPattern, RequestHostError};
-pub use table::{Route, RouteId, RoutingTable};
+pub use table::{Lookup, Route, RouteId, RoutingTable, Site, SiteId};
 pub use version::Version;

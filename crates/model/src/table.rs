@@ -1,19 +1,38 @@
-//! The routing table: host → route, compiled once per config version and
-//! then only read. Lookups cost one hash probe for exact names plus one per
-//! label for wildcards, whatever the number of hosts.
+//! The routing table: host → site → path rule → route, compiled once per
+//! config version and then only read. Host lookups cost one hash probe for
+//! exact names plus one per label for wildcards, whatever the number of
+//! hosts; a path is then matched against the site's few prefixes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::{Config, TlsFiles, UpstreamOptions};
+use crate::config::{Balance, Config, Redirect, TlsFiles, UpstreamOptions};
 use crate::host::HostPattern;
 
 /// Index of a [`Route`] in its table.
 pub type RouteId = usize;
+/// Index of a [`Site`] in its table.
+pub type SiteId = usize;
 
-/// What a host resolves to: one pool, made of every service that lists the
-/// host (Interlock's canary semantics: two services on one host share it).
+/// Every host claimed by the same set of services: what a TLS handshake and
+/// a `Host` header resolve to before the path is looked at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// Names of the services claiming these hosts, in config order.
+    pub services: Vec<String>,
+    pub hosts: Vec<HostPattern>,
+    /// The certificate for these hosts, from the first service that has one.
+    pub tls: Option<TlsFiles>,
+    pub passthrough: bool,
+    /// The site's path rules, longest prefix first; the catch-all (no
+    /// prefix), if any, last.
+    pub rules: Vec<RouteId>,
+}
+
+/// What a host and path resolve to: one pool, made of every service that
+/// lists the host at that path (Interlock's canary semantics: two services
+/// on one host and path share it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     /// Names of the services pooled here, in config order.
@@ -25,11 +44,24 @@ pub struct Route {
     pub upstream_options: Vec<UpstreamOptions>,
     /// The host patterns that lead here.
     pub hosts: Vec<HostPattern>,
+    /// The path prefix (`/app`); `None` matches every path.
+    pub path: Option<String>,
     /// The certificate for these hosts, from the first service that has one.
     pub tls: Option<TlsFiles>,
     pub ssl_only: bool,
     pub hsts_max_age: Option<Duration>,
     pub passthrough: bool,
+    /// Strip `path` before forwarding (and 301 the bare prefix to `prefix/`).
+    pub rewrite: bool,
+    pub redirects: Vec<Redirect>,
+    pub sticky_cookie: Option<String>,
+    pub ip_hash: bool,
+    pub balance: Balance,
+    /// The service's limit, else the proxy's.
+    pub max_body_size: Option<u64>,
+    /// The service's timeouts, else the proxy's.
+    pub connect_timeout: Duration,
+    pub upstream_timeout: Duration,
 }
 
 impl Route {
@@ -37,14 +69,28 @@ impl Route {
     pub fn label(&self) -> String {
         self.services.join("+")
     }
+
+    /// Whether `path` (without its query) lies under this route's prefix,
+    /// on a segment boundary: `/app` matches `/app`, `/app/` and `/app/x`,
+    /// not `/apple`.
+    pub fn matches(&self, path: &str) -> bool {
+        match &self.path {
+            None => true,
+            Some(prefix) => path
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct RoutingTable {
-    exact: HashMap<Box<str>, RouteId>,
+    exact: HashMap<Box<str>, SiteId>,
     /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<Box<str>, RouteId>,
+    wildcard: HashMap<Box<str>, SiteId>,
+    sites: Vec<Site>,
     routes: Vec<Route>,
+    default_backend: Option<RouteId>,
 }
 
 impl RoutingTable {
@@ -62,52 +108,95 @@ impl RoutingTable {
             }
         }
         let mut table = RoutingTable::default();
-        let mut route_of: HashMap<Vec<usize>, RouteId> = HashMap::new();
+        let mut site_of: HashMap<Vec<usize>, SiteId> = HashMap::new();
+        let mut route_of: HashMap<(Vec<usize>, Option<&str>), RouteId> = HashMap::new();
         for (host, services) in claims {
-            let id = *route_of.entry(services.clone()).or_insert_with(|| {
-                let mut upstreams = Vec::new();
-                let mut upstream_options = Vec::new();
-                for &si in &services {
-                    let svc = &config.services[si];
-                    for u in &svc.upstreams {
-                        if !upstreams.contains(u) {
-                            upstreams.push(*u);
-                            upstream_options.push(svc.upstream.clone());
-                        }
-                    }
+            let id = match site_of.get(&services) {
+                Some(id) => *id,
+                None => {
+                    let id = table.add_site(config, &services, &mut route_of);
+                    site_of.insert(services, id);
+                    id
                 }
-                // Validation makes services on one host agree on these.
-                let first = &config.services[services[0]];
-                table.routes.push(Route {
-                    services: services
-                        .iter()
-                        .map(|&si| config.services[si].name.clone())
-                        .collect(),
-                    upstreams,
-                    upstream_options,
-                    hosts: Vec::new(),
-                    tls: services
-                        .iter()
-                        .find_map(|&si| config.services[si].tls.clone()),
-                    ssl_only: first.ssl_only,
-                    hsts_max_age: first.hsts_max_age,
-                    passthrough: first.passthrough,
-                });
-                table.routes.len() - 1
-            });
-            table.routes[id].hosts.push(host.clone());
+            };
+            table.sites[id].hosts.push(host.clone());
+            for &r in &table.sites[id].rules {
+                table.routes[r].hosts.push(host.clone());
+            }
             match host {
                 HostPattern::Exact(name) => table.exact.insert(name.as_str().into(), id),
                 HostPattern::Wildcard(suffix) => table.wildcard.insert(suffix.as_str().into(), id),
             };
         }
+        // Validation allows one default backend.
+        table.default_backend = config
+            .services
+            .iter()
+            .position(|s| s.default_backend)
+            .and_then(|si| {
+                let svc = &config.services[si];
+                table
+                    .routes
+                    .iter()
+                    .position(|r| r.services.contains(&svc.name) && r.path == svc.context_root)
+            });
         table
     }
 
-    /// Finds the route for a normalised host (see
+    /// The site for one set of services (those claiming a host), with a
+    /// route per distinct path among them.
+    fn add_site<'c>(
+        &mut self,
+        config: &'c Config,
+        services: &[usize],
+        route_of: &mut HashMap<(Vec<usize>, Option<&'c str>), RouteId>,
+    ) -> SiteId {
+        // The services at each path, in config order.
+        let mut paths: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
+        for &si in services {
+            let path = config.services[si].context_root.as_deref();
+            match paths.iter_mut().find(|(p, _)| *p == path) {
+                Some((_, at)) => at.push(si),
+                None => paths.push((path, vec![si])),
+            }
+        }
+        // Longest prefix first; the catch-all last.
+        paths.sort_by_key(|(p, _)| std::cmp::Reverse(p.map_or(0, |p| p.len() + 1)));
+        let tls = services
+            .iter()
+            .find_map(|&si| config.services[si].tls.clone());
+        let mut rules = Vec::with_capacity(paths.len());
+        for (path, pooled) in paths {
+            let key = (pooled, path);
+            let id = match route_of.get(&key) {
+                Some(id) => *id,
+                None => {
+                    self.routes.push(route(config, &key.0, path, tls.clone()));
+                    let id = self.routes.len() - 1;
+                    route_of.insert(key, id);
+                    id
+                }
+            };
+            rules.push(id);
+        }
+        self.sites.push(Site {
+            services: services
+                .iter()
+                .map(|&si| config.services[si].name.clone())
+                .collect(),
+            hosts: Vec::new(),
+            tls,
+            // Validation makes services on one host agree on it.
+            passthrough: config.services[services[0]].passthrough,
+            rules,
+        });
+        self.sites.len() - 1
+    }
+
+    /// Finds the site for a normalised host (see
     /// [`normalize_request_host`](crate::host::normalize_request_host)):
     /// the exact name first, then the most specific wildcard.
-    pub fn lookup(&self, host: &str) -> Option<RouteId> {
+    pub fn lookup_site(&self, host: &str) -> Option<SiteId> {
         if let Some(id) = self.exact.get(host) {
             return Some(*id);
         }
@@ -124,6 +213,31 @@ impl RoutingTable {
         None
     }
 
+    /// The route of `site` whose prefix is the longest to match `path`
+    /// (the request's path, without its query).
+    pub fn match_path(&self, site: SiteId, path: &str) -> Option<RouteId> {
+        self.sites[site]
+            .rules
+            .iter()
+            .copied()
+            .find(|&r| self.routes[r].matches(path))
+    }
+
+    /// The route for a normalised host and a path: the host's longest
+    /// matching prefix; for a host no service claims, the default backend.
+    pub fn lookup(&self, host: &str, path: &str) -> Lookup {
+        match self.lookup_site(host) {
+            Some(site) => match self.match_path(site, path) {
+                Some(route) => Lookup::Route(route),
+                None => Lookup::NoPath(site),
+            },
+            None => match self.default_backend {
+                Some(route) if self.routes[route].matches(path) => Lookup::Route(route),
+                _ => Lookup::NoHost,
+            },
+        }
+    }
+
     pub fn route(&self, id: RouteId) -> &Route {
         &self.routes[id]
     }
@@ -132,17 +246,84 @@ impl RoutingTable {
         &self.routes
     }
 
+    pub fn site(&self, id: SiteId) -> &Site {
+        &self.sites[id]
+    }
+
+    pub fn sites(&self) -> &[Site] {
+        &self.sites
+    }
+
+    /// The route that answers hosts no service claims, if one is configured.
+    pub fn default_backend(&self) -> Option<RouteId> {
+        self.default_backend
+    }
+
     /// Hosts claimed by more than one service, with those services' names.
     pub fn shared_hosts(&self) -> impl Iterator<Item = (&HostPattern, &[String])> {
-        self.routes
+        self.sites
             .iter()
-            .filter(|r| r.services.len() > 1)
-            .flat_map(|r| r.hosts.iter().map(move |h| (h, r.services.as_slice())))
+            .filter(|s| s.services.len() > 1)
+            .flat_map(|s| s.hosts.iter().map(move |h| (h, s.services.as_slice())))
     }
 
     /// Configured host names, for suggesting the nearest one to a missing host.
     pub fn hosts(&self) -> impl Iterator<Item = &HostPattern> {
-        self.routes.iter().flat_map(|r| r.hosts.iter())
+        self.sites.iter().flat_map(|s| s.hosts.iter())
+    }
+}
+
+/// Where a request's host and path lead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Route(RouteId),
+    /// The host is served, but none of its paths matches.
+    NoPath(SiteId),
+    /// No service claims the host, and no default backend takes it.
+    NoHost,
+}
+
+/// The pool of `services` (which share a host and `path`).
+fn route(config: &Config, services: &[usize], path: Option<&str>, tls: Option<TlsFiles>) -> Route {
+    let mut upstreams = Vec::new();
+    let mut upstream_options = Vec::new();
+    for &si in services {
+        let svc = &config.services[si];
+        for u in &svc.upstreams {
+            if !upstreams.contains(u) {
+                upstreams.push(*u);
+                upstream_options.push(svc.upstream.clone());
+            }
+        }
+    }
+    // Validation makes services on one host and path agree on these.
+    let first = &config.services[services[0]];
+    let p = &config.proxy;
+    Route {
+        services: services
+            .iter()
+            .map(|&si| config.services[si].name.clone())
+            .collect(),
+        upstreams,
+        upstream_options,
+        hosts: Vec::new(),
+        path: path.map(str::to_owned),
+        tls,
+        ssl_only: first.ssl_only,
+        hsts_max_age: first.hsts_max_age,
+        passthrough: first.passthrough,
+        rewrite: first.context_root_rewrite,
+        redirects: services
+            .iter()
+            .find(|&&si| !config.services[si].redirects.is_empty())
+            .map(|&si| config.services[si].redirects.clone())
+            .unwrap_or_default(),
+        sticky_cookie: first.sticky_session_cookie.clone(),
+        ip_hash: first.ip_hash,
+        balance: first.balance,
+        max_body_size: first.max_body_size.or(p.max_body_size),
+        connect_timeout: first.connect_timeout.unwrap_or(p.connect_timeout),
+        upstream_timeout: first.upstream_timeout.unwrap_or(p.upstream_timeout),
     }
 }
 
@@ -172,7 +353,10 @@ hosts = ["www.api.example.com"]
 upstreams = ["127.0.0.1:3"]
 "#,
         );
-        let svc = |h: &str| t.lookup(h).map(|id| t.route(id).label());
+        let svc = |h: &str| match t.lookup(h, "/") {
+            Lookup::Route(id) => Some(t.route(id).label()),
+            _ => None,
+        };
         assert_eq!(svc("www.api.example.com").as_deref(), Some("exact"));
         assert_eq!(svc("x.api.example.com").as_deref(), Some("deep"));
         assert_eq!(svc("a.b.api.example.com").as_deref(), Some("deep"));
@@ -195,10 +379,14 @@ hosts = ["foo.test"]
 upstreams = ["127.0.0.1:2", "127.0.0.1:3"]
 "#,
         );
-        let shared = t.route(t.lookup("foo.test").unwrap());
+        let route = |h: &str| match t.lookup(h, "/") {
+            Lookup::Route(id) => t.route(id),
+            other => panic!("{h}: {other:?}"),
+        };
+        let shared = route("foo.test");
         assert_eq!(shared.services, ["foo", "foo_canary"]);
         assert_eq!(shared.upstreams.len(), 3);
-        let only = t.route(t.lookup("only-foo.test").unwrap());
+        let only = route("only-foo.test");
         assert_eq!(only.services, ["foo"]);
         assert_eq!(only.upstreams.len(), 2);
         let shared: Vec<_> = t
@@ -206,5 +394,65 @@ upstreams = ["127.0.0.1:2", "127.0.0.1:3"]
             .map(|(h, s)| (h.to_string(), s.len()))
             .collect();
         assert_eq!(shared, [("foo.test".to_string(), 2)]);
+    }
+
+    /// A config with path rules set on the model directly (the file's
+    /// `context_root` key is parsed elsewhere).
+    fn with_paths(services: &[(&str, &[&str], Option<&str>, u16)]) -> RoutingTable {
+        let mut config = Config::default();
+        for (name, hosts, path, port) in services {
+            config.services.push(crate::config::Service {
+                name: (*name).into(),
+                hosts: hosts.iter().map(|h| HostPattern::parse(h).unwrap()).collect(),
+                upstreams: vec![SocketAddr::from(([127, 0, 0, 1], *port))],
+                context_root: path.map(str::to_owned),
+                ..Default::default()
+            });
+        }
+        RoutingTable::build(&config)
+    }
+
+    #[test]
+    fn the_longest_prefix_on_a_segment_boundary_wins() {
+        let t = with_paths(&[
+            ("root", &["a.test"], None, 1),
+            ("api", &["a.test", "b.test"], Some("/api"), 2),
+            ("v2", &["a.test"], Some("/api/v2"), 3),
+            ("v2_canary", &["a.test"], Some("/api/v2"), 4),
+        ]);
+        let at = |h: &str, p: &str| match t.lookup(h, p) {
+            Lookup::Route(id) => t.route(id).label(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(at("a.test", "/"), "root");
+        assert_eq!(at("a.test", "/apix"), "root");
+        assert_eq!(at("a.test", "/api"), "api");
+        assert_eq!(at("a.test", "/api/"), "api");
+        assert_eq!(at("a.test", "/api/v1/x"), "api");
+        assert_eq!(at("a.test", "/api/v2"), "v2+v2_canary");
+        assert_eq!(at("a.test", "/api/v2/x"), "v2+v2_canary");
+        assert_eq!(at("a.test", "/api/v20"), "api");
+        // b.test has only the /api rule: the same pool as a.test's.
+        assert_eq!(at("b.test", "/api/x"), "api");
+        assert!(matches!(t.lookup("b.test", "/other"), Lookup::NoPath(_)));
+        assert_eq!(t.lookup("c.test", "/"), Lookup::NoHost);
+        let api = t.routes().iter().find(|r| r.label() == "api").unwrap();
+        assert_eq!(api.hosts.len(), 2);
+        assert!(t.default_backend().is_none());
+    }
+
+    #[test]
+    fn the_default_backend_takes_unclaimed_hosts() {
+        let mut config = Config::default();
+        config.services.push(crate::config::Service {
+            name: "fallback".into(),
+            hosts: vec![HostPattern::parse("fallback.test").unwrap()],
+            default_backend: true,
+            ..Default::default()
+        });
+        let t = RoutingTable::build(&config);
+        let id = t.default_backend().expect("a default backend");
+        assert_eq!(t.lookup("nowhere.test", "/x"), Lookup::Route(id));
+        assert_eq!(t.lookup("fallback.test", "/"), Lookup::Route(id));
     }
 }
