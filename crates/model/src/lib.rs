@@ -12,6 +12,9 @@
 //! - [`host`]: host-name rules shared by config validation and request
 //!   routing (case, ports, wildcards).
 //! - [`labels`]: Interlock's `com.docker.lb.*` labels → services, with findings.
+//! - [`rules`]: service rules written once for every provider: how values
+//!   are read, what one service may not combine, and what services sharing a
+//!   host (or a host and path) must agree on.
 //! - [`table`]: the compiled host → route table, with services that share a
 //!   host pooled together.
 //! - [`version`]: content digests, so unchanged configs are recognised.
@@ -20,6 +23,7 @@
 pub mod config;
 pub mod host;
 pub mod labels;
+pub mod rules;
 pub mod table;
 pub mod version;
 
@@ -28,5 +32,6 @@ pub use config::{
     ProxySettings, Redirect, Service, TlsFiles, UpstreamOptions, UpstreamProtocol, UpstreamTls,
 };
 pub use host::{normalize_request_host, HostPattern, RequestHostError};
+pub use rules::{Claims, Disagreement, Problem, Scope};
 pub use table::{Lookup, Route, RouteId, RoutingTable, Site, SiteId};
 pub use version::Version;

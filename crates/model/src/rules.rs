@@ -1,0 +1,1016 @@
+//! Service rules written once, for every provider: how a value of a
+//! service setting is read (sizes, timeouts, context roots, redirects,
+//! cookie names, balance), what one service may not combine, and what
+//! services sharing a host (or a host and a path) must agree on.
+//!
+//! The TOML file and the Docker labels both build a [`Service`] and ask
+//! these functions; they only decide how to report an answer (a
+//! [`ConfigError`](crate::ConfigError) at the key's span, or a
+//! [`Finding`](crate::labels::Finding) naming the label), so a rule and its
+//! wording cannot drift between them.
+//!
+//! Messages name settings by their TOML key (`passthrough`, `balance`);
+//! a provider that names them otherwise passes its own name to
+//! [`Disagreement::message`] or maps [`Problem::setting`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::{Balance, Redirect, Service};
+use crate::host::HostPattern;
+
+/// Timeouts beyond this are surely typos, and would overflow the clock.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A timeout such as `"5s"` or `"250ms"`: above zero, at most 30 days.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d > MAX_TIMEOUT => Err("must be at most 30 days".into()),
+        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "{text:?} is not a duration such as \"5s\" or \"250ms\": {e}"
+        )),
+    }
+}
+
+/// A size in bytes: a plain integer (`"1048576"`), or an integer with one
+/// of the units `B`, `KiB`, `MiB`, `GiB` (powers of 1024), with or without
+/// a space before it. Decimal units (`MB`) are refused rather than
+/// guessed at. Zero is refused: some proxies read it as "no limit", others
+/// as "no body", so it would mean something different to every reader.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let example = "a size such as \"512KiB\", \"1MiB\" or \"1048576\" (units: B, KiB, MiB, GiB)";
+    let t = text.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = t.split_at(digits);
+    let factor: u64 = match unit.trim_start() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("{text:?} is not {example}")),
+    };
+    let Ok(n) = number.parse::<u64>() else {
+        return Err(format!("{text:?} is not {example}"));
+    };
+    match n.checked_mul(factor) {
+        Some(0) => Err("must be greater than zero".into()),
+        Some(v) => Ok(v),
+        None => Err(format!("{text:?} is too large")),
+    }
+}
+
+/// The same for a size written as a TOML integer.
+pub fn size_from_int(n: i64) -> Result<u64, String> {
+    match u64::try_from(n) {
+        Ok(0) => Err("must be greater than zero".into()),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!("{n} is not a size (bytes, above zero)")),
+    }
+}
+
+/// A context root as written (`/app`, `/app/`), normalised to start with
+/// `/` and end without one; `/` alone is `None` (the whole host).
+///
+/// Refused: anything but an absolute path of printable ASCII, and the
+/// forms a request path could only match after normalisation (`//`, `.`
+/// and `..` segments), or never (`?`, `#`).
+pub fn parse_context_root(text: &str) -> Result<Option<String>, String> {
+    if !text.starts_with('/') {
+        return Err(format!("{text:?} must start with '/', as in \"/app\""));
+    }
+    if let Some(c) = text.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "{text:?} contains {c:?}: use printable ASCII without spaces (percent-encode the rest)"
+        ));
+    }
+    if let Some(c) = text.chars().find(|c| matches!(c, '?' | '#')) {
+        return Err(format!(
+            "{text:?} contains {c:?}: a context root is a path, without query or fragment"
+        ));
+    }
+    if text.contains("//") {
+        return Err(format!("{text:?} contains \"//\""));
+    }
+    if text.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!("{text:?} contains a \".\" or \"..\" segment"));
+    }
+    let trimmed = text.trim_end_matches('/');
+    Ok((!trimmed.is_empty()).then(|| trimmed.to_owned()))
+}
+
+/// A cookie name: an RFC 6265 token (letters, digits and
+/// ``!#$%&'*+-.^_`|~``), not empty.
+pub fn parse_cookie_name(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("must not be empty: it names the cookie that picks the upstream".into());
+    }
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    match text.chars().find(|c| !token(*c)) {
+        Some(c) => Err(format!(
+            "{text:?} is not a cookie name: {c:?} is not allowed (use letters, digits and !#$%&'*+-.^_`|~)"
+        )),
+        None => Ok(text.to_owned()),
+    }
+}
+
+/// `"round_robin"` or `"least_request"`.
+pub fn parse_balance(text: &str) -> Result<Balance, String> {
+    match text {
+        "round_robin" => Ok(Balance::RoundRobin),
+        "least_request" => Ok(Balance::LeastRequest),
+        other => Err(format!(
+            "{other:?} is not one of \"round_robin\", \"least_request\""
+        )),
+    }
+}
+
+/// One redirect, `from` → `to`.
+///
+/// `from` is `http://host` or `https://host`, with an optional trailing
+/// `/` and nothing else: no path (a redirect applies to every path of the
+/// host) and no port (hosts are matched without the port, as everywhere in
+/// Portico; `http://a.test:8080` is refused rather than silently widened).
+/// `to` is an absolute `http(s)://` URL, with an optional port and path
+/// but no query or fragment (the request's path and query are appended);
+/// its trailing `/` is dropped.
+pub fn parse_redirect(from: &str, to: &str) -> Result<Redirect, String> {
+    let (from_scheme, rest) = split_scheme(from).ok_or_else(|| {
+        format!(
+            "from {from:?} must be http://host or https://host, as in \"http://old.example.com\""
+        )
+    })?;
+    let host_text = rest.strip_suffix('/').unwrap_or(rest);
+    if host_text.contains('/') || host_text.contains('?') || host_text.contains('#') {
+        return Err(format!(
+            "from {from:?} must be a scheme and a host only: a redirect applies to every path"
+        ));
+    }
+    let from_host = match HostPattern::parse(host_text) {
+        Ok(HostPattern::Exact(h)) => h,
+        Ok(HostPattern::Wildcard(_)) => {
+            return Err(format!(
+                "from {from:?}: a redirect's host must be exact, not a wildcard"
+            ))
+        }
+        Err(e) => return Err(format!("from {from:?}: {e}")),
+    };
+    let Some((_, rest)) = split_scheme(to) else {
+        return Err(format!(
+            "to {to:?} must be an absolute http:// or https:// URL, as in \"https://new.example.com\""
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if let Some(c) = to.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "to {to:?} contains {c:?}: use printable ASCII without spaces"
+        ));
+    }
+    if let Some(c) = rest.chars().find(|c| matches!(c, '?' | '#')) {
+        return Err(format!(
+            "to {to:?} contains {c:?}: the request's path and query are appended to it"
+        ));
+    }
+    if !valid_authority(authority) {
+        return Err(format!(
+            "to {to:?} must be an absolute http:// or https:// URL, as in \"https://new.example.com\""
+        ));
+    }
+    let to = to.trim_end_matches('/').to_owned();
+    if to.eq_ignore_ascii_case(&format!("{from_scheme}://{from_host}")) {
+        return Err(format!("{from:?} redirects to itself"));
+    }
+    Ok(Redirect {
+        from_scheme: from_scheme.to_owned(),
+        from_host,
+        to,
+    })
+}
+
+/// Interlock's `redirects` label: `from,to` pairs separated by `;`
+/// (`http://old.example.com,http://new.example.com;https://a,https://b`).
+/// Empty pairs (a trailing `;`) are skipped.
+pub fn parse_redirect_list(text: &str) -> Result<Vec<Redirect>, String> {
+    let mut out = Vec::new();
+    for pair in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair.split_once(',') {
+            Some((from, to)) if !to.contains(',') => {
+                out.push(parse_redirect(from.trim(), to.trim())?)
+            }
+            _ => {
+                return Err(format!(
+                    "{pair:?} is not a \"from,to\" pair such as \"http://old.example.com,http://new.example.com\" (pairs are separated by ';')"
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `http` or `https` (any case) and what follows `://`.
+fn split_scheme(url: &str) -> Option<(&'static str, &str)> {
+    for scheme in ["http", "https"] {
+        if url.len() > scheme.len() + 3
+            && url[..scheme.len()].eq_ignore_ascii_case(scheme)
+            && url[scheme.len()..].starts_with("://")
+        {
+            return Some((scheme, &url[scheme.len() + 3..]));
+        }
+    }
+    None
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`, without user info.
+fn valid_authority(authority: &str) -> bool {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            p => match p.strip_prefix(':') {
+                Some(port) => ("", Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    let host_ok = host.is_empty() && authority.starts_with('[')
+        || matches!(HostPattern::parse(host), Ok(HostPattern::Exact(_)));
+    port_ok && host_ok
+}
+
+/// A problem within one service, found after its values were read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The setting it concerns, by its TOML key.
+    pub setting: &'static str,
+    pub message: String,
+}
+
+/// What one service's settings may not combine: a context-root rewrite
+/// without a context root, redirects from hosts the service does not
+/// serve (or the same source twice), and request-level settings on a
+/// passthrough service (which relays TLS unread and never sees a
+/// request).
+pub fn service_problems(s: &Service) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut add = |setting, message: String| out.push(Problem { setting, message });
+    if s.context_root_rewrite && s.context_root.is_none() {
+        add(
+            "context_root_rewrite",
+            "needs a context_root (other than \"/\"): there is no prefix to remove".into(),
+        );
+    }
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for r in &s.redirects {
+        let from = format!("{}://{}", r.from_scheme, r.from_host);
+        if !s
+            .hosts
+            .iter()
+            .any(|h| matches!(h, HostPattern::Exact(n) if *n == r.from_host))
+        {
+            let hosts: Vec<String> = s.hosts.iter().map(ToString::to_string).collect();
+            add(
+                "redirects",
+                format!(
+                    "from {from}: host {} is not one of the service's hosts ({})",
+                    r.from_host,
+                    hosts.join(", ")
+                ),
+            );
+        }
+        if seen.contains(&(&r.from_scheme, &r.from_host)) {
+            add("redirects", format!("from {from} is listed twice"));
+        }
+        seen.push((&r.from_scheme, &r.from_host));
+    }
+    if s.passthrough {
+        let request_level = [
+            (s.context_root.is_some(), "context_root"),
+            (s.context_root_rewrite, "context_root_rewrite"),
+            (!s.redirects.is_empty(), "redirects"),
+            (s.sticky_session_cookie.is_some(), "sticky_session_cookie"),
+            (s.default_backend, "default_backend"),
+            (s.max_body_size.is_some(), "max_body_size"),
+            (s.upstream_timeout.is_some(), "upstream_timeout"),
+        ];
+        for (set, setting) in request_level {
+            if set {
+                add(
+                    setting,
+                    "does not apply to a passthrough service: it relays TLS unread and sees no requests".into(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Where two services meet.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// They share this host: host-level settings (passthrough, certificate).
+    Host(HostPattern),
+    /// They share this host and this path (`/` when neither has a context
+    /// root), so they form one pool: pool-level settings.
+    Route(HostPattern, String),
+    /// Anywhere: settings only one service may have (`default_backend`).
+    Anywhere,
+}
+
+/// Two services that must agree on a setting, and don't.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disagreement {
+    /// Index of the later service, the one to report (or drop): its index
+    /// in the slice given to [`disagreements`], or the index
+    /// [`Claims::admit`] would give it.
+    pub service: usize,
+    /// Index of the earlier service it disagrees with, counted the same way.
+    pub other: usize,
+    /// The earlier service's name.
+    pub other_name: String,
+    /// The setting, by its TOML key.
+    pub setting: &'static str,
+    pub scope: Scope,
+}
+
+impl Disagreement {
+    /// The message, naming the setting `setting` (a provider's own name for
+    /// it, such as a label; [`Display`](fmt::Display) uses the TOML key).
+    pub fn message(&self, setting: &str) -> String {
+        let other = &self.other_name;
+        match &self.scope {
+            Scope::Host(h) => format!(
+                "shares host {h} with service {other} but not its {setting}; services on one host must agree"
+            ),
+            Scope::Route(h, p) => format!(
+                "shares host {h} and path {p} with service {other} but not its {setting}; services on one host and path must agree"
+            ),
+            Scope::Anywhere => format!(
+                "service {other} already has {setting}; only one service may have it"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Disagreement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message(self.setting))
+    }
+}
+
+type Agrees = fn(&Service, &Service) -> bool;
+/// Settings compared at one kind of meeting, with their TOML keys.
+type Settings = &'static [(&'static str, Agrees)];
+
+/// Settings of a host: whether TLS is terminated there. (Its certificate
+/// is compared in [`CERT`], against the first service that has one.)
+const HOST_SETTINGS: Settings = &[("passthrough", |a, b| a.passthrough == b.passthrough)];
+
+/// One certificate per host name (SNI picks it before any path is seen);
+/// a service without one is served with its neighbour's.
+const CERT: Settings = &[("tls_cert", |a, b| {
+    a.tls.is_none() || b.tls.is_none() || a.tls == b.tls
+})];
+
+/// Settings of a pool (one host and path): a request is matched to the
+/// pool, not to one of its services, so they must say the same.
+const POOL_SETTINGS: Settings = &[
+    ("ssl_only", |a, b| a.ssl_only == b.ssl_only),
+    ("hsts_max_age", |a, b| a.hsts_max_age == b.hsts_max_age),
+    ("context_root_rewrite", |a, b| {
+        a.context_root_rewrite == b.context_root_rewrite
+    }),
+    ("sticky_session_cookie", |a, b| {
+        a.sticky_session_cookie == b.sticky_session_cookie
+    }),
+    ("ip_hash", |a, b| a.ip_hash == b.ip_hash),
+    ("balance", |a, b| a.balance == b.balance),
+    ("max_body_size", |a, b| a.max_body_size == b.max_body_size),
+    ("connect_timeout", |a, b| {
+        a.connect_timeout == b.connect_timeout
+    }),
+    ("upstream_timeout", |a, b| {
+        a.upstream_timeout == b.upstream_timeout
+    }),
+];
+
+/// A pool's redirects, compared against the first service of the pool
+/// that has any: services without redirects join either way.
+const REDIRECTS: Settings = &[("redirects", |a, b| {
+    a.redirects.is_empty()
+        || b.redirects.is_empty()
+        || (a.redirects.len() == b.redirects.len()
+            && a.redirects.iter().all(|r| b.redirects.contains(r)))
+})];
+
+const DEFAULT_BACKEND: Settings = &[("default_backend", |_, _| false)];
+
+/// The path a service's routes sit at: its context root, or `/`.
+pub fn path_of(s: &Service) -> &str {
+    s.context_root.as_deref().unwrap_or("/")
+}
+
+/// Services admitted one at a time, each checked against those before it.
+///
+/// Each setting is compared with one earlier service only: the first to
+/// claim the host (or the host and path), or for settings that need only
+/// agree when both services have them (certificate, redirects) the first
+/// that has it there. So checking stays linear in the number of hosts:
+/// 10,000-service configs are checked on every reload. Nothing is
+/// copied: the services admitted are borrowed.
+#[derive(Debug, Default)]
+pub struct Claims<'a> {
+    admitted: Vec<&'a Service>,
+    hosts: HashMap<&'a HostPattern, usize>,
+    certs: HashMap<&'a HostPattern, usize>,
+    routes: HashMap<(&'a HostPattern, &'a str), usize>,
+    redirects: HashMap<(&'a HostPattern, &'a str), usize>,
+    default_backend: Option<usize>,
+}
+
+impl<'a> Claims<'a> {
+    pub fn new() -> Claims<'a> {
+        Claims::default()
+    }
+
+    /// How `s` disagrees with the services admitted so far: earliest other
+    /// service first; for each, host-level settings before pool-level ones.
+    pub fn check(&self, s: &'a Service) -> Vec<Disagreement> {
+        let service = self.admitted.len();
+        let path = path_of(s);
+        // (other service, the host they meet at, what is compared there);
+        // the scope is only built for a disagreement.
+        let mut meetings: Vec<(usize, Option<&HostPattern>, Settings)> = Vec::new();
+        let mut meet = |j: Option<&usize>, h: Option<&'a HostPattern>, settings: Settings| {
+            if let Some(&j) = j {
+                let seen = meetings
+                    .iter()
+                    .any(|(k, _, set)| *k == j && std::ptr::eq(*set, settings));
+                if !seen {
+                    meetings.push((j, h, settings));
+                }
+            }
+        };
+        for h in &s.hosts {
+            meet(self.hosts.get(h), Some(h), HOST_SETTINGS);
+            if s.tls.is_some() {
+                meet(self.certs.get(h), Some(h), CERT);
+            }
+            meet(self.routes.get(&(h, path)), Some(h), POOL_SETTINGS);
+            if !s.redirects.is_empty() {
+                meet(self.redirects.get(&(h, path)), Some(h), REDIRECTS);
+            }
+        }
+        if s.default_backend {
+            meet(self.default_backend.as_ref(), None, DEFAULT_BACKEND);
+        }
+        // Stable: per other service, in the order met above.
+        meetings.sort_by_key(|(j, _, _)| *j);
+        let mut out = Vec::new();
+        for (j, host, settings) in meetings {
+            let other = self.admitted[j];
+            let pool = std::ptr::eq(settings, POOL_SETTINGS) || std::ptr::eq(settings, REDIRECTS);
+            // A pool of a passthrough and a terminating service is already
+            // wrong at host level; its pool settings would only add noise.
+            if pool && other.passthrough != s.passthrough {
+                continue;
+            }
+            let scope = || match host {
+                None => Scope::Anywhere,
+                Some(h) if pool => Scope::Route(h.clone(), path.to_owned()),
+                Some(h) => Scope::Host(h.clone()),
+            };
+            for (setting, agrees) in settings {
+                if !agrees(s, other) {
+                    out.push(Disagreement {
+                        service,
+                        other: j,
+                        other_name: other.name.clone(),
+                        setting,
+                        scope: scope(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Adds `s` as the next service, the one to agree with wherever it
+    /// is the first claimant. Returns its index.
+    pub fn admit(&mut self, s: &'a Service) -> usize {
+        let i = self.admitted.len();
+        let path = path_of(s);
+        for h in &s.hosts {
+            self.hosts.entry(h).or_insert(i);
+            if s.tls.is_some() {
+                self.certs.entry(h).or_insert(i);
+            }
+            if !s.redirects.is_empty() {
+                self.redirects.entry((h, path)).or_insert(i);
+            }
+            self.routes.entry((h, path)).or_insert(i);
+        }
+        if s.default_backend && self.default_backend.is_none() {
+            self.default_backend = Some(i);
+        }
+        self.admitted.push(s);
+        i
+    }
+}
+
+/// Every disagreement among `services`, each reported at the later
+/// service, checked against the first claimant of each host and route.
+/// Every service is admitted, so this suits a provider that refuses the
+/// whole set on any error (the file); one that drops the later service
+/// and goes on (Docker) uses [`Claims`] and admits only what it keeps.
+pub fn disagreements(services: &[Service]) -> Vec<Disagreement> {
+    let mut claims = Claims::new();
+    let mut out = Vec::new();
+    for s in services {
+        out.extend(claims.check(s));
+        claims.admit(s);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsFiles;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("10B"), Ok(10));
+        for bad in ["1MB", "1.5MiB", "MiB", "", "-1", "1 mib", "1kb"] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(
+                e.starts_with(&format!("{bad:?} is not a size such as \"512KiB\"")),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(parse_size("0KiB").unwrap_err(), "must be greater than zero");
+        assert_eq!(
+            parse_size("99999999999999GiB").unwrap_err(),
+            "\"99999999999999GiB\" is too large"
+        );
+        assert_eq!(size_from_int(0).unwrap_err(), "must be greater than zero");
+        assert_eq!(
+            size_from_int(-5).unwrap_err(),
+            "-5 is not a size (bytes, above zero)"
+        );
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(
+            parse_timeout("0s").unwrap_err(),
+            "must be greater than zero"
+        );
+        assert_eq!(parse_timeout("31d").unwrap_err(), "must be at most 30 days");
+        assert!(parse_timeout("soon")
+            .unwrap_err()
+            .starts_with("\"soon\" is not a duration such as \"5s\""));
+    }
+
+    #[test]
+    fn context_roots() {
+        assert_eq!(parse_context_root("/app"), Ok(Some("/app".into())));
+        assert_eq!(parse_context_root("/app/"), Ok(Some("/app".into())));
+        assert_eq!(parse_context_root("/a/b"), Ok(Some("/a/b".into())));
+        assert_eq!(parse_context_root("/"), Ok(None));
+        let cases = [
+            ("app", "\"app\" must start with '/'"),
+            ("", "\"\" must start with '/'"),
+            ("/a b", "\"/a b\" contains ' ': use printable ASCII"),
+            ("/a\tb", "\"/a\\tb\" contains '\\t'"),
+            ("/é", "\"/é\" contains 'é'"),
+            (
+                "/a?x=1",
+                "\"/a?x=1\" contains '?': a context root is a path",
+            ),
+            ("/a#x", "\"/a#x\" contains '#'"),
+            ("/a//b", "\"/a//b\" contains \"//\""),
+            ("//", "\"//\" contains \"//\""),
+            ("/a/../b", "\"/a/../b\" contains a \".\" or \"..\" segment"),
+            ("/..", "\"/..\" contains a \".\" or \"..\" segment"),
+            ("/./a", "\"/./a\" contains a \".\" or \"..\" segment"),
+        ];
+        for (text, want) in cases {
+            let e = parse_context_root(text).unwrap_err();
+            assert!(e.starts_with(want), "{text:?}: {e}");
+        }
+        // Dots inside a segment are a name like any other.
+        assert_eq!(parse_context_root("/a..b"), Ok(Some("/a..b".into())));
+    }
+
+    #[test]
+    fn cookie_names_and_balance() {
+        assert_eq!(parse_cookie_name("JSESSIONID"), Ok("JSESSIONID".into()));
+        assert_eq!(parse_cookie_name("a.b-c_d!~"), Ok("a.b-c_d!~".into()));
+        assert!(parse_cookie_name("")
+            .unwrap_err()
+            .starts_with("must not be empty"));
+        for (bad, c) in [("a b", "' '"), ("a=b", "'='"), ("a;", "';'"), ("é", "'é'")] {
+            let e = parse_cookie_name(bad).unwrap_err();
+            assert!(
+                e.starts_with(&format!("{bad:?} is not a cookie name: {c} is not allowed")),
+                "{e}"
+            );
+        }
+        assert_eq!(parse_balance("least_request"), Ok(Balance::LeastRequest));
+        assert_eq!(parse_balance("round_robin"), Ok(Balance::RoundRobin));
+        assert_eq!(
+            parse_balance("random").unwrap_err(),
+            "\"random\" is not one of \"round_robin\", \"least_request\""
+        );
+    }
+
+    #[test]
+    fn redirects() {
+        let r = parse_redirect("http://Old.Example.com/", "https://new.example.com/").unwrap();
+        assert_eq!(
+            r,
+            Redirect {
+                from_scheme: "http".into(),
+                from_host: "old.example.com".into(),
+                to: "https://new.example.com".into()
+            }
+        );
+        let r = parse_redirect("HTTPS://a.test", "http://[::1]:8080/base/").unwrap();
+        assert_eq!(
+            (r.from_scheme.as_str(), r.to.as_str()),
+            ("https", "http://[::1]:8080/base")
+        );
+        let cases = [
+            (
+                "a.test",
+                "http://b.test",
+                "from \"a.test\" must be http://host or https://host",
+            ),
+            (
+                "ftp://a.test",
+                "http://b.test",
+                "from \"ftp://a.test\" must be http://host",
+            ),
+            (
+                "http://",
+                "http://b.test",
+                "from \"http://\" must be http://host",
+            ),
+            (
+                "http://a.test/x",
+                "http://b.test",
+                "from \"http://a.test/x\" must be a scheme and a host only",
+            ),
+            (
+                "http://a.test:8080",
+                "http://b.test",
+                "from \"http://a.test:8080\": \"a.test:8080\": hosts are matched without the port",
+            ),
+            (
+                "http://*.a.test",
+                "http://b.test",
+                "from \"http://*.a.test\": a redirect's host must be exact",
+            ),
+            (
+                "http://a.test",
+                "b.test",
+                "to \"b.test\" must be an absolute http:// or https:// URL",
+            ),
+            (
+                "http://a.test",
+                "http://",
+                "to \"http://\" must be an absolute",
+            ),
+            (
+                "http://a.test",
+                "http://b.test:0",
+                "to \"http://b.test:0\" must be an absolute",
+            ),
+            (
+                "http://a.test",
+                "http://u@b.test",
+                "to \"http://u@b.test\" must be an absolute",
+            ),
+            (
+                "http://a.test",
+                "http://b.test/?q",
+                "to \"http://b.test/?q\" contains '?'",
+            ),
+            (
+                "http://a.test",
+                "http://b .test",
+                "to \"http://b .test\" contains ' '",
+            ),
+            (
+                "http://a.test",
+                "http://A.test/",
+                "\"http://a.test\" redirects to itself",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let e = parse_redirect(from, to).unwrap_err();
+            assert!(e.starts_with(want), "{from} {to}: {e}");
+        }
+        let list =
+            parse_redirect_list("http://a.test,https://a.test; https://b.test , https://c.test;")
+                .unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[1].from_host, "b.test");
+        for bad in ["http://a.test", "http://a.test,http://b.test,http://c.test"] {
+            let e = parse_redirect_list(bad).unwrap_err();
+            assert!(
+                e.starts_with(&format!("{bad:?} is not a \"from,to\" pair")),
+                "{e}"
+            );
+        }
+    }
+
+    fn svc(name: &str, hosts: &[&str]) -> Service {
+        Service {
+            name: name.into(),
+            hosts: hosts
+                .iter()
+                .map(|h| HostPattern::parse(h).unwrap())
+                .collect(),
+            ..Service::default()
+        }
+    }
+
+    fn problems(s: &Service) -> Vec<String> {
+        service_problems(s)
+            .into_iter()
+            .map(|p| format!("{}: {}", p.setting, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn one_service_problems() {
+        let mut s = svc("a", &["a.test", "*.w.test"]);
+        assert!(problems(&s).is_empty());
+        s.context_root_rewrite = true;
+        assert_eq!(
+            problems(&s),
+            ["context_root_rewrite: needs a context_root (other than \"/\"): there is no prefix to remove"]
+        );
+        s.context_root = Some("/app".into());
+        assert!(problems(&s).is_empty());
+        s.redirects = vec![
+            parse_redirect("http://a.test", "https://a.test").unwrap(),
+            parse_redirect("http://b.test", "https://a.test").unwrap(),
+            parse_redirect("http://a.test", "https://c.test").unwrap(),
+        ];
+        assert_eq!(
+            problems(&s),
+            [
+                "redirects: from http://b.test: host b.test is not one of the service's hosts (a.test, *.w.test)",
+                "redirects: from http://a.test is listed twice",
+            ]
+        );
+        let mut p = svc("p", &["p.test"]);
+        p.passthrough = true;
+        p.ip_hash = true;
+        p.balance = Balance::LeastRequest;
+        p.connect_timeout = Some(Duration::from_secs(1));
+        assert!(problems(&p).is_empty());
+        p.redirects = vec![parse_redirect("http://p.test", "https://q.test").unwrap()];
+        p.default_backend = true;
+        p.context_root = Some("/x".into());
+        p.sticky_session_cookie = Some("s".into());
+        p.max_body_size = Some(1);
+        p.upstream_timeout = Some(Duration::from_secs(1));
+        let got = problems(&p);
+        let settings: Vec<&str> = got.iter().map(|m| m.split(':').next().unwrap()).collect();
+        assert_eq!(
+            settings,
+            [
+                "context_root",
+                "redirects",
+                "sticky_session_cookie",
+                "default_backend",
+                "max_body_size",
+                "upstream_timeout"
+            ]
+        );
+        assert!(got[1].ends_with(
+            "does not apply to a passthrough service: it relays TLS unread and sees no requests"
+        ));
+    }
+
+    fn messages(services: &[Service]) -> Vec<String> {
+        disagreements(services)
+            .iter()
+            .map(|d| format!("{} {}: {d}", services[d.service].name, d.setting))
+            .collect()
+    }
+
+    #[test]
+    fn host_and_pool_settings_must_agree() {
+        let a = svc("a", &["a.test", "x.test"]);
+        let mut b = svc("b", &["x.test", "a.test"]);
+        b.balance = Balance::LeastRequest;
+        b.ssl_only = true;
+        b.tls = Some(TlsFiles {
+            cert: "b.crt".into(),
+            key: "b.key".into(),
+            ocsp: None,
+        });
+        // One pool (both at /): each setting reported once, at the first shared host.
+        assert_eq!(
+            messages(&[a.clone(), b.clone()]),
+            [
+                "b ssl_only: shares host x.test and path / with service a but not its ssl_only; services on one host and path must agree",
+                "b balance: shares host x.test and path / with service a but not its balance; services on one host and path must agree",
+            ]
+        );
+        // Another path on the same host is another pool: only host settings count.
+        b.context_root = Some("/api".into());
+        assert!(messages(&[a.clone(), b.clone()]).is_empty());
+        let mut c = svc("c", &["a.test"]);
+        c.context_root = Some("/api".into());
+        c.tls = Some(TlsFiles {
+            cert: "c.crt".into(),
+            key: "c.key".into(),
+            ocsp: None,
+        });
+        c.sticky_session_cookie = Some("sid".into());
+        c.passthrough = false;
+        assert_eq!(
+            messages(&[a.clone(), b.clone(), c.clone()]),
+            [
+                "c tls_cert: shares host a.test with service b but not its tls_cert; services on one host must agree",
+                "c ssl_only: shares host a.test and path /api with service b but not its ssl_only; services on one host and path must agree",
+                "c sticky_session_cookie: shares host a.test and path /api with service b but not its sticky_session_cookie; services on one host and path must agree",
+                "c balance: shares host a.test and path /api with service b but not its balance; services on one host and path must agree",
+            ]
+        );
+        // Every pool-level setting is compared.
+        let base = svc("a", &["a.test"]);
+        let variants: Vec<(&str, Service)> = vec![
+            (
+                "hsts_max_age",
+                Service {
+                    hsts_max_age: Some(Duration::from_secs(1)),
+                    ..base.clone()
+                },
+            ),
+            (
+                "context_root_rewrite",
+                Service {
+                    context_root_rewrite: true,
+                    ..base.clone()
+                },
+            ),
+            (
+                "ip_hash",
+                Service {
+                    ip_hash: true,
+                    ..base.clone()
+                },
+            ),
+            (
+                "max_body_size",
+                Service {
+                    max_body_size: Some(1),
+                    ..base.clone()
+                },
+            ),
+            (
+                "connect_timeout",
+                Service {
+                    connect_timeout: Some(Duration::from_secs(1)),
+                    ..base.clone()
+                },
+            ),
+            (
+                "upstream_timeout",
+                Service {
+                    upstream_timeout: Some(Duration::from_secs(1)),
+                    ..base.clone()
+                },
+            ),
+        ];
+        for (setting, mut v) in variants {
+            v.name = "v".into();
+            let d = disagreements(&[base.clone(), v]);
+            assert_eq!(d.len(), 1, "{setting}: {d:?}");
+            assert_eq!(d[0].setting, setting);
+            assert_eq!(
+                (d[0].service, d[0].other, d[0].other_name.as_str()),
+                (1, 0, "a")
+            );
+        }
+    }
+
+    #[test]
+    fn redirects_agree_when_both_have_some_and_passthrough_is_host_level() {
+        let r1 = parse_redirect("http://a.test", "https://a.test").unwrap();
+        let r2 = parse_redirect("https://a.test", "https://b.test").unwrap();
+        let a = Service {
+            redirects: vec![r1.clone(), r2.clone()],
+            ..svc("a", &["a.test"])
+        };
+        let b = Service {
+            redirects: vec![r2.clone(), r1.clone()],
+            ..svc("b", &["a.test"])
+        };
+        let c = svc("c", &["a.test"]);
+        let d = Service {
+            redirects: vec![r1.clone()],
+            ..svc("d", &["a.test"])
+        };
+        assert_eq!(
+            messages(&[a, b, c, d]),
+            ["d redirects: shares host a.test and path / with service a but not its redirects; services on one host and path must agree"]
+        );
+        let mut p = svc("p", &["a.test"]);
+        p.passthrough = true;
+        p.ssl_only = true;
+        // Passthrough differs: the pool settings are not listed on top.
+        assert_eq!(
+            messages(&[svc("a", &["a.test"]), p]),
+            ["p passthrough: shares host a.test with service a but not its passthrough; services on one host must agree"]
+        );
+    }
+
+    #[test]
+    fn one_default_backend() {
+        let mut a = svc("a", &["a.test"]);
+        a.default_backend = true;
+        let mut b = svc("b", &["b.test"]);
+        b.default_backend = true;
+        let c = svc("c", &["c.test"]);
+        let mut d = svc("d", &["d.test"]);
+        d.default_backend = true;
+        assert_eq!(
+            messages(&[a, b, c, d]),
+            [
+                "b default_backend: service a already has default_backend; only one service may have it",
+                "d default_backend: service a already has default_backend; only one service may have it",
+            ]
+        );
+    }
+
+    #[test]
+    fn claims_admit_only_what_the_caller_keeps() {
+        let a = svc("a", &["a.test"]);
+        let b = Service {
+            ip_hash: true,
+            ..svc("b", &["a.test"])
+        };
+        let c = Service {
+            ip_hash: true,
+            ..svc("c", &["a.test"])
+        };
+        let mut claims = Claims::new();
+        assert!(claims.check(&a).is_empty());
+        assert_eq!(claims.admit(&a), 0);
+        let d = claims.check(&b);
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].service, d[0].other), (1, 0));
+        assert_eq!(
+            d[0].message("com.docker.lb.ip_hash"),
+            "shares host a.test and path / with service a but not its com.docker.lb.ip_hash; services on one host and path must agree"
+        );
+        // b was dropped: c is checked against a, not b.
+        assert_eq!(claims.check(&c).len(), 1);
+    }
+
+    /// 10,000 services over 1,000 hosts (10 paths each), all agreeing:
+    /// checked well within a reload's budget.
+    #[test]
+    fn ten_thousand_services_are_checked_quickly() {
+        let services: Vec<Service> = (0..10_000)
+            .map(|i| Service {
+                context_root: Some(format!("/p{}", i % 10)),
+                ..svc(
+                    &format!("s{i}"),
+                    &[&format!("h{}.test", i / 10), "shared.test"],
+                )
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let d = disagreements(&services);
+        let took = start.elapsed();
+        assert!(d.is_empty(), "{:?}", &d[..3.min(d.len())]);
+        eprintln!("10,000 services checked in {took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+}
