@@ -28,17 +28,17 @@ fn lookup(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) & 1023;
                 let host = normalize_request_host(&hosts[i]).unwrap();
-                black_box(table.lookup(&host))
+                black_box(table.lookup(&host, "/"))
             })
         });
         group.bench_function(BenchmarkId::new("wildcard", services), |b| {
             b.iter(|| {
                 i = (i + 1) & 1023;
-                black_box(table.lookup(&wild[i]))
+                black_box(table.lookup(&wild[i], "/"))
             })
         });
         group.bench_function(BenchmarkId::new("miss", services), |b| {
-            b.iter(|| black_box(table.lookup("nowhere.example.com")))
+            b.iter(|| black_box(table.lookup("nowhere.example.com", "/")))
         });
     }
     group.finish();

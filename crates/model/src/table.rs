@@ -403,7 +403,10 @@ upstreams = ["127.0.0.1:2", "127.0.0.1:3"]
         for (name, hosts, path, port) in services {
             config.services.push(crate::config::Service {
                 name: (*name).into(),
-                hosts: hosts.iter().map(|h| HostPattern::parse(h).unwrap()).collect(),
+                hosts: hosts
+                    .iter()
+                    .map(|h| HostPattern::parse(h).unwrap())
+                    .collect(),
                 upstreams: vec![SocketAddr::from(([127, 0, 0, 1], *port))],
                 context_root: path.map(str::to_owned),
                 ..Default::default()

@@ -181,6 +181,7 @@ fn route_info(route: &portico_model::Route, matched: Option<String>) -> RouteInf
     RouteInfo {
         hosts: route.hosts.iter().map(ToString::to_string).collect(),
         matched,
+        path: route.path.clone(),
         services: route.services.clone(),
         upstreams: route.upstreams.clone(),
     }
@@ -188,19 +189,18 @@ fn route_info(route: &portico_model::Route, matched: Option<String>) -> RouteInf
 
 /// The route for `host` (normalised), with the pattern that matched, or
 /// the nearest configured hosts.
-fn lookup(snap: &Snapshot, host: &str) -> (Option<RouteInfo>, Vec<portico_trace::api::NearHost>) {
-    match snap.table.lookup(host) {
+fn lookup(snap: &Snapshot, host: &str) -> (Vec<RouteInfo>, Vec<portico_trace::api::NearHost>) {
+    match snap.table.lookup_site(host) {
         Some(id) => {
-            let route = snap.table.route(id);
-            let matched = route
+            let site = snap.table.site(id);
+            let matched = site
                 .hosts
                 .iter()
                 .map(ToString::to_string)
                 .find(|h| h == host)
                 .or_else(|| {
                     // The most specific wildcard is the longest suffix that matches.
-                    route
-                        .hosts
+                    site.hosts
                         .iter()
                         .map(ToString::to_string)
                         .filter(|h| {
@@ -209,7 +209,13 @@ fn lookup(snap: &Snapshot, host: &str) -> (Option<RouteInfo>, Vec<portico_trace:
                         })
                         .max_by_key(String::len)
                 });
-            (Some(route_info(route, matched)), Vec::new())
+            // Every path rule of the host, longest prefix first.
+            let routes = site
+                .rules
+                .iter()
+                .map(|&r| route_info(snap.table.route(r), matched.clone()))
+                .collect();
+            (routes, Vec::new())
         }
         None => {
             let candidates = snap.table.routes().iter().flat_map(|r| {
@@ -217,7 +223,7 @@ fn lookup(snap: &Snapshot, host: &str) -> (Option<RouteInfo>, Vec<portico_trace:
                     .iter()
                     .map(move |h| (h.to_string(), r.services.as_slice()))
             });
-            (None, nearest_hosts(host, candidates))
+            (Vec::new(), nearest_hosts(host, candidates))
         }
     }
 }
@@ -253,7 +259,7 @@ fn routes(snap: &Snapshot, query: &str) -> Resp {
     ok(&Routes {
         version,
         host: Some(host),
-        routes: route.into_iter().collect(),
+        routes: route,
         nearest,
     })
 }
@@ -330,10 +336,15 @@ async fn probe(snap: &Snapshot, req: Request<Incoming>) -> Resp {
         .timeout_ms
         .map_or(DEFAULT_PROBE_TIMEOUT, Duration::from_millis)
         .clamp(Duration::from_millis(1), MAX_PROBE_TIMEOUT);
-    let (route, nearest) = lookup(snap, &host);
+    let path_only = probe.path.split('?').next().unwrap_or("/");
+    let route = match snap.table.lookup(&host, path_only) {
+        portico_model::Lookup::Route(id) => Some(snap.table.route(id)),
+        _ => None,
+    };
     let Some(route) = route else {
+        let (_, nearest) = lookup(snap, &host);
         let body = ApiError {
-            error: format!("no route for {host} in config {}", snap.version),
+            error: format!("no route for {host}{path_only} in config {}", snap.version),
             nearest,
         };
         return json_response(StatusCode::NOT_FOUND, &body);
@@ -364,7 +375,7 @@ async fn probe(snap: &Snapshot, req: Request<Incoming>) -> Resp {
     ok(&ProbeResponse {
         version: snap.version.to_string(),
         host,
-        services: route.services,
+        services: route.services.clone(),
         probes: probes.into_iter().map(|(_, p)| p).collect(),
     })
 }

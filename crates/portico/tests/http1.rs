@@ -547,11 +547,8 @@ async fn the_upstream_gets_forwarding_headers_and_the_clients_host() {
     let text = up.head.text();
     assert_eq!(up.version, "HTTP/1.1");
     assert_eq!(up.header("host"), Some("h.test:8080"), "{text}");
-    assert_eq!(
-        up.header("x-forwarded-for"),
-        Some("1.2.3.4, 127.0.0.1"),
-        "{text}"
-    );
+    // No peer is trusted by default: the client's own list is replaced.
+    assert_eq!(up.header("x-forwarded-for"), Some("127.0.0.1"), "{text}");
     assert_eq!(up.header("x-real-ip"), Some("127.0.0.1"), "{text}");
     assert_eq!(up.header("x-forwarded-proto"), Some("http"), "{text}");
     assert_eq!(up.header("x-forwarded-host"), Some("h.test:8080"), "{text}");
@@ -570,8 +567,12 @@ async fn the_upstream_gets_forwarding_headers_and_the_clients_host() {
         assert_eq!(up.head.all(name).len(), 1, "{name}: {text}");
     }
 
-    // Several X-Forwarded-For lines are one list; without any, the client's
-    // address alone.
+    // From a trusted proxy, several X-Forwarded-For lines are one list,
+    // extended with the peer's address; without any, the peer's alone. The
+    // client address (X-Real-IP) is the rightmost untrusted entry.
+    drop(c);
+    let proxy = proxy_to(b.addr, "trusted_proxies = [\"127.0.0.0/8\"]").await;
+    let mut c = Wire::connect(proxy.addr).await;
     exchange(
         &mut c,
         format!(
@@ -587,7 +588,9 @@ async fn the_upstream_gets_forwarding_headers_and_the_clients_host() {
         ups[1].head.all("x-forwarded-for"),
         ["1.2.3.4, 5.6.7.8, 10.0.0.1, 127.0.0.1"]
     );
+    assert_eq!(ups[1].header("x-real-ip"), Some("10.0.0.1"));
     assert_eq!(ups[2].head.all("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(ups[2].header("x-real-ip"), Some("127.0.0.1"));
     assert_eq!(ups[2].header("host"), Some(HOST));
 }
 

@@ -35,6 +35,11 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 #[error("the client sent no request body data for {0:?}")]
 pub struct ClientStalled(pub Duration);
 
+/// The request body grew past `max_body_size` (the limit, in bytes).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than {0} bytes (max_body_size)")]
+pub struct BodyTooLarge(pub u64);
+
 /// A request body streamed from the client: it says when it has all been
 /// sent (so the upstream's response timer starts then, not while a slow
 /// client uploads), and gives up when the client stalls for `stall`.
@@ -43,16 +48,26 @@ pub struct Upload {
     done: Option<oneshot::Sender<()>>,
     stall: Duration,
     timer: Pin<Box<Sleep>>,
+    /// `max_body_size`, checked as the body streams (a chunked body
+    /// declares no length up front).
+    limit: Option<u64>,
+    received: u64,
 }
 
 impl Upload {
-    pub fn start(inner: Incoming, stall: Duration) -> (ProxyBody, oneshot::Receiver<()>) {
+    pub fn start(
+        inner: Incoming,
+        stall: Duration,
+        limit: Option<u64>,
+    ) -> (ProxyBody, oneshot::Receiver<()>) {
         let (done, sent) = oneshot::channel();
         let upload = Upload {
             inner,
             done: Some(done),
             stall,
             timer: Box::pin(tokio::time::sleep(stall)),
+            limit,
+            received: 0,
         };
         (ProxyBody::Upload(Box::new(upload)), sent)
     }
@@ -78,6 +93,12 @@ impl Body for ProxyBody {
         };
         match Pin::new(&mut up.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    up.received += data.len() as u64;
+                    if let Some(limit) = up.limit.filter(|l| up.received > *l) {
+                        return Poll::Ready(Some(Err(BodyTooLarge(limit).into())));
+                    }
+                }
                 let deadline = tokio::time::Instant::now() + up.stall;
                 up.timer.as_mut().reset(deadline);
                 if up.inner.is_end_stream() {

@@ -3,9 +3,7 @@
 
 use std::fmt;
 
-use http::{header, HeaderValue, Response, StatusCode};
-
-use crate::body::ResponseBody;
+use http::StatusCode;
 
 #[derive(Debug)]
 pub enum ProxyError {
@@ -14,6 +12,16 @@ pub enum ProxyError {
     /// No service is configured for the host (Interlock answers 503).
     NoRoute {
         host: String,
+    },
+    /// The host is served, but at other paths (Interlock's context roots).
+    NoPath {
+        host: String,
+        paths: Vec<String>,
+    },
+    /// The request body is larger than `max_body_size`.
+    TooLarge {
+        service: String,
+        limit: u64,
     },
     /// The service exists but has no upstreams at the moment.
     NoUpstreams {
@@ -48,6 +56,8 @@ impl ProxyError {
             ProxyError::NoRoute { .. } | ProxyError::NoUpstreams { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ProxyError::NoPath { .. } => StatusCode::NOT_FOUND,
+            ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -96,23 +106,6 @@ impl ProxyError {
                 | ProxyError::Timeout { .. }
         )
     }
-
-    pub fn into_response(self) -> Response<ResponseBody> {
-        let status = self.status();
-        let body = format!(
-            "{} {}\n{}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            self
-        );
-        let mut resp = Response::new(ResponseBody::full(body));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        resp
-    }
 }
 
 impl fmt::Display for ProxyError {
@@ -122,6 +115,15 @@ impl fmt::Display for ProxyError {
             ProxyError::NoRoute { host } => {
                 write!(f, "no service is configured for host {host:?}")
             }
+            ProxyError::NoPath { host, paths } => write!(
+                f,
+                "host {host:?} is served only under {}",
+                paths.join(", ")
+            ),
+            ProxyError::TooLarge { service, limit } => write!(
+                f,
+                "service {service}: the request body is larger than {limit} bytes (max_body_size)"
+            ),
             ProxyError::NoUpstreams { service } => {
                 write!(f, "service {service} has no upstreams")
             }

@@ -12,16 +12,20 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use portico_model::{normalize_request_host, UpstreamProtocol};
+use portico_model::UpstreamProtocol;
 use tokio::sync::oneshot;
 
 use crate::access_log::{seconds, AccessLog};
-use crate::body::{ClientStalled, ProxyBody, ResponseBody, Upload};
+use crate::answer::Answer;
+use crate::balance;
+use crate::body::{BodyTooLarge, ClientStalled, ProxyBody, ResponseBody, Upload};
+use crate::context::ConnInfo;
 use crate::error::ProxyError;
 use crate::headers::{
-    ip_value, new_request_id, set_forwarding, strip_hop_by_hop, X_PROXY_ID, X_REQUEST_ID,
-    X_SERVER_INFO, X_UPSTREAM_ADDR, X_UPSTREAM_RESPONSE_TIME,
+    ip_value, new_request_id, set_forwarding, strip_hop_by_hop, X_FORWARDED_FOR, X_PROXY_ID,
+    X_REQUEST_ID, X_SERVER_INFO, X_UPSTREAM_ADDR, X_UPSTREAM_RESPONSE_TIME,
 };
+use crate::pipeline::{self, RequestHead};
 use crate::snapshot::{Pool, Snapshot};
 use crate::upstream::Upstream;
 use crate::Proxy;
@@ -132,43 +136,34 @@ fn seconds_value(d: Duration) -> HeaderValue {
     HeaderValue::from_str(&seconds(d)).expect("digits and a dot are a valid header value")
 }
 
-/// What the request's connection says about it.
-pub(crate) struct ConnInfo {
-    pub proxy: Arc<Proxy>,
-    pub client: SocketAddr,
-    /// `client`'s IP as a header value, made once for the connection's requests.
-    pub client_ip: HeaderValue,
-    /// Set on connections that came in over TLS.
-    pub tls: Option<TlsInfo>,
-}
-
-impl ConnInfo {
-    pub fn new(proxy: Arc<Proxy>, client: SocketAddr, tls: Option<TlsInfo>) -> ConnInfo {
-        ConnInfo {
-            proxy,
-            client,
-            client_ip: ip_value(client.ip()),
-            tls,
-        }
-    }
-}
-
-pub(crate) struct TlsInfo {
-    /// The ClientHello's server name, lower case.
-    pub sni: Option<String>,
-}
-
 pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody> {
     let start = Instant::now();
     let proxy = &conn.proxy;
     let in_flight = crate::body::InFlight::enter(&proxy.in_flight);
-    let client = conn.client;
     let snap = proxy.snapshot();
+    let (client_ip, trusted) = pipeline::client_address(
+        conn.client.ip(),
+        &snap.config.proxy.trusted_proxies,
+        req.headers()
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
+    let client = SocketAddr::new(client_ip, conn.client.port());
+    let client = Client {
+        addr: client,
+        ip: if client_ip == conn.client.ip() {
+            conn.client_ip.clone()
+        } else {
+            ip_value(client_ip)
+        },
+        trusted,
+    };
     let request_id = new_request_id();
     let mut log = snap.config.proxy.access_log.then(|| {
         Box::new(AccessLog {
             start,
-            client,
+            client: client.addr,
             method: req.method().clone(),
             host: req
                 .uri()
@@ -186,24 +181,15 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
 
     let http1 = req.version() < HttpVersion::HTTP_2;
     let mut attempts = Attempts::default();
-    let mut resp = match forward(&snap, &conn, &request_id, req, &mut attempts).await {
+    let mut resp = match forward(&snap, &conn, &client, &request_id, req, &mut attempts).await {
         Ok(resp) => resp,
-        Err(e) => {
-            log_failure(&e, client, &request_id, &attempts);
-            if let Some(log) = &mut log {
-                log.error = Some(e.to_string());
-            }
-            // After a malformed request the connection's framing can't be
-            // trusted: close it, as nginx does.
-            let close = http1
-                && matches!(
-                    e.status(),
-                    StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT
-                );
-            let mut resp = e.into_response();
-            if close {
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Err(answer) => {
+            let (resp, error) = answer.into_response(http1);
+            if let Some(e) = error {
+                log_failure(&e, client.addr, &request_id, &attempts);
+                if let Some(log) = &mut log {
+                    log.error = Some(e.to_string());
+                }
             }
             resp
         }
@@ -218,6 +204,15 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
     }
     resp.body_mut().set_in_flight(in_flight);
     resp
+}
+
+/// Who the request is from, as far as the proxy believes.
+struct Client {
+    addr: SocketAddr,
+    /// `addr`'s IP as a header value.
+    ip: HeaderValue,
+    /// The peer is a trusted proxy: its `X-Forwarded-For` is extended.
+    trusted: bool,
 }
 
 /// Logs a request that got an error response: upstream trouble is the
@@ -283,42 +278,49 @@ impl RetryTemplate {
 async fn forward(
     snap: &Snapshot,
     conn: &ConnInfo,
+    client: &Client,
     request_id: &HeaderValue,
     mut req: Request<Incoming>,
     attempts: &mut Attempts,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    if req.method() == Method::CONNECT {
-        return Err(ProxyError::MethodNotAllowed(
-            "CONNECT is not supported: Portico routes by host name and is not a forward proxy"
-                .into(),
-        ));
-    }
-    let (host_value, route_id) = route(snap, &req)?;
+) -> Result<Response<ResponseBody>, Box<Answer>> {
+    let host_value = request_host(&req).map_err(Answer::error)?;
+    let host = host_value.to_str().map_err(|_| {
+        Answer::error(ProxyError::BadRequest(
+            "the Host header is not a valid host name".into(),
+        ))
+    })?;
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let declared = req.body().size_hint().exact().filter(|n| *n > 0);
+    let decision = pipeline::decide(
+        snap,
+        &RequestHead {
+            method: req.method().as_str(),
+            host,
+            target,
+            tls: conn.tls.as_ref(),
+            content_length: declared,
+        },
+    )?;
+    let route_id = decision.route;
+    let rewritten = (decision.target.len() != target.len()).then(|| {
+        decision
+            .target
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("/"))
+    });
     let route = snap.table.route(route_id);
     let pool = &snap.pools[route_id];
-    if let Some(tls) = &conn.tls {
-        // The connection was set up for the SNI's site: serving another
-        // site's request on it would route around that site's certificate
-        // (domain fronting, or a browser reusing a connection too eagerly).
-        let misdirected = match &tls.sni {
-            Some(sni) => snap.table.lookup(sni) != Some(route_id),
-            // Without SNI the connection got the default certificate: it may
-            // carry only sites that have no certificate of their own.
-            None => route.tls.is_some(),
-        };
-        if misdirected {
-            return Err(ProxyError::Misdirected {
-                host: host_text(&host_value),
-                sni: tls.sni.clone().unwrap_or_else(|| "(none)".into()),
-            });
-        }
-    } else if route.ssl_only {
-        return Ok(redirect_to_https(snap, &host_value, req.uri()));
-    }
-    if pool.upstreams.is_empty() {
-        return Err(ProxyError::NoUpstreams {
-            service: pool.label.clone(),
-        });
+    let affinity = pipeline::affinity(
+        route,
+        req.headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        client.addr.ip(),
+    );
+    let first = balance::first(pool, route.balance, affinity);
+    if let Some(uri) = rewritten {
+        *req.uri_mut() = uri;
     }
 
     // A protocol upgrade (websockets): the client asks with `Connection:
@@ -331,7 +333,7 @@ async fn forward(
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let proto = if conn.tls.is_some() { "https" } else { "http" };
-    prepare_upstream_request(&mut parts, &conn.client_ip, proto, host_value, request_id);
+    prepare_upstream_request(&mut parts, client, proto, host_value, request_id);
     if let Some((protocol, _)) = &upgrade {
         parts
             .headers
@@ -355,19 +357,24 @@ async fn forward(
     let (body, upload_sent) = if empty_body {
         (ProxyBody::Empty, None)
     } else {
-        let (body, sent) = Upload::start(body, snap.config.proxy.client_body_timeout);
+        let (body, sent) = Upload::start(
+            body,
+            snap.config.proxy.client_body_timeout,
+            route.max_body_size,
+        );
         (body, Some(sent))
     };
     let mut resp = send_with_retries(
-        snap,
         pool,
+        first,
         Request::from_parts(parts, body),
         template,
         upload_sent,
         te_trailers,
         attempts,
     )
-    .await?;
+    .await
+    .map_err(Answer::error)?;
     if let Some((protocol, client_side)) = upgrade {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_side = hyper::upgrade::on(&mut resp);
@@ -428,71 +435,26 @@ async fn join_upgraded(
     }
 }
 
-fn host_text(host: &HeaderValue) -> String {
-    String::from_utf8_lossy(host.as_bytes()).into_owned()
-}
-
-/// `ssl_only`: 301 to the same host, path and query over HTTPS.
-fn redirect_to_https(snap: &Snapshot, host: &HeaderValue, uri: &Uri) -> Response<ResponseBody> {
-    let host = host_text(host);
-    // Drop any port the client used for plain HTTP; add the HTTPS one unless it is 443.
-    let name = match host.strip_prefix('[') {
-        Some(v6) => format!("[{}]", v6.split(']').next().unwrap_or_default()),
-        None => host.split(':').next().unwrap_or_default().to_owned(),
-    };
-    let port = snap.config.proxy.https_redirect_port;
-    let authority = if port == 443 {
-        name
-    } else {
-        format!("{name}:{port}")
-    };
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let location = format!("https://{authority}{path}");
-    let mut resp = Response::new(ResponseBody::full(format!(
-        "301 Moved Permanently\n{location}\n"
-    )));
-    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-/// Finds the route for the request's host: the `:authority` (HTTP/2, or an
-/// absolute-form URI) or else the `Host` header.
-fn route(snap: &Snapshot, req: &Request<Incoming>) -> Result<(HeaderValue, usize), ProxyError> {
+/// The host a request names: the `:authority` (HTTP/2, or an absolute-form
+/// URI) or else its one `Host` header.
+fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header".into()));
     }
-    let host_value = match req.uri().authority() {
+    match req.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str())
-            .map_err(|_| ProxyError::BadRequest("invalid authority".into()))?,
+            .map_err(|_| ProxyError::BadRequest("invalid authority".into())),
         None => host_header
             .cloned()
-            .ok_or_else(|| ProxyError::BadRequest("the request has no Host header".into()))?,
-    };
-    let raw = host_value
-        .to_str()
-        .map_err(|_| ProxyError::BadRequest("the Host header is not a valid host name".into()))?;
-    let host = normalize_request_host(raw).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    let route = snap
-        .table
-        .lookup(&host)
-        .ok_or_else(|| ProxyError::NoRoute {
-            host: host.into_owned(),
-        })?;
-    Ok((host_value, route))
+            .ok_or_else(|| ProxyError::BadRequest("the request has no Host header".into())),
+    }
 }
 
 fn prepare_upstream_request(
     parts: &mut Parts,
-    client_ip: &HeaderValue,
+    client: &Client,
     proto: &'static str,
     host: HeaderValue,
     request_id: &HeaderValue,
@@ -500,7 +462,8 @@ fn prepare_upstream_request(
     strip_hop_by_hop(&mut parts.headers);
     set_forwarding(
         &mut parts.headers,
-        client_ip,
+        &client.ip,
+        client.trusted,
         proto,
         Some(&host),
         request_id,
@@ -581,8 +544,8 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
 /// sent, so any request may move on, as nginx's `proxy_next_upstream error`
 /// does). After a request was sent, only a retryable one moves on.
 async fn send_with_retries(
-    snap: &Snapshot,
     pool: &Pool,
+    first: usize,
     req: Request<ProxyBody>,
     template: Option<RetryTemplate>,
     mut upload_sent: Option<oneshot::Receiver<()>>,
@@ -590,8 +553,7 @@ async fn send_with_retries(
     attempts: &mut Attempts,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let n = pool.upstreams.len();
-    let first = pool.next_start();
-    let timeout = snap.config.proxy.upstream_timeout;
+    let timeout = pool.upstream_timeout;
     let mut failures: Vec<String> = Vec::new();
     let mut pending = Some(req);
     let mut i = 0;
@@ -620,6 +582,7 @@ async fn send_with_retries(
             }
         };
         let sent_at = Instant::now();
+        let busy = upstream.busy();
         // upstream_timeout measures the upstream, not the client: with a
         // body, it starts once the body has all been sent.
         let outcome = match upload_sent.take() {
@@ -639,6 +602,7 @@ async fn send_with_retries(
             }
         };
         let took = sent_at.elapsed();
+        drop(busy);
         match outcome {
             Ok(Ok(resp)) => {
                 attempts.push(Attempt::new(upstream, took));
@@ -664,8 +628,14 @@ async fn send_with_retries(
                     continue;
                 }
                 attempts.push(Attempt::new(upstream, took));
-                if let Some(stalled) = client_stalled(err.error()) {
+                if let Some(stalled) = body_error::<ClientStalled>(err.error()) {
                     return Err(ProxyError::ClientTimeout(stalled.to_string()));
+                }
+                if let Some(large) = body_error::<BodyTooLarge>(err.error()) {
+                    return Err(ProxyError::TooLarge {
+                        service: pool.label.clone(),
+                        limit: large.0,
+                    });
                 }
                 let why = format!("{}: {}", upstream.addr, err.error());
                 if template.is_none() {
@@ -685,12 +655,13 @@ async fn send_with_retries(
     Err(ProxyError::no_upstream_took(pool, &failures))
 }
 
-/// The client's stall, if that is what broke the exchange.
-fn client_stalled(err: &hyper::Error) -> Option<&ClientStalled> {
+/// The request body's own error (the client's stall, a body over the
+/// limit), if that is what broke the exchange.
+fn body_error<E: std::error::Error + 'static>(err: &hyper::Error) -> Option<&E> {
     let mut source = std::error::Error::source(err);
     while let Some(e) = source {
-        if let Some(stalled) = e.downcast_ref::<ClientStalled>() {
-            return Some(stalled);
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
         }
         source = e.source();
     }

@@ -28,16 +28,19 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::{HeaderValue, Method, StatusCode, Uri};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use portico_model::normalize_request_host;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
 use crate::access_log::AccessLog;
+use crate::answer::Answer;
+use crate::balance;
 use crate::body::InFlight;
+use crate::context::ConnInfo;
 use crate::error::ProxyError;
-use crate::forward::{self, Attempt, Attempts, ConnInfo};
+use crate::forward::{self, Attempt, Attempts};
 use crate::headers::{is_hop_by_hop, request_id_bytes};
+use crate::pipeline::{self, RequestHead};
 use crate::server::{Alpn, Prefixed};
 use crate::snapshot::{Pool, Snapshot};
 use crate::upstream::{lock, readable_now, RawConn, Upstream};
@@ -610,6 +613,14 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
+/// What the fast path does with a request whose head it has parsed.
+enum Plan {
+    /// Forward it to the route's upstreams, starting with `first`.
+    Forward { route: usize, first: usize },
+    /// Portico answers it itself.
+    Answer(Box<Answer>),
+}
+
 /// One request on the fast path, or [`Exchange::NotMine`] before anything
 /// is consumed.
 async fn exchange(
@@ -624,7 +635,7 @@ async fn exchange(
     let mut upstream_req = Vec::with_capacity(head.len() + 256);
     // The parsed headers (3 KiB of slices) live only in this block, so they
     // are not part of the future across its awaits.
-    let (method, path, host, close, route_id) = {
+    let (method, path, host, close, client_addr, plan) = {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(head) {
@@ -644,80 +655,119 @@ async fn exchange(
         if scan.general || scan.hosts != 1 || !target_ok || !idempotent(method) {
             return Exchange::NotMine;
         }
-        let Some(host) = scan.host else {
+        let Some(host_text) = scan.host.and_then(|h| std::str::from_utf8(h).ok()) else {
             return Exchange::NotMine;
         };
-        let Some(route_id) = std::str::from_utf8(host)
-            .ok()
-            .and_then(|h| normalize_request_host(h).ok())
-            .and_then(|h| snap.table.lookup(&h))
-        else {
-            return Exchange::NotMine;
+        let named = |name: &'static str| {
+            req.headers
+                .iter()
+                .filter(move |h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
         };
-        let pool = &snap.pools[route_id];
-        if snap.table.route(route_id).ssl_only || !pool.plain_http1 || pool.upstreams.is_empty() {
-            return Exchange::NotMine;
-        }
-        write_upstream_head(
-            &mut upstream_req,
+        let (client_ip, trusted) = pipeline::client_address(
+            conn.client.ip(),
+            &snap.config.proxy.trusted_proxies,
+            named("x-forwarded-for"),
+        );
+        let request = RequestHead {
+            method,
+            host: host_text,
+            target: path,
+            tls: None,
+            content_length: None,
+        };
+        let plan = match pipeline::decide(&snap, &request) {
+            Err(answer) => Plan::Answer(answer),
+            Ok(forward) => {
+                let pool = &snap.pools[forward.route];
+                if !pool.plain_http1 {
+                    return Exchange::NotMine;
+                }
+                let route = snap.table.route(forward.route);
+                let affinity = pipeline::affinity(route, named("cookie"), client_ip);
+                write_upstream_head(
+                    &mut upstream_req,
+                    method,
+                    &forward.target,
+                    req.headers,
+                    &scan,
+                    (client_ip, trusted),
+                    host_text.as_bytes(),
+                    &id,
+                );
+                Plan::Forward {
+                    route: forward.route,
+                    first: balance::first(pool, route.balance, affinity),
+                }
+            }
+        };
+        let client_addr = SocketAddr::new(client_ip, conn.client.port());
+        (
             method,
             path,
-            req.headers,
-            &scan,
-            conn.client,
-            host,
-            &id,
-        );
-        (method, path, host, scan.close, route_id)
+            host_text.as_bytes(),
+            scan.close,
+            client_addr,
+            plan,
+        )
     };
     let _in_flight = InFlight::enter(&conn.proxy.in_flight);
-    let pool = &snap.pools[route_id];
     let mut log = snap
         .config
         .proxy
         .access_log
-        .then(|| access_log(start, conn.client, method, path, host, &id));
+        .then(|| access_log(start, client_addr, method, path, host, &id));
 
     let mut attempts = Attempts::default();
-    let mut from_upstream: Vec<u8> = Vec::with_capacity(RESPONSE_BUF);
+    let mut from_upstream: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::with_capacity(1024);
-    let sent = send(
-        &snap,
-        pool,
-        &upstream_req,
-        &mut from_upstream,
-        &mut out,
-        &mut attempts,
-    )
-    .await;
+    let sent = match plan {
+        Plan::Forward { route, first } => {
+            from_upstream.reserve_exact(RESPONSE_BUF);
+            let pool = &snap.pools[route];
+            send(
+                pool,
+                first,
+                &snap,
+                &upstream_req,
+                &mut from_upstream,
+                &mut out,
+                &mut attempts,
+            )
+            .await
+            .map_err(Answer::error)
+        }
+        Plan::Answer(answer) => Err(answer),
+    };
     drop(upstream_req);
     let (upstream_conn, upstream, resp) = match sent {
         Ok(ok) => ok,
-        Err(e) => {
+        Err(answer) => {
             let request_id = HeaderValue::from_bytes(&id).expect("hex digits");
-            forward::log_failure(&e, conn.client, &request_id, &attempts);
-            let status = e.status();
-            let error = log.as_ref().map(|_| e.to_string());
-            let mut resp = e.into_response();
-            forward::add_interlock_headers(
-                resp.headers_mut(),
-                &snap,
-                conn.proxy,
-                request_id,
-                &attempts,
-            );
-            let close = close || shared.stopping();
+            if let Some(e) = &answer.error {
+                forward::log_failure(e, client_addr, &request_id, &attempts);
+            }
+            let close = close || answer.close || shared.stopping();
             out.clear();
-            write_response(&mut out, &resp, method == "HEAD", close);
+            answer.write_head(
+                &mut out,
+                httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
+            );
+            finish_client_head(&mut out, &snap, conn, &id, &attempts, close);
+            let head_only = method == "HEAD";
+            if !head_only {
+                out.extend_from_slice(&answer.body);
+            }
             if let Some(log) = &mut log {
-                log.status = status;
+                log.status = answer.status;
                 log.upstream = attempts.addrs();
                 log.upstream_time = attempts.times();
-                log.error = error;
+                log.error = answer.error.as_ref().map(ToString::to_string);
             }
-            let body_len = match resp.body().full_bytes() {
-                Some(b) if method != "HEAD" => b.len() as u64,
-                _ => 0,
+            let body_len = if head_only {
+                0
+            } else {
+                answer.body.len() as u64
             };
             let ok = client.write_all(&out).await.is_ok();
             if let Some(log) = log {
@@ -806,7 +856,7 @@ fn write_upstream_head(
     path: &str,
     headers: &[httparse::Header<'_>],
     scan: &RequestScan<'_>,
-    client: SocketAddr,
+    (client, trusted): (IpAddr, bool),
     host: &[u8],
     id: &[u8; 32],
 ) {
@@ -820,7 +870,8 @@ fn write_upstream_head(
     for h in headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("x-forwarded-for") {
-            xff_prior = true;
+            // Kept (and extended) only from a trusted proxy.
+            xff_prior = trusted;
             continue;
         }
         if name.eq_ignore_ascii_case("host")
@@ -850,7 +901,7 @@ fn write_upstream_head(
         }
     }
     let ip_at = out.len();
-    write_ip(out, client.ip());
+    write_ip(out, client);
     let ip_end = out.len();
     out.extend_from_slice(b"\r\nx-real-ip: ");
     out.extend_from_within(ip_at..ip_end);
@@ -905,8 +956,9 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// connection to the same upstream without counting as a failure; no
 /// response within `upstream_timeout` is a 504.
 async fn send<'s>(
-    snap: &'s Snapshot,
     pool: &'s Pool,
+    first: usize,
+    snap: &Snapshot,
     request: &[u8],
     buf: &mut Vec<u8>,
     out: &mut Vec<u8>,
@@ -920,8 +972,7 @@ async fn send<'s>(
     ProxyError,
 > {
     let n = pool.upstreams.len();
-    let first = pool.next_start();
-    let timeout = snap.config.proxy.upstream_timeout;
+    let timeout = pool.upstream_timeout;
     let max_head = snap.config.proxy.max_header_bytes;
     let hide = snap.config.proxy.hide_info_headers;
     let mut failures: Vec<String> = Vec::new();
@@ -942,9 +993,11 @@ async fn send<'s>(
         let sent_at = Instant::now();
         buf.clear();
         out.clear();
+        let busy = upstream.busy();
         let exchange = round_trip(&mut conn.stream, request, buf, out, max_head, hide);
         let outcome = tokio::time::timeout(timeout, exchange).await;
         let took = sent_at.elapsed();
+        drop(busy);
         match outcome {
             Ok(Ok(head)) => {
                 attempts.push(Attempt::new(upstream, took));
@@ -1202,36 +1255,6 @@ fn finish_client_head(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// A response made by the proxy itself (an error), as bytes.
-fn write_response(
-    out: &mut Vec<u8>,
-    resp: &http::Response<crate::body::ResponseBody>,
-    head_only: bool,
-    close: bool,
-) {
-    let status = resp.status();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in resp.headers() {
-        put_header(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    put_date(out);
-    let body = resp.body().full_bytes().map_or(&[][..], |b| &b[..]);
-    out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(body.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !head_only {
-        out.extend_from_slice(body);
-    }
 }
 
 /// Why a response body could not be passed on whole.

@@ -12,7 +12,7 @@ pub static X_SERVER_INFO: HeaderName = HeaderName::from_static("x-server-info");
 pub static X_UPSTREAM_ADDR: HeaderName = HeaderName::from_static("x-upstream-addr");
 pub static X_UPSTREAM_RESPONSE_TIME: HeaderName =
     HeaderName::from_static("x-upstream-response-time");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -107,16 +107,19 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
 }
 
 /// Sets the forwarding headers on a request about to go upstream.
-/// `client_ip` is the client's address as made by [`ip_value`].
+/// `client_ip` is the client's address as made by [`ip_value`]; `extend`
+/// says whether the request's own `X-Forwarded-For` is kept (it came from
+/// a trusted proxy) or replaced.
 pub fn set_forwarding(
     headers: &mut HeaderMap,
     client_ip: &HeaderValue,
+    extend: bool,
     proto: &'static str,
     host: Option<&HeaderValue>,
     request_id: &HeaderValue,
 ) {
     let mut xff: Option<String> = None;
-    for prior in headers.get_all(&X_FORWARDED_FOR) {
+    for prior in headers.get_all(&X_FORWARDED_FOR).iter().filter(|_| extend) {
         if let Some(prior) = prior.to_str().ok().map(str::trim).filter(|p| !p.is_empty()) {
             let xff = xff.get_or_insert_with(String::new);
             xff.push_str(prior);
@@ -208,6 +211,7 @@ mod tests {
         set_forwarding(
             &mut h,
             &ip_value("127.0.0.2".parse().unwrap()),
+            true,
             "http",
             Some(&host),
             &id,

@@ -20,14 +20,26 @@
 //! - [`body`]: streaming bodies that return connections and log on completion.
 //! - [`error`]: failures classified into HTTP statuses.
 //! - [`access_log`]: the per-request log line.
+//! - `pipeline`: one request's policy for both request paths: route by host
+//!   and path, Portico's own answers, the target the upstream sees.
+//! - `answer`: Portico's own responses (errors, redirects), rendered per path.
+//! - `balance`: which upstream first: consistent hashes, round robin, least request.
+//! - `context`: what a connection knows (client, TLS server name).
+//! - `proxy_protocol`: the PROXY protocol header an external load balancer
+//!   may send first, with the client's address.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+mod answer;
+mod balance;
 pub mod body;
+mod context;
 pub mod error;
 mod forward;
 mod h1;
 pub mod headers;
+mod pipeline;
+mod proxy_protocol;
 pub mod server;
 pub mod snapshot;
 pub mod tls;

@@ -22,7 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::forward::{self, ConnInfo, TlsInfo};
+use crate::context::{ConnInfo, TlsInfo};
+use crate::forward;
 use crate::snapshot::Snapshot;
 use crate::Proxy;
 
@@ -75,7 +76,7 @@ async fn run(
             _ = shutdown.cancelled() => break,
             r = listener.accept() => r,
         };
-        let (stream, peer) = match accepted {
+        let (mut stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors or similar: back off briefly
@@ -87,17 +88,35 @@ async fn run(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
+        let expect_header = {
+            let p = &proxy.snapshot().config.proxy;
+            if https {
+                p.https_proxy_protocol
+            } else {
+                p.http_proxy_protocol
+            }
+        };
         if https {
             let Some(watcher) = shared.watcher() else {
                 break;
             };
-            tokio::spawn(tls_connection(
-                proxy,
-                stream,
-                peer,
-                watcher,
-                tunnels.clone(),
-            ));
+            let tunnels = tunnels.clone();
+            if expect_header {
+                tokio::spawn(async move {
+                    if let Some(peer) = proxied_peer(&proxy, &mut stream, peer).await {
+                        tls_connection(proxy, stream, peer, watcher, tunnels).await;
+                    }
+                });
+            } else {
+                tokio::spawn(tls_connection(proxy, stream, peer, watcher, tunnels));
+            }
+        } else if expect_header {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if let Some(peer) = proxied_peer(&proxy, &mut stream, peer).await {
+                    crate::h1::serve(stream, proxy, peer, shared).await;
+                }
+            });
         } else {
             tokio::spawn(crate::h1::serve(stream, proxy, peer, shared.clone()));
         }
@@ -250,8 +269,11 @@ async fn tls_connection(
             return;
         }
     };
-    if let Some(route) = hello.sni.as_deref().and_then(|s| snap.table.lookup(s)) {
-        if snap.table.route(route).passthrough {
+    let site = hello.sni.as_deref().and_then(|s| snap.table.lookup_site(s));
+    if let Some(site) = site.map(|s| snap.table.site(s)) {
+        // Validation keeps a passthrough site to one path: the connection's
+        // bytes are never read, so no path could choose between several.
+        if let (true, Some(&route)) = (site.passthrough, site.rules.last()) {
             tunnels
                 .track_future(passthrough(snap, route, stream, hello, peer))
                 .await;
@@ -296,6 +318,26 @@ async fn tls_connection(
     serve_http(io, info, alpn, Some(watcher)).await;
 }
 
+/// The client's address from the PROXY protocol header an external load
+/// balancer sends first (the balancer's own for its health checks), or
+/// `None` when the header is missing or malformed: such a connection is
+/// closed, since who the client is cannot be known.
+async fn proxied_peer(
+    proxy: &Proxy,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Option<SocketAddr> {
+    let limit = proxy.snapshot().config.proxy.client_header_timeout;
+    match crate::proxy_protocol::read_header(stream, limit).await {
+        Ok(crate::proxy_protocol::Header::Proxied { source, .. }) => Some(source),
+        Ok(crate::proxy_protocol::Header::Local) => Some(peer),
+        Err(e) => {
+            tracing::debug!(peer = %peer, error = %e, "connection refused: PROXY protocol header expected");
+            None
+        }
+    }
+}
+
 /// Relays a TLS connection as it is to one of the route's upstreams, which
 /// terminates TLS itself; the ClientHello already read is sent first.
 async fn passthrough(
@@ -309,13 +351,15 @@ async fn passthrough(
     // Take what the tunnel needs and let the snapshot go: a tunnel may live
     // for hours, and must not keep old configs alive.
     let pool = &snap.pools[route];
+    let rules = snap.table.route(route);
     let n = pool.upstreams.len();
-    let first = pool.next_start();
+    let affinity = crate::pipeline::affinity(rules, std::iter::empty(), peer.ip());
+    let first = crate::balance::first(pool, rules.balance, affinity);
     let addrs: Vec<SocketAddr> = (0..n)
         .map(|i| pool.upstreams[(first + i) % n].addr)
         .collect();
     let label = pool.label.clone();
-    let connect_timeout = snap.config.proxy.connect_timeout;
+    let connect_timeout = rules.connect_timeout;
     let idle = snap.config.proxy.tunnel_idle_timeout;
     drop(snap);
     let sni = hello.sni.as_deref().unwrap_or("-");

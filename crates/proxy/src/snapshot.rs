@@ -40,6 +40,8 @@ pub struct Snapshot {
 pub struct Pool {
     /// The service name(s), for logs and error bodies.
     pub label: String,
+    /// The route's `upstream_timeout` (the service's, else the proxy's).
+    pub upstream_timeout: std::time::Duration,
     pub upstreams: Vec<Arc<Upstream>>,
     /// Every upstream speaks HTTP/1.1 in cleartext: the pool can be served
     /// by the fast path (`crate::h1`).
@@ -66,11 +68,6 @@ impl Snapshot {
         sessions: &SessionState,
     ) -> Snapshot {
         let p = &config.proxy;
-        let limits = UpstreamLimits {
-            max_connections: p.max_connections_per_upstream,
-            max_idle: p.idle_connections_per_upstream,
-            connect_timeout: p.connect_timeout,
-        };
         let mut known: HashMap<_, Arc<Upstream>> = HashMap::new();
         for u in previous
             .into_iter()
@@ -86,6 +83,7 @@ impl Snapshot {
             .iter()
             .map(|route| Pool {
                 label: route.label(),
+                upstream_timeout: route.upstream_timeout,
                 plain_http1: route
                     .upstream_options
                     .iter()
@@ -95,6 +93,11 @@ impl Snapshot {
                     .iter()
                     .zip(&route.upstream_options)
                     .map(|(addr, options)| {
+                        let limits = UpstreamLimits {
+                            max_connections: p.max_connections_per_upstream,
+                            max_idle: p.idle_connections_per_upstream,
+                            connect_timeout: route.connect_timeout,
+                        };
                         let transport = transports
                             .entry(options.clone())
                             .or_insert_with(|| transport(options, &config, provider));

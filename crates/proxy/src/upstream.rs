@@ -9,6 +9,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
@@ -69,6 +70,10 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// `addr` as a header value (`x-upstream-addr`), made once.
     pub addr_value: HeaderValue,
+    /// `addr`'s hash, for consistent hashing (`crate::balance`).
+    pub addr_hash: u64,
+    /// Requests sent and not yet answered, for least-request balancing.
+    in_flight: AtomicUsize,
     pub limits: UpstreamLimits,
     pub transport: Transport,
     /// Counts open connections, busy and idle, against `max_connections`.
@@ -79,6 +84,15 @@ pub struct Upstream {
     raw_idle: Mutex<Vec<RawIdle>>,
     /// The multiplexed connection, for HTTP/2 upstreams.
     shared: Mutex<Option<Conn>>,
+}
+
+/// A request in flight on an upstream (see [`Upstream::busy`]).
+pub struct Busy<'a>(&'a Upstream);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct IdleConn {
@@ -158,6 +172,8 @@ impl Upstream {
             addr,
             addr_value: HeaderValue::from_str(&addr.to_string())
                 .expect("a socket address is a valid header value"),
+            addr_hash: crate::balance::hash_bytes(addr.to_string().as_bytes()),
+            in_flight: AtomicUsize::new(0),
             limits,
             transport,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
@@ -165,6 +181,17 @@ impl Upstream {
             raw_idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
         }
+    }
+
+    /// Requests sent to it and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as in flight on this upstream until the guard drops.
+    pub fn busy(&self) -> Busy<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(self)
     }
 
     /// Whether this upstream can stand in for one configured with these settings.

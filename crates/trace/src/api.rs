@@ -53,7 +53,10 @@ pub struct RouteInfo {
     /// With `?host=`: the pattern that matched it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched: Option<String>,
-    /// Services pooled on these hosts.
+    /// The path prefix the route serves (`/api`); absent: every path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Services pooled on these hosts (and path).
     pub services: Vec<String>,
     /// Their upstreams, in round-robin order.
     pub upstreams: Vec<SocketAddr>,

@@ -1,0 +1,100 @@
+//! Portico's own answers (errors, redirects): one description, rendered by
+//! each codec — as a `Response` for hyper, as bytes for the HTTP/1.1 fast
+//! path — so both paths send the same status, headers and body.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ResponseBody;
+use crate::error::ProxyError;
+
+/// Boxed where it is made: it travels in the `Err` side of results whose
+/// `Ok` side is the common, small case.
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    /// `Location`, for redirects.
+    pub location: Option<HeaderValue>,
+    pub body: Bytes,
+    /// The request's framing can't be trusted after it (a malformed or
+    /// abandoned request): the connection closes, as nginx does.
+    pub close: bool,
+    /// Why the request was not forwarded, for the logs; `None` for a redirect.
+    pub error: Option<ProxyError>,
+}
+
+impl Answer {
+    pub fn error(e: ProxyError) -> Box<Answer> {
+        let status = e.status();
+        Box::new(Answer {
+            status,
+            location: None,
+            body: Bytes::from(format!(
+                "{} {}\n{}\n",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or(""),
+                e
+            )),
+            close: matches!(
+                status,
+                StatusCode::BAD_REQUEST
+                    | StatusCode::REQUEST_TIMEOUT
+                    | StatusCode::PAYLOAD_TOO_LARGE
+            ),
+            error: Some(e),
+        })
+    }
+
+    /// A redirect to `location` (301, or Interlock's 302 for `redirects`).
+    pub fn redirect(status: StatusCode, location: &str) -> Box<Answer> {
+        Box::new(Answer {
+            status,
+            location: HeaderValue::from_str(location).ok(),
+            body: Bytes::from(format!(
+                "{} {}\n{location}\n",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            )),
+            close: false,
+            error: None,
+        })
+    }
+
+    /// For hyper: the proxy's headers are added by the caller. `Connection`
+    /// exists in HTTP/1 only.
+    pub fn into_response(self, http1: bool) -> (Response<ResponseBody>, Option<ProxyError>) {
+        let mut resp = Response::new(ResponseBody::full(self.body));
+        *resp.status_mut() = self.status;
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, TEXT_PLAIN.clone());
+        if let Some(location) = self.location {
+            headers.insert(header::LOCATION, location);
+        }
+        if self.close && http1 {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        (resp, self.error)
+    }
+
+    /// For the byte codec: the status line and the answer's own headers,
+    /// without the final empty line (the caller adds the proxy's headers
+    /// and ends the head).
+    pub fn write_head(&self, out: &mut Vec<u8>, date: &[u8]) {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(self.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: ");
+        out.extend_from_slice(TEXT_PLAIN.as_bytes());
+        if let Some(location) = &self.location {
+            out.extend_from_slice(b"\r\nlocation: ");
+            out.extend_from_slice(location.as_bytes());
+        }
+        out.extend_from_slice(b"\r\ndate: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\ncontent-length: ");
+        out.extend_from_slice(self.body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");

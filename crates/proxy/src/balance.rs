@@ -1,0 +1,59 @@
+//! Which upstream of a pool a request tries first: a consistent hash when
+//! the route pins requests (sticky cookie, client address), else the
+//! route's policy (round robin, or the less busy of two random picks).
+//! Retries go on from there through the rest of the pool in order.
+
+use std::hash::{Hash, Hasher};
+
+use portico_model::Balance;
+
+use crate::snapshot::Pool;
+
+/// A stable 64-bit hash (the same on every proxy and every restart, so
+/// that several proxies behind a load balancer pin a session alike).
+pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
+    // `DefaultHasher::new()` has fixed keys, unlike a `RandomState`'s.
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// splitmix64's finaliser: spreads a combination of two hashes evenly.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Index of the upstream to try first.
+pub(crate) fn first(pool: &Pool, policy: Balance, affinity: Option<u64>) -> usize {
+    let upstreams = &pool.upstreams;
+    if let Some(key) = affinity {
+        // Rendezvous hashing: each upstream scores the key, the highest
+        // wins. Adding an upstream to N moves only the keys it now wins,
+        // about 1/(N+1) of them; removing one moves only its own.
+        return upstreams
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, u)| mix(key ^ u.addr_hash))
+            .map_or(0, |(i, _)| i);
+    }
+    match policy {
+        Balance::RoundRobin => pool.next_start() % upstreams.len().max(1),
+        Balance::LeastRequest => {
+            let n = upstreams.len();
+            if n < 2 {
+                return 0;
+            }
+            // Power of two choices: nearly as good as the least busy of
+            // all, without scanning them or herding onto one.
+            let a = fastrand::usize(..n);
+            let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+            if upstreams[b].in_flight() < upstreams[a].in_flight() {
+                b
+            } else {
+                a
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! What a connection knows, shared by its requests: the proxy, the client's
+//! address, and over TLS the server name the connection was opened for.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use crate::headers::ip_value;
+use crate::Proxy;
+
+/// What the request's connection says about it.
+pub(crate) struct ConnInfo {
+    pub proxy: Arc<Proxy>,
+    pub client: SocketAddr,
+    /// `client`'s IP as a header value, made once for the connection's requests.
+    pub client_ip: HeaderValue,
+    /// Set on connections that came in over TLS.
+    pub tls: Option<TlsInfo>,
+}
+
+impl ConnInfo {
+    pub fn new(proxy: Arc<Proxy>, client: SocketAddr, tls: Option<TlsInfo>) -> ConnInfo {
+        ConnInfo {
+            proxy,
+            client,
+            client_ip: ip_value(client.ip()),
+            tls,
+        }
+    }
+}
+
+pub(crate) struct TlsInfo {
+    /// The ClientHello's server name, lower case.
+    pub sni: Option<String>,
+}
