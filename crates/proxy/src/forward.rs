@@ -157,6 +157,7 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
         } else {
             ip_value(client_ip)
         },
+        peer_ip: conn.client_ip.clone(),
         trusted,
     };
     let request_id = new_request_id();
@@ -211,6 +212,8 @@ struct Client {
     addr: SocketAddr,
     /// `addr`'s IP as a header value.
     ip: HeaderValue,
+    /// The connection's peer address as a header value.
+    peer_ip: HeaderValue,
     /// The peer is a trusted proxy: its `X-Forwarded-For` is extended.
     trusted: bool,
 }
@@ -462,7 +465,7 @@ fn prepare_upstream_request(
     strip_hop_by_hop(&mut parts.headers);
     set_forwarding(
         &mut parts.headers,
-        &client.ip,
+        (&client.peer_ip, &client.ip),
         client.trusted,
         proto,
         Some(&host),

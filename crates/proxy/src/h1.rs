@@ -691,7 +691,11 @@ async fn exchange(
                     &forward.target,
                     req.headers,
                     &scan,
-                    (client_ip, trusted),
+                    Forwarded {
+                        peer: conn.client.ip(),
+                        client: client_ip,
+                        extend: trusted,
+                    },
                     host_text.as_bytes(),
                     &id,
                 );
@@ -846,6 +850,17 @@ fn access_log(
     })
 }
 
+/// Who the forwarding headers name (see [`crate::headers::set_forwarding`]).
+#[derive(Clone, Copy)]
+struct Forwarded {
+    /// The connection's peer, appended to `X-Forwarded-For`.
+    peer: IpAddr,
+    /// The client (`X-Real-IP`).
+    client: IpAddr,
+    /// The request's own `X-Forwarded-For` is kept and extended.
+    extend: bool,
+}
+
 /// The request head as the upstream gets it: the client's headers less the
 /// hop-by-hop ones and those the proxy sets, then the forwarding headers
 /// (as [`crate::headers::set_forwarding`] sets them on the general path).
@@ -856,7 +871,7 @@ fn write_upstream_head(
     path: &str,
     headers: &[httparse::Header<'_>],
     scan: &RequestScan<'_>,
-    (client, trusted): (IpAddr, bool),
+    forwarded: Forwarded,
     host: &[u8],
     id: &[u8; 32],
 ) {
@@ -871,7 +886,7 @@ fn write_upstream_head(
         let name = h.name;
         if name.eq_ignore_ascii_case("x-forwarded-for") {
             // Kept (and extended) only from a trusted proxy.
-            xff_prior = trusted;
+            xff_prior = forwarded.extend;
             continue;
         }
         if name.eq_ignore_ascii_case("host")
@@ -901,10 +916,14 @@ fn write_upstream_head(
         }
     }
     let ip_at = out.len();
-    write_ip(out, client);
+    write_ip(out, forwarded.peer);
     let ip_end = out.len();
     out.extend_from_slice(b"\r\nx-real-ip: ");
-    out.extend_from_within(ip_at..ip_end);
+    if forwarded.client == forwarded.peer {
+        out.extend_from_within(ip_at..ip_end);
+    } else {
+        write_ip(out, forwarded.client);
+    }
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\nx-request-id: ");

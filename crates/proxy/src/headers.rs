@@ -106,13 +106,15 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
 }
 
-/// Sets the forwarding headers on a request about to go upstream.
-/// `client_ip` is the client's address as made by [`ip_value`]; `extend`
-/// says whether the request's own `X-Forwarded-For` is kept (it came from
-/// a trusted proxy) or replaced.
+/// Sets the forwarding headers on a request about to go upstream. `peer`
+/// is the address the connection came from, appended to `X-Forwarded-For`;
+/// `client` the client's address (`X-Real-IP`): the peer's, or the one a
+/// trusted proxy named. Both as made by [`ip_value`]. `extend` says whether
+/// the request's own `X-Forwarded-For` is kept (it came from a trusted
+/// proxy) or replaced.
 pub fn set_forwarding(
     headers: &mut HeaderMap,
-    client_ip: &HeaderValue,
+    (peer, client): (&HeaderValue, &HeaderValue),
     extend: bool,
     proto: &'static str,
     host: Option<&HeaderValue>,
@@ -129,16 +131,16 @@ pub fn set_forwarding(
     // Several X-Forwarded-For lines are one list; replace them with the joined value.
     match xff {
         None => {
-            headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
+            headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
         }
         Some(mut xff) => {
-            xff.push_str(client_ip.to_str().unwrap_or_default());
+            xff.push_str(peer.to_str().unwrap_or_default());
             if let Ok(v) = HeaderValue::from_str(&xff) {
                 headers.insert(X_FORWARDED_FOR.clone(), v);
             }
         }
     }
-    headers.insert(X_REAL_IP.clone(), client_ip.clone());
+    headers.insert(X_REAL_IP.clone(), client.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
@@ -210,7 +212,10 @@ mod tests {
         let host = HeaderValue::from_static("foo.test:8080");
         set_forwarding(
             &mut h,
-            &ip_value("127.0.0.2".parse().unwrap()),
+            (
+                &ip_value("127.0.0.2".parse().unwrap()),
+                &ip_value("127.0.0.2".parse().unwrap()),
+            ),
             true,
             "http",
             Some(&host),

@@ -39,7 +39,10 @@ pub(crate) struct Forward<'a> {
 }
 
 /// Routes a request, or says what Portico answers instead.
-pub(crate) fn decide<'a>(snap: &Snapshot, req: &RequestHead<'a>) -> Result<Forward<'a>, Box<Answer>> {
+pub(crate) fn decide<'a>(
+    snap: &Snapshot,
+    req: &RequestHead<'a>,
+) -> Result<Forward<'a>, Box<Answer>> {
     if req.method == "CONNECT" {
         return Err(Answer::error(ProxyError::MethodNotAllowed(
             "CONNECT is not supported: Portico routes by host name and is not a forward proxy"
