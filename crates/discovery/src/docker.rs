@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use portico_model::labels::{self, Finding, Severity, Workload, WorkloadKind};
-use portico_model::{Config, DockerSettings, FileData, Service};
+use portico_model::{rules, Config, DockerSettings, FileData, Service};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{
@@ -660,7 +660,12 @@ fn log_new_findings(before: &[Finding], now: &[Finding]) {
 
 /// The file config with the Docker services added. File services win: a
 /// Docker service whose name or host a file service already has loses
-/// that name or host, and this is reported.
+/// that name or host, and this is reported. Then the rules every provider
+/// shares ([`rules::Claims`]) are applied in Docker's order (by name),
+/// after the file's services: a Docker service that disagrees with an
+/// earlier one on a host or a host and path (or is a second default
+/// backend) is dropped with an error naming both, and the earlier one is
+/// kept.
 pub fn merge(file: &Config, docker: &DockerView) -> (Config, Vec<Finding>) {
     let mut config = file.clone();
     let mut findings = Vec::new();
@@ -671,81 +676,84 @@ pub fn merge(file: &Config, docker: &DockerView) -> (Config, Vec<Finding>) {
         .flat_map(|s| s.hosts.iter().map(move |h| (h.clone(), s.name.as_str())))
         .collect();
     let https = file.proxy.https_listen.is_some();
-    #[allow(clippy::type_complexity)]
-    let mut claims: BTreeMap<_, (String, bool, bool, Option<portico_model::TlsFiles>)> =
-        BTreeMap::new();
+    let error = |workload: &str, label: &str, message: String| Finding {
+        workload: workload.to_owned(),
+        label: label.to_owned(),
+        severity: Severity::Error,
+        message,
+    };
+    // What the file leaves to each Docker service.
+    let mut candidates: Vec<Service> = Vec::with_capacity(docker.services.len());
     for svc in &docker.services {
-        let mut svc = svc.clone();
-        let mut report = |label: &str, message: String| {
-            findings.push(Finding {
-                workload: svc.name.clone(),
-                label: label.to_owned(),
-                severity: Severity::Error,
-                message,
-            })
-        };
         if names.contains(svc.name.as_str()) {
-            report(
+            findings.push(error(
+                &svc.name,
                 "",
                 format!(
                     "a service named {:?} is in the config file; the file's wins",
                     svc.name
                 ),
-            );
+            ));
             continue;
         }
         if !https && (svc.tls.is_some() || svc.ssl_only || svc.passthrough) {
-            report(
+            findings.push(error(
+                &svc.name,
                 "com.docker.lb.ssl_cert",
                 "HTTPS labels need [proxy] https_listen in Portico's config".into(),
-            );
-            continue;
-        }
-        // Docker services sharing a host pool together, so they must agree
-        // on how the host is served, as file services must.
-        let disagreement = svc.hosts.iter().find_map(|h| {
-            let (other, passthrough, ssl_only, tls) = claims.get(h)?;
-            let what = if *passthrough != svc.passthrough {
-                "ssl_passthrough"
-            } else if *ssl_only != svc.ssl_only {
-                "ssl_only"
-            } else if tls.is_some() && svc.tls.is_some() && *tls != svc.tls {
-                "ssl_cert"
-            } else {
-                return None;
-            };
-            Some(format!("shares host {h} with service {other} but not its {what}; services on one host must agree"))
-        });
-        if let Some(message) = disagreement {
-            report("", message);
+            ));
             continue;
         }
         let mut kept = Vec::new();
-        for h in std::mem::take(&mut svc.hosts) {
-            match hosts.get(&h) {
-                Some(owner) => report(
+        for h in &svc.hosts {
+            match hosts.get(h) {
+                Some(owner) => findings.push(error(
+                    &svc.name,
                     "com.docker.lb.hosts",
                     format!("host {h} is also claimed by service {owner} in the config file, which keeps it"),
-                ),
-                None => kept.push(h),
+                )),
+                None => kept.push(h.clone()),
             }
         }
         if kept.is_empty() {
             continue;
         }
-        svc.hosts = kept;
-        for h in &svc.hosts {
-            claims.entry(h.clone()).or_insert_with(|| {
-                (
-                    svc.name.clone(),
-                    svc.passthrough,
-                    svc.ssl_only,
-                    svc.tls.clone(),
-                )
-            });
-        }
-        config.services.push(svc);
+        candidates.push(Service {
+            hosts: kept,
+            ..svc.clone()
+        });
     }
+    // The shared rules, against the file's services (valid together, as
+    // the file was checked) and the Docker services kept before.
+    let mut claims = rules::Claims::new();
+    for s in &file.services {
+        claims.admit(s);
+    }
+    for svc in &candidates {
+        let disagreements = claims.check(svc);
+        if disagreements.is_empty() {
+            claims.admit(svc);
+            config.services.push(svc.clone());
+            continue;
+        }
+        for d in disagreements {
+            let label = labels::label_for(d.setting).unwrap_or_default();
+            let name = label
+                .strip_prefix(labels::PREFIX)
+                .or_else(|| label.strip_prefix(labels::PORTICO_PREFIX))
+                .filter(|n| !n.is_empty())
+                .unwrap_or(d.setting);
+            findings.push(error(&svc.name, &label, d.message(name)));
+        }
+    }
+    // Each workload's findings together, in Docker's order.
+    let order: HashMap<&str, usize> = docker
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    findings.sort_by_key(|f| order.get(f.workload.as_str()).copied());
     for (k, v) in &docker.files {
         config.files.insert(k.clone(), v.clone());
     }
@@ -798,10 +806,9 @@ mod tests {
             .upstreams
             .iter()
             .all(|u| u.port() == 8080 && u.ip().to_string().starts_with("10.0.1.")));
-        assert_eq!(t.findings.len(), 1, "{:?}", t.findings);
-        assert!(t.findings[0]
-            .to_string()
-            .contains("sticky_session_cookie: not implemented"));
+        // Its sticky_session_cookie label is implemented: no finding.
+        assert!(t.findings.is_empty(), "{:?}", t.findings);
+        assert_eq!(svc.sticky_session_cookie.as_deref(), Some("sid"));
 
         let bad = labels::translate(&workloads[0].0);
         assert!(bad.service.is_none());
@@ -968,7 +975,7 @@ mod tests {
         );
         assert_eq!(config.services.len(), 1000);
         assert!(config.services.iter().all(|s| s.upstreams.len() == 2));
-        assert!(table.lookup("app999.example.com").is_some());
+        assert!(table.lookup_site("app999.example.com").is_some());
     }
 
     #[test]
@@ -996,11 +1003,76 @@ mod tests {
         let names: Vec<&str> = merged.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["a_victim", "b_canary"]);
         assert_eq!(findings.len(), 1);
-        assert!(
-            findings[0].to_string().contains(
-                "c_evil: shares host shared.test with service a_victim but not its ssl_passthrough"
-            ),
-            "{findings:?}"
+        assert_eq!(
+            findings[0].to_string(),
+            "error c_evil com.docker.lb.ssl_passthrough: shares host shared.test with service a_victim but not its ssl_passthrough; services on one host must agree"
+        );
+
+        // One pool (host and path) must agree on its settings; another path
+        // on the same host is another pool. A dropped service claims
+        // nothing: d_api_ok is checked against a_api, not c_api_sticky.
+        let at = |name: &str, path: Option<&str>| Service {
+            context_root: path.map(str::to_owned),
+            ..svc(name, false)
+        };
+        let docker = DockerView {
+            services: vec![
+                at("a_api", Some("/api")),
+                Service {
+                    balance: portico_model::Balance::LeastRequest,
+                    ..at("b_root", None)
+                },
+                Service {
+                    sticky_session_cookie: Some("sid".into()),
+                    max_body_size: Some(1),
+                    ..at("c_api_sticky", Some("/api"))
+                },
+                at("d_api_ok", Some("/api")),
+                Service {
+                    default_backend: true,
+                    hosts: vec![portico_model::HostPattern::Exact("e.test".into())],
+                    ..svc("e_default", false)
+                },
+                Service {
+                    default_backend: true,
+                    hosts: vec![portico_model::HostPattern::Exact("f.test".into())],
+                    ..svc("f_default", false)
+                },
+            ],
+            ..DockerView::default()
+        };
+        let (merged, findings) = merge(&file, &docker);
+        let names: Vec<&str> = merged.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a_api", "b_root", "d_api_ok", "e_default"]);
+        let got: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "error c_api_sticky com.docker.lb.sticky_session_cookie: shares host shared.test and path /api with service a_api but not its sticky_session_cookie; services on one host and path must agree",
+                "error c_api_sticky portico.max_body_size: shares host shared.test and path /api with service a_api but not its max_body_size; services on one host and path must agree",
+                "error f_default com.docker.lb.default_backend: service e_default already has default_backend; only one service may have it",
+            ]
+        );
+
+        // The file's default backend comes first; the file's hosts are its own.
+        let file = Config::parse(
+            "[[service]]\nname = \"web\"\nhosts = [\"shared.test\"]\ndefault_backend = true\n",
+            "f",
+        )
+        .unwrap();
+        let docker = DockerView {
+            services: vec![Service {
+                default_backend: true,
+                hosts: vec![portico_model::HostPattern::Exact("e.test".into())],
+                ..svc("e_default", false)
+            }],
+            ..DockerView::default()
+        };
+        let (merged, findings) = merge(&file, &docker);
+        assert_eq!(merged.services.len(), 1);
+        assert_eq!(
+            findings[0].to_string(),
+            "error e_default com.docker.lb.default_backend: service web already has default_backend; only one service may have it"
         );
     }
 
@@ -1036,8 +1108,33 @@ mod tests {
                 .collect()
         };
 
-        // Every supported label at once, and every not-yet-implemented one warned about.
-        let all = results["fxl_all"].service.clone().expect("fxl_all routes");
+        // Every label at once. As recorded, its redirect comes from a host
+        // the service does not serve ("a"), which the rules refuse; with
+        // that one label fixed, every label maps onto the model.
+        assert_eq!(
+            messages("fxl_all"),
+            [
+                "warning fxl_all com.docker.lb.service_cluster: not implemented by Portico yet; the label is ignored",
+                "error fxl_all com.docker.lb.redirects: from http://a: host a is not one of the service's hosts (all.test, *.all.test)",
+            ]
+        );
+        assert!(results["fxl_all"].service.is_none());
+        let mut fixed = scan
+            .workloads()
+            .into_iter()
+            .map(|(w, _)| w)
+            .find(|w| w.name == "fxl_all")
+            .unwrap();
+        fixed.labels.insert(
+            "com.docker.lb.redirects".into(),
+            "http://all.test,https://all.test".into(),
+        );
+        let t = labels::translate(&fixed);
+        let all = t.service.clone().expect("fxl_all routes");
+        assert_eq!(all.context_root.as_deref(), Some("/app"));
+        assert!(all.context_root_rewrite && all.ip_hash && all.default_backend);
+        assert_eq!(all.sticky_session_cookie.as_deref(), Some("sid"));
+        assert_eq!(all.redirects[0].to, "https://all.test");
         assert_eq!(
             all.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
             ["all.test", "*.all.test"]
@@ -1052,21 +1149,7 @@ mod tests {
         // backend_mode=vip: the service's virtual IP, though no task runs.
         assert_eq!(all.upstreams.len(), 1);
         assert_eq!(all.upstreams[0].port(), 8443);
-        let warned: Vec<String> = messages("fxl_all");
-        for label in [
-            "context_root",
-            "context_root_rewrite",
-            "sticky_session_cookie",
-            "ip_hash",
-            "redirects",
-            "default_backend",
-            "service_cluster",
-        ] {
-            assert!(
-                warned.contains(&format!("warning fxl_all com.docker.lb.{label}: not implemented by Portico yet; the label is ignored")),
-                "{label}: {warned:?}"
-            );
-        }
+        assert_eq!(t.findings.len(), 1, "{:?}", t.findings);
         assert!(results["fxl_pass"].service.as_ref().unwrap().passthrough);
 
         let cases = [

@@ -5,15 +5,24 @@
 //! that means for routing, and reports every problem as a [`Finding`] naming
 //! the workload, the label and the reason. A workload with an error is
 //! skipped; warnings keep it.
+//!
+//! Settings Interlock has no label for are Portico's own `portico.*`
+//! labels (`portico.balance`, ...); a workload still needs a
+//! `com.docker.lb.*` label to be routed at all. Values are read, and
+//! services judged, by the [`rules`](crate::rules) the file provider
+//! uses too.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::{Service, TlsFiles, UpstreamOptions, UpstreamTls};
+use crate::config::{Balance, Service, TlsFiles, UpstreamOptions, UpstreamTls};
 use crate::host::HostPattern;
+use crate::rules;
 
 pub const PREFIX: &str = "com.docker.lb.";
+/// Prefix of Portico's own labels, for settings Interlock has none for.
+pub const PORTICO_PREFIX: &str = "portico.";
 
 /// Labels Portico implements.
 const SUPPORTED: &[&str] = &[
@@ -30,19 +39,40 @@ const SUPPORTED: &[&str] = &[
     // Every route upgrades to websockets when a client asks, so the paths
     // Interlock needed listed are served as they are.
     "websocket_endpoints",
+    "context_root",
+    "context_root_rewrite",
+    "redirects",
+    "sticky_session_cookie",
+    "ip_hash",
+    "default_backend",
 ];
 
 /// Interlock labels Portico knows but does not implement yet: reported, never
 /// silently ignored.
-const NOT_YET: &[&str] = &[
-    "context_root",
-    "context_root_rewrite",
-    "sticky_session_cookie",
-    "ip_hash",
-    "redirects",
-    "default_backend",
-    "service_cluster",
+const NOT_YET: &[&str] = &["service_cluster"];
+
+/// Portico's own labels, after [`PORTICO_PREFIX`].
+const PORTICO: &[&str] = &[
+    "balance",
+    "max_body_size",
+    "connect_timeout",
+    "upstream_timeout",
 ];
+
+/// The full label that sets a service setting (named by its TOML key),
+/// for reporting rule findings such as a
+/// [`Disagreement`](crate::rules::Disagreement); `None` for settings no
+/// label sets (`hsts_max_age`).
+pub fn label_for(setting: &str) -> Option<String> {
+    let key = match setting {
+        "passthrough" => "ssl_passthrough",
+        "tls_cert" => "ssl_cert",
+        "hsts_max_age" => return None,
+        s if PORTICO.contains(&s) => return Some(format!("{PORTICO_PREFIX}{s}")),
+        s => s,
+    };
+    Some(format!("{PREFIX}{key}"))
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkloadKind {
@@ -112,27 +142,37 @@ pub struct Translation {
     pub findings: Vec<Finding>,
 }
 
-/// Whether a workload carries any `com.docker.lb.*` label, and so concerns us.
+/// Whether a workload carries any `com.docker.lb.*` label, and so concerns
+/// us. (`portico.*` labels alone do not: they only refine a routed service.)
 pub fn is_labelled(labels: &BTreeMap<String, String>) -> bool {
     labels.keys().any(|k| k.starts_with(PREFIX))
 }
 
 pub fn translate(w: &Workload) -> Translation {
     let mut t = Translation::default();
+    // Keys are `com.docker.lb.` labels without the prefix, or `portico.`
+    // labels in full.
     let error = |t: &mut Translation, key: &str, message: String| {
         t.findings.push(Finding {
             workload: w.name.clone(),
-            label: if key.is_empty() {
-                String::new()
-            } else {
-                format!("{PREFIX}{key}")
-            },
+            label: full_label(key),
             severity: Severity::Error,
             message,
         });
     };
     let mut ours: BTreeMap<&str, &str> = BTreeMap::new();
     for (k, v) in &w.labels {
+        if let Some(key) = k.strip_prefix(PORTICO_PREFIX) {
+            if PORTICO.contains(&key) {
+                ours.insert(k, v.trim());
+            } else {
+                let hint = nearest(key, PORTICO)
+                    .map(|s| format!(" (did you mean {PORTICO_PREFIX}{s}?)"))
+                    .unwrap_or_default();
+                error(&mut t, k, format!("unknown label{hint}"));
+            }
+            continue;
+        }
         let Some(key) = k.strip_prefix(PREFIX) else {
             continue;
         };
@@ -146,7 +186,7 @@ pub fn translate(w: &Workload) -> Translation {
                 message: "not implemented by Portico yet; the label is ignored".into(),
             });
         } else {
-            let hint = nearest(key)
+            let hint = nearest(key, &[SUPPORTED, NOT_YET].concat())
                 .map(|s| format!(" (did you mean {PREFIX}{s}?)"))
                 .unwrap_or_default();
             error(&mut t, key, format!("unknown label{hint}"));
@@ -200,7 +240,7 @@ pub fn translate(w: &Workload) -> Translation {
             Some(v) => {
                 t.findings.push(Finding {
                     workload: w.name.clone(),
-                    label: format!("{PREFIX}{key}"),
+                    label: full_label(key),
                     severity: Severity::Error,
                     message: format!("{v:?} is not true or false"),
                 });
@@ -282,6 +322,58 @@ pub fn translate(w: &Workload) -> Translation {
         );
     }
 
+    // Labels read by the rules the file provider shares; an error names
+    // the label and keeps the default.
+    fn read<T>(
+        t: &mut Translation,
+        w: &Workload,
+        ours: &BTreeMap<&str, &str>,
+        key: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let v = ours.get(key)?;
+        parse(v)
+            .map_err(|message| {
+                t.findings.push(Finding {
+                    workload: w.name.clone(),
+                    label: full_label(key),
+                    severity: Severity::Error,
+                    message,
+                })
+            })
+            .ok()
+    }
+    let context_root = read(&mut t, w, &ours, "context_root", rules::parse_context_root).flatten();
+    let context_root_rewrite = bools(&mut t, "context_root_rewrite");
+    let redirects =
+        read(&mut t, w, &ours, "redirects", rules::parse_redirect_list).unwrap_or_default();
+    let sticky_session_cookie = read(
+        &mut t,
+        w,
+        &ours,
+        "sticky_session_cookie",
+        rules::parse_cookie_name,
+    );
+    let ip_hash = bools(&mut t, "ip_hash");
+    let default_backend = bools(&mut t, "default_backend");
+    let balance = read(&mut t, w, &ours, "portico.balance", rules::parse_balance)
+        .unwrap_or(Balance::RoundRobin);
+    let max_body_size = read(&mut t, w, &ours, "portico.max_body_size", rules::parse_size);
+    let connect_timeout = read(
+        &mut t,
+        w,
+        &ours,
+        "portico.connect_timeout",
+        rules::parse_timeout,
+    );
+    let upstream_timeout = read(
+        &mut t,
+        w,
+        &ours,
+        "portico.upstream_timeout",
+        rules::parse_timeout,
+    );
+
     let network = match ours.get("network") {
         Some(n) if w.networks.iter().any(|x| x == n) => Some((*n).to_owned()),
         Some(n) => {
@@ -351,7 +443,7 @@ pub fn translate(w: &Workload) -> Translation {
             HostPattern::Wildcard(_) => None,
         })
         .unwrap_or_else(|| w.name.clone());
-    t.service = Some(Service {
+    let service = Service {
         name: w.name.clone(),
         hosts,
         upstreams,
@@ -367,9 +459,39 @@ pub fn translate(w: &Workload) -> Translation {
                 server_name,
             }),
         },
-        ..Service::default()
-    });
+        context_root,
+        context_root_rewrite,
+        redirects,
+        sticky_session_cookie,
+        ip_hash,
+        balance,
+        default_backend,
+        max_body_size,
+        connect_timeout,
+        upstream_timeout,
+    };
+    let problems = rules::service_problems(&service);
+    if problems.is_empty() {
+        t.service = Some(service);
+    }
+    for p in problems {
+        t.findings.push(Finding {
+            workload: w.name.clone(),
+            label: label_for(p.setting).unwrap_or_default(),
+            severity: Severity::Error,
+            message: p.message,
+        });
+    }
     t
+}
+
+/// `com.docker.lb.{key}`, or a `portico.` key as it is; empty stays empty.
+fn full_label(key: &str) -> String {
+    if key.is_empty() || key.starts_with(PORTICO_PREFIX) {
+        key.to_owned()
+    } else {
+        format!("{PREFIX}{key}")
+    }
 }
 
 fn list(items: &[String]) -> String {
@@ -380,11 +502,10 @@ fn list(items: &[String]) -> String {
     }
 }
 
-/// The known label nearest to a misspelt one, if it is close.
-fn nearest(key: &str) -> Option<&'static str> {
-    SUPPORTED
+/// The label among `known` nearest to a misspelt one, if it is close.
+fn nearest(key: &str, known: &[&'static str]) -> Option<&'static str> {
+    known
         .iter()
-        .chain(NOT_YET)
         .map(|k| (edit_distance(key, k), *k))
         .filter(|(d, k)| *d <= 2.max(k.len() / 4))
         .min()
@@ -544,12 +665,143 @@ mod tests {
         let t = translate(&workload(&[
             ("hosts", "a.test"),
             ("port", "80"),
-            ("sticky_session_cookie", "sid"),
-            ("context_root", "/app"),
+            ("service_cluster", "us-east"),
         ]));
         assert!(t.service.is_some());
-        let got = messages(&t);
-        assert!(got.contains(&"warning demo_foo com.docker.lb.context_root: not implemented by Portico yet; the label is ignored".to_string()), "{got:?}");
-        assert_eq!(got.len(), 2);
+        assert_eq!(
+            messages(&t),
+            ["warning demo_foo com.docker.lb.service_cluster: not implemented by Portico yet; the label is ignored"]
+        );
+    }
+
+    fn with_portico(labels: &[(&str, &str)], own: &[(&str, &str)]) -> Workload {
+        let mut w = workload(labels);
+        for (k, v) in own {
+            w.labels
+                .insert(format!("{PORTICO_PREFIX}{k}"), v.to_string());
+        }
+        w
+    }
+
+    #[test]
+    fn traffic_labels_map_onto_the_model() {
+        let t = translate(&with_portico(
+            &[
+                ("hosts", "a.test,old.test"),
+                ("port", "80"),
+                ("context_root", "/app/"),
+                ("context_root_rewrite", "true"),
+                (
+                    "redirects",
+                    "http://old.test,https://a.test/; https://old.test,https://a.test",
+                ),
+                ("sticky_session_cookie", "JSESSIONID"),
+                ("ip_hash", "yes"),
+                ("default_backend", "1"),
+            ],
+            &[
+                ("balance", "least_request"),
+                ("max_body_size", "10MiB"),
+                ("connect_timeout", "2s"),
+                ("upstream_timeout", "1m"),
+            ],
+        ));
+        assert!(t.findings.is_empty(), "{:?}", messages(&t));
+        let s = t.service.unwrap();
+        assert_eq!(s.context_root.as_deref(), Some("/app"));
+        assert!(s.context_root_rewrite && s.ip_hash && s.default_backend);
+        assert_eq!(s.redirects.len(), 2);
+        assert_eq!(
+            (
+                s.redirects[0].from_scheme.as_str(),
+                s.redirects[0].from_host.as_str(),
+                s.redirects[0].to.as_str()
+            ),
+            ("http", "old.test", "https://a.test")
+        );
+        assert_eq!(s.sticky_session_cookie.as_deref(), Some("JSESSIONID"));
+        assert_eq!(s.balance, Balance::LeastRequest);
+        assert_eq!(s.max_body_size, Some(10 << 20));
+        assert_eq!(s.connect_timeout, Some(std::time::Duration::from_secs(2)));
+        assert_eq!(s.upstream_timeout, Some(std::time::Duration::from_secs(60)));
+        // "/" is the whole host; no label, the defaults.
+        let t = translate(&workload(&[
+            ("hosts", "a.test"),
+            ("port", "80"),
+            ("context_root", "/"),
+        ]));
+        let s = t.service.unwrap();
+        assert_eq!(s.context_root, None);
+        assert_eq!(s.balance, Balance::RoundRobin);
+        assert_eq!((s.max_body_size, s.connect_timeout), (None, None));
+    }
+
+    #[test]
+    fn bad_traffic_labels_are_errors_naming_the_label() {
+        let ok: &[(&str, &str)] = &[("hosts", "a.test"), ("port", "80")];
+        type Labels<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Labels, Labels, &str)] = &[
+            (&[("context_root", "app")], &[], "error demo_foo com.docker.lb.context_root: \"app\" must start with '/', as in \"/app\""),
+            (&[("context_root", "/a/../b")], &[], "error demo_foo com.docker.lb.context_root: \"/a/../b\" contains a \".\" or \"..\" segment"),
+            (&[("context_root", "/a b")], &[], "error demo_foo com.docker.lb.context_root: \"/a b\" contains ' '"),
+            (&[("context_root", "/a?b")], &[], "error demo_foo com.docker.lb.context_root: \"/a?b\" contains '?'"),
+            (&[("context_root_rewrite", "true")], &[], "error demo_foo com.docker.lb.context_root_rewrite: needs a context_root (other than \"/\")"),
+            (&[("context_root_rewrite", "sure")], &[], "error demo_foo com.docker.lb.context_root_rewrite: \"sure\" is not true or false"),
+            (&[("redirects", "http://a.test")], &[], "error demo_foo com.docker.lb.redirects: \"http://a.test\" is not a \"from,to\" pair such as \"http://old.example.com,http://new.example.com\""),
+            (&[("redirects", "http://a.test,ftp://b.test")], &[], "error demo_foo com.docker.lb.redirects: to \"ftp://b.test\" must be an absolute http:// or https:// URL"),
+            (&[("redirects", "http://a.test/x,http://b.test")], &[], "error demo_foo com.docker.lb.redirects: from \"http://a.test/x\" must be a scheme and a host only"),
+            (&[("redirects", "http://b.test,http://c.test")], &[], "error demo_foo com.docker.lb.redirects: from http://b.test: host b.test is not one of the service's hosts (a.test)"),
+            (&[("sticky_session_cookie", "")], &[], "error demo_foo com.docker.lb.sticky_session_cookie: must not be empty"),
+            (&[("sticky_session_cookie", "a;b")], &[], "error demo_foo com.docker.lb.sticky_session_cookie: \"a;b\" is not a cookie name: ';' is not allowed"),
+            (&[("ip_hash", "2")], &[], "error demo_foo com.docker.lb.ip_hash: \"2\" is not true or false"),
+            (&[("default_backend", "maybe")], &[], "error demo_foo com.docker.lb.default_backend: \"maybe\" is not true or false"),
+            (&[("ssl_passthrough", "true"), ("default_backend", "true")], &[], "error demo_foo com.docker.lb.default_backend: does not apply to a passthrough service"),
+            (&[("ssl_passthrough", "true"), ("redirects", "http://a.test,https://b.test")], &[], "error demo_foo com.docker.lb.redirects: does not apply to a passthrough service"),
+            (&[], &[("balance", "random")], "error demo_foo portico.balance: \"random\" is not one of \"round_robin\", \"least_request\""),
+            (&[], &[("max_body_size", "1MB")], "error demo_foo portico.max_body_size: \"1MB\" is not a size such as \"512KiB\", \"1MiB\" or \"1048576\""),
+            (&[], &[("connect_timeout", "0s")], "error demo_foo portico.connect_timeout: must be greater than zero"),
+            (&[], &[("upstream_timeout", "later")], "error demo_foo portico.upstream_timeout: \"later\" is not a duration such as \"5s\""),
+            (&[], &[("balanse", "round_robin")], "error demo_foo portico.balanse: unknown label (did you mean portico.balance?)"),
+            (&[], &[("colour", "blue")], "error demo_foo portico.colour: unknown label"),
+            (&[("stiky_session_cookie", "s")], &[], "error demo_foo com.docker.lb.stiky_session_cookie: unknown label (did you mean com.docker.lb.sticky_session_cookie?)"),
+            (&[("service_clustr", "x")], &[], "error demo_foo com.docker.lb.service_clustr: unknown label (did you mean com.docker.lb.service_cluster?)"),
+        ];
+        for (labels, own, want) in cases {
+            let labels: Vec<(&str, &str)> = ok.iter().chain(labels.iter()).copied().collect();
+            let t = translate(&with_portico(&labels, own));
+            assert!(t.service.is_none(), "{labels:?} {own:?} should be skipped");
+            let got = messages(&t);
+            assert!(
+                got.iter().any(|m| m.starts_with(want)),
+                "{labels:?} {own:?}: want {want:?}, got {got:?}"
+            );
+        }
+        // portico.* labels alone do not make a workload ours.
+        let mut only_own = BTreeMap::new();
+        only_own.insert("portico.balance".to_string(), "least_request".to_string());
+        assert!(!is_labelled(&only_own));
+    }
+
+    #[test]
+    fn every_setting_a_rule_names_has_a_label() {
+        assert_eq!(
+            label_for("passthrough").unwrap(),
+            "com.docker.lb.ssl_passthrough"
+        );
+        assert_eq!(label_for("tls_cert").unwrap(), "com.docker.lb.ssl_cert");
+        assert_eq!(label_for("balance").unwrap(), "portico.balance");
+        assert_eq!(label_for("hsts_max_age"), None);
+        for s in [
+            "ssl_only",
+            "context_root",
+            "context_root_rewrite",
+            "sticky_session_cookie",
+            "ip_hash",
+            "redirects",
+            "default_backend",
+        ] {
+            assert_eq!(label_for(s).unwrap(), format!("com.docker.lb.{s}"));
+            assert!(SUPPORTED.contains(&s));
+        }
     }
 }
