@@ -640,6 +640,19 @@ async fn send_with_retries(
                         limit: large.0,
                     });
                 }
+                if conn.reused
+                    && err.error().is_incomplete_message()
+                    && template.is_some()
+                    && !stale_retry_used
+                {
+                    // The keep-alive race: a pooled connection closed with
+                    // the request on its way and no byte of an answer.
+                    // Nothing was processed; a retryable request goes again
+                    // on another connection to the same upstream, as on the
+                    // fast path.
+                    stale_retry_used = true;
+                    continue;
+                }
                 let why = format!("{}: {}", upstream.addr, err.error());
                 if template.is_none() {
                     return Err(ProxyError::BadGateway {

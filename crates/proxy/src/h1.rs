@@ -355,6 +355,9 @@ async fn serve_from(
                 Err(_) => return,
             }
         }
+        if proxy.general_path_forced() {
+            break;
+        }
         // The request's snapshot, loaded once: for its limits and its route.
         let snap = proxy.snapshot();
         let (limit, max_head) = (

@@ -73,6 +73,8 @@ pub struct Proxy {
     pub(crate) in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Whether [`Proxy::start_upkeep`] has run.
     upkeep: std::sync::atomic::AtomicBool,
+    /// Every request takes the general path (see [`Proxy::force_general_path`]).
+    general_only: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
@@ -97,6 +99,7 @@ impl Proxy {
             sessions,
             in_flight: Arc::default(),
             upkeep: Default::default(),
+            general_only: Default::default(),
         })
     }
 
@@ -120,6 +123,18 @@ impl Proxy {
                 }
             }
         });
+    }
+
+    /// For tests: sends every request down the general (hyper) path, so
+    /// that tests of wire behaviour can run against both request paths.
+    #[doc(hidden)]
+    pub fn force_general_path(&self, on: bool) {
+        self.general_only
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn general_path_forced(&self) -> bool {
+        self.general_only.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Requests received whose responses are not finished.

@@ -124,6 +124,9 @@ pub enum Sender {
 pub struct Conn {
     pub sender: Sender,
     slot: Arc<OwnedSemaphorePermit>,
+    /// It came from the idle pool: the upstream may have closed it just as
+    /// the request was written (the keep-alive race).
+    pub reused: bool,
 }
 
 impl Conn {
@@ -212,6 +215,7 @@ impl Upstream {
                 Sender::Http2(s) if !s.is_closed() => Some(Conn {
                     sender: Sender::Http2(s.clone()),
                     slot: c.slot.clone(),
+                    reused: true,
                 }),
                 _ => None,
             });
@@ -223,6 +227,7 @@ impl Upstream {
                 *lock(&self.shared) = Some(Conn {
                     sender: Sender::Http2(s.clone()),
                     slot: conn.slot.clone(),
+                    reused: true,
                 });
             }
             return Ok(conn);
@@ -235,6 +240,7 @@ impl Upstream {
             // take a moment to become ready; a closed one errors here.
             if let Sender::Http1(s) = &mut idle.conn.sender {
                 if s.ready().await.is_ok() {
+                    idle.conn.reused = true;
                     return Ok(idle.conn);
                 }
             }
@@ -369,6 +375,7 @@ impl Upstream {
         Ok(Conn {
             sender,
             slot: Arc::new(slot),
+            reused: false,
         })
     }
 
