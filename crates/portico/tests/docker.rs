@@ -499,6 +499,344 @@ async fn swarm_services_route_scale_update_move_and_go() {
     drop(cleanup);
 }
 
+/// GET `path` on `host` through Portico at `addr` by curl, with `headers`.
+async fn curl_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[&str],
+) -> portico_testkit::CurlResponse {
+    let host = format!("Host: {host}");
+    let url = format!("http://{addr}{path}");
+    let mut args = vec!["-H", host.as_str()];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    args.push(&url);
+    portico_testkit::curl(&args).await
+}
+
+/// A field of a `portico echo` answer (`replica`, `path`...), if present.
+fn echoed<'a>(body: &'a str, field: &str) -> Option<&'a str> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(": "))
+}
+
+/// Creates a service of `portico echo ARGS` on `net` with `labels`
+/// (and `com.docker.lb.port=8080`), removed by `cleanup`.
+async fn echo_service(
+    cleanup: &mut Cleanup,
+    image: &str,
+    net: &str,
+    name: &str,
+    replicas: usize,
+    labels: &[String],
+    args: &[&str],
+) {
+    cleanup.services.push(name.to_owned());
+    let replicas = replicas.to_string();
+    let mut cmd = vec![
+        "service",
+        "create",
+        "-d",
+        "--name",
+        name,
+        "--replicas",
+        &replicas,
+        "--network",
+        net,
+        "--label",
+        "com.docker.lb.port=8080",
+    ];
+    for l in labels {
+        cmd.extend(["--label", l]);
+    }
+    cmd.extend([image, "echo"]);
+    cmd.extend(args);
+    d(&cmd).await;
+}
+
+/// Interlock's traffic labels on Swarm services, one service each, all
+/// behind one Portico: context root with rewrite, sticky cookie, redirects,
+/// default backend; and two services with bad values, skipped and reported
+/// without disturbing the rest. (The file-provider equivalents, in more
+/// detail, are in routing.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_services_carry_interlock_traffic_labels() {
+    if !dk::available() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    if let Err(e) = cleanup.ensure_swarm() {
+        panic!("swarm mode is unavailable here: {e}");
+    }
+    let image = image(&mut cleanup);
+    let net = dk::unique("pt-net");
+    d(&["network", "create", "-d", "overlay", "--attachable", &net]).await;
+    cleanup.networks.push(net.clone());
+    let (addr, proxy, _dir, _https) = start_portico(
+        &mut cleanup,
+        &image,
+        "[proxy]\nhttp_listen = \"0.0.0.0:8080\"\n[docker]\npoll_interval = \"2s\"\n",
+    )
+    .await;
+    let client = HttpClient::new(addr);
+    let id = dk::unique("pt-lb");
+    let unknown = format!("unknown-{id}.test");
+    // No default backend yet: an unknown host is 503, as Interlock answers.
+    assert_eq!(status(&client, &unknown).await, 503);
+
+    let ctx = format!("{id}-ctx");
+    let ctx_host = format!("{ctx}.test");
+    echo_service(
+        &mut cleanup,
+        &image,
+        &net,
+        &ctx,
+        1,
+        &[
+            format!("com.docker.lb.hosts={ctx_host}"),
+            "com.docker.lb.context_root=/app".into(),
+            "com.docker.lb.context_root_rewrite=true".into(),
+        ],
+        &[],
+    )
+    .await;
+    let sticky = format!("{id}-sticky");
+    let sticky_host = format!("{sticky}.test");
+    echo_service(
+        &mut cleanup,
+        &image,
+        &net,
+        &sticky,
+        3,
+        &[
+            format!("com.docker.lb.hosts={sticky_host}"),
+            "com.docker.lb.sticky_session_cookie=sid".into(),
+        ],
+        &[],
+    )
+    .await;
+    let redir = format!("{id}-redir");
+    let (old_host, new_host) = (format!("old-{redir}.test"), format!("new-{redir}.test"));
+    echo_service(
+        &mut cleanup,
+        &image,
+        &net,
+        &redir,
+        1,
+        &[
+            format!("com.docker.lb.hosts={old_host},{new_host}"),
+            format!("com.docker.lb.redirects=http://{old_host},http://{new_host}"),
+        ],
+        &["--name", "redir-replica"],
+    )
+    .await;
+    let fallback = format!("{id}-fallback");
+    let fallback_host = format!("{fallback}.test");
+    echo_service(
+        &mut cleanup,
+        &image,
+        &net,
+        &fallback,
+        1,
+        &[
+            format!("com.docker.lb.hosts={fallback_host}"),
+            "com.docker.lb.default_backend=true".into(),
+        ],
+        &["--name", "fallback-replica"],
+    )
+    .await;
+    // Two bad values: a context root without its leading slash, and a
+    // redirect from a host the service does not serve.
+    let bad_root = format!("{id}-badroot");
+    echo_service(
+        &mut cleanup,
+        &image,
+        &net,
+        &bad_root,
+        1,
+        &[
+            format!("com.docker.lb.hosts={bad_root}.test"),
+            "com.docker.lb.context_root=app".into(),
+        ],
+        &[],
+    )
+    .await;
+    let bad_redir = format!("{id}-badredir");
+    echo_service(
+        &mut cleanup,
+        &image,
+        &net,
+        &bad_redir,
+        1,
+        &[
+            format!("com.docker.lb.hosts={bad_redir}.test"),
+            format!("com.docker.lb.redirects=http://elsewhere-{id}.test,http://{bad_redir}.test"),
+        ],
+        &[],
+    )
+    .await;
+
+    wait_until(
+        CONVERGE,
+        "all three sticky replicas to be routed",
+        || async { replicas(&client, &sticky_host, 6).await.len() == 3 },
+    )
+    .await;
+    wait_until(CONVERGE, "the other services to be routed", || async {
+        status(&client, &fallback_host).await == 200
+            && status(&client, &new_host).await == 200
+            && client
+                .get(&ctx_host, "/app/")
+                .await
+                .is_ok_and(|(s, _, _)| s == 200)
+    })
+    .await;
+
+    // 1. Context root with rewrite: the prefix is stripped; the bare
+    // prefix is redirected to itself with a slash.
+    let r = curl_get(addr, &ctx_host, "/app/x?q=1", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(echoed(&r.body, "path"), Some("/x?q=1"), "{}", r.body);
+    let r = curl_get(addr, &ctx_host, "/app", &[]).await;
+    assert_eq!(r.status, 301, "{r:?}");
+    assert_eq!(r.header("location"), Some("/app/"), "{r:?}");
+    let r = curl_get(addr, &ctx_host, "/app?q=1", &[]).await;
+    assert_eq!(r.status, 301, "{r:?}");
+    assert_eq!(r.header("location"), Some("/app/?q=1"), "{r:?}");
+    // Outside its context root the host has nothing: 404 naming the path.
+    let r = curl_get(addr, &ctx_host, "/x", &[]).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.body.contains("/app"), "{}", r.body);
+
+    // 2. Sticky cookie: one session, one replica; sessions spread.
+    let mut pinned = BTreeSet::new();
+    for _ in 0..20 {
+        let r = curl_get(addr, &sticky_host, "/", &["Cookie: other=1; sid=abc123"]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        pinned.insert(echoed(&r.body, "replica").unwrap().to_owned());
+    }
+    assert_eq!(pinned.len(), 1, "one session reached {pinned:?}");
+    let mut spread: std::collections::BTreeMap<String, usize> = Default::default();
+    for i in 0..30 {
+        let cookie = format!("Cookie: sid=session-{i}");
+        let r = curl_get(addr, &sticky_host, "/", &[&cookie]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        *spread
+            .entry(echoed(&r.body, "replica").unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert!(spread.len() >= 2, "30 sessions on one replica: {spread:?}");
+
+    // 3. Redirects: 302 to the target with path and query; the target is served.
+    let r = curl_get(addr, &old_host, "/a?b=1", &[]).await;
+    assert_eq!(r.status, 302, "{r:?}");
+    assert_eq!(
+        r.header("location"),
+        Some(format!("http://{new_host}/a?b=1").as_str()),
+        "{r:?}"
+    );
+    let r = curl_get(addr, &new_host, "/a?b=1", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(echoed(&r.body, "replica"), Some("redir-replica"));
+    assert_eq!(echoed(&r.body, "path"), Some("/a?b=1"));
+
+    // 5. The bad labels: reported naming the service and the label, the
+    // services skipped, the others unharmed (all routed above).
+    for (service, label, problem) in [
+        (
+            &bad_root,
+            "com.docker.lb.context_root",
+            "must start with '/'",
+        ),
+        (
+            &bad_redir,
+            "com.docker.lb.redirects",
+            "is not one of the service's hosts",
+        ),
+    ] {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("{service}'s bad {label} to be logged"),
+            || async {
+                logs(&proxy).lines().any(|l| {
+                    l.contains("msg=\"service skipped\"")
+                        && l.contains(&format!("service={service} "))
+                        && l.contains(&format!("label={label} "))
+                        && l.contains(problem)
+                })
+            },
+        )
+        .await;
+    }
+    let out = tokio::process::Command::new(BIN)
+        .args(["check", "--docker"])
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    for (service, label, problem) in [
+        (
+            &bad_root,
+            "com.docker.lb.context_root ",
+            "must start with '/'",
+        ),
+        (
+            &bad_redir,
+            "com.docker.lb.redirects ",
+            "is not one of the service's hosts",
+        ),
+    ] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{service} ")))
+            .unwrap_or_else(|| panic!("no row for {service}:\n{table}"));
+        assert!(
+            row.contains(label) && row.contains("error") && row.contains(problem),
+            "{row}"
+        );
+    }
+    let routed = table.lines().next().unwrap();
+    for s in [&ctx, &sticky, &redir, &fallback] {
+        assert!(routed.contains(s.as_str()), "{s} not routed: {table}");
+    }
+    for s in [&bad_root, &bad_redir] {
+        assert!(!routed.contains(s.as_str()), "{s} routed: {table}");
+    }
+
+    // 4. The default backend answers unknown hosts, and the hosts of the
+    // skipped services (which are unknown too).
+    for host in [
+        unknown.clone(),
+        format!("{bad_root}.test"),
+        format!("{bad_redir}.test"),
+    ] {
+        let r = curl_get(addr, &host, "/x", &[]).await;
+        assert_eq!(r.status, 200, "{host}: {r:?}");
+        assert_eq!(echoed(&r.body, "replica"), Some("fallback-replica"));
+        assert!(r.body.contains(&format!("  host: {host}\n")), "{}", r.body);
+    }
+    // Without it, unknown hosts are 503 again; the service keeps its own host.
+    d(&[
+        "service",
+        "update",
+        "-d",
+        "--label-rm",
+        "com.docker.lb.default_backend",
+        &fallback,
+    ])
+    .await;
+    wait_until(CONVERGE, "the default backend to go", || async {
+        status(&client, &unknown).await == 503
+    })
+    .await;
+    assert_eq!(status(&client, &format!("{bad_root}.test")).await, 503);
+    assert_eq!(status(&client, &fallback_host).await, 200);
+    drop(cleanup);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_containers_on_a_bridge_network_route_from_the_host() {
     if !dk::available() {

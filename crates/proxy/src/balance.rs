@@ -7,7 +7,9 @@ use std::hash::{Hash, Hasher};
 
 use portico_model::Balance;
 
-use crate::snapshot::Pool;
+use std::sync::Arc;
+
+use crate::upstream::Upstream;
 
 /// A stable 64-bit hash (the same on every proxy and every restart, so
 /// that several proxies behind a load balancer pin a session alike).
@@ -18,6 +20,14 @@ pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
+/// An upstream's identity for rendezvous hashing: its address, so every
+/// proxy (and every config version) scores it alike.
+fn hash_addr(upstream: &Upstream) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    upstream.addr.hash(&mut h);
+    h.finish()
+}
+
 /// splitmix64's finaliser: spreads a combination of two hashes evenly.
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -25,9 +35,14 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Index of the upstream to try first.
-pub(crate) fn first(pool: &Pool, policy: Balance, affinity: Option<u64>) -> usize {
-    let upstreams = &pool.upstreams;
+/// Index of the upstream of `upstreams` to try first; `round_robin` gives
+/// the pool's next turn.
+pub(crate) fn first(
+    upstreams: &[Arc<Upstream>],
+    policy: Balance,
+    affinity: Option<u64>,
+    round_robin: impl FnOnce() -> usize,
+) -> usize {
     if let Some(key) = affinity {
         // Rendezvous hashing: each upstream scores the key, the highest
         // wins. Adding an upstream to N moves only the keys it now wins,
@@ -35,11 +50,11 @@ pub(crate) fn first(pool: &Pool, policy: Balance, affinity: Option<u64>) -> usiz
         return upstreams
             .iter()
             .enumerate()
-            .max_by_key(|(_, u)| mix(key ^ u.addr_hash))
+            .max_by_key(|(_, u)| mix(key ^ hash_addr(u)))
             .map_or(0, |(i, _)| i);
     }
     match policy {
-        Balance::RoundRobin => pool.next_start() % upstreams.len().max(1),
+        Balance::RoundRobin => round_robin() % upstreams.len().max(1),
         Balance::LeastRequest => {
             let n = upstreams.len();
             if n < 2 {

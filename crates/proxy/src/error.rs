@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use std::time::Duration;
+
 use http::StatusCode;
 
 #[derive(Debug)]
@@ -77,7 +79,7 @@ impl ProxyError {
             detail: format!(
                 "upstream {} sent no response within {} (upstream_timeout)",
                 upstream.addr,
-                crate::forward::humanize(timeout)
+                humanize(timeout)
             ),
         }
     }
@@ -138,5 +140,14 @@ impl fmt::Display for ProxyError {
                 "host {host:?} is not served on this connection, which was opened for {sni:?} (TLS server name); open a new connection for {host:?}"
             ),
         }
+    }
+}
+
+/// A duration as written in the config (`60s`, `250ms`), for messages.
+pub(crate) fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
     }
 }

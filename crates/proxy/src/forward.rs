@@ -2,6 +2,7 @@
 //! route for the host, choose an upstream, send, retry where that is safe,
 //! and finish the response with Interlock's headers and the access log.
 
+use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -12,13 +13,17 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::Watcher;
 use portico_model::UpstreamProtocol;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
 use crate::access_log::{seconds, AccessLog};
 use crate::answer::Answer;
 use crate::balance;
-use crate::body::{BodyTooLarge, ClientStalled, ProxyBody, ResponseBody, Upload};
+use crate::body::ResponseBody;
 use crate::context::ConnInfo;
 use crate::error::ProxyError;
 use crate::headers::{
@@ -27,6 +32,7 @@ use crate::headers::{
 };
 use crate::pipeline::{self, RequestHead};
 use crate::snapshot::{Pool, Snapshot};
+use crate::upload::{BodyTooLarge, ClientStalled, ProxyBody, Upload};
 use crate::upstream::Upstream;
 use crate::Proxy;
 
@@ -134,6 +140,55 @@ fn seconds_value(d: Duration) -> HeaderValue {
         return table[d.subsec_millis() as usize].clone();
     }
     HeaderValue::from_str(&seconds(d)).expect("digits and a dot are a valid header value")
+}
+
+/// What the connection's protocol is known to be.
+pub(crate) enum Alpn {
+    /// Cleartext: HTTP/1.1, or h2c by its preface.
+    Detect,
+    Http1,
+    H2,
+}
+
+/// Serves a connection on hyper until it closes. With no `watcher` the
+/// listener is already stopping: the request the connection carries is
+/// answered, with `Connection: close`, and that is all.
+pub(crate) async fn serve_http<I>(io: I, info: ConnInfo, alpn: Alpn, watcher: Option<Watcher>)
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let snapshot = info.proxy.snapshot();
+    let mut builder = match alpn {
+        Alpn::Detect => &snapshot.conn_builder,
+        Alpn::Http1 => &snapshot.h1_builder,
+        Alpn::H2 => &snapshot.h2_builder,
+    };
+    // Stopping: answer what the connection carries, then close. (hyper's
+    // graceful shutdown would close it unanswered: it hasn't read a byte.)
+    let closing;
+    if watcher.is_none() {
+        let mut b = builder.clone();
+        b.http1().keep_alive(false);
+        closing = b;
+        builder = &closing;
+    }
+    let client = info.client;
+    let info = Arc::new(info);
+    let service = service_fn(move |req| {
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(handle(info, req).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    drop(snapshot);
+    let ended = match watcher {
+        Some(watcher) => watcher.watch(conn).await,
+        None => conn.await,
+    };
+    if let Err(e) = ended {
+        tracing::debug!(client = %client, error = %e, "client connection ended with an error");
+    }
 }
 
 pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody> {
@@ -321,7 +376,9 @@ async fn forward(
             .map(HeaderValue::as_bytes),
         client.addr.ip(),
     );
-    let first = balance::first(pool, route.balance, affinity);
+    let first = balance::first(&pool.upstreams, route.balance, affinity, || {
+        pool.next_start()
+    });
     if let Some(uri) = rewritten {
         *req.uri_mut() = uri;
     }
@@ -433,7 +490,7 @@ async fn join_upgraded(
     };
     let client = hyper_util::rt::TokioIo::new(client);
     let upstream = hyper_util::rt::TokioIo::new(upstream);
-    if let (Err(e), _) = crate::server::relay(client, upstream, idle).await {
+    if let (Err(e), _) = crate::io::relay(client, upstream, idle).await {
         tracing::debug!(error = %e, "upgraded connection ended");
     }
 }
@@ -699,12 +756,4 @@ fn upstream_response(
     strip_hop_by_hop(&mut parts.headers);
     parts.version = HttpVersion::HTTP_11;
     Response::from_parts(parts, ResponseBody::upstream(body, conn, upstream.clone()))
-}
-
-pub(crate) fn humanize(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
 }

@@ -38,10 +38,11 @@ use crate::balance;
 use crate::body::InFlight;
 use crate::context::ConnInfo;
 use crate::error::ProxyError;
+use crate::forward::Alpn;
 use crate::forward::{self, Attempt, Attempts};
 use crate::headers::{is_hop_by_hop, request_id_bytes};
+use crate::io::Prefixed;
 use crate::pipeline::{self, RequestHead};
-use crate::server::{Alpn, Prefixed};
 use crate::snapshot::{Pool, Snapshot};
 use crate::upstream::{lock, readable_now, RawConn, Upstream};
 
@@ -406,7 +407,7 @@ async fn serve_from(
     let info = ConnInfo::new(proxy, client, None);
     // On the heap: hyper's connection future is large, and inline it would
     // make every connection's task that large, idle ones included.
-    Box::pin(crate::server::serve_http(io, info, alpn, watcher)).await;
+    Box::pin(forward::serve_http(io, info, alpn, watcher)).await;
     drop(open);
 }
 
@@ -704,7 +705,9 @@ async fn exchange(
                 );
                 Plan::Forward {
                     route: forward.route,
-                    first: balance::first(pool, route.balance, affinity),
+                    first: balance::first(&pool.upstreams, route.balance, affinity, || {
+                        pool.next_start()
+                    }),
                 }
             }
         };

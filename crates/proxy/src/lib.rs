@@ -1,32 +1,39 @@
 //! Portico's data plane: accepts client connections, routes each request by
-//! host to a pool of upstreams, forwards it, and adds Interlock's headers.
+//! host and path to a pool of upstreams, forwards it, and adds Interlock's
+//! headers.
 //!
 //! The [`Proxy`] holds the current [`Snapshot`] in an `ArcSwap`; the
 //! controller calls [`Proxy::apply`] with each new config version, and every
 //! request loads the snapshot exactly once.
 //!
 //! # Layout
-//! - [`server`]: the accept loop over an already-bound listener, HTTP/1.1 and
-//!   h2c, graceful drain.
-//! - `h1`: the HTTP/1.1 fast path for plain body-less requests to
-//!   cleartext HTTP/1.1 upstreams; hands anything else to hyper and `forward`.
-//! - `forward`: one request's life: find the host, pick an upstream, send,
-//!   retry where safe, classify failures, add headers.
+//! Data flows one way: listener → codec → pipeline → balance → upstream, and
+//! back through the same codec. Modules, from the top of that graph down
+//! (each uses only modules below it):
+//! - [`server`]: the accept loops over already-bound listeners (PROXY
+//!   protocol, TLS by SNI, passthrough), graceful drain.
+//! - `h1`: the HTTP/1.1 byte codec, for body-less idempotent requests to
+//!   cleartext HTTP/1.1 upstreams; hands anything else, with the bytes it
+//!   read, to `forward`.
+//! - `forward`: the hyper codec (HTTP/1.1, h2, h2c, bodies, upgrades), and
+//!   the retries and response headers of one request on it.
+//! - `pipeline`: one request's policy for both codecs: route by host and
+//!   path, Portico's own answers, the target the upstream sees, affinity.
+//! - `answer`: Portico's own responses (errors, redirects), rendered per codec.
+//! - `balance`: which upstream first: consistent hashes, round robin, least request.
 //! - [`snapshot`]: the compiled routing snapshot and its upstream pools.
-//! - [`tls`]: certificates by SNI, server and upstream TLS configs.
+//! - [`body`]: response bodies that return connections and log on completion.
 //! - [`upstream`]: bounded keep-alive connections to one upstream address
 //!   (HTTP/1.1, or one multiplexed HTTP/2 connection; cleartext or TLS).
-//! - [`headers`]: hop-by-hop, forwarding and Interlock header rules.
-//! - [`body`]: streaming bodies that return connections and log on completion.
+//! - [`upload`]: request bodies on their way upstream, with their limits.
 //! - [`error`]: failures classified into HTTP statuses.
-//! - [`access_log`]: the per-request log line.
-//! - `pipeline`: one request's policy for both request paths: route by host
-//!   and path, Portico's own answers, the target the upstream sees.
-//! - `answer`: Portico's own responses (errors, redirects), rendered per path.
-//! - `balance`: which upstream first: consistent hashes, round robin, least request.
 //! - `context`: what a connection knows (client, TLS server name).
+//! - [`tls`]: certificates by SNI, server and upstream TLS configs.
+//! - [`headers`]: hop-by-hop, forwarding and Interlock header rules.
+//! - `io`: stream adapters (replayed prefixes, first-read deadlines, relays).
 //! - `proxy_protocol`: the PROXY protocol header an external load balancer
 //!   may send first, with the client's address.
+//! - [`access_log`]: the per-request log line.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
@@ -38,11 +45,13 @@ pub mod error;
 mod forward;
 mod h1;
 pub mod headers;
+mod io;
 mod pipeline;
 mod proxy_protocol;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod upload;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -5,19 +5,13 @@
 //! passthrough service, or refusing the name. On shutdown, stop accepting
 //! and drain for the grace period.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -160,55 +154,6 @@ async fn run(
     Ok(())
 }
 
-/// What the connection's protocol is known to be.
-pub(crate) enum Alpn {
-    /// Cleartext: HTTP/1.1, or h2c by its preface.
-    Detect,
-    Http1,
-    H2,
-}
-
-/// Serves a connection on hyper until it closes. With no `watcher` the
-/// listener is already stopping: the request the connection carries is
-/// answered, with `Connection: close`, and that is all.
-pub(crate) async fn serve_http<I>(io: I, info: ConnInfo, alpn: Alpn, watcher: Option<Watcher>)
-where
-    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let snapshot = info.proxy.snapshot();
-    let mut builder = match alpn {
-        Alpn::Detect => &snapshot.conn_builder,
-        Alpn::Http1 => &snapshot.h1_builder,
-        Alpn::H2 => &snapshot.h2_builder,
-    };
-    // Stopping: answer what the connection carries, then close. (hyper's
-    // graceful shutdown would close it unanswered: it hasn't read a byte.)
-    let closing;
-    if watcher.is_none() {
-        let mut b = builder.clone();
-        b.http1().keep_alive(false);
-        closing = b;
-        builder = &closing;
-    }
-    let client = info.client;
-    let info = Arc::new(info);
-    let service = service_fn(move |req| {
-        let info = info.clone();
-        async move { Ok::<_, Infallible>(forward::handle(info, req).await) }
-    });
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    drop(snapshot);
-    let ended = match watcher {
-        Some(watcher) => watcher.watch(conn).await,
-        None => conn.await,
-    };
-    if let Err(e) = ended {
-        tracing::debug!(client = %client, error = %e, "client connection ended with an error");
-    }
-}
-
 struct ClientHello {
     /// Every byte read so far, to be replayed to rustls or to a passthrough upstream.
     bytes: Vec<u8>,
@@ -294,7 +239,7 @@ async fn tls_connection(
     };
     drop(snap);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let io = Prefixed::new(hello.bytes, stream);
+    let io = crate::io::Prefixed::new(hello.bytes, stream);
     let tls = match tokio::time::timeout(limit, acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -307,15 +252,15 @@ async fn tls_connection(
         }
     };
     let alpn = match tls.get_ref().1.alpn_protocol() {
-        Some(b"h2") => Alpn::H2,
-        _ => Alpn::Http1,
+        Some(b"h2") => forward::Alpn::H2,
+        _ => forward::Alpn::Http1,
     };
     let info = ConnInfo::new(proxy, peer, Some(TlsInfo { sni: hello.sni }));
-    let io = FirstReadDeadline {
+    let io = crate::io::FirstReadDeadline {
         inner: tls,
         deadline: Some(Box::pin(tokio::time::sleep(limit))),
     };
-    serve_http(io, info, alpn, Some(watcher)).await;
+    forward::serve_http(io, info, alpn, Some(watcher)).await;
 }
 
 /// The client's address from the PROXY protocol header an external load
@@ -354,7 +299,9 @@ async fn passthrough(
     let rules = snap.table.route(route);
     let n = pool.upstreams.len();
     let affinity = crate::pipeline::affinity(rules, std::iter::empty(), peer.ip());
-    let first = crate::balance::first(pool, rules.balance, affinity);
+    let first = crate::balance::first(&pool.upstreams, rules.balance, affinity, || {
+        pool.next_start()
+    });
     let addrs: Vec<SocketAddr> = (0..n)
         .map(|i| pool.upstreams[(first + i) % n].addr)
         .collect();
@@ -381,7 +328,7 @@ async fn passthrough(
             failures.push(format!("{addr}: {e}"));
             continue;
         }
-        let (result, counts) = relay(client, up, idle).await;
+        let (result, counts) = crate::io::relay(client, up, idle).await;
         let (sent, received) = counts;
         tracing::info!(
             target: crate::access_log::TARGET,
@@ -399,168 +346,3 @@ async fn passthrough(
     }
     tracing::warn!(client = %peer.ip(), sni, service = %label, error = %failures.join("; "), "passthrough failed: no upstream could take the connection");
 }
-
-/// Copies both ways until either side closes, or nothing moves for `idle`.
-/// Returns how it ended and the bytes copied each way.
-pub(crate) async fn relay<A, B>(a: A, b: B, idle: Duration) -> (io::Result<()>, (u64, u64))
-where
-    A: AsyncRead + AsyncWrite,
-    B: AsyncRead + AsyncWrite,
-{
-    let (mut ar, mut aw) = tokio::io::split(a);
-    let (mut br, mut bw) = tokio::io::split(b);
-    let (mut up, mut down) = (0u64, 0u64);
-    let (mut a_open, mut b_open) = (true, true);
-    let mut abuf = vec![0u8; 16 * 1024];
-    let mut bbuf = vec![0u8; 16 * 1024];
-    while a_open || b_open {
-        let step = async {
-            tokio::select! {
-                r = ar.read(&mut abuf), if a_open => (true, r),
-                r = br.read(&mut bbuf), if b_open => (false, r),
-            }
-        };
-        let (from_a, read) = match tokio::time::timeout(idle, step).await {
-            Ok(r) => r,
-            Err(_) => {
-                return (
-                    Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
-                    (up, down),
-                )
-            }
-        };
-        let n = match read {
-            Ok(n) => n,
-            Err(e) => return (Err(e), (up, down)),
-        };
-        let written = if from_a {
-            if n == 0 {
-                a_open = false;
-                bw.shutdown().await
-            } else {
-                up += n as u64;
-                bw.write_all(&abuf[..n]).await
-            }
-        } else if n == 0 {
-            b_open = false;
-            aw.shutdown().await
-        } else {
-            down += n as u64;
-            aw.write_all(&bbuf[..n]).await
-        };
-        if let Err(e) = written {
-            return (Err(e), (up, down));
-        }
-    }
-    (Ok(()), (up, down))
-}
-
-/// Writes of a stream wrapper that only changes reading go straight to
-/// its `inner` stream.
-macro_rules! write_through_inner {
-    (impl[$($generics:tt)*] for $t:ty) => {
-        impl<$($generics)*> AsyncWrite for $t {
-            fn poll_write(
-                mut self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &[u8],
-            ) -> Poll<io::Result<usize>> {
-                Pin::new(&mut self.inner).poll_write(cx, buf)
-            }
-
-            fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                Pin::new(&mut self.inner).poll_flush(cx)
-            }
-
-            fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                Pin::new(&mut self.inner).poll_shutdown(cx)
-            }
-
-            fn poll_write_vectored(
-                mut self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                bufs: &[io::IoSlice<'_>],
-            ) -> Poll<io::Result<usize>> {
-                Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-            }
-
-            fn is_write_vectored(&self) -> bool {
-                self.inner.is_write_vectored()
-            }
-        }
-    };
-}
-
-/// A stream whose first read must bring data before a deadline: hyper
-/// arms its header timeout only once a request has begun, so a client that
-/// completes a TLS handshake and then says nothing would otherwise hold the
-/// connection forever.
-struct FirstReadDeadline<I> {
-    inner: I,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for FirstReadDeadline<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        match &polled {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => self.deadline = None,
-            Poll::Pending => {
-                if let Some(deadline) = &mut self.deadline {
-                    if deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-                    }
-                }
-            }
-            _ => {}
-        }
-        polled
-    }
-}
-
-write_through_inner!(impl[I: AsyncWrite + Unpin] for FirstReadDeadline<I>);
-
-/// A stream that first yields bytes already read from it.
-pub(crate) struct Prefixed {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: TcpStream,
-}
-
-impl Prefixed {
-    pub(crate) fn new(prefix: Vec<u8>, inner: TcpStream) -> Prefixed {
-        Prefixed {
-            prefix,
-            pos: 0,
-            inner,
-        }
-    }
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.pos < self.prefix.len() {
-            let n = buf.remaining().min(self.prefix.len() - self.pos);
-            let start = self.pos;
-            buf.put_slice(&self.prefix[start..start + n]);
-            self.pos += n;
-            if self.pos == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-write_through_inner!(impl[] for Prefixed);

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::ProxyBody;
+use crate::upload::ProxyBody;
 
 /// Limits an [`Upstream`] is built with; a config change to them builds new ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,8 +70,6 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// `addr` as a header value (`x-upstream-addr`), made once.
     pub addr_value: HeaderValue,
-    /// `addr`'s hash, for consistent hashing (`crate::balance`).
-    pub addr_hash: u64,
     /// Requests sent and not yet answered, for least-request balancing.
     in_flight: AtomicUsize,
     pub limits: UpstreamLimits,
@@ -175,7 +173,6 @@ impl Upstream {
             addr,
             addr_value: HeaderValue::from_str(&addr.to_string())
                 .expect("a socket address is a valid header value"),
-            addr_hash: crate::balance::hash_bytes(addr.to_string().as_bytes()),
             in_flight: AtomicUsize::new(0),
             limits,
             transport,

@@ -1045,9 +1045,10 @@ async fn requests_in_progress_when_shutdown_begins_are_answered() {
         || async move { tokio::net::TcpStream::connect(addr).await.is_err() },
     )
     .await;
-    post.send("Content-Length: 2\r\n\r\nhi").await.unwrap();
-    get.send("\r\n").await.unwrap();
     if super::GENERAL_PATH {
+        // (The connection may be gone already.)
+        let _ = post.send("Content-Length: 2\r\n\r\nhi").await;
+        let _ = get.send("\r\n").await;
         // Pinned: a connection hyper serves from its first request counts
         // as idle while a head is still arriving, and hyper's graceful
         // shutdown closes it: a half-sent request is lost unless its rest
@@ -1067,6 +1068,8 @@ async fn requests_in_progress_when_shutdown_begins_are_answered() {
             .unwrap();
         return;
     }
+    post.send("Content-Length: 2\r\n\r\nhi").await.unwrap();
+    get.send("\r\n").await.unwrap();
     for (c, method) in [(&mut post, "POST"), (&mut get, "GET")] {
         let r = c.read_response(method).await.unwrap();
         assert_eq!(

@@ -1,0 +1,177 @@
+//! Stream adapters shared by the listeners and both request paths: a stream
+//! that replays bytes already read, one whose first read has a deadline,
+//! and the two-way relay for tunnels and upgraded connections.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Copies both ways until either side closes, or nothing moves for `idle`.
+/// Returns how it ended and the bytes copied each way.
+pub(crate) async fn relay<A, B>(a: A, b: B, idle: Duration) -> (io::Result<()>, (u64, u64))
+where
+    A: AsyncRead + AsyncWrite,
+    B: AsyncRead + AsyncWrite,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let (mut up, mut down) = (0u64, 0u64);
+    let (mut a_open, mut b_open) = (true, true);
+    let mut abuf = vec![0u8; 16 * 1024];
+    let mut bbuf = vec![0u8; 16 * 1024];
+    while a_open || b_open {
+        let step = async {
+            tokio::select! {
+                r = ar.read(&mut abuf), if a_open => (true, r),
+                r = br.read(&mut bbuf), if b_open => (false, r),
+            }
+        };
+        let (from_a, read) = match tokio::time::timeout(idle, step).await {
+            Ok(r) => r,
+            Err(_) => {
+                return (
+                    Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
+                    (up, down),
+                )
+            }
+        };
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => return (Err(e), (up, down)),
+        };
+        let written = if from_a {
+            if n == 0 {
+                a_open = false;
+                bw.shutdown().await
+            } else {
+                up += n as u64;
+                bw.write_all(&abuf[..n]).await
+            }
+        } else if n == 0 {
+            b_open = false;
+            aw.shutdown().await
+        } else {
+            down += n as u64;
+            aw.write_all(&bbuf[..n]).await
+        };
+        if let Err(e) = written {
+            return (Err(e), (up, down));
+        }
+    }
+    (Ok(()), (up, down))
+}
+
+/// Writes of a stream wrapper that only changes reading go straight to
+/// its `inner` stream.
+macro_rules! write_through_inner {
+    (impl[$($generics:tt)*] for $t:ty) => {
+        impl<$($generics)*> AsyncWrite for $t {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+
+            fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.inner).poll_flush(cx)
+            }
+
+            fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.inner).poll_shutdown(cx)
+            }
+
+            fn poll_write_vectored(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.inner.is_write_vectored()
+            }
+        }
+    };
+}
+
+/// A stream whose first read must bring data before a deadline: hyper
+/// arms its header timeout only once a request has begun, so a client that
+/// completes a TLS handshake and then says nothing would otherwise hold the
+/// connection forever.
+pub(crate) struct FirstReadDeadline<I> {
+    pub(crate) inner: I,
+    pub(crate) deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstReadDeadline<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.deadline = None,
+            Poll::Pending => {
+                if let Some(deadline) = &mut self.deadline {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                    }
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+write_through_inner!(impl[I: AsyncWrite + Unpin] for FirstReadDeadline<I>);
+
+/// A stream that first yields bytes already read from it.
+pub(crate) struct Prefixed {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: TcpStream,
+}
+
+impl Prefixed {
+    pub(crate) fn new(prefix: Vec<u8>, inner: TcpStream) -> Prefixed {
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.pos);
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+write_through_inner!(impl[] for Prefixed);
