@@ -76,10 +76,9 @@ pub struct Upstream {
     pub transport: Transport,
     /// Counts open connections, busy and idle, against `max_connections`.
     slots: Arc<Semaphore>,
-    idle: Mutex<Vec<IdleConn>>,
-    /// Idle keep-alive connections of the HTTP/1.1 fast path (`crate::h1`),
-    /// which speaks HTTP itself over the bare socket.
-    raw_idle: Mutex<Vec<RawIdle>>,
+    /// Idle keep-alive connections of both request paths, most recently
+    /// used last, capped together at `max_idle`.
+    idle: Mutex<Vec<Idle>>,
     /// The multiplexed connection, for HTTP/2 upstreams.
     shared: Mutex<Option<Conn>>,
 }
@@ -93,14 +92,28 @@ impl Drop for Busy<'_> {
     }
 }
 
-struct IdleConn {
-    conn: Conn,
+struct Idle {
+    conn: IdleConn,
     since: Instant,
 }
 
-struct RawIdle {
-    conn: RawConn,
-    since: Instant,
+/// An idle connection as the path that used it last left it: hyper's
+/// (HTTP/1.1 over cleartext or TLS), or the fast path's bare socket, which
+/// hyper can take over (not the other way round).
+enum IdleConn {
+    Hyper(Conn),
+    Raw(RawConn),
+}
+
+impl Idle {
+    /// Still worth keeping: not idle too long, not closed by the upstream.
+    fn usable(&self) -> bool {
+        self.since.elapsed() <= IDLE_TIMEOUT
+            && match &self.conn {
+                IdleConn::Hyper(c) => !c.is_closed(),
+                IdleConn::Raw(r) => still_open(&r.stream),
+            }
+    }
 }
 
 /// A bare connection for the HTTP/1.1 fast path, and the slot it occupies.
@@ -109,7 +122,7 @@ pub struct RawConn {
     /// Whether it served an earlier request: a reused connection may have
     /// been closed by the upstream just as the request was written.
     pub reused: bool,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 }
 
 pub enum Sender {
@@ -178,7 +191,6 @@ impl Upstream {
             transport,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             idle: Mutex::new(Vec::new()),
-            raw_idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
         }
     }
@@ -229,17 +241,36 @@ impl Upstream {
             }
             return Ok(conn);
         }
-        while let Some(mut idle) = self.pop_idle() {
+        loop {
+            let Some(idle) = lock(&self.idle).pop() else {
+                break;
+            };
             if idle.since.elapsed() > IDLE_TIMEOUT {
                 continue;
             }
-            // A connection returned as soon as its response body ended may
-            // take a moment to become ready; a closed one errors here.
-            if let Sender::Http1(s) = &mut idle.conn.sender {
-                if s.ready().await.is_ok() {
-                    idle.conn.reused = true;
-                    return Ok(idle.conn);
+            match idle.conn {
+                IdleConn::Hyper(mut conn) => {
+                    // A connection returned as soon as its response body
+                    // ended may take a moment to become ready; a closed one
+                    // errors here.
+                    if let Sender::Http1(s) = &mut conn.sender {
+                        if s.ready().await.is_ok() {
+                            conn.reused = true;
+                            return Ok(conn);
+                        }
+                    }
                 }
+                IdleConn::Raw(raw) if still_open(&raw.stream) => {
+                    // The fast path's connection, taken over by hyper: the
+                    // HTTP/1.1 handshake exchanges nothing on the wire.
+                    let sender = self.handshake(raw.stream, UpstreamProtocol::Http1).await?;
+                    return Ok(Conn {
+                        sender,
+                        slot: Arc::new(raw.slot),
+                        reused: true,
+                    });
+                }
+                IdleConn::Raw(_) => {}
             }
         }
         self.connect_boxed().await
@@ -253,18 +284,18 @@ impl Upstream {
         Box::pin(self.connect()).await
     }
 
-    fn pop_idle(&self) -> Option<IdleConn> {
-        lock(&self.idle).pop()
-    }
-
     /// Returns a connection whose exchange completed, for reuse.
     pub fn checkin(&self, conn: Conn) {
         if conn.is_http2() || conn.is_closed() {
             return;
         }
+        self.keep_idle(IdleConn::Hyper(conn));
+    }
+
+    fn keep_idle(&self, conn: IdleConn) {
         let mut idle = lock(&self.idle);
         if idle.len() < self.limits.max_idle {
-            idle.push(IdleConn {
+            idle.push(Idle {
                 conn,
                 since: Instant::now(),
             });
@@ -275,11 +306,16 @@ impl Upstream {
     /// used idle one that is still open, else a new one.
     pub async fn checkout_raw(&self) -> Result<RawConn, ConnectError> {
         loop {
-            let Some(idle) = lock(&self.raw_idle).pop() else {
-                break;
+            // The most recently used bare one (hyper's can't be unwrapped).
+            let taken = {
+                let mut idle = lock(&self.idle);
+                idle.iter()
+                    .rposition(|i| matches!(i.conn, IdleConn::Raw(_)))
+                    .map(|at| idle.remove(at))
             };
-            if idle.since.elapsed() <= IDLE_TIMEOUT && still_open(&idle.conn.stream) {
-                return Ok(idle.conn);
+            let Some(idle) = taken else { break };
+            if let (true, IdleConn::Raw(raw)) = (idle.usable(), idle.conn) {
+                return Ok(raw);
             }
         }
         Box::pin(async {
@@ -289,7 +325,7 @@ impl Upstream {
             Ok(RawConn {
                 stream,
                 reused: false,
-                _slot: slot,
+                slot,
             })
         })
         .await
@@ -298,22 +334,13 @@ impl Upstream {
     /// Returns a fast-path connection whose exchange completed cleanly.
     pub fn checkin_raw(&self, mut conn: RawConn) {
         conn.reused = true;
-        let mut idle = lock(&self.raw_idle);
-        if idle.len() < self.limits.max_idle {
-            idle.push(RawIdle {
-                conn,
-                since: Instant::now(),
-            });
-        }
+        self.keep_idle(IdleConn::Raw(conn));
     }
 
     /// Closes idle connections the upstream has closed (so none lingers in
     /// CLOSE_WAIT) and those idle longer than [`IDLE_TIMEOUT`].
     pub fn sweep_idle(&self) {
-        lock(&self.raw_idle)
-            .retain(|idle| idle.since.elapsed() <= IDLE_TIMEOUT && still_open(&idle.conn.stream));
-        lock(&self.idle)
-            .retain(|idle| idle.since.elapsed() <= IDLE_TIMEOUT && !idle.conn.is_closed());
+        lock(&self.idle).retain(Idle::usable);
     }
 
     /// A slot and a TCP connection, both by `deadline`.
@@ -464,5 +491,43 @@ mod tests {
         ));
         up.checkin(held);
         assert_eq!(up.idle_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn both_paths_share_one_idle_cap_and_hyper_takes_over_bare_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Holds the accepted sockets open, as an idle upstream would.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let limits = UpstreamLimits {
+            max_connections: 8,
+            max_idle: 2,
+            connect_timeout: Duration::from_secs(2),
+        };
+        let up = Upstream::new(addr, limits, Transport::plain());
+        let (a, b) = (
+            up.checkout_raw().await.unwrap(),
+            up.checkout_raw().await.unwrap(),
+        );
+        let h = up.checkout().await.unwrap();
+        up.checkin_raw(a);
+        up.checkin_raw(b);
+        up.checkin(h);
+        assert_eq!(up.idle_len(), 2, "one cap for both paths");
+        let taken = up.checkout().await.unwrap();
+        assert!(
+            taken.reused,
+            "the fast path's idle connection, reused by hyper"
+        );
+        assert!(!taken.is_http2());
+        assert_eq!(up.idle_len(), 1);
+        let raw = up.checkout_raw().await.unwrap();
+        assert!(raw.reused);
+        assert_eq!(up.idle_len(), 0);
     }
 }
