@@ -770,8 +770,10 @@ async fn swarm_services_carry_interlock_traffic_labels() {
         )
         .await;
     }
-    let out = tokio::process::Command::new(BIN)
-        .args(["check", "--docker"])
+    // `portico check --docker` run where Portico runs (in its container,
+    // on the overlay network; from the host, overlays are unreachable).
+    let out = tokio::process::Command::new("docker")
+        .args(["exec", &proxy, "/portico", "check", "--docker"])
         .output()
         .await
         .unwrap();
