@@ -3,9 +3,8 @@
 //! and finish the response with Interlock's headers and the access log.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -20,7 +19,7 @@ use portico_model::UpstreamProtocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
-use crate::access_log::{seconds, AccessLog};
+use crate::access_log::AccessLog;
 use crate::answer::Answer;
 use crate::balance;
 use crate::body::ResponseBody;
@@ -30,117 +29,11 @@ use crate::headers::{
     ip_value, new_request_id, set_forwarding, strip_hop_by_hop, X_FORWARDED_FOR, X_PROXY_ID,
     X_REQUEST_ID, X_SERVER_INFO, X_UPSTREAM_ADDR, X_UPSTREAM_RESPONSE_TIME,
 };
-use crate::pipeline::{self, RequestHead};
+use crate::pipeline::{self, log_failure, Attempts, Outcome, RequestHead};
 use crate::snapshot::{Pool, Snapshot};
 use crate::upload::{BodyTooLarge, ClientStalled, ProxyBody, Upload};
 use crate::upstream::Upstream;
 use crate::Proxy;
-
-/// One upstream tried for a request, and how long it took.
-pub(crate) struct Attempt {
-    addr: SocketAddr,
-    /// `addr` as a header value, made once per upstream.
-    addr_value: HeaderValue,
-    took: Duration,
-}
-
-impl Attempt {
-    pub(crate) fn new(upstream: &Upstream, took: Duration) -> Attempt {
-        Attempt {
-            addr: upstream.addr,
-            addr_value: upstream.addr_value.clone(),
-            took,
-        }
-    }
-}
-
-/// Upstreams tried for one request, with the time each took, for
-/// `x-upstream-addr`, `x-upstream-response-time` and the access log
-/// (comma-separated when several were tried, as nginx prints them).
-/// Nearly every request tries one; that one is kept without allocating.
-#[derive(Default)]
-pub(crate) struct Attempts {
-    first: Option<Attempt>,
-    more: Vec<Attempt>,
-}
-
-impl Attempts {
-    pub(crate) fn push(&mut self, attempt: Attempt) {
-        if self.first.is_none() {
-            self.first = Some(attempt);
-        } else {
-            self.more.push(attempt);
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Attempt> {
-        self.first.iter().chain(&self.more)
-    }
-
-    fn render(&self, mut item: impl FnMut(&mut String, &Attempt)) -> Option<String> {
-        self.first.as_ref()?;
-        let mut out = String::new();
-        for (i, a) in self.iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            item(&mut out, a);
-        }
-        Some(out)
-    }
-
-    pub(crate) fn addrs(&self) -> Option<String> {
-        self.render(|out, a| {
-            let _ = write!(out, "{}", a.addr);
-        })
-    }
-
-    pub(crate) fn times(&self) -> Option<String> {
-        self.render(|out, a| out.push_str(&seconds(a.took)))
-    }
-
-    /// `x-upstream-addr`; for a single attempt without formatting anything.
-    pub(crate) fn addrs_value(&self) -> Option<HeaderValue> {
-        match (&self.first, self.more.is_empty()) {
-            (None, _) => None,
-            (Some(a), true) => Some(a.addr_value.clone()),
-            (Some(_), false) => self.addrs().and_then(|a| HeaderValue::from_str(&a).ok()),
-        }
-    }
-
-    /// `x-upstream-response-time`; for a single attempt under a second
-    /// without formatting or allocating anything.
-    pub(crate) fn times_value(&self) -> Option<HeaderValue> {
-        match (&self.first, self.more.is_empty()) {
-            (None, _) => None,
-            (Some(a), true) => Some(seconds_value(a.took)),
-            (Some(_), false) => self.times().and_then(|t| HeaderValue::from_str(&t).ok()),
-        }
-    }
-}
-
-/// [`seconds`] as a header value. Times under a second come from a table
-/// made on first use ("0.000" to "0.999"), so they cost no formatting.
-fn seconds_value(d: Duration) -> HeaderValue {
-    static UNDER_A_SECOND: OnceLock<Vec<HeaderValue>> = OnceLock::new();
-    if d.as_secs() == 0 {
-        let table = UNDER_A_SECOND.get_or_init(|| {
-            // One string for all of them, kept for the life of the process,
-            // so each value is a static slice: cloning one is a copy.
-            let all: &'static str = Box::leak(
-                (0..1000)
-                    .map(|ms| format!("0.{ms:03}"))
-                    .collect::<String>()
-                    .into_boxed_str(),
-            );
-            (0..1000)
-                .map(|i| HeaderValue::from_static(&all[i * 5..i * 5 + 5]))
-                .collect()
-        });
-        return table[d.subsec_millis() as usize].clone();
-    }
-    HeaderValue::from_str(&seconds(d)).expect("digits and a dot are a valid header value")
-}
 
 /// What the connection's protocol is known to be.
 pub(crate) enum Alpn {
@@ -271,26 +164,6 @@ struct Client {
     peer_ip: HeaderValue,
     /// The peer is a trusted proxy: its `X-Forwarded-For` is extended.
     trusted: bool,
-}
-
-/// Logs a request that got an error response: upstream trouble is the
-/// operator's business; a client's bad or unroutable request is only the
-/// access log's.
-pub(crate) fn log_failure(
-    e: &ProxyError,
-    client: SocketAddr,
-    request_id: &HeaderValue,
-    attempts: &Attempts,
-) {
-    let upstream = attempts.addrs();
-    let upstream = upstream.as_deref().unwrap_or("-");
-    let id = request_id.to_str().unwrap_or("-");
-    let status = e.status().as_u16();
-    if e.is_upstream_failure() {
-        tracing::warn!(status, client = %client.ip(), request_id = id, upstream, error = %e, "request failed");
-    } else {
-        tracing::debug!(status, client = %client.ip(), request_id = id, error = %e, "request refused");
-    }
 }
 
 /// Interlock's response headers: `x-request-id`, `x-proxy-id`, and unless
@@ -424,17 +297,15 @@ async fn forward(
         );
         (body, Some(sent))
     };
-    let mut resp = send_with_retries(
-        pool,
-        first,
-        Request::from_parts(parts, body),
+    let mut exchange = HyperExchange {
+        pending: Some(Request::from_parts(parts, body)),
         template,
         upload_sent,
         te_trailers,
-        attempts,
-    )
-    .await
-    .map_err(Answer::error)?;
+    };
+    let (mut resp, _) = pipeline::try_upstreams(pool, first, &mut exchange, attempts)
+        .await
+        .map_err(Answer::error)?;
     if let Some((protocol, client_side)) = upgrade {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_side = hyper::upgrade::on(&mut resp);
@@ -599,53 +470,42 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// Tries the pool's upstreams in round-robin order, starting from the next
-/// one. An upstream that cannot be connected to is skipped (nothing was
-/// sent, so any request may move on, as nginx's `proxy_next_upstream error`
-/// does). After a request was sent, only a retryable one moves on.
-async fn send_with_retries(
-    pool: &Pool,
-    first: usize,
-    req: Request<ProxyBody>,
+/// A request on its way to an upstream over hyper, with what it needs to
+/// be sent again.
+struct HyperExchange {
+    /// The request, until a connection has taken it.
+    pending: Option<Request<ProxyBody>>,
+    /// Set for requests that may be sent again after being sent.
     template: Option<RetryTemplate>,
-    mut upload_sent: Option<oneshot::Receiver<()>>,
+    /// Fires once the request body has all been sent.
+    upload_sent: Option<oneshot::Receiver<()>>,
     te_trailers: bool,
-    attempts: &mut Attempts,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let n = pool.upstreams.len();
-    let timeout = pool.upstream_timeout;
-    let mut failures: Vec<String> = Vec::new();
-    let mut pending = Some(req);
-    let mut i = 0;
-    // A pooled connection found closed just as the request was handed to it
-    // gets the request back; that is retried on a fresh connection to the
-    // same upstream, once per upstream, without counting as a failure.
-    let mut stale_retry_used = false;
-    while i < n {
-        let upstream = &pool.upstreams[(first + i) % n];
-        let Some(mut req) = pending
+}
+
+impl pipeline::Exchange for HyperExchange {
+    type Out = Response<ResponseBody>;
+
+    async fn attempt(&mut self, pool: &Pool, upstream: &Arc<Upstream>) -> Outcome<Self::Out> {
+        let template = self.template.as_ref();
+        let Some(mut req) = self
+            .pending
             .take()
-            .or_else(|| template.as_ref().map(RetryTemplate::build))
+            .or_else(|| template.map(RetryTemplate::build))
         else {
-            break;
+            return Outcome::Next("the request body was consumed by an earlier attempt".into());
         };
-        adapt_for(&mut req, upstream, te_trailers);
-        let tried_at = Instant::now();
+        adapt_for(&mut req, upstream, self.te_trailers);
         let mut conn = match upstream.checkout().await {
             Ok(c) => c,
             Err(e) => {
-                attempts.push(Attempt::new(upstream, tried_at.elapsed()));
-                failures.push(format!("{}: {e}", upstream.addr));
-                pending = Some(req);
-                i += 1;
-                continue;
+                self.pending = Some(req);
+                return Outcome::Next(e.to_string());
             }
         };
-        let sent_at = Instant::now();
-        let busy = upstream.busy();
+        let timeout = pool.upstream_timeout;
         // upstream_timeout measures the upstream, not the client: with a
         // body, it starts once the body has all been sent.
-        let outcome = match upload_sent.take() {
+        let outcome = match self.upload_sent.take() {
             None => tokio::time::timeout(timeout, conn.send(req)).await,
             Some(mut sent) => {
                 let send = conn.send(req);
@@ -654,78 +514,53 @@ async fn send_with_retries(
                     r = &mut send => {
                         // An early answer (or a connection that never took
                         // the body): keep the signal for a retry.
-                        upload_sent = Some(sent);
+                        self.upload_sent = Some(sent);
                         Ok(r)
                     }
                     _ = &mut sent => tokio::time::timeout(timeout, send).await,
                 }
             }
         };
-        let took = sent_at.elapsed();
-        drop(busy);
-        match outcome {
-            Ok(Ok(resp)) => {
-                attempts.push(Attempt::new(upstream, took));
-                return Ok(upstream_response(resp, conn, upstream));
-            }
+        let mut err = match outcome {
+            Ok(Ok(resp)) => return Outcome::Answered(upstream_response(resp, conn, upstream)),
             Err(_elapsed) => {
-                attempts.push(Attempt::new(upstream, took));
-                return Err(ProxyError::upstream_timeout(pool, upstream, timeout));
+                return Outcome::Fatal(ProxyError::upstream_timeout(pool, upstream, timeout))
             }
-            Ok(Err(mut err)) => {
-                if let Some(req) = err.take_message() {
-                    pending = Some(req);
-                    if !stale_retry_used {
-                        stale_retry_used = true;
-                        continue;
-                    }
-                    attempts.push(Attempt::new(upstream, took));
-                    failures.push(format!(
-                        "{}: connection closed before the request was sent",
-                        upstream.addr
-                    ));
-                    i += 1;
-                    continue;
-                }
-                attempts.push(Attempt::new(upstream, took));
-                if let Some(stalled) = body_error::<ClientStalled>(err.error()) {
-                    return Err(ProxyError::ClientTimeout(stalled.to_string()));
-                }
-                if let Some(large) = body_error::<BodyTooLarge>(err.error()) {
-                    return Err(ProxyError::TooLarge {
-                        service: pool.label.clone(),
-                        limit: large.0,
-                    });
-                }
-                if conn.reused
-                    && err.error().is_incomplete_message()
-                    && template.is_some()
-                    && !stale_retry_used
-                {
-                    // The keep-alive race: a pooled connection closed with
-                    // the request on its way and no byte of an answer.
-                    // Nothing was processed; a retryable request goes again
-                    // on another connection to the same upstream, as on the
-                    // fast path.
-                    stale_retry_used = true;
-                    continue;
-                }
-                let why = format!("{}: {}", upstream.addr, err.error());
-                if template.is_none() {
-                    return Err(ProxyError::BadGateway {
-                        service: pool.label.clone(),
-                        detail: format!(
-                            "upstream {why} after the request was sent; not retried \
-                             because the request is not idempotent or has a body"
-                        ),
-                    });
-                }
-                failures.push(why);
-                i += 1;
-            }
+            Ok(Err(err)) => err,
+        };
+        if let Some(req) = err.take_message() {
+            // hyper found the pooled connection closed and gives the
+            // request back unsent.
+            self.pending = Some(req);
+            return Outcome::Stale("connection closed before the request was sent".into());
         }
+        if let Some(stalled) = body_error::<ClientStalled>(err.error()) {
+            return Outcome::Fatal(ProxyError::ClientTimeout(stalled.to_string()));
+        }
+        if let Some(large) = body_error::<BodyTooLarge>(err.error()) {
+            return Outcome::Fatal(ProxyError::TooLarge {
+                service: pool.label.clone(),
+                limit: large.0,
+            });
+        }
+        if self.template.is_none() {
+            return Outcome::Fatal(ProxyError::BadGateway {
+                service: pool.label.clone(),
+                detail: format!(
+                    "upstream {}: {} after the request was sent; not retried \
+                     because the request is not idempotent or has a body",
+                    upstream.addr,
+                    err.error()
+                ),
+            });
+        }
+        if conn.reused && err.error().is_incomplete_message() {
+            // The keep-alive race: a pooled connection closed with the
+            // request on its way and no byte of an answer.
+            return Outcome::Stale(err.error().to_string());
+        }
+        Outcome::Next(err.error().to_string())
     }
-    Err(ProxyError::no_upstream_took(pool, &failures))
 }
 
 /// The request body's own error (the client's stall, a body over the

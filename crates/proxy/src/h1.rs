@@ -38,11 +38,12 @@ use crate::balance;
 use crate::body::InFlight;
 use crate::context::ConnInfo;
 use crate::error::ProxyError;
+use crate::forward;
 use crate::forward::Alpn;
-use crate::forward::{self, Attempt, Attempts};
 use crate::headers::{is_hop_by_hop, request_id_bytes};
 use crate::io::Prefixed;
-use crate::pipeline::{self, RequestHead};
+use crate::pipeline::Attempts;
+use crate::pipeline::{self, Outcome, RequestHead};
 use crate::snapshot::{Pool, Snapshot};
 use crate::upstream::{lock, readable_now, RawConn, Upstream};
 
@@ -734,18 +735,18 @@ async fn exchange(
     let sent = match plan {
         Plan::Forward { route, first } => {
             from_upstream.reserve_exact(RESPONSE_BUF);
+            let mut exchange = RawExchange {
+                request: &upstream_req,
+                buf: &mut from_upstream,
+                out: &mut out,
+                max_head: snap.config.proxy.max_header_bytes,
+                hide: snap.config.proxy.hide_info_headers,
+            };
             let pool = &snap.pools[route];
-            send(
-                pool,
-                first,
-                &snap,
-                &upstream_req,
-                &mut from_upstream,
-                &mut out,
-                &mut attempts,
-            )
-            .await
-            .map_err(Answer::error)
+            pipeline::try_upstreams(pool, first, &mut exchange, &mut attempts)
+                .await
+                .map(|((conn, head), upstream)| (conn, upstream, head))
+                .map_err(Answer::error)
         }
         Plan::Answer(answer) => Err(answer),
     };
@@ -755,7 +756,7 @@ async fn exchange(
         Err(answer) => {
             let request_id = HeaderValue::from_bytes(&id).expect("hex digits");
             if let Some(e) = &answer.error {
-                forward::log_failure(e, client_addr, &request_id, &attempts);
+                pipeline::log_failure(e, client_addr, &request_id, &attempts);
             }
             let close = close || answer.close || shared.stopping();
             out.clear();
@@ -974,79 +975,49 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Tries the pool's upstreams in round-robin order, like the general path's
-/// `send_with_retries` for a body-less idempotent request: an upstream that
-/// can't be connected to, or whose connection fails before a response, is
-/// skipped; a reused connection found closed is retried once on another
-/// connection to the same upstream without counting as a failure; no
-/// response within `upstream_timeout` is a 504.
-async fn send<'s>(
-    pool: &'s Pool,
-    first: usize,
-    snap: &Snapshot,
-    request: &[u8],
-    buf: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-    attempts: &mut Attempts,
-) -> Result<
-    (
-        RawConn,
-        &'s std::sync::Arc<crate::upstream::Upstream>,
-        UpstreamHead,
-    ),
-    ProxyError,
-> {
-    let n = pool.upstreams.len();
-    let timeout = pool.upstream_timeout;
-    let max_head = snap.config.proxy.max_header_bytes;
-    let hide = snap.config.proxy.hide_info_headers;
-    let mut failures: Vec<String> = Vec::new();
-    let mut stale_retry_used = false;
-    let mut i = 0;
-    while i < n {
-        let upstream = &pool.upstreams[(first + i) % n];
-        let tried_at = Instant::now();
+/// A body-less idempotent request on its way to an upstream as bytes: safe
+/// to send again, so any failure before a response moves on.
+struct RawExchange<'a> {
+    request: &'a [u8],
+    /// The response head (and what follows it) as read.
+    buf: &'a mut Vec<u8>,
+    /// The client's version of the response head.
+    out: &'a mut Vec<u8>,
+    max_head: usize,
+    hide: bool,
+}
+
+impl pipeline::Exchange for RawExchange<'_> {
+    type Out = (RawConn, UpstreamHead);
+
+    async fn attempt(&mut self, pool: &Pool, upstream: &Arc<Upstream>) -> Outcome<Self::Out> {
         let mut conn = match upstream.checkout_raw().await {
             Ok(c) => c,
-            Err(e) => {
-                attempts.push(Attempt::new(upstream, tried_at.elapsed()));
-                failures.push(format!("{}: {e}", upstream.addr));
-                i += 1;
-                continue;
-            }
+            Err(e) => return Outcome::Next(e.to_string()),
         };
-        let sent_at = Instant::now();
-        buf.clear();
-        out.clear();
-        let busy = upstream.busy();
-        let exchange = round_trip(&mut conn.stream, request, buf, out, max_head, hide);
-        let outcome = tokio::time::timeout(timeout, exchange).await;
-        let took = sent_at.elapsed();
-        drop(busy);
-        match outcome {
-            Ok(Ok(head)) => {
-                attempts.push(Attempt::new(upstream, took));
-                return Ok((conn, upstream, head));
+        self.buf.clear();
+        self.out.clear();
+        let exchange = round_trip(
+            &mut conn.stream,
+            self.request,
+            self.buf,
+            self.out,
+            self.max_head,
+            self.hide,
+        );
+        match tokio::time::timeout(pool.upstream_timeout, exchange).await {
+            Ok(Ok(head)) => Outcome::Answered((conn, head)),
+            Err(_elapsed) => Outcome::Fatal(ProxyError::upstream_timeout(
+                pool,
+                upstream,
+                pool.upstream_timeout,
+            )),
+            Ok(Err(e @ UpstreamError::Io { nothing: true, .. })) if conn.reused => {
+                Outcome::Stale(e.to_string())
             }
-            Err(_elapsed) => {
-                attempts.push(Attempt::new(upstream, took));
-                return Err(ProxyError::upstream_timeout(pool, upstream, timeout));
-            }
-            Ok(Err(e)) => {
-                if conn.reused
-                    && matches!(e, UpstreamError::Io { nothing: true, .. })
-                    && !stale_retry_used
-                {
-                    stale_retry_used = true;
-                    continue;
-                }
-                attempts.push(Attempt::new(upstream, took));
-                failures.push(format!("{}: {e}", upstream.addr));
-                i += 1;
-            }
+            Ok(Err(e)) => Outcome::Next(e.to_string()),
         }
     }
-    Err(ProxyError::no_upstream_took(pool, &failures))
 }
 
 /// Writes the request, reads the response head into `buf` (skipping 1xx

@@ -7,15 +7,20 @@
 //! this; neither holds a routing rule of its own.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use http::StatusCode;
+use http::{HeaderValue, StatusCode};
 use portico_model::{normalize_request_host, Cidr, Lookup, Route, RouteId};
 
+use crate::access_log::seconds;
 use crate::answer::Answer;
 use crate::context::TlsInfo;
 use crate::error::ProxyError;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Pool, Snapshot};
+use crate::upstream::Upstream;
 
 /// What the pipeline needs of a request head, as either codec read it.
 pub(crate) struct RequestHead<'a> {
@@ -222,6 +227,198 @@ pub(crate) fn client_address<'h>(
         }
     }
     (client, true)
+}
+
+/// One upstream tried for a request, and how long it took.
+pub(crate) struct Attempt {
+    addr: SocketAddr,
+    /// `addr` as a header value, made once per upstream.
+    addr_value: HeaderValue,
+    took: Duration,
+}
+
+impl Attempt {
+    pub(crate) fn new(upstream: &Upstream, took: Duration) -> Attempt {
+        Attempt {
+            addr: upstream.addr,
+            addr_value: upstream.addr_value.clone(),
+            took,
+        }
+    }
+}
+
+/// Upstreams tried for one request, with the time each took, for
+/// `x-upstream-addr`, `x-upstream-response-time` and the access log
+/// (comma-separated when several were tried, as nginx prints them).
+/// Nearly every request tries one; that one is kept without allocating.
+#[derive(Default)]
+pub(crate) struct Attempts {
+    first: Option<Attempt>,
+    more: Vec<Attempt>,
+}
+
+impl Attempts {
+    pub(crate) fn push(&mut self, attempt: Attempt) {
+        if self.first.is_none() {
+            self.first = Some(attempt);
+        } else {
+            self.more.push(attempt);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Attempt> {
+        self.first.iter().chain(&self.more)
+    }
+
+    fn render(&self, mut item: impl FnMut(&mut String, &Attempt)) -> Option<String> {
+        self.first.as_ref()?;
+        let mut out = String::new();
+        for (i, a) in self.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            item(&mut out, a);
+        }
+        Some(out)
+    }
+
+    pub(crate) fn addrs(&self) -> Option<String> {
+        self.render(|out, a| {
+            let _ = write!(out, "{}", a.addr);
+        })
+    }
+
+    pub(crate) fn times(&self) -> Option<String> {
+        self.render(|out, a| out.push_str(&seconds(a.took)))
+    }
+
+    /// `x-upstream-addr`; for a single attempt without formatting anything.
+    pub(crate) fn addrs_value(&self) -> Option<HeaderValue> {
+        match (&self.first, self.more.is_empty()) {
+            (None, _) => None,
+            (Some(a), true) => Some(a.addr_value.clone()),
+            (Some(_), false) => self.addrs().and_then(|a| HeaderValue::from_str(&a).ok()),
+        }
+    }
+
+    /// `x-upstream-response-time`; for a single attempt under a second
+    /// without formatting or allocating anything.
+    pub(crate) fn times_value(&self) -> Option<HeaderValue> {
+        match (&self.first, self.more.is_empty()) {
+            (None, _) => None,
+            (Some(a), true) => Some(seconds_value(a.took)),
+            (Some(_), false) => self.times().and_then(|t| HeaderValue::from_str(&t).ok()),
+        }
+    }
+}
+
+/// [`seconds`] as a header value. Times under a second come from a table
+/// made on first use ("0.000" to "0.999"), so they cost no formatting.
+fn seconds_value(d: Duration) -> HeaderValue {
+    static UNDER_A_SECOND: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    if d.as_secs() == 0 {
+        let table = UNDER_A_SECOND.get_or_init(|| {
+            // One string for all of them, kept for the life of the process,
+            // so each value is a static slice: cloning one is a copy.
+            let all: &'static str = Box::leak(
+                (0..1000)
+                    .map(|ms| format!("0.{ms:03}"))
+                    .collect::<String>()
+                    .into_boxed_str(),
+            );
+            (0..1000)
+                .map(|i| HeaderValue::from_static(&all[i * 5..i * 5 + 5]))
+                .collect()
+        });
+        return table[d.subsec_millis() as usize].clone();
+    }
+    HeaderValue::from_str(&seconds(d)).expect("digits and a dot are a valid header value")
+}
+
+/// Logs a request that got an error response: upstream trouble is the
+/// operator's business; a client's bad or unroutable request is only the
+/// access log's.
+pub(crate) fn log_failure(
+    e: &ProxyError,
+    client: SocketAddr,
+    request_id: &HeaderValue,
+    attempts: &Attempts,
+) {
+    let upstream = attempts.addrs();
+    let upstream = upstream.as_deref().unwrap_or("-");
+    let id = request_id.to_str().unwrap_or("-");
+    let status = e.status().as_u16();
+    if e.is_upstream_failure() {
+        tracing::warn!(status, client = %client.ip(), request_id = id, upstream, error = %e, "request failed");
+    } else {
+        tracing::debug!(status, client = %client.ip(), request_id = id, error = %e, "request refused");
+    }
+}
+
+/// How one attempt to have an upstream answer ended, as a codec reports it.
+pub(crate) enum Outcome<T> {
+    /// The upstream answered (a response head arrived).
+    Answered(T),
+    /// A pooled connection turned out closed before the upstream could have
+    /// acted on the request (the keep-alive race): it may go again, once,
+    /// on another connection to the same upstream, without counting as a
+    /// failure.
+    Stale(String),
+    /// The upstream failed in a way that lets the request move on to the
+    /// next one (it could not be connected to, or failed before answering a
+    /// request that is safe to repeat).
+    Next(String),
+    /// The request ends here with this error (a timeout after it was sent,
+    /// a request that may not be repeated, the client's own failure).
+    Fatal(ProxyError),
+}
+
+/// One codec's way of sending a request to one upstream.
+pub(crate) trait Exchange {
+    type Out;
+    async fn attempt(&mut self, pool: &Pool, upstream: &Arc<Upstream>) -> Outcome<Self::Out>;
+}
+
+/// Tries the pool's upstreams from `first` on, in order, as the outcomes
+/// allow: the one retry policy of both codecs (nginx's `proxy_next_upstream
+/// error timeout` for what was never sent, and for idempotent requests
+/// without a body). Every attempt but a stale connection's is recorded in
+/// `attempts` (for `x-upstream-addr` and the log), with its whole time.
+pub(crate) async fn try_upstreams<'p, E: Exchange>(
+    pool: &'p Pool,
+    first: usize,
+    exchange: &mut E,
+    attempts: &mut Attempts,
+) -> Result<(E::Out, &'p Arc<Upstream>), ProxyError> {
+    let n = pool.upstreams.len();
+    let mut failures: Vec<String> = Vec::new();
+    let mut stale_retry_used = false;
+    let mut i = 0;
+    while i < n {
+        let upstream = &pool.upstreams[(first + i) % n];
+        let started = Instant::now();
+        let busy = upstream.busy();
+        let outcome = exchange.attempt(pool, upstream).await;
+        drop(busy);
+        let tried = Attempt::new(upstream, started.elapsed());
+        match outcome {
+            Outcome::Answered(out) => {
+                attempts.push(tried);
+                return Ok((out, upstream));
+            }
+            Outcome::Stale(_) if !stale_retry_used => stale_retry_used = true,
+            Outcome::Stale(why) | Outcome::Next(why) => {
+                attempts.push(tried);
+                failures.push(format!("{}: {why}", upstream.addr));
+                i += 1;
+            }
+            Outcome::Fatal(e) => {
+                attempts.push(tried);
+                return Err(e);
+            }
+        }
+    }
+    Err(ProxyError::no_upstream_took(pool, &failures))
 }
 
 #[cfg(test)]

@@ -293,56 +293,74 @@ async fn passthrough(
     peer: SocketAddr,
 ) {
     let start = Instant::now();
-    // Take what the tunnel needs and let the snapshot go: a tunnel may live
-    // for hours, and must not keep old configs alive.
     let pool = &snap.pools[route];
     let rules = snap.table.route(route);
-    let n = pool.upstreams.len();
     let affinity = crate::pipeline::affinity(rules, std::iter::empty(), peer.ip());
     let first = crate::balance::first(&pool.upstreams, rules.balance, affinity, || {
         pool.next_start()
     });
-    let addrs: Vec<SocketAddr> = (0..n)
-        .map(|i| pool.upstreams[(first + i) % n].addr)
-        .collect();
+    let mut exchange = TunnelExchange {
+        hello: &hello.bytes,
+        connect_timeout: rules.connect_timeout,
+    };
+    let mut attempts = crate::pipeline::Attempts::default();
+    let tried = crate::pipeline::try_upstreams(pool, first, &mut exchange, &mut attempts)
+        .await
+        .map(|(up, upstream)| (up, upstream.addr));
+    // Keep what the tunnel needs and let the snapshot go: a tunnel may live
+    // for hours, and must not keep old configs alive.
     let label = pool.label.clone();
-    let connect_timeout = rules.connect_timeout;
     let idle = snap.config.proxy.tunnel_idle_timeout;
     drop(snap);
     let sni = hello.sni.as_deref().unwrap_or("-");
-    let mut failures = Vec::new();
-    for addr in addrs {
-        let mut up = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+    let (up, addr) = match tried {
+        Ok(ok) => ok,
+        Err(e) => {
+            tracing::warn!(client = %peer.ip(), sni, service = %label, error = %e, "passthrough failed: no upstream could take the connection");
+            return;
+        }
+    };
+    let (result, (sent, received)) = crate::io::relay(client, up, idle).await;
+    tracing::info!(
+        target: crate::access_log::TARGET,
+        client = %peer.ip(),
+        sni,
+        service = %label,
+        upstream = %addr,
+        bytes_in = sent + hello.bytes.len() as u64,
+        bytes_out = received,
+        duration = %crate::access_log::seconds(start.elapsed()),
+        end = %result.err().map_or_else(|| "closed".to_owned(), |e| e.to_string()),
+        "tunnel"
+    );
+}
+
+/// A passthrough connection on its way to an upstream: connected, and the
+/// ClientHello already read from the client replayed to it.
+struct TunnelExchange<'a> {
+    hello: &'a [u8],
+    connect_timeout: Duration,
+}
+
+impl crate::pipeline::Exchange for TunnelExchange<'_> {
+    type Out = TcpStream;
+
+    async fn attempt(
+        &mut self,
+        _pool: &crate::snapshot::Pool,
+        upstream: &Arc<crate::upstream::Upstream>,
+    ) -> crate::pipeline::Outcome<TcpStream> {
+        use crate::pipeline::Outcome;
+        let connect = TcpStream::connect(upstream.addr);
+        let mut up = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                failures.push(format!("{addr}: {e}"));
-                continue;
-            }
-            Err(_) => {
-                failures.push(format!("{addr}: connect timed out"));
-                continue;
-            }
+            Ok(Err(e)) => return Outcome::Next(e.to_string()),
+            Err(_) => return Outcome::Next("connect timed out".into()),
         };
         let _ = up.set_nodelay(true);
-        if let Err(e) = up.write_all(&hello.bytes).await {
-            failures.push(format!("{addr}: {e}"));
-            continue;
+        match up.write_all(self.hello).await {
+            Ok(()) => Outcome::Answered(up),
+            Err(e) => Outcome::Next(e.to_string()),
         }
-        let (result, counts) = crate::io::relay(client, up, idle).await;
-        let (sent, received) = counts;
-        tracing::info!(
-            target: crate::access_log::TARGET,
-            client = %peer.ip(),
-            sni,
-            service = %label,
-            upstream = %addr,
-            bytes_in = sent + hello.bytes.len() as u64,
-            bytes_out = received,
-            duration = %crate::access_log::seconds(start.elapsed()),
-            end = %result.err().map_or_else(|| "closed".to_owned(), |e| e.to_string()),
-            "tunnel"
-        );
-        return;
     }
-    tracing::warn!(client = %peer.ip(), sni, service = %label, error = %failures.join("; "), "passthrough failed: no upstream could take the connection");
 }
