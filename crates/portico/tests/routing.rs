@@ -582,3 +582,62 @@ async fn a_trusted_proxy_names_the_client_for_ip_hash_and_logs() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_protocol_precedes_tls_on_the_https_listener() {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = portico_testkit::TestCa::new("Portico Test CA");
+    let ca_file = ca.write(dir.path());
+    let (cert, key) = ca.issue(&["pp.test"]).write(dir.path(), "site");
+    let b = Backend::echo("app").await;
+    let proxy = TestProxy::start(&format!(
+        "[proxy]\nhttps_listen = \"127.0.0.1:0\"\nhttps_proxy_protocol = true\n{}",
+        service(
+            "app",
+            &["pp.test"],
+            &[b.addr],
+            &format!(
+                "tls_cert = {:?}\ntls_key = {:?}",
+                cert.display().to_string(),
+                key.display().to_string()
+            ),
+        )
+    ))
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&ca_file).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let mut tcp = tokio::net::TcpStream::connect(proxy.https_addr.unwrap())
+        .await
+        .unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.9 10.0.0.1 40000 443\r\n")
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("pp.test").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS after the header");
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: pp.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let e: Echo = serde_json::from_str(body).unwrap();
+    assert_eq!(e.header("x-real-ip"), Some("203.0.113.9"));
+    assert_eq!(e.header("x-forwarded-proto"), Some("https"));
+}
