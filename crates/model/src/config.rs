@@ -540,7 +540,9 @@ struct RawRedirect {
 #[serde(deny_unknown_fields)]
 struct RawService {
     name: Spanned<String>,
-    hosts: Spanned<Vec<Spanned<String>>>,
+    /// Optional only for a `default_backend`, which answers unclaimed hosts.
+    #[serde(default)]
+    hosts: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     upstreams: Vec<Spanned<String>>,
     tls_cert: Option<Spanned<String>>,
@@ -1176,15 +1178,28 @@ fn validate_service(
         names.insert(name.clone(), svc.name.span().start);
     }
 
-    let mut hosts = Vec::with_capacity(svc.hosts.get_ref().len());
-    if svc.hosts.get_ref().is_empty() {
-        r.at(
-            svc.hosts.span().start,
+    let is_default = svc.default_backend.as_ref().is_some_and(|d| *d.get_ref());
+    let listed: &[Spanned<String>] = svc.hosts.as_ref().map_or(&[], |h| h.get_ref());
+    // Where host problems are reported: the list, or the service's table.
+    let hosts_at = svc
+        .hosts
+        .as_ref()
+        .map_or(raw.span().start, |h| h.span().start);
+    let mut hosts = Vec::with_capacity(listed.len());
+    match &svc.hosts {
+        None if !is_default => r.at(
+            hosts_at,
+            format!("{label}.hosts"),
+            "missing: list the host names routed to this service (only a default_backend may have none)",
+        ),
+        Some(h) if h.get_ref().is_empty() && !is_default => r.at(
+            hosts_at,
             format!("{label}.hosts"),
             "must list at least one host name",
-        );
+        ),
+        _ => {}
     }
-    for h in svc.hosts.get_ref() {
+    for h in listed {
         match HostPattern::parse(h.get_ref()) {
             Ok(p) if hosts.contains(&p) => r.at(
                 h.span().start,
@@ -1347,7 +1362,7 @@ fn validate_service(
         && svc.upstream_tls_name.is_none()
         && !hosts.is_empty()
     {
-        r.at(svc.hosts.span().start, field("upstream_tls_name"), "every host is a wildcard: set upstream_tls_name to the name the upstreams' certificate carries");
+        r.at(hosts_at, field("upstream_tls_name"), "every host is a wildcard: set upstream_tls_name to the name the upstreams' certificate carries");
     }
     let upstream = UpstreamOptions {
         protocol,
@@ -1899,5 +1914,20 @@ default_backend = true
             start.elapsed()
         );
         assert_eq!(c.services.len(), 10_000);
+    }
+
+    #[test]
+    fn only_a_default_backend_may_list_no_hosts() {
+        let c = Config::parse(
+            "[[service]]\nname = \"fallback\"\nupstreams = [\"127.0.0.1:9\"]\ndefault_backend = true\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert!(c.services[0].hosts.is_empty());
+        let e = errors("[[service]]\nname = \"a\"\nupstreams = [\"127.0.0.1:9\"]\n");
+        assert!(
+            e[0].starts_with("p.toml:1:1: service[0] (a).hosts: missing: list the host names"),
+            "{e:?}"
+        );
     }
 }

@@ -193,7 +193,12 @@ pub fn translate(w: &Workload) -> Translation {
         }
     }
 
+    // Interlock's own default backend carries no hosts label.
+    let is_default = ours
+        .get("default_backend")
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
     let hosts: Vec<HostPattern> = match ours.get("hosts") {
+        None if is_default => Vec::new(),
         None => {
             error(
                 &mut t,
@@ -803,5 +808,15 @@ mod tests {
             assert_eq!(label_for(s).unwrap(), format!("com.docker.lb.{s}"));
             assert!(SUPPORTED.contains(&s));
         }
+    }
+
+    #[test]
+    fn interlocks_default_backend_needs_no_hosts() {
+        let t = translate(&workload(&[("default_backend", "true"), ("port", "8080")]));
+        assert!(t.findings.is_empty(), "{:?}", messages(&t));
+        let s = t.service.unwrap();
+        assert!(s.default_backend && s.hosts.is_empty());
+        let t = translate(&workload(&[("default_backend", "false"), ("port", "8080")]));
+        assert!(messages(&t)[0].starts_with("error demo_foo com.docker.lb.hosts: missing"));
     }
 }

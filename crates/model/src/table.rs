@@ -25,6 +25,9 @@ pub struct Site {
     /// The certificate for these hosts, from the first service that has one.
     pub tls: Option<TlsFiles>,
     pub passthrough: bool,
+    /// Interlock's `redirects` of the site's services: they apply to every
+    /// path of the host (a `return 302` in its nginx server block).
+    pub redirects: Vec<Redirect>,
     /// The site's path rules, longest prefix first; the catch-all (no
     /// prefix), if any, last.
     pub rules: Vec<RouteId>,
@@ -46,14 +49,11 @@ pub struct Route {
     pub hosts: Vec<HostPattern>,
     /// The path prefix (`/app`); `None` matches every path.
     pub path: Option<String>,
-    /// The certificate for these hosts, from the first service that has one.
-    pub tls: Option<TlsFiles>,
     pub ssl_only: bool,
     pub hsts_max_age: Option<Duration>,
     pub passthrough: bool,
     /// Strip `path` before forwarding (and 301 the bare prefix to `prefix/`).
     pub rewrite: bool,
-    pub redirects: Vec<Redirect>,
     pub sticky_cookie: Option<String>,
     pub ip_hash: bool,
     pub balance: Balance,
@@ -128,18 +128,20 @@ impl RoutingTable {
                 HostPattern::Wildcard(suffix) => table.wildcard.insert(suffix.as_str().into(), id),
             };
         }
-        // Validation allows one default backend.
-        table.default_backend = config
-            .services
-            .iter()
-            .position(|s| s.default_backend)
-            .and_then(|si| {
-                let svc = &config.services[si];
-                table
-                    .routes
-                    .iter()
-                    .position(|r| r.services.contains(&svc.name) && r.path == svc.context_root)
-            });
+        // Validation allows one default backend. It gets a pool of its
+        // own: the services it shares a host with don't answer for hosts
+        // nobody claims. Interlock's has no hosts at all.
+        if let Some(si) = config.services.iter().position(|s| s.default_backend) {
+            let key = (vec![si], config.services[si].context_root.as_deref());
+            let id = match route_of.get(&key) {
+                Some(id) => *id,
+                None => {
+                    table.routes.push(route(config, &key.0, key.1));
+                    table.routes.len() - 1
+                }
+            };
+            table.default_backend = Some(id);
+        }
         table
     }
 
@@ -171,7 +173,7 @@ impl RoutingTable {
             let id = match route_of.get(&key) {
                 Some(id) => *id,
                 None => {
-                    self.routes.push(route(config, &key.0, path, tls.clone()));
+                    self.routes.push(route(config, &key.0, path));
                     let id = self.routes.len() - 1;
                     route_of.insert(key, id);
                     id
@@ -188,6 +190,17 @@ impl RoutingTable {
             tls,
             // Validation makes services on one host agree on it.
             passthrough: config.services[services[0]].passthrough,
+            redirects: services
+                .iter()
+                .flat_map(|&si| config.services[si].redirects.iter())
+                .fold(Vec::new(), |mut all, r| {
+                    if !all.iter().any(|a: &Redirect| {
+                        a.from_scheme == r.from_scheme && a.from_host == r.from_host
+                    }) {
+                        all.push(r.clone());
+                    }
+                    all
+                }),
             rules,
         });
         self.sites.len() - 1
@@ -284,7 +297,7 @@ pub enum Lookup {
 }
 
 /// The pool of `services` (which share a host and `path`).
-fn route(config: &Config, services: &[usize], path: Option<&str>, tls: Option<TlsFiles>) -> Route {
+fn route(config: &Config, services: &[usize], path: Option<&str>) -> Route {
     let mut upstreams = Vec::new();
     let mut upstream_options = Vec::new();
     for &si in services {
@@ -308,16 +321,10 @@ fn route(config: &Config, services: &[usize], path: Option<&str>, tls: Option<Tl
         upstream_options,
         hosts: Vec::new(),
         path: path.map(str::to_owned),
-        tls,
         ssl_only: first.ssl_only,
         hsts_max_age: first.hsts_max_age,
         passthrough: first.passthrough,
         rewrite: first.context_root_rewrite,
-        redirects: services
-            .iter()
-            .find(|&&si| !config.services[si].redirects.is_empty())
-            .map(|&si| config.services[si].redirects.clone())
-            .unwrap_or_default(),
         sticky_cookie: first.sticky_session_cookie.clone(),
         ip_hash: first.ip_hash,
         balance: first.balance,

@@ -178,7 +178,7 @@ async fn redirects_send_302_to_the_target_with_path_and_query() {
         "web",
         &["old.test", "new.test"],
         &[b.addr],
-        "redirects = [{ from = \"http://old.test\", to = \"http://new.test\" }]",
+        "context_root = \"/a\"\nredirects = [{ from = \"http://old.test\", to = \"http://new.test\" }]",
     ))
     .await;
     let mut c = Wire::connect(proxy.addr).await;
@@ -187,6 +187,11 @@ async fn redirects_send_302_to_the_target_with_path_and_query() {
         assert_eq!(r.status, 302, "{method}: {}", r.body_text());
         assert_eq!(r.header("location"), Some("http://new.test/a/b?c=1&d"));
         assert!(r.header("x-request-id").is_some());
+        // Every path of the source host, as in Interlock's server block,
+        // not only the service's own.
+        let r = send(&mut c, method, "old.test", "/elsewhere", "").await;
+        assert_eq!(r.status, 302, "{method}: {}", r.body_text());
+        assert_eq!(r.header("location"), Some("http://new.test/elsewhere"));
         let r = send(&mut c, method, "new.test", "/a", "").await;
         assert_eq!(r.status, 200, "{method}");
     }
@@ -424,6 +429,30 @@ async fn the_default_backend_answers_unknown_hosts() {
             "app"
         );
     }
+    // Interlock's own default backend lists no hosts.
+    proxy.apply(&format!(
+        "{}[[service]]\nname = \"fallback\"\nupstreams = [\"{}\"]\ndefault_backend = true\n",
+        service("app", &["app.test"], &[app.addr], ""),
+        fallback.addr
+    ));
+    let r = send(&mut c, "GET", "unknown.test", "/x", "").await;
+    assert_eq!(echo(&r).replica, "fallback");
+    // A service sharing a host with the default backend does not answer
+    // for hosts nobody claims: the default backend's pool is its own.
+    proxy.apply(&format!(
+        "{}{}",
+        service("app", &["app.test"], &[app.addr], ""),
+        service(
+            "fallback",
+            &["app.test"],
+            &[fallback.addr],
+            "default_backend = true"
+        ),
+    ));
+    for _ in 0..4 {
+        let r = send(&mut c, "GET", "unknown.test", "/x", "").await;
+        assert_eq!(echo(&r).replica, "fallback");
+    }
     // Without one, 503 as Interlock.
     proxy.apply(&service("app", &["app.test"], &[app.addr], ""));
     let r = send(&mut c, "GET", "unknown.test", "/x", "").await;
@@ -544,6 +573,17 @@ async fn the_proxy_protocol_gives_the_client_address() {
         .await
         .unwrap();
     c.closed().await.expect("closed without an answer");
+    // With trusted_proxies set, only they may send the header: a client
+    // reaching the port directly can't claim an address.
+    proxy.apply(&format!(
+        "[proxy]\nhttp_proxy_protocol = true\ntrusted_proxies = [\"10.9.9.9\"]\n{}",
+        service("app", &["pp.test"], &[b.addr], "")
+    ));
+    let mut c = Wire::connect(proxy.addr).await;
+    c.send("PROXY TCP4 203.0.113.7 10.0.0.1 51234 80\r\nGET / HTTP/1.1\r\nHost: pp.test\r\n\r\n")
+        .await
+        .unwrap();
+    c.closed().await.expect("closed without an answer");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -640,4 +680,73 @@ async fn the_proxy_protocol_precedes_tls_on_the_https_listener() {
     let e: Echo = serde_json::from_str(body).unwrap();
     assert_eq!(e.header("x-real-ip"), Some("203.0.113.9"));
     assert_eq!(e.header("x-forwarded-proto"), Some("https"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_a_certificate_never_gets_anothers_through_a_shared_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = portico_testkit::TestCa::new("Portico Test CA");
+    let ca_file = ca.write(dir.path());
+    let (cert, key) = ca.issue(&["a.test"]).write(dir.path(), "a");
+    let (dcert, dkey) = ca.issue(&["default.test"]).write(dir.path(), "default");
+    let b = Backend::echo("api").await;
+    let a = Backend::echo("a").await;
+    // `api` serves /api on a.test and b.test; only `a` brings a certificate,
+    // for a.test. b.test must get the default certificate, and a request
+    // on the default certificate's connection for b.test is not misdirected.
+    let proxy = TestProxy::start(&format!(
+        "[proxy]\nhttps_listen = \"127.0.0.1:0\"\ndefault_tls_cert = {:?}\ndefault_tls_key = {:?}\n{}{}",
+        dcert.display().to_string(),
+        dkey.display().to_string(),
+        service("api", &["a.test", "b.test"], &[b.addr], "context_root = \"/api\""),
+        service(
+            "a",
+            &["a.test"],
+            &[a.addr],
+            &format!(
+                "tls_cert = {:?}\ntls_key = {:?}",
+                cert.display().to_string(),
+                key.display().to_string()
+            )
+        ),
+    ))
+    .await;
+    let port = proxy.https_port();
+    let ca = ca_file.display().to_string();
+    let subject_of = |r: &portico_testkit::CurlResponse| {
+        r.stderr
+            .lines()
+            .find_map(|l| l.split_once("subject: ").map(|(_, s)| s.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    for (host, want) in [("a.test", "CN=a.test"), ("b.test", "CN=default.test")] {
+        let resolve = format!("{host}:{port}:127.0.0.1");
+        let url = format!("https://{host}:{port}/api/x");
+        let r = curl(&["-sS", "-v", "-k", "--resolve", &resolve, &url]).await;
+        assert_eq!(r.status, 200, "{host}: {r:?}");
+        assert!(subject_of(&r).contains(want), "{host}: {}", subject_of(&r));
+    }
+    // Without SNI (an IP address in the URL), the default certificate, and
+    // b.test, which has no certificate of its own, may be asked for on it.
+    let url = format!("https://127.0.0.1:{port}/api/x");
+    let r = curl(&[
+        "-sS",
+        "-v",
+        "--cacert",
+        &ca,
+        "-k",
+        "-H",
+        "Host: b.test",
+        &url,
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        subject_of(&r).contains("CN=default.test"),
+        "{}",
+        subject_of(&r)
+    );
+    // a.test has its own: asked for on the default certificate, 421.
+    let r = curl(&["-sS", "-k", "-H", "Host: a.test", &url]).await;
+    assert_eq!(r.status, 421, "{r:?}");
 }

@@ -3,30 +3,13 @@
 //! route's policy (round robin, or the less busy of two random picks).
 //! Retries go on from there through the rest of the pool in order.
 
-use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use portico_model::Balance;
 
-use std::sync::Arc;
-
 use crate::upstream::Upstream;
 
-/// A stable 64-bit hash (the same on every proxy and every restart, so
-/// that several proxies behind a load balancer pin a session alike).
-pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
-    // `DefaultHasher::new()` has fixed keys, unlike a `RandomState`'s.
-    let mut h = std::hash::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
-}
-
-/// An upstream's identity for rendezvous hashing: its address, so every
-/// proxy (and every config version) scores it alike.
-fn hash_addr(upstream: &Upstream) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    upstream.addr.hash(&mut h);
-    h.finish()
-}
+pub(crate) use crate::upstream::stable_hash as hash_bytes;
 
 /// splitmix64's finaliser: spreads a combination of two hashes evenly.
 fn mix(mut z: u64) -> u64 {
@@ -50,7 +33,7 @@ pub(crate) fn first(
         return upstreams
             .iter()
             .enumerate()
-            .max_by_key(|(_, u)| mix(key ^ hash_addr(u)))
+            .max_by_key(|(_, u)| mix(key ^ u.addr_hash))
             .map_or(0, |(i, _)| i);
     }
     match policy {

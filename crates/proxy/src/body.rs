@@ -13,7 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessLog;
-use crate::upstream::{Conn, Upstream};
+use crate::upstream::{Busy, Conn, Upstream};
 
 /// A response body on its way to the client.
 pub struct ResponseBody {
@@ -25,6 +25,8 @@ pub struct ResponseBody {
     log: Option<Box<AccessLog>>,
     /// Counts the request as in flight until the response is done.
     in_flight: Option<InFlight>,
+    /// Counts it in flight on its upstream, for least-request balancing.
+    busy: Option<Busy>,
 }
 
 /// A request in flight: counted from its arrival until its response body
@@ -57,6 +59,7 @@ impl ResponseBody {
             bytes: 0,
             log: None,
             in_flight: None,
+            busy: None,
         }
     }
 
@@ -67,6 +70,7 @@ impl ResponseBody {
             bytes: 0,
             log: None,
             in_flight: None,
+            busy: None,
         };
         body.release_if_done();
         body
@@ -82,6 +86,10 @@ impl ResponseBody {
 
     pub fn set_in_flight(&mut self, guard: InFlight) {
         self.in_flight = Some(guard);
+    }
+
+    pub fn set_busy(&mut self, busy: Option<Busy>) {
+        self.busy = busy;
     }
 
     pub fn set_log(&mut self, log: Box<AccessLog>) {

@@ -68,29 +68,26 @@ impl ProxyError {
         }
     }
 
-    /// `upstream` took the request and sent no response within `timeout`.
+    /// The upstream at `addr` took a request for `service` and sent no
+    /// response within `timeout`.
     pub(crate) fn upstream_timeout(
-        pool: &crate::snapshot::Pool,
-        upstream: &crate::upstream::Upstream,
-        timeout: std::time::Duration,
+        service: &str,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
     ) -> ProxyError {
         ProxyError::Timeout {
-            service: pool.label.clone(),
+            service: service.to_owned(),
             detail: format!(
-                "upstream {} sent no response within {} (upstream_timeout)",
-                upstream.addr,
+                "upstream {addr} sent no response within {} (upstream_timeout)",
                 humanize(timeout)
             ),
         }
     }
 
-    /// Every upstream of the pool was tried and failed, as `failures` say.
-    pub(crate) fn no_upstream_took(
-        pool: &crate::snapshot::Pool,
-        failures: &[String],
-    ) -> ProxyError {
+    /// Every upstream of `service` was tried and failed, as `failures` say.
+    pub(crate) fn no_upstream_took(service: &str, failures: &[String]) -> ProxyError {
         ProxyError::BadGateway {
-            service: pool.label.clone(),
+            service: service.to_owned(),
             detail: format!(
                 "no upstream could take the request: {}",
                 failures.join("; ")

@@ -282,11 +282,12 @@ async fn forward(
             HeaderValue::from_static("chunked"),
         );
     }
-    let template = (empty_body && is_idempotent(&parts.method)).then(|| RetryTemplate {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        headers: parts.headers.clone(),
-    });
+    let template =
+        (empty_body && pipeline::is_idempotent(parts.method.as_str())).then(|| RetryTemplate {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        });
     let (body, upload_sent) = if empty_body {
         (ProxyBody::Empty, None)
     } else {
@@ -303,9 +304,10 @@ async fn forward(
         upload_sent,
         te_trailers,
     };
-    let (mut resp, _) = pipeline::try_upstreams(pool, first, &mut exchange, attempts)
+    let (mut resp, _, busy) = pipeline::try_upstreams(pool, first, &mut exchange, attempts)
         .await
         .map_err(Answer::error)?;
+    resp.body_mut().set_busy(busy);
     if let Some((protocol, client_side)) = upgrade {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_side = hyper::upgrade::on(&mut resp);
@@ -463,13 +465,6 @@ fn adapt_for(req: &mut Request<ProxyBody>, upstream: &Upstream, te_trailers: boo
     }
 }
 
-pub(crate) fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
 /// A request on its way to an upstream over hyper, with what it needs to
 /// be sent again.
 struct HyperExchange {
@@ -495,7 +490,7 @@ impl pipeline::Exchange for HyperExchange {
             return Outcome::Next("the request body was consumed by an earlier attempt".into());
         };
         adapt_for(&mut req, upstream, self.te_trailers);
-        let mut conn = match upstream.checkout().await {
+        let mut conn = match upstream.checkout(pool.connect_timeout).await {
             Ok(c) => c,
             Err(e) => {
                 self.pending = Some(req);
@@ -524,7 +519,11 @@ impl pipeline::Exchange for HyperExchange {
         let mut err = match outcome {
             Ok(Ok(resp)) => return Outcome::Answered(upstream_response(resp, conn, upstream)),
             Err(_elapsed) => {
-                return Outcome::Fatal(ProxyError::upstream_timeout(pool, upstream, timeout))
+                return Outcome::Fatal(ProxyError::upstream_timeout(
+                    &pool.label,
+                    upstream.addr,
+                    timeout,
+                ))
             }
             Ok(Err(err)) => err,
         };

@@ -11,9 +11,11 @@
 //! allocations per request, and an idle keep-alive connection holds no
 //! buffer at all.
 //!
-//! Everything else (a request with a body, an upgrade, `Expect`, an
-//! absolute URI, HTTP/1.0, an unknown host, a redirect, upstreams over TLS
-//! or HTTP/2, a head that does not parse, h2c) is not refused here: the
+//! Routing and Portico's own answers (unknown hosts and paths, redirects)
+//! come from the pipeline shared with the general path, and are written
+//! here as bytes. Everything else (a request with a body, an upgrade,
+//! `Expect`, an absolute URI, HTTP/1.0, upstreams over TLS or HTTP/2, a
+//! head that does not parse, h2c) is not refused here: the
 //! connection is handed, with every byte already read, to hyper's server
 //! and the general path in [`crate::forward`], which serves it from then on.
 //! So the fast path decides only before it has consumed anything, and each
@@ -657,7 +659,7 @@ async fn exchange(
         let target_ok = path.starts_with('/')
             && path.len() < 65_535
             && http::uri::PathAndQuery::try_from(path).is_ok_and(|pq| pq.as_str() == path);
-        if scan.general || scan.hosts != 1 || !target_ok || !idempotent(method) {
+        if scan.general || scan.hosts != 1 || !target_ok || !pipeline::is_idempotent(method) {
             return Exchange::NotMine;
         }
         let Some(host_text) = scan.host.and_then(|h| std::str::from_utf8(h).ok()) else {
@@ -745,13 +747,13 @@ async fn exchange(
             let pool = &snap.pools[route];
             pipeline::try_upstreams(pool, first, &mut exchange, &mut attempts)
                 .await
-                .map(|((conn, head), upstream)| (conn, upstream, head))
+                .map(|((conn, head), upstream, busy)| (conn, upstream, head, busy))
                 .map_err(Answer::error)
         }
         Plan::Answer(answer) => Err(answer),
     };
     drop(upstream_req);
-    let (upstream_conn, upstream, resp) = match sent {
+    let (upstream_conn, upstream, resp, _busy) = match sent {
         Ok(ok) => ok,
         Err(answer) => {
             let request_id = HeaderValue::from_bytes(&id).expect("hex digits");
@@ -826,13 +828,6 @@ async fn exchange(
     }
 }
 
-fn idempotent(method: &str) -> bool {
-    matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
-    )
-}
-
 fn access_log(
     start: Instant,
     client: SocketAddr,
@@ -892,8 +887,9 @@ fn write_upstream_head(
     for h in headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("x-forwarded-for") {
-            // Kept (and extended) only from a trusted proxy.
-            xff_prior = forwarded.extend;
+            // Kept (and extended) only from a trusted proxy, and unless
+            // `Connection` makes it hop-by-hop (as hyper's path drops it).
+            xff_prior = forwarded.extend && !scan.listed.contains("x-forwarded-for");
             continue;
         }
         if name.eq_ignore_ascii_case("host")
@@ -991,7 +987,7 @@ impl pipeline::Exchange for RawExchange<'_> {
     type Out = (RawConn, UpstreamHead);
 
     async fn attempt(&mut self, pool: &Pool, upstream: &Arc<Upstream>) -> Outcome<Self::Out> {
-        let mut conn = match upstream.checkout_raw().await {
+        let mut conn = match upstream.checkout_raw(pool.connect_timeout).await {
             Ok(c) => c,
             Err(e) => return Outcome::Next(e.to_string()),
         };
@@ -1008,8 +1004,8 @@ impl pipeline::Exchange for RawExchange<'_> {
         match tokio::time::timeout(pool.upstream_timeout, exchange).await {
             Ok(Ok(head)) => Outcome::Answered((conn, head)),
             Err(_elapsed) => Outcome::Fatal(ProxyError::upstream_timeout(
-                pool,
-                upstream,
+                &pool.label,
+                upstream.addr,
                 pool.upstream_timeout,
             )),
             Ok(Err(e @ UpstreamError::Io { nothing: true, .. })) if conn.reused => {

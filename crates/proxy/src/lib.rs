@@ -9,7 +9,7 @@
 //! # Layout
 //! Data flows one way: listener → codec → pipeline → balance → upstream, and
 //! back through the same codec. Modules, from the top of that graph down
-//! (each uses only modules below it):
+//! (each uses only modules below it, and the crate root's `Proxy`):
 //! - [`server`]: the accept loops over already-bound listeners (PROXY
 //!   protocol, TLS by SNI, passthrough), graceful drain.
 //! - `h1`: the HTTP/1.1 byte codec, for body-less idempotent requests to

@@ -13,14 +13,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, StatusCode};
-use portico_model::{normalize_request_host, Cidr, Lookup, Route, RouteId};
+use portico_model::{normalize_request_host, Cidr, Route, RouteId};
 
 use crate::access_log::seconds;
 use crate::answer::Answer;
 use crate::context::TlsInfo;
 use crate::error::ProxyError;
 use crate::snapshot::{Pool, Snapshot};
-use crate::upstream::Upstream;
+use crate::upstream::{Busy, Upstream};
 
 /// What the pipeline needs of a request head, as either codec read it.
 pub(crate) struct RequestHead<'a> {
@@ -56,39 +56,25 @@ pub(crate) fn decide<'a>(
     }
     let host = normalize_request_host(req.host)
         .map_err(|e| Answer::error(ProxyError::BadRequest(e.to_string())))?;
+    // Origin form, or `*` (OPTIONS); anything else would make a redirect's
+    // Location name another authority.
+    if !req.target.starts_with('/') && req.target != "*" {
+        return Err(Answer::error(ProxyError::BadRequest(
+            "the request target is not an absolute path".into(),
+        )));
+    }
     let path = req.target.split('?').next().unwrap_or("/");
     let table = &snap.table;
-    let route_id = match table.lookup(&host, path) {
-        Lookup::Route(id) => id,
-        Lookup::NoPath(site) => {
-            let paths = table
-                .site(site)
-                .rules
-                .iter()
-                .filter_map(|&r| table.route(r).path.clone())
-                .collect();
-            return Err(Answer::error(ProxyError::NoPath {
-                host: host.into_owned(),
-                paths,
-            }));
-        }
-        Lookup::NoHost => {
-            return Err(Answer::error(ProxyError::NoRoute {
-                host: host.into_owned(),
-            }))
-        }
-    };
-    let route = table.route(route_id);
+    let site = table.lookup_site(&host);
     if let Some(tls) = req.tls {
         // The connection was set up for the SNI's site: serving another
         // site's request on it would route around that site's certificate
         // (domain fronting, or a browser reusing a connection too eagerly).
-        let site = table.lookup_site(&host);
         let misdirected = match &tls.sni {
             Some(sni) => table.lookup_site(sni) != site,
             // Without SNI the connection got the default certificate: it may
             // carry only sites that have no certificate of their own.
-            None => site.is_some() && route.tls.is_some(),
+            None => site.is_some_and(|s| table.site(s).tls.is_some()),
         };
         if misdirected {
             return Err(Answer::error(ProxyError::Misdirected {
@@ -98,17 +84,47 @@ pub(crate) fn decide<'a>(
         }
     }
     let scheme = if req.tls.is_some() { "https" } else { "http" };
-    if let Some(r) = route
-        .redirects
-        .iter()
-        .find(|r| r.from_scheme == scheme && r.from_host == host)
-    {
-        // Interlock's `return 302 target$request_uri`.
-        return Err(Answer::redirect(
-            StatusCode::FOUND,
-            &format!("{}{}", r.to, req.target),
-        ));
-    }
+    let route_id = match site {
+        Some(site) => {
+            let redirect = table
+                .site(site)
+                .redirects
+                .iter()
+                .find(|r| r.from_scheme == scheme && r.from_host == host);
+            if let Some(r) = redirect {
+                // Interlock's `return 302 target$request_uri`, for every
+                // path of the host.
+                return Err(Answer::redirect(
+                    StatusCode::FOUND,
+                    &format!("{}{}", r.to, location_path(req.target)),
+                ));
+            }
+            match table.match_path(site, path) {
+                Some(id) => id,
+                None => {
+                    let paths = table
+                        .site(site)
+                        .rules
+                        .iter()
+                        .filter_map(|&r| table.route(r).path.clone())
+                        .collect();
+                    return Err(Answer::error(ProxyError::NoPath {
+                        host: host.into_owned(),
+                        paths,
+                    }));
+                }
+            }
+        }
+        None => match table.default_backend() {
+            Some(id) if table.route(id).matches(path) => id,
+            _ => {
+                return Err(Answer::error(ProxyError::NoRoute {
+                    host: host.into_owned(),
+                }))
+            }
+        },
+    };
+    let route = table.route(route_id);
     if route.ssl_only && req.tls.is_none() {
         return Err(redirect_to_https(snap, req.host, req.target));
     }
@@ -146,6 +162,24 @@ pub(crate) fn decide<'a>(
     })
 }
 
+/// The request target as the path of a redirect's Location (`*` is `/`).
+fn location_path(target: &str) -> &str {
+    if target.starts_with('/') {
+        target
+    } else {
+        "/"
+    }
+}
+
+/// Methods whose requests may be sent again after a failure (RFC 9110
+/// §9.2.2), when they have no body: the retry rule of both codecs.
+pub(crate) fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+    )
+}
+
 /// `ssl_only`: 301 to the same host, path and query over HTTPS.
 fn redirect_to_https(snap: &Snapshot, host: &str, target: &str) -> Box<Answer> {
     // Drop any port the client used for plain HTTP; add the HTTPS one unless it is 443.
@@ -161,7 +195,7 @@ fn redirect_to_https(snap: &Snapshot, host: &str, target: &str) -> Box<Answer> {
     };
     Answer::redirect(
         StatusCode::MOVED_PERMANENTLY,
-        &format!("https://{authority}{target}"),
+        &format!("https://{authority}{}", location_path(target)),
     )
 }
 
@@ -384,12 +418,15 @@ pub(crate) trait Exchange {
 /// error timeout` for what was never sent, and for idempotent requests
 /// without a body). Every attempt but a stale connection's is recorded in
 /// `attempts` (for `x-upstream-addr` and the log), with its whole time.
+/// For a least-request pool, the answer comes with the guard that counts
+/// it in flight on its upstream: the codec keeps it until the response has
+/// been passed on.
 pub(crate) async fn try_upstreams<'p, E: Exchange>(
     pool: &'p Pool,
     first: usize,
     exchange: &mut E,
     attempts: &mut Attempts,
-) -> Result<(E::Out, &'p Arc<Upstream>), ProxyError> {
+) -> Result<(E::Out, &'p Arc<Upstream>, Option<Busy>), ProxyError> {
     let n = pool.upstreams.len();
     let mut failures: Vec<String> = Vec::new();
     let mut stale_retry_used = false;
@@ -397,14 +434,13 @@ pub(crate) async fn try_upstreams<'p, E: Exchange>(
     while i < n {
         let upstream = &pool.upstreams[(first + i) % n];
         let started = Instant::now();
-        let busy = upstream.busy();
+        let busy = pool.least_request.then(|| upstream.busy());
         let outcome = exchange.attempt(pool, upstream).await;
-        drop(busy);
         let tried = Attempt::new(upstream, started.elapsed());
         match outcome {
             Outcome::Answered(out) => {
                 attempts.push(tried);
-                return Ok((out, upstream));
+                return Ok((out, upstream, busy));
             }
             Outcome::Stale(_) if !stale_retry_used => stale_retry_used = true,
             Outcome::Stale(why) | Outcome::Next(why) => {
@@ -418,7 +454,7 @@ pub(crate) async fn try_upstreams<'p, E: Exchange>(
             }
         }
     }
-    Err(ProxyError::no_upstream_took(pool, &failures))
+    Err(ProxyError::no_upstream_took(&pool.label, &failures))
 }
 
 #[cfg(test)]

@@ -272,7 +272,18 @@ async fn proxied_peer(
     stream: &mut TcpStream,
     peer: SocketAddr,
 ) -> Option<SocketAddr> {
-    let limit = proxy.snapshot().config.proxy.client_header_timeout;
+    let (limit, from_trusted) = {
+        let p = &proxy.snapshot().config.proxy;
+        let trusted = &p.trusted_proxies;
+        let from_trusted = trusted.is_empty() || trusted.iter().any(|c| c.contains(peer.ip()));
+        (p.client_header_timeout, from_trusted)
+    };
+    if !from_trusted {
+        // With trusted_proxies set, only they may say who the client is:
+        // anyone else reaching the port directly could claim any address.
+        tracing::debug!(peer = %peer, "connection refused: PROXY protocol header from a peer not in trusted_proxies");
+        return None;
+    }
     match crate::proxy_protocol::read_header(stream, limit).await {
         Ok(crate::proxy_protocol::Header::Proxied { source, .. }) => Some(source),
         Ok(crate::proxy_protocol::Header::Local) => Some(peer),
@@ -306,14 +317,15 @@ async fn passthrough(
     let mut attempts = crate::pipeline::Attempts::default();
     let tried = crate::pipeline::try_upstreams(pool, first, &mut exchange, &mut attempts)
         .await
-        .map(|(up, upstream)| (up, upstream.addr));
+        .map(|(up, upstream, busy)| (up, upstream.addr, busy));
     // Keep what the tunnel needs and let the snapshot go: a tunnel may live
     // for hours, and must not keep old configs alive.
     let label = pool.label.clone();
     let idle = snap.config.proxy.tunnel_idle_timeout;
     drop(snap);
     let sni = hello.sni.as_deref().unwrap_or("-");
-    let (up, addr) = match tried {
+    // `_busy` counts the tunnel on its upstream while it lasts.
+    let (up, addr, _busy) = match tried {
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(client = %peer.ip(), sni, service = %label, error = %e, "passthrough failed: no upstream could take the connection");

@@ -40,8 +40,12 @@ pub struct Snapshot {
 pub struct Pool {
     /// The service name(s), for logs and error bodies.
     pub label: String,
-    /// The route's `upstream_timeout` (the service's, else the proxy's).
+    /// The route's `upstream_timeout` and `connect_timeout` (the
+    /// service's, else the proxy's).
     pub upstream_timeout: std::time::Duration,
+    pub connect_timeout: std::time::Duration,
+    /// Balanced by requests in flight: each upstream counts its own.
+    pub least_request: bool,
     pub upstreams: Vec<Arc<Upstream>>,
     /// Every upstream speaks HTTP/1.1 in cleartext: the pool can be served
     /// by the fast path (`crate::h1`).
@@ -68,6 +72,10 @@ impl Snapshot {
         sessions: &SessionState,
     ) -> Snapshot {
         let p = &config.proxy;
+        let limits = UpstreamLimits {
+            max_connections: p.max_connections_per_upstream,
+            max_idle: p.idle_connections_per_upstream,
+        };
         let mut known: HashMap<_, Arc<Upstream>> = HashMap::new();
         for u in previous
             .into_iter()
@@ -84,6 +92,8 @@ impl Snapshot {
             .map(|route| Pool {
                 label: route.label(),
                 upstream_timeout: route.upstream_timeout,
+                connect_timeout: route.connect_timeout,
+                least_request: route.balance == portico_model::Balance::LeastRequest,
                 plain_http1: route
                     .upstream_options
                     .iter()
@@ -93,11 +103,6 @@ impl Snapshot {
                     .iter()
                     .zip(&route.upstream_options)
                     .map(|(addr, options)| {
-                        let limits = UpstreamLimits {
-                            max_connections: p.max_connections_per_upstream,
-                            max_idle: p.idle_connections_per_upstream,
-                            connect_timeout: route.connect_timeout,
-                        };
                         let transport = transports
                             .entry(options.clone())
                             .or_insert_with(|| transport(options, &config, provider));

@@ -125,10 +125,10 @@ impl CertStore {
         if let Some(files) = &config.proxy.default_tls {
             store.default = get(files, "default", &mut store);
         }
-        for route in table.routes() {
-            let Some(files) = &route.tls else { continue };
-            let ck = get(files, &route.label(), &mut store);
-            for host in &route.hosts {
+        for site in table.sites() {
+            let Some(files) = &site.tls else { continue };
+            let ck = get(files, &site.services.join("+"), &mut store);
+            for host in &site.hosts {
                 let entry = match &ck {
                     Some(ck) => Entry::Cert(ck.clone()),
                     None => Entry::Refused,

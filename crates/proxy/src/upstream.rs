@@ -32,7 +32,6 @@ use crate::upload::ProxyBody;
 pub struct UpstreamLimits {
     pub max_connections: usize,
     pub max_idle: usize,
-    pub connect_timeout: Duration,
 }
 
 /// How connections to an upstream are made: the protocol, and TLS if any.
@@ -70,6 +69,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// `addr` as a header value (`x-upstream-addr`), made once.
     pub addr_value: HeaderValue,
+    /// [`stable_hash`] of `addr`, its identity for consistent hashing.
+    pub addr_hash: u64,
     /// Requests sent and not yet answered, for least-request balancing.
     in_flight: AtomicUsize,
     pub limits: UpstreamLimits,
@@ -83,10 +84,11 @@ pub struct Upstream {
     shared: Mutex<Option<Conn>>,
 }
 
-/// A request in flight on an upstream (see [`Upstream::busy`]).
-pub struct Busy<'a>(&'a Upstream);
+/// A request in flight on an upstream (see [`Upstream::busy`]), until its
+/// response has been passed on whole.
+pub struct Busy(Arc<Upstream>);
 
-impl Drop for Busy<'_> {
+impl Drop for Busy {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -186,6 +188,7 @@ impl Upstream {
             addr,
             addr_value: HeaderValue::from_str(&addr.to_string())
                 .expect("a socket address is a valid header value"),
+            addr_hash: stable_hash(addr.to_string().as_bytes()),
             in_flight: AtomicUsize::new(0),
             limits,
             transport,
@@ -201,9 +204,9 @@ impl Upstream {
     }
 
     /// Counts a request as in flight on this upstream until the guard drops.
-    pub fn busy(&self) -> Busy<'_> {
+    pub fn busy(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        Busy(self)
+        Busy(self.clone())
     }
 
     /// Whether this upstream can stand in for one configured with these settings.
@@ -218,7 +221,7 @@ impl Upstream {
     /// A connection ready for a request: for HTTP/1.1 the most recently used
     /// idle one (warm, least likely to have been closed by the peer), for
     /// HTTP/2 the shared one; else a new one.
-    pub async fn checkout(&self) -> Result<Conn, ConnectError> {
+    pub async fn checkout(&self, connect_timeout: Duration) -> Result<Conn, ConnectError> {
         if self.is_multiplexed() {
             let current = lock(&self.shared).as_ref().and_then(|c| match &c.sender {
                 Sender::Http2(s) if !s.is_closed() => Some(Conn {
@@ -231,7 +234,7 @@ impl Upstream {
             if let Some(conn) = current {
                 return Ok(conn);
             }
-            let conn = self.connect_boxed().await?;
+            let conn = self.connect_boxed(connect_timeout).await?;
             if let Sender::Http2(s) = &conn.sender {
                 *lock(&self.shared) = Some(Conn {
                     sender: Sender::Http2(s.clone()),
@@ -242,9 +245,19 @@ impl Upstream {
             return Ok(conn);
         }
         loop {
-            let Some(idle) = lock(&self.idle).pop() else {
-                break;
+            // hyper's own idle connections first: a bare one taken over is
+            // lost to the fast path for good.
+            let taken = {
+                let mut idle = lock(&self.idle);
+                match idle
+                    .iter()
+                    .rposition(|i| matches!(i.conn, IdleConn::Hyper(_)))
+                {
+                    Some(at) => Some(idle.remove(at)),
+                    None => idle.pop(),
+                }
             };
+            let Some(idle) = taken else { break };
             if idle.since.elapsed() > IDLE_TIMEOUT {
                 continue;
             }
@@ -273,15 +286,15 @@ impl Upstream {
                 IdleConn::Raw(_) => {}
             }
         }
-        self.connect_boxed().await
+        self.connect_boxed(connect_timeout).await
     }
 
     /// [`connect`](Self::connect), on the heap. Connecting (TCP, TLS and
     /// the HTTP handshake) needs a future of several KiB; inline, it would
     /// make every request's future that large, and that future is moved
     /// (copied) several times per request, while a connect is rare.
-    async fn connect_boxed(&self) -> Result<Conn, ConnectError> {
-        Box::pin(self.connect()).await
+    async fn connect_boxed(&self, timeout: Duration) -> Result<Conn, ConnectError> {
+        Box::pin(self.connect(timeout)).await
     }
 
     /// Returns a connection whose exchange completed, for reuse.
@@ -292,19 +305,26 @@ impl Upstream {
         self.keep_idle(IdleConn::Hyper(conn));
     }
 
+    /// Keeps a connection for reuse; when `max_idle` are kept already, the
+    /// one idle longest is closed instead (the warm one is worth more, and
+    /// neither path's connections can crowd out the other's for good).
     fn keep_idle(&self, conn: IdleConn) {
-        let mut idle = lock(&self.idle);
-        if idle.len() < self.limits.max_idle {
-            idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+        if self.limits.max_idle == 0 {
+            return;
         }
+        let mut idle = lock(&self.idle);
+        if idle.len() >= self.limits.max_idle {
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
     }
 
     /// A bare keep-alive connection for the fast path: the most recently
     /// used idle one that is still open, else a new one.
-    pub async fn checkout_raw(&self) -> Result<RawConn, ConnectError> {
+    pub async fn checkout_raw(&self, connect_timeout: Duration) -> Result<RawConn, ConnectError> {
         loop {
             // The most recently used bare one (hyper's can't be unwrapped).
             let taken = {
@@ -319,9 +339,7 @@ impl Upstream {
             }
         }
         Box::pin(async {
-            let timeout = self.limits.connect_timeout;
-            let deadline = tokio::time::Instant::now() + timeout;
-            let (slot, stream) = self.open(deadline).await?;
+            let (slot, stream) = self.open(connect_timeout).await?;
             Ok(RawConn {
                 stream,
                 reused: false,
@@ -343,11 +361,12 @@ impl Upstream {
         lock(&self.idle).retain(Idle::usable);
     }
 
-    /// A slot and a TCP connection, both by `deadline`.
+    /// A slot and a TCP connection, both within `timeout`.
     async fn open(
         &self,
-        deadline: tokio::time::Instant,
+        timeout: Duration,
     ) -> Result<(OwnedSemaphorePermit, TcpStream), ConnectError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let slot = match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await
         {
             Ok(Ok(slot)) => slot,
@@ -359,17 +378,17 @@ impl Upstream {
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(self.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(ConnectError::Io(e)),
-            Err(_) => return Err(ConnectError::Timeout(self.limits.connect_timeout)),
+            Err(_) => return Err(ConnectError::Timeout(timeout)),
         };
         // Requests are written whole; don't let Nagle hold back their tails.
         let _ = stream.set_nodelay(true);
         Ok((slot, stream))
     }
 
-    async fn connect(&self) -> Result<Conn, ConnectError> {
-        let timeout = self.limits.connect_timeout;
+    async fn connect(&self, timeout: Duration) -> Result<Conn, ConnectError> {
+        // TCP, TLS and the HTTP handshake, all within `timeout`.
         let deadline = tokio::time::Instant::now() + timeout;
-        let (slot, stream) = self.open(deadline).await?;
+        let (slot, stream) = self.open(timeout).await?;
         let protocol = self.transport.options.protocol;
         let sender = match &self.transport.tls {
             None => self.handshake(stream, protocol).await?,
@@ -456,6 +475,16 @@ pub(crate) fn readable_now(stream: &TcpStream) -> bool {
     stream.poll_read_ready(&mut cx).is_ready()
 }
 
+/// FNV-1a: a hash that is the same on every proxy, every build and every
+/// restart, so that proxies behind one load balancer pin a session (or a
+/// client address) to the same upstream. Not for untrusted keys in hash
+/// tables; here it only ranks a pool's few upstreams.
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// A lock that a panic elsewhere doesn't poison for good.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -470,7 +499,6 @@ mod tests {
         UpstreamLimits {
             max_connections: 1,
             max_idle: 4,
-            connect_timeout: Duration::from_millis(200),
         }
     }
 
@@ -480,13 +508,16 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let up = Upstream::new(addr, limits(), Transport::plain());
-        assert!(matches!(up.checkout().await, Err(ConnectError::Io(_))));
+        assert!(matches!(
+            up.checkout(Duration::from_millis(200)).await,
+            Err(ConnectError::Io(_))
+        ));
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up = Upstream::new(listener.local_addr().unwrap(), limits(), Transport::plain());
-        let held = up.checkout().await.unwrap();
+        let held = up.checkout(Duration::from_millis(200)).await.unwrap();
         assert!(matches!(
-            up.checkout().await,
+            up.checkout(Duration::from_millis(200)).await,
             Err(ConnectError::Saturated(1))
         ));
         up.checkin(held);
@@ -507,27 +538,41 @@ mod tests {
         let limits = UpstreamLimits {
             max_connections: 8,
             max_idle: 2,
-            connect_timeout: Duration::from_secs(2),
         };
         let up = Upstream::new(addr, limits, Transport::plain());
         let (a, b) = (
-            up.checkout_raw().await.unwrap(),
-            up.checkout_raw().await.unwrap(),
+            up.checkout_raw(Duration::from_millis(200)).await.unwrap(),
+            up.checkout_raw(Duration::from_millis(200)).await.unwrap(),
         );
-        let h = up.checkout().await.unwrap();
+        let h = up.checkout(Duration::from_millis(200)).await.unwrap();
         up.checkin_raw(a);
         up.checkin_raw(b);
         up.checkin(h);
         assert_eq!(up.idle_len(), 2, "one cap for both paths");
-        let taken = up.checkout().await.unwrap();
+        let taken = up.checkout(Duration::from_millis(200)).await.unwrap();
         assert!(
             taken.reused,
             "the fast path's idle connection, reused by hyper"
         );
         assert!(!taken.is_http2());
         assert_eq!(up.idle_len(), 1);
-        let raw = up.checkout_raw().await.unwrap();
+        let raw = up.checkout_raw(Duration::from_millis(200)).await.unwrap();
         assert!(raw.reused);
         assert_eq!(up.idle_len(), 0);
+
+        // A store full of hyper's connections doesn't shut the fast path
+        // out: the one idle longest makes room.
+        let (h1, h2) = (
+            up.checkout(Duration::from_millis(200)).await.unwrap(),
+            up.checkout(Duration::from_millis(200)).await.unwrap(),
+        );
+        up.checkin(taken);
+        up.checkin(h1);
+        up.checkin(h2);
+        assert_eq!(up.idle_len(), 2);
+        up.checkin_raw(raw);
+        let again = up.checkout_raw(Duration::from_millis(200)).await.unwrap();
+        assert!(again.reused, "the bare connection was kept");
+        assert_eq!(up.idle_len(), 1);
     }
 }
