@@ -27,6 +27,29 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
+    /// A request's line, to be finished when its response is.
+    pub fn start(
+        start: Instant,
+        client: SocketAddr,
+        method: Method,
+        host: Option<HeaderValue>,
+        uri: Uri,
+        request_id: HeaderValue,
+    ) -> Box<AccessLog> {
+        Box::new(AccessLog {
+            start,
+            client,
+            method,
+            host,
+            uri,
+            status: StatusCode::OK,
+            upstream: None,
+            upstream_time: None,
+            request_id,
+            error: None,
+        })
+    }
+
     pub fn emit(self, bytes: u64, complete: bool) {
         let host = self
             .host

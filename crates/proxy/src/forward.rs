@@ -25,15 +25,11 @@ use crate::balance;
 use crate::body::ResponseBody;
 use crate::context::ConnInfo;
 use crate::error::ProxyError;
-use crate::headers::{
-    ip_value, new_request_id, set_forwarding, strip_hop_by_hop, X_FORWARDED_FOR, X_PROXY_ID,
-    X_REQUEST_ID, X_SERVER_INFO, X_UPSTREAM_ADDR, X_UPSTREAM_RESPONSE_TIME,
-};
+use crate::headers::{ip_value, new_request_id, set_forwarding, strip_hop_by_hop, X_FORWARDED_FOR};
 use crate::pipeline::{self, log_failure, Attempts, Outcome, RequestHead};
 use crate::snapshot::{Pool, Snapshot};
 use crate::upload::{BodyTooLarge, ClientStalled, ProxyBody, Upload};
 use crate::upstream::Upstream;
-use crate::Proxy;
 
 /// What the connection's protocol is known to be.
 pub(crate) enum Alpn {
@@ -105,27 +101,21 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
         } else {
             ip_value(client_ip)
         },
-        peer_ip: conn.client_ip.clone(),
         trusted,
     };
     let request_id = new_request_id();
     let mut log = snap.config.proxy.access_log.then(|| {
-        Box::new(AccessLog {
+        AccessLog::start(
             start,
-            client: client.addr,
-            method: req.method().clone(),
-            host: req
-                .uri()
+            client.addr,
+            req.method().clone(),
+            req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
                 .or_else(|| req.headers().get(header::HOST).cloned()),
-            uri: req.uri().clone(),
-            status: StatusCode::OK,
-            upstream: None,
-            upstream_time: None,
-            request_id: request_id.clone(),
-            error: None,
-        })
+            req.uri().clone(),
+            request_id.clone(),
+        )
     });
 
     let http1 = req.version() < HttpVersion::HTTP_2;
@@ -144,11 +134,15 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
         }
     };
 
-    add_interlock_headers(resp.headers_mut(), &snap, proxy, request_id, &attempts);
+    pipeline::interlock_headers(
+        resp.headers_mut(),
+        &snap,
+        &proxy.server_info,
+        (request_id.as_bytes(), Some(&request_id)),
+        &attempts,
+    );
     if let Some(mut log) = log {
-        log.status = resp.status();
-        log.upstream = attempts.addrs();
-        log.upstream_time = attempts.times();
+        pipeline::record(&mut log, resp.status(), &attempts);
         resp.body_mut().set_log(log);
     }
     resp.body_mut().set_in_flight(in_flight);
@@ -160,32 +154,8 @@ struct Client {
     addr: SocketAddr,
     /// `addr`'s IP as a header value.
     ip: HeaderValue,
-    /// The connection's peer address as a header value.
-    peer_ip: HeaderValue,
     /// The peer is a trusted proxy: its `X-Forwarded-For` is extended.
     trusted: bool,
-}
-
-/// Interlock's response headers: `x-request-id`, `x-proxy-id`, and unless
-/// hidden `x-server-info`, `x-upstream-addr`, `x-upstream-response-time`.
-pub(crate) fn add_interlock_headers(
-    headers: &mut HeaderMap,
-    snap: &Snapshot,
-    proxy: &Proxy,
-    request_id: HeaderValue,
-    attempts: &Attempts,
-) {
-    headers.insert(X_REQUEST_ID.clone(), request_id);
-    headers.insert(X_PROXY_ID.clone(), snap.proxy_id.clone());
-    if !snap.config.proxy.hide_info_headers {
-        headers.insert(X_SERVER_INFO.clone(), proxy.server_info.clone());
-        if let Some(v) = attempts.addrs_value() {
-            headers.insert(X_UPSTREAM_ADDR.clone(), v);
-        }
-        if let Some(v) = attempts.times_value() {
-            headers.insert(X_UPSTREAM_RESPONSE_TIME.clone(), v);
-        }
-    }
 }
 
 /// The parts of a request needed to send it again, kept only for requests
@@ -214,47 +184,54 @@ async fn forward(
     mut req: Request<Incoming>,
     attempts: &mut Attempts,
 ) -> Result<Response<ResponseBody>, Box<Answer>> {
-    let host_value = request_host(&req).map_err(Answer::error)?;
-    let host = host_value.to_str().map_err(|_| {
-        Answer::error(ProxyError::BadRequest(
-            "the Host header is not a valid host name".into(),
-        ))
-    })?;
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let declared = req.body().size_hint().exact().filter(|n| *n > 0);
-    let decision = pipeline::decide(
-        snap,
-        &RequestHead {
-            method: req.method().as_str(),
-            host,
-            target,
-            tls: conn.tls.as_ref(),
-            content_length: declared,
-        },
-    )?;
-    let route_id = decision.route;
-    let rewritten = (decision.target.len() != target.len()).then(|| {
-        decision
-            .target
-            .parse::<Uri>()
-            .unwrap_or_else(|_| Uri::from_static("/"))
-    });
+    // The decision's temporaries stay in this block, out of the request's
+    // future (which an HTTP/2 stream spawns as a task of its own).
+    let (host_value, route_id, first) = {
+        let host_value = request_host(&req).map_err(Answer::error)?;
+        let host = host_value.to_str().map_err(|_| {
+            Answer::error(ProxyError::BadRequest(
+                "the Host header is not a valid host name".into(),
+            ))
+        })?;
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let declared = req.body().size_hint().exact().filter(|n| *n > 0);
+        let decision = pipeline::decide(
+            snap,
+            &RequestHead {
+                method: req.method().as_str(),
+                host,
+                target,
+                tls: conn.tls.as_ref(),
+                content_length: declared,
+            },
+        )?;
+        let route_id = decision.route;
+        let rewritten = (decision.target.len() != target.len()).then(|| {
+            decision
+                .target
+                .parse::<Uri>()
+                .unwrap_or_else(|_| Uri::from_static("/"))
+        });
+        let route = snap.table.route(route_id);
+        let pool = &snap.pools[route_id];
+        let affinity = pipeline::affinity(
+            route,
+            req.headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            client.addr.ip(),
+        );
+        let first = balance::first(&pool.upstreams, route.balance, affinity, || {
+            pool.next_start()
+        });
+        if let Some(uri) = rewritten {
+            *req.uri_mut() = uri;
+        }
+        (host_value, route_id, first)
+    };
     let route = snap.table.route(route_id);
     let pool = &snap.pools[route_id];
-    let affinity = pipeline::affinity(
-        route,
-        req.headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .map(HeaderValue::as_bytes),
-        client.addr.ip(),
-    );
-    let first = balance::first(&pool.upstreams, route.balance, affinity, || {
-        pool.next_start()
-    });
-    if let Some(uri) = rewritten {
-        *req.uri_mut() = uri;
-    }
 
     // A protocol upgrade (websockets): the client asks with `Connection:
     // upgrade` and `Upgrade`. Those are hop-by-hop, so they are set again
@@ -266,7 +243,13 @@ async fn forward(
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let proto = if conn.tls.is_some() { "https" } else { "http" };
-    prepare_upstream_request(&mut parts, client, proto, host_value, request_id);
+    prepare_upstream_request(
+        &mut parts,
+        (&conn.client_ip, client),
+        proto,
+        host_value,
+        request_id,
+    );
     if let Some((protocol, _)) = &upgrade {
         parts
             .headers
@@ -387,7 +370,7 @@ fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
 
 fn prepare_upstream_request(
     parts: &mut Parts,
-    client: &Client,
+    (peer_ip, client): (&HeaderValue, &Client),
     proto: &'static str,
     host: HeaderValue,
     request_id: &HeaderValue,
@@ -395,7 +378,7 @@ fn prepare_upstream_request(
     strip_hop_by_hop(&mut parts.headers);
     set_forwarding(
         &mut parts.headers,
-        (&client.peer_ip, &client.ip),
+        (peer_ip, &client.ip),
         client.trusted,
         proto,
         Some(&host),

@@ -42,7 +42,7 @@ use crate::context::ConnInfo;
 use crate::error::ProxyError;
 use crate::forward;
 use crate::forward::Alpn;
-use crate::headers::{is_hop_by_hop, request_id_bytes};
+use crate::headers::{is_hop_by_hop, is_set_on_requests, is_set_on_responses, request_id_bytes};
 use crate::io::Prefixed;
 use crate::pipeline::Attempts;
 use crate::pipeline::{self, Outcome, RequestHead};
@@ -772,9 +772,7 @@ async fn exchange(
                 out.extend_from_slice(&answer.body);
             }
             if let Some(log) = &mut log {
-                log.status = answer.status;
-                log.upstream = attempts.addrs();
-                log.upstream_time = attempts.times();
+                pipeline::record(log, answer.status, &attempts);
                 log.error = answer.error.as_ref().map(ToString::to_string);
             }
             let body_len = if head_only {
@@ -810,9 +808,8 @@ async fn exchange(
     let (bytes, outcome) =
         copy_body(client, lease, &mut from_upstream, resp.len, &out, framing).await;
     if let Some(mut log) = log.take() {
-        log.status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
-        log.upstream = attempts.addrs();
-        log.upstream_time = attempts.times();
+        let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        pipeline::record(&mut log, status, &attempts);
         if let Err(e) = &outcome {
             log.error = Some(e.to_string());
         }
@@ -836,20 +833,15 @@ fn access_log(
     host: &[u8],
     id: &[u8; 32],
 ) -> Box<AccessLog> {
-    Box::new(AccessLog {
+    AccessLog::start(
         start,
         client,
-        method: Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET),
-        host: HeaderValue::from_bytes(host).ok(),
-        uri: path
-            .parse::<Uri>()
+        Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET),
+        HeaderValue::from_bytes(host).ok(),
+        path.parse::<Uri>()
             .unwrap_or_else(|_| Uri::from_static("/")),
-        status: StatusCode::OK,
-        upstream: None,
-        upstream_time: None,
-        request_id: HeaderValue::from_bytes(id).expect("hex digits"),
-        error: None,
-    })
+        HeaderValue::from_bytes(id).expect("hex digits"),
+    )
 }
 
 /// Who the forwarding headers name (see [`crate::headers::set_forwarding`]).
@@ -894,11 +886,7 @@ fn write_upstream_head(
         }
         if name.eq_ignore_ascii_case("host")
             || is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case("x-real-ip")
-            || name.eq_ignore_ascii_case("x-forwarded-proto")
-            || name.eq_ignore_ascii_case("x-forwarded-host")
-            || name.eq_ignore_ascii_case("x-request-id")
-            || name.eq_ignore_ascii_case("forwarded")
+            || is_set_on_requests(name)
             || scan.listed.contains(name)
         {
             continue;
@@ -1188,12 +1176,7 @@ fn rewrite_response_head(
             || (listed.contains(name)
                 && !framing_header
                 && !name.eq_ignore_ascii_case("content-length"))
-            || name.eq_ignore_ascii_case("x-request-id")
-            || name.eq_ignore_ascii_case("x-proxy-id")
-            || (!hide
-                && (name.eq_ignore_ascii_case("x-server-info")
-                    || name.eq_ignore_ascii_case("x-upstream-addr")
-                    || name.eq_ignore_ascii_case("x-upstream-response-time")))
+            || is_set_on_responses(name, hide)
             || (codings && name.eq_ignore_ascii_case("content-length"));
         if !skip {
             put_header(out, name.as_bytes(), h.value);
@@ -1232,17 +1215,7 @@ fn finish_client_head(
     attempts: &Attempts,
     close: bool,
 ) {
-    put_header(out, b"x-request-id", id);
-    put_header(out, b"x-proxy-id", snap.proxy_id.as_bytes());
-    if !snap.config.proxy.hide_info_headers {
-        put_header(out, b"x-server-info", conn.proxy.server_info.as_bytes());
-        if let Some(v) = attempts.addrs_value() {
-            put_header(out, b"x-upstream-addr", v.as_bytes());
-        }
-        if let Some(v) = attempts.times_value() {
-            put_header(out, b"x-upstream-response-time", v.as_bytes());
-        }
-    }
+    pipeline::interlock_headers(out, snap, &conn.proxy.server_info, (id, None), attempts);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }

@@ -13,9 +13,9 @@ pub static X_UPSTREAM_ADDR: HeaderName = HeaderName::from_static("x-upstream-add
 pub static X_UPSTREAM_RESPONSE_TIME: HeaderName =
     HeaderName::from_static("x-upstream-response-time");
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The hop-by-hop headers removed whatever `Connection` says (in the
 /// order of the bits `strip_hop_by_hop` gives them).
@@ -98,6 +98,47 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+/// Request headers the proxy sets (or, `Forwarded`, removes) itself, so a
+/// client's own never reach the upstream (`X-Forwarded-For` aside: it may
+/// be extended). [`set_forwarding`] writes each on the general path; the
+/// fast path drops the client's by this list and writes its own.
+pub(crate) static SET_ON_REQUESTS: [&HeaderName; 5] = [
+    &X_REAL_IP,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_REQUEST_ID,
+    &header::FORWARDED,
+];
+
+/// Whether `name` (any case) is in [`SET_ON_REQUESTS`].
+pub(crate) fn is_set_on_requests(name: &str) -> bool {
+    SET_ON_REQUESTS
+        .iter()
+        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+}
+
+/// Interlock's response headers, which the proxy sets on every response
+/// (`crate::pipeline::interlock_headers`): always the first two, the rest
+/// unless `hide_info_headers`, when an upstream's own pass instead.
+pub(crate) static SET_ON_RESPONSES: [&HeaderName; 5] = [
+    &X_REQUEST_ID,
+    &X_PROXY_ID,
+    &X_SERVER_INFO,
+    &X_UPSTREAM_ADDR,
+    &X_UPSTREAM_RESPONSE_TIME,
+];
+
+/// Whether an upstream's response header `name` (any case) gives way to
+/// the proxy's own.
+pub(crate) fn is_set_on_responses(name: &str, hide_info: bool) -> bool {
+    let set = if hide_info {
+        &SET_ON_RESPONSES[..2]
+    } else {
+        &SET_ON_RESPONSES[..]
+    };
+    set.iter().any(|h| h.as_str().eq_ignore_ascii_case(name))
 }
 
 /// A client address as a header value (`X-Real-IP`, `X-Forwarded-For`),
@@ -235,5 +276,22 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn set_forwarding_replaces_every_header_the_proxy_owns() {
+        let mut h = HeaderMap::new();
+        for name in SET_ON_REQUESTS {
+            h.insert(name.clone(), HeaderValue::from_static("from-the-client"));
+        }
+        let ip = ip_value("127.0.0.2".parse().unwrap());
+        set_forwarding(&mut h, (&ip, &ip), false, "http", None, &new_request_id());
+        for name in SET_ON_REQUESTS {
+            assert_ne!(
+                h.get(name).map(HeaderValue::as_bytes),
+                Some(&b"from-the-client"[..]),
+                "{name}"
+            );
+        }
     }
 }

@@ -12,13 +12,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use portico_model::{normalize_request_host, Cidr, Route, RouteId};
 
-use crate::access_log::seconds;
+use crate::access_log::{seconds, AccessLog};
 use crate::answer::Answer;
 use crate::context::TlsInfo;
 use crate::error::ProxyError;
+use crate::headers::{
+    X_PROXY_ID, X_REQUEST_ID, X_SERVER_INFO, X_UPSTREAM_ADDR, X_UPSTREAM_RESPONSE_TIME,
+};
 use crate::snapshot::{Pool, Snapshot};
 use crate::upstream::{Busy, Upstream};
 
@@ -387,6 +390,66 @@ pub(crate) fn log_failure(
     } else {
         tracing::debug!(status, client = %client.ip(), request_id = id, error = %e, "request refused");
     }
+}
+
+/// Where a codec writes response headers: a `HeaderMap` (hyper) or the
+/// bytes of a head (the fast path).
+pub(crate) trait HeaderSink {
+    fn put(&mut self, name: &'static HeaderName, value: &[u8], shared: Option<&HeaderValue>);
+}
+
+impl HeaderSink for http::HeaderMap {
+    fn put(&mut self, name: &'static HeaderName, value: &[u8], shared: Option<&HeaderValue>) {
+        let value = match shared {
+            Some(v) => v.clone(),
+            None => match HeaderValue::from_bytes(value) {
+                Ok(v) => v,
+                Err(_) => return,
+            },
+        };
+        self.insert(name.clone(), value);
+    }
+}
+
+impl HeaderSink for Vec<u8> {
+    fn put(&mut self, name: &'static HeaderName, value: &[u8], _: Option<&HeaderValue>) {
+        self.extend_from_slice(name.as_str().as_bytes());
+        self.extend_from_slice(b": ");
+        self.extend_from_slice(value);
+        self.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Interlock's response headers, on every response (Portico's own
+/// included): `x-request-id`, `x-proxy-id`, and unless hidden
+/// `x-server-info`, `x-upstream-addr`, `x-upstream-response-time`.
+/// `request_id` as text, and as a shared value when the codec has one.
+pub(crate) fn interlock_headers(
+    sink: &mut impl HeaderSink,
+    snap: &Snapshot,
+    server_info: &HeaderValue,
+    (request_id, shared_id): (&[u8], Option<&HeaderValue>),
+    attempts: &Attempts,
+) {
+    sink.put(&X_REQUEST_ID, request_id, shared_id);
+    sink.put(&X_PROXY_ID, snap.proxy_id.as_bytes(), Some(&snap.proxy_id));
+    if !snap.config.proxy.hide_info_headers {
+        sink.put(&X_SERVER_INFO, server_info.as_bytes(), Some(server_info));
+        if let Some(v) = attempts.addrs_value() {
+            sink.put(&X_UPSTREAM_ADDR, v.as_bytes(), Some(&v));
+        }
+        if let Some(v) = attempts.times_value() {
+            sink.put(&X_UPSTREAM_RESPONSE_TIME, v.as_bytes(), Some(&v));
+        }
+    }
+}
+
+/// Records in a request's access-log line how it was answered: the status
+/// and the upstreams tried (both codecs' lines carry the same fields).
+pub(crate) fn record(log: &mut AccessLog, status: StatusCode, attempts: &Attempts) {
+    log.status = status;
+    log.upstream = attempts.addrs();
+    log.upstream_time = attempts.times();
 }
 
 /// How one attempt to have an upstream answer ended, as a codec reports it.
