@@ -28,13 +28,7 @@ fn bin() -> &'static Path {
 
 /// One `[[service]]` table.
 fn service(name: &str, hosts: &[&str], upstreams: &[SocketAddr]) -> String {
-    let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
-    let upstreams: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "[[service]]\nname = {name:?}\nhosts = [{}]\nupstreams = [{}]\n\n",
-        hosts.join(", "),
-        upstreams.join(", ")
-    )
+    portico_testkit::service_toml(name, hosts, upstreams, "")
 }
 
 /// A whole config: `[proxy]` on 127.0.0.1:0 with `proxy_extra` lines, then `services`.
@@ -327,6 +321,81 @@ upstreams = ["not-an-address"]
         stdout.contains(&format!("{}: 1 problem(s)", path.display())),
         "{stdout}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_every_bad_routing_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routing.toml");
+    let text = r#"[proxy]
+max_body_size = "lots"
+
+[[service]]
+name = "a"
+hosts = ["a.test"]
+context_root = "app"
+sticky_session_cookie = ""
+balance = "fastest"
+
+[[service]]
+name = "b"
+hosts = ["b.test"]
+context_root = "/x/../y"
+max_body_size = "1 lot"
+
+[[service]]
+name = "e"
+hosts = ["e.test"]
+redirects = [{ from = "http://elsewhere.test", to = "http://e.test" }]
+
+[[service]]
+name = "c"
+hosts = ["c.test"]
+default_backend = true
+
+[[service]]
+name = "d"
+hosts = ["c.test"]
+balance = "least_request"
+default_backend = true
+"#;
+    std::fs::write(&path, text).unwrap();
+    let (code, stdout, stderr) = output(&["check", "--config", path.to_str().unwrap()]).await;
+    assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
+    let p = path.display();
+    for (line, field) in [
+        (2, "proxy.max_body_size"),
+        (7, "service[0] (a).context_root"),
+        (8, "service[0] (a).sticky_session_cookie"),
+        (9, "service[0] (a).balance"),
+        (14, "service[1] (b).context_root"),
+        (15, "service[1] (b).max_body_size"),
+    ] {
+        let want = format!("{p}:{line}:");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&want) && l.contains(&format!(" {field}: "))),
+            "no {field} at line {line} in:\n{stdout}"
+        );
+    }
+    // A redirect from a host the service doesn't serve; across services:
+    // the second default backend, and d's disagreement with c on the pool
+    // they share.
+    for (service, setting) in [
+        ("e", "redirects"),
+        ("d", "default_backend"),
+        ("d", "balance"),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains(&format!("service ({service}).{setting}"))
+                    || l.contains(&format!("({service}).{setting}: "))),
+            "no {service}.{setting} in:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("9 problem(s)"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,13 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 fn service(name: &str, hosts: &[&str], upstreams: &[SocketAddr]) -> String {
-    let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
-    let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
-    format!(
-        "[[service]]\nname = \"{name}\"\nhosts = [{}]\nupstreams = [{}]\n",
-        hosts.join(", "),
-        ups.join(", ")
-    )
+    portico_testkit::service_toml(name, hosts, upstreams, "")
 }
 
 /// Sends raw bytes and returns everything the proxy answers before closing

@@ -14,15 +14,7 @@ use std::time::Duration;
 use portico_testkit::raw::{RawResponse, Wire};
 use portico_testkit::{curl, Backend, Echo, TestProxy};
 
-fn service(name: &str, hosts: &[&str], upstreams: &[SocketAddr], extra: &str) -> String {
-    let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
-    let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
-    format!(
-        "[[service]]\nname = \"{name}\"\nhosts = [{}]\nupstreams = [{}]\n{extra}\n",
-        hosts.join(", "),
-        ups.join(", ")
-    )
-}
+use portico_testkit::service_toml as service;
 
 /// Sends one request on `c` and reads its response.
 async fn send(c: &mut Wire, method: &str, host: &str, path: &str, headers: &str) -> RawResponse {

@@ -49,15 +49,7 @@ impl Site {
     }
 }
 
-fn service(name: &str, hosts: &[&str], upstreams: &[std::net::SocketAddr], extra: &str) -> String {
-    let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
-    let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
-    format!(
-        "[[service]]\nname = \"{name}\"\nhosts = [{}]\nupstreams = [{}]\n{extra}\n",
-        hosts.join(", "),
-        ups.join(", ")
-    )
-}
+use portico_testkit::service_toml as service;
 
 const HTTPS: &str = "[proxy]\nhttps_listen = \"127.0.0.1:0\"\n";
 

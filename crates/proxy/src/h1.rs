@@ -732,11 +732,13 @@ async fn exchange(
         .then(|| access_log(start, client_addr, method, path, host, &id));
 
     let mut attempts = Attempts::default();
-    let mut from_upstream: Vec<u8> = Vec::new();
+    let mut from_upstream: Vec<u8> = match plan {
+        Plan::Forward { .. } => Vec::with_capacity(RESPONSE_BUF),
+        Plan::Answer(_) => Vec::new(),
+    };
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let sent = match plan {
         Plan::Forward { route, first } => {
-            from_upstream.reserve_exact(RESPONSE_BUF);
             let mut exchange = RawExchange {
                 request: &upstream_req,
                 buf: &mut from_upstream,

@@ -34,6 +34,28 @@ pub use harness::TestProxy;
 pub use process::Portico;
 pub use tls::{Issued, TestCa};
 
+/// A `[[service]]` table: `name` routing `hosts` to `upstreams`, with
+/// `extra` lines (other keys) appended.
+pub fn service_toml(
+    name: &str,
+    hosts: &[&str],
+    upstreams: &[std::net::SocketAddr],
+    extra: &str,
+) -> String {
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
+    let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+    let mut out = format!(
+        "[[service]]\nname = \"{name}\"\nhosts = [{}]\nupstreams = [{}]\n",
+        hosts.join(", "),
+        ups.join(", ")
+    );
+    if !extra.is_empty() {
+        out.push_str(extra);
+        out.push('\n');
+    }
+    out
+}
+
 /// Whether `v` looks like a request id: 32 hex digits.
 pub fn is_hex32(v: &str) -> bool {
     v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit())

@@ -41,13 +41,7 @@ async fn start(toml: &str) -> TestProxy {
 }
 
 fn service(name: &str, hosts: &[&str], upstreams: &[SocketAddr]) -> String {
-    let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
-    let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
-    format!(
-        "[[service]]\nname = \"{name}\"\nhosts = [{}]\nupstreams = [{}]\n",
-        hosts.join(", "),
-        ups.join(", ")
-    )
+    portico_testkit::service_toml(name, hosts, upstreams, "")
 }
 
 /// A proxy routing [`HOST`] to `upstream`, with `settings` in `[proxy]`.
