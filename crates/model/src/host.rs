@@ -110,22 +110,36 @@ pub fn normalize_request_host(raw: &str) -> Result<Cow<'_, str>, RequestHostErro
         }
         &raw[..end + 2]
     } else {
-        let name = match raw.split_once(':') {
-            Some((name, port)) if is_port(port) => name,
-            Some(_) => return Err(RequestHostError::Invalid),
-            None => raw,
-        };
+        // One pass over the name (every request's host comes here): where
+        // it ends, whether every byte may be in a name, and whether any
+        // needs lower-casing.
+        let bytes = raw.as_bytes();
+        let mut end = bytes.len();
+        let mut upper = false;
+        for (i, &b) in bytes.iter().enumerate() {
+            match b {
+                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {}
+                b'A'..=b'Z' => upper = true,
+                b':' => {
+                    if !is_port(&raw[i + 1..]) {
+                        return Err(RequestHostError::Invalid);
+                    }
+                    end = i;
+                    break;
+                }
+                _ => return Err(RequestHostError::Invalid),
+            }
+        }
+        let name = &raw[..end];
         let name = name.strip_suffix('.').unwrap_or(name);
         if name.is_empty() || name.len() > MAX_NAME {
             return Err(RequestHostError::Invalid);
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        {
-            return Err(RequestHostError::Invalid);
-        }
-        name
+        return Ok(if upper {
+            Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(name)
+        });
     };
     if name.bytes().any(|b| b.is_ascii_uppercase()) {
         Ok(Cow::Owned(name.to_ascii_lowercase()))

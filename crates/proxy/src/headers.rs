@@ -34,6 +34,14 @@ static FIXED_HOP_BY_HOP: [HeaderName; 8] = [
 /// `Connection`: the same set [`strip_hop_by_hop`] removes, for code that
 /// works on header names as text (the HTTP/1.1 fast path).
 pub fn is_hop_by_hop(name: &str) -> bool {
+    // Every one starts with c, k, p, t or u: most names are told apart by
+    // their first letter (the fast path asks this of every header).
+    if !matches!(
+        name.as_bytes().first().map(u8::to_ascii_lowercase),
+        Some(b'c' | b'k' | b'p' | b't' | b'u')
+    ) {
+        return false;
+    }
     name.eq_ignore_ascii_case("connection")
         || FIXED_HOP_BY_HOP
             .iter()
@@ -114,6 +122,13 @@ pub(crate) static SET_ON_REQUESTS: [&HeaderName; 5] = [
 
 /// Whether `name` (any case) is in [`SET_ON_REQUESTS`].
 pub(crate) fn is_set_on_requests(name: &str) -> bool {
+    // `x-…` or `forwarded`: the first letter rules out most names.
+    if !matches!(
+        name.as_bytes().first().map(u8::to_ascii_lowercase),
+        Some(b'x' | b'f')
+    ) {
+        return false;
+    }
     SET_ON_REQUESTS
         .iter()
         .any(|h| h.as_str().eq_ignore_ascii_case(name))
@@ -133,6 +148,14 @@ pub(crate) static SET_ON_RESPONSES: [&HeaderName; 5] = [
 /// Whether an upstream's response header `name` (any case) gives way to
 /// the proxy's own.
 pub(crate) fn is_set_on_responses(name: &str, hide_info: bool) -> bool {
+    // All `x-…`: the first letter rules out most names.
+    if !name
+        .as_bytes()
+        .first()
+        .is_some_and(|b| b.eq_ignore_ascii_case(&b'x'))
+    {
+        return false;
+    }
     let set = if hide_info {
         &SET_ON_RESPONSES[..2]
     } else {
@@ -292,6 +315,37 @@ mod tests {
                 Some(&b"from-the-client"[..]),
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn name_tests_agree_with_the_lists_in_any_case() {
+        for h in &FIXED_HOP_BY_HOP {
+            assert!(is_hop_by_hop(&h.as_str().to_ascii_uppercase()), "{h}");
+        }
+        assert!(is_hop_by_hop("Connection"));
+        for h in SET_ON_REQUESTS {
+            assert!(is_set_on_requests(&h.as_str().to_ascii_uppercase()), "{h}");
+        }
+        for h in SET_ON_RESPONSES {
+            assert!(
+                is_set_on_responses(&h.as_str().to_ascii_uppercase(), false),
+                "{h}"
+            );
+        }
+        assert!(!is_set_on_responses("x-server-info", true));
+        assert!(is_set_on_responses("X-Request-Id", true));
+        for other in [
+            "content-length",
+            "date",
+            "x-app",
+            "host",
+            "",
+            "cache-control",
+        ] {
+            assert!(!is_hop_by_hop(other), "{other}");
+            assert!(!is_set_on_requests(other), "{other}");
+            assert!(!is_set_on_responses(other, false), "{other}");
         }
     }
 }
