@@ -96,11 +96,9 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
     let client = SocketAddr::new(client_ip, conn.client.port());
     let client = Client {
         addr: client,
-        ip: if client_ip == conn.client.ip() {
-            conn.client_ip.clone()
-        } else {
-            ip_value(client_ip)
-        },
+        // Only a trusted proxy's word makes it differ from the peer's, which
+        // the connection holds already.
+        named_ip: (client_ip != conn.client.ip()).then(|| ip_value(client_ip)),
         trusted,
     };
     let request_id = new_request_id();
@@ -152,8 +150,8 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
 /// Who the request is from, as far as the proxy believes.
 struct Client {
     addr: SocketAddr,
-    /// `addr`'s IP as a header value.
-    ip: HeaderValue,
+    /// `addr`'s IP as a header value, when it is not the connection's peer.
+    named_ip: Option<HeaderValue>,
     /// The peer is a trusted proxy: its `X-Forwarded-For` is extended.
     trusted: bool,
 }
@@ -245,7 +243,11 @@ async fn forward(
     let proto = if conn.tls.is_some() { "https" } else { "http" };
     prepare_upstream_request(
         &mut parts,
-        (&conn.client_ip, client),
+        (
+            &conn.client_ip,
+            client.named_ip.as_ref().unwrap_or(&conn.client_ip),
+            client.trusted,
+        ),
         proto,
         host_value,
         request_id,
@@ -370,7 +372,7 @@ fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
 
 fn prepare_upstream_request(
     parts: &mut Parts,
-    (peer_ip, client): (&HeaderValue, &Client),
+    (peer_ip, client_ip, trusted): (&HeaderValue, &HeaderValue, bool),
     proto: &'static str,
     host: HeaderValue,
     request_id: &HeaderValue,
@@ -378,8 +380,8 @@ fn prepare_upstream_request(
     strip_hop_by_hop(&mut parts.headers);
     set_forwarding(
         &mut parts.headers,
-        (peer_ip, &client.ip),
-        client.trusted,
+        (peer_ip, client_ip),
+        trusted,
         proto,
         Some(&host),
         request_id,
