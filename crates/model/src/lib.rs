@@ -1,6 +1,6 @@
 //! Portico's routing model: what the proxy should do, with no I/O.
 //!
-//! Providers (the TOML file, later Docker) produce text or labels; this crate
+//! Providers (the TOML file, Docker) produce text or labels; this crate
 //! turns them into a validated [`Config`], gives it a content [`Version`],
 //! and compiles it into a [`RoutingTable`] that the proxy consults once per
 //! request. Nothing here opens a socket or spawns a task, so all of it is
@@ -15,8 +15,10 @@
 //! - [`rules`]: service rules written once for every provider: how values
 //!   are read, what one service may not combine, and what services sharing a
 //!   host (or a host and path) must agree on.
-//! - [`table`]: the compiled host → route table, with services that share a
-//!   host pooled together.
+//! - [`table`]: the compiled table: host → site (the hosts one set of
+//!   services claims: certificate, passthrough, redirects) → the longest
+//!   matching path rule → route (the pool of the services on that host and
+//!   path), and the default backend for hosts nobody claims.
 //! - [`version`]: content digests, so unchanged configs are recognised.
 #![forbid(unsafe_code)]
 
