@@ -93,7 +93,7 @@ pub fn normalize_request_host(raw: &str) -> Result<Cow<'_, str>, RequestHostErro
     if raw.is_empty() {
         return Err(RequestHostError::Missing);
     }
-    let name = if let Some(rest) = raw.strip_prefix('[') {
+    if let Some(rest) = raw.strip_prefix('[') {
         // IPv6 literal: [::1]:8080
         let end = rest.find(']').ok_or(RequestHostError::Invalid)?;
         let (addr, after) = rest.split_at(end);
@@ -108,43 +108,42 @@ pub fn normalize_request_host(raw: &str) -> Result<Cow<'_, str>, RequestHostErro
         {
             return Err(RequestHostError::Invalid);
         }
-        &raw[..end + 2]
-    } else {
-        // One pass over the name (every request's host comes here): where
-        // it ends, whether every byte may be in a name, and whether any
-        // needs lower-casing.
-        let bytes = raw.as_bytes();
-        let mut end = bytes.len();
-        let mut upper = false;
-        for (i, &b) in bytes.iter().enumerate() {
-            match b {
-                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {}
-                b'A'..=b'Z' => upper = true,
-                b':' => {
-                    if !is_port(&raw[i + 1..]) {
-                        return Err(RequestHostError::Invalid);
-                    }
-                    end = i;
-                    break;
-                }
-                _ => return Err(RequestHostError::Invalid),
+        return Ok(lower_case(&raw[..end + 2]));
+    }
+    // One pass over the name (every request's host comes here): where it
+    // ends, whether every byte may be in a name, and whether any needs
+    // lower-casing.
+    let mut end = raw.len();
+    let mut upper = false;
+    for (i, &b) in raw.as_bytes().iter().enumerate() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {}
+            b'A'..=b'Z' => upper = true,
+            b':' if is_port(&raw[i + 1..]) => {
+                end = i;
+                break;
             }
+            _ => return Err(RequestHostError::Invalid),
         }
-        let name = &raw[..end];
-        let name = name.strip_suffix('.').unwrap_or(name);
-        if name.is_empty() || name.len() > MAX_NAME {
-            return Err(RequestHostError::Invalid);
-        }
-        return Ok(if upper {
-            Cow::Owned(name.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(name)
-        });
-    };
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        Ok(Cow::Owned(name.to_ascii_lowercase()))
+    }
+    let name = &raw[..end];
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(RequestHostError::Invalid);
+    }
+    Ok(if upper {
+        Cow::Owned(name.to_ascii_lowercase())
     } else {
-        Ok(Cow::Borrowed(name))
+        Cow::Borrowed(name)
+    })
+}
+
+/// `name`, lower-cased only if it has to be.
+fn lower_case(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
     }
 }
 

@@ -9,8 +9,6 @@ use portico_model::Balance;
 
 use crate::upstream::Upstream;
 
-pub(crate) use crate::upstream::stable_hash as hash_bytes;
-
 /// splitmix64's finaliser: spreads a combination of two hashes evenly.
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -213,13 +213,13 @@ pub(crate) fn affinity<'h>(
     if let Some(name) = &route.sticky_cookie {
         for header in cookie_headers {
             if let Some(value) = cookie_value(header, name) {
-                return Some(crate::balance::hash_bytes(value));
+                return Some(crate::upstream::stable_hash(value));
             }
         }
     }
     route.ip_hash.then(|| match client {
-        IpAddr::V4(v4) => crate::balance::hash_bytes(&v4.octets()),
-        IpAddr::V6(v6) => crate::balance::hash_bytes(&v6.octets()),
+        IpAddr::V4(v4) => crate::upstream::stable_hash(&v4.octets()),
+        IpAddr::V6(v6) => crate::upstream::stable_hash(&v6.octets()),
     })
 }
 
