@@ -276,7 +276,9 @@ impl Upstream {
                 IdleConn::Raw(raw) if still_open(&raw.stream) => {
                     // The fast path's connection, taken over by hyper: the
                     // HTTP/1.1 handshake exchanges nothing on the wire.
-                    let sender = self.handshake(raw.stream, UpstreamProtocol::Http1).await?;
+                    // Boxed for the reason `connect_boxed` is.
+                    let sender =
+                        Box::pin(self.handshake(raw.stream, UpstreamProtocol::Http1)).await?;
                     return Ok(Conn {
                         sender,
                         slot: Arc::new(raw.slot),
