@@ -31,6 +31,7 @@ use portico_model::{normalize_request_host, AdminSettings};
 use portico_proxy::{Proxy, Snapshot};
 use portico_trace::api::{
     nearest_hosts, ApiError, Health, Probe, ProbeRequest, ProbeResponse, RouteInfo, Routes,
+    UpstreamHealth,
 };
 use portico_trace::http::{fetch, Fetch};
 use serde::Serialize;
@@ -177,13 +178,32 @@ fn health(proxy: &Proxy, snap: &Snapshot, started: Instant) -> Health {
     }
 }
 
-fn route_info(route: &portico_model::Route, matched: Option<String>) -> RouteInfo {
+fn route_info(snap: &Snapshot, id: usize, matched: Option<String>) -> RouteInfo {
+    let route = snap.table.route(id);
+    let time = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     RouteInfo {
         hosts: route.hosts.iter().map(ToString::to_string).collect(),
         matched,
         path: route.path.clone(),
         services: route.services.clone(),
         upstreams: route.upstreams.clone(),
+        health: snap.pools[id]
+            .upstreams
+            .iter()
+            .map(|u| {
+                let r = u.health.report();
+                UpstreamHealth {
+                    upstream: u.addr,
+                    state: r.state.to_owned(),
+                    reason: r.reason,
+                    since: r.since.map(time),
+                    until: r.until.map(time),
+                    last_check: r
+                        .last_check
+                        .map(|(at, said)| format!("{said} at {}", time(at))),
+                }
+            })
+            .collect(),
     }
 }
 
@@ -213,7 +233,7 @@ fn lookup(snap: &Snapshot, host: &str) -> (Vec<RouteInfo>, Vec<portico_trace::ap
             let routes = site
                 .rules
                 .iter()
-                .map(|&r| route_info(snap.table.route(r), matched.clone()))
+                .map(|&r| route_info(snap, r, matched.clone()))
                 .collect();
             (routes, Vec::new())
         }
@@ -242,11 +262,8 @@ fn routes(snap: &Snapshot, query: &str) -> Resp {
         return ok(&Routes {
             version,
             host: None,
-            routes: snap
-                .table
-                .routes()
-                .iter()
-                .map(|r| route_info(r, None))
+            routes: (0..snap.table.routes().len())
+                .map(|id| route_info(snap, id, None))
                 .collect(),
             nearest: Vec::new(),
         });

@@ -20,6 +20,9 @@ pub(crate) struct Answer {
     pub close: bool,
     /// Why the request was not forwarded, for the logs; `None` for a redirect.
     pub error: Option<ProxyError>,
+    /// `Retry-After: 1`: the refusal is momentary (a service at its
+    /// `max_requests`).
+    pub retry_after: bool,
 }
 
 impl Answer {
@@ -40,6 +43,7 @@ impl Answer {
                     | StatusCode::REQUEST_TIMEOUT
                     | StatusCode::PAYLOAD_TOO_LARGE
             ),
+            retry_after: matches!(e, ProxyError::Overloaded { .. }),
             error: Some(e),
         })
     }
@@ -56,6 +60,7 @@ impl Answer {
             )),
             close: false,
             error: None,
+            retry_after: false,
         })
     }
 
@@ -71,6 +76,9 @@ impl Answer {
         }
         if self.close && http1 {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         (resp, self.error)
     }
@@ -88,6 +96,9 @@ impl Answer {
         if let Some(location) = &self.location {
             out.extend_from_slice(b"\r\nlocation: ");
             out.extend_from_slice(location.as_bytes());
+        }
+        if self.retry_after {
+            out.extend_from_slice(b"\r\nretry-after: 1");
         }
         out.extend_from_slice(b"\r\ndate: ");
         out.extend_from_slice(date);

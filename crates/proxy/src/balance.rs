@@ -1,7 +1,8 @@
 //! Which upstream of a pool a request tries first: a consistent hash when
 //! the route pins requests (sticky cookie, client address), else the
 //! route's policy (round robin, or the less busy of two random picks).
-//! Retries go on from there through the rest of the pool in order.
+//! Retries go on from there through the rest of the pool in order, passing
+//! over upstreams that are down (`crate::pipeline::try_upstreams`).
 
 use std::sync::Arc;
 
@@ -28,11 +29,17 @@ pub(crate) fn first(
         // Rendezvous hashing: each upstream scores the key, the highest
         // wins. Adding an upstream to N moves only the keys it now wins,
         // about 1/(N+1) of them; removing one moves only its own.
-        return upstreams
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, u)| mix(key ^ u.addr_hash))
-            .map_or(0, |(i, _)| i);
+        // An upstream that is down is left out, so its keys go elsewhere
+        // and come back when it does (all of them down: all ranked).
+        let pick = |skip_down: bool| {
+            upstreams
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| !skip_down || !u.health.is_down())
+                .max_by_key(|(_, u)| mix(key ^ u.addr_hash))
+                .map(|(i, _)| i)
+        };
+        return pick(true).or_else(|| pick(false)).unwrap_or(0);
     }
     match policy {
         Balance::RoundRobin => round_robin() % upstreams.len().max(1),

@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessLog;
+use crate::health::Admitted;
 use crate::upstream::{Busy, Conn, Upstream};
 
 /// A response body on its way to the client.
@@ -25,8 +26,20 @@ pub struct ResponseBody {
     log: Option<Box<AccessLog>>,
     /// Counts the request as in flight until the response is done.
     in_flight: Option<InFlight>,
-    /// Counts it in flight on its upstream, for least-request balancing.
-    busy: Option<Busy>,
+    /// Its place under the service's cap, its count on its upstream.
+    held: Held,
+}
+
+/// What a request holds until its response has been passed on: its place
+/// under the service's `max_requests`, and (least-request pools) its count
+/// on its upstream.
+#[derive(Default)]
+pub struct Held {
+    // Never read: they act by being dropped.
+    #[allow(dead_code)]
+    pub(crate) admitted: Option<Admitted>,
+    #[allow(dead_code)]
+    pub(crate) busy: Option<Busy>,
 }
 
 /// A request in flight: counted from its arrival until its response body
@@ -59,7 +72,7 @@ impl ResponseBody {
             bytes: 0,
             log: None,
             in_flight: None,
-            busy: None,
+            held: Held::default(),
         }
     }
 
@@ -70,7 +83,7 @@ impl ResponseBody {
             bytes: 0,
             log: None,
             in_flight: None,
-            busy: None,
+            held: Held::default(),
         };
         body.release_if_done();
         body
@@ -88,8 +101,8 @@ impl ResponseBody {
         self.in_flight = Some(guard);
     }
 
-    pub fn set_busy(&mut self, busy: Option<Busy>) {
-        self.busy = busy;
+    pub fn set_held(&mut self, held: Held) {
+        self.held = held;
     }
 
     pub fn set_log(&mut self, log: Box<AccessLog>) {

@@ -43,6 +43,11 @@ pub enum ProxyError {
     MethodNotAllowed(String),
     /// The client stopped sending its request body.
     ClientTimeout(String),
+    /// The service has `max_requests` requests in flight already.
+    Overloaded {
+        service: String,
+        max: u32,
+    },
     /// Over TLS, the Host names another site than the SNI the connection
     /// was set up for.
     Misdirected {
@@ -55,9 +60,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NoRoute { .. } | ProxyError::NoUpstreams { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoRoute { .. }
+            | ProxyError::NoUpstreams { .. }
+            | ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoPath { .. } => StatusCode::NOT_FOUND,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
@@ -130,6 +135,10 @@ impl fmt::Display for ProxyError {
                 write!(f, "service {service}: {detail}")
             }
             ProxyError::Timeout { service, detail } => write!(f, "service {service}: {detail}"),
+            ProxyError::Overloaded { service, max } => write!(
+                f,
+                "service {service} has {max} requests in progress, its max_requests; try again shortly"
+            ),
             ProxyError::MethodNotAllowed(why) => write!(f, "{why}"),
             ProxyError::ClientTimeout(why) => write!(f, "{why} (client_body_timeout)"),
             ProxyError::Misdirected { host, sni } => write!(

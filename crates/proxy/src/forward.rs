@@ -29,7 +29,7 @@ use crate::headers::{ip_value, new_request_id, set_forwarding, strip_hop_by_hop,
 use crate::pipeline::{self, log_failure, Attempts, Outcome, RequestHead};
 use crate::snapshot::{Pool, Snapshot};
 use crate::upload::{BodyTooLarge, ClientStalled, ProxyBody, Upload};
-use crate::upstream::Upstream;
+use crate::upstream::{Conn, ConnectError, Upstream};
 
 /// What the connection's protocol is known to be.
 pub(crate) enum Alpn {
@@ -289,10 +289,10 @@ async fn forward(
         upload_sent,
         te_trailers,
     };
-    let (mut resp, _, busy) = pipeline::try_upstreams(pool, first, &mut exchange, attempts)
+    let (mut resp, _, held) = pipeline::try_upstreams(pool, first, &mut exchange, attempts)
         .await
         .map_err(Answer::error)?;
-    resp.body_mut().set_busy(busy);
+    resp.body_mut().set_held(held);
     if let Some((protocol, client_side)) = upgrade {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_side = hyper::upgrade::on(&mut resp);
@@ -463,25 +463,35 @@ struct HyperExchange {
 }
 
 impl pipeline::Exchange for HyperExchange {
+    type Conn = Conn;
     type Out = Response<ResponseBody>;
 
-    async fn attempt(&mut self, pool: &Pool, upstream: &Arc<Upstream>) -> Outcome<Self::Out> {
+    async fn connect(&self, pool: &Pool, upstream: &Arc<Upstream>) -> Result<Conn, ConnectError> {
+        upstream.checkout(pool.connect_timeout).await
+    }
+
+    fn upstream_failed(out: &Self::Out) -> bool {
+        pipeline::failing_status(out.status().as_u16())
+    }
+
+    async fn send(
+        &mut self,
+        pool: &Pool,
+        upstream: &Arc<Upstream>,
+        mut conn: Conn,
+    ) -> Outcome<Self::Out> {
         let template = self.template.as_ref();
         let Some(mut req) = self
             .pending
             .take()
             .or_else(|| template.map(RetryTemplate::build))
         else {
-            return Outcome::Next("the request body was consumed by an earlier attempt".into());
+            return Outcome::Fatal(ProxyError::BadGateway {
+                service: pool.label.clone(),
+                detail: "the request body was consumed by an earlier attempt".into(),
+            });
         };
         adapt_for(&mut req, upstream, self.te_trailers);
-        let mut conn = match upstream.checkout(pool.connect_timeout).await {
-            Ok(c) => c,
-            Err(e) => {
-                self.pending = Some(req);
-                return Outcome::Next(e.to_string());
-            }
-        };
         let timeout = pool.upstream_timeout;
         // upstream_timeout measures the upstream, not the client: with a
         // body, it starts once the body has all been sent.
@@ -562,7 +572,7 @@ fn body_error<E: std::error::Error + 'static>(err: &hyper::Error) -> Option<&E> 
 
 fn upstream_response(
     resp: Response<Incoming>,
-    conn: crate::upstream::Conn,
+    conn: Conn,
     upstream: &Arc<Upstream>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();

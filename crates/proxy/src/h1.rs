@@ -47,7 +47,7 @@ use crate::io::Prefixed;
 use crate::pipeline::Attempts;
 use crate::pipeline::{self, Outcome, RequestHead};
 use crate::snapshot::{Pool, Snapshot};
-use crate::upstream::{lock, readable_now, RawConn, Upstream};
+use crate::upstream::{lock, readable_now, ConnectError, RawConn, Upstream};
 
 /// Headers parsed per message; a message with more goes to hyper (which
 /// allows 100) or, from an upstream, is a 502.
@@ -749,13 +749,13 @@ async fn exchange(
             let pool = &snap.pools[route];
             pipeline::try_upstreams(pool, first, &mut exchange, &mut attempts)
                 .await
-                .map(|((conn, head), upstream, busy)| (conn, upstream, head, busy))
+                .map(|((conn, head), upstream, held)| (conn, upstream, head, held))
                 .map_err(Answer::error)
         }
         Plan::Answer(answer) => Err(answer),
     };
     drop(upstream_req);
-    let (upstream_conn, upstream, resp, _busy) = match sent {
+    let (upstream_conn, upstream, resp, _held) = match sent {
         Ok(ok) => ok,
         Err(answer) => {
             let request_id = HeaderValue::from_bytes(&id).expect("hex digits");
@@ -974,13 +974,27 @@ struct RawExchange<'a> {
 }
 
 impl pipeline::Exchange for RawExchange<'_> {
+    type Conn = RawConn;
     type Out = (RawConn, UpstreamHead);
 
-    async fn attempt(&mut self, pool: &Pool, upstream: &Arc<Upstream>) -> Outcome<Self::Out> {
-        let mut conn = match upstream.checkout_raw(pool.connect_timeout).await {
-            Ok(c) => c,
-            Err(e) => return Outcome::Next(e.to_string()),
-        };
+    async fn connect(
+        &self,
+        pool: &Pool,
+        upstream: &Arc<Upstream>,
+    ) -> Result<RawConn, ConnectError> {
+        upstream.checkout_raw(pool.connect_timeout).await
+    }
+
+    fn upstream_failed((_, head): &Self::Out) -> bool {
+        pipeline::failing_status(head.status)
+    }
+
+    async fn send(
+        &mut self,
+        pool: &Pool,
+        upstream: &Arc<Upstream>,
+        mut conn: RawConn,
+    ) -> Outcome<Self::Out> {
         self.buf.clear();
         self.out.clear();
         let exchange = round_trip(

@@ -21,10 +21,14 @@
 //!   path, Portico's own answers, the target the upstream sees, affinity.
 //! - `answer`: Portico's own responses (errors, redirects), rendered per codec.
 //! - `balance`: which upstream first: consistent hashes, round robin, least request.
+//! - `checks`: the active health checks, a task per upstream, started and
+//!   stopped with config versions.
 //! - [`snapshot`]: the compiled routing snapshot and its upstream pools.
 //! - [`body`]: response bodies that return connections and log on completion.
 //! - [`upstream`]: bounded keep-alive connections to one upstream address
 //!   (HTTP/1.1, or one multiplexed HTTP/2 connection; cleartext or TLS).
+//! - [`health`]: what checks and failed requests say of each upstream
+//!   (unhealthy, ejected), and each service's retry budget and request cap.
 //! - [`upload`]: request bodies on their way upstream, with their limits.
 //! - [`error`]: failures classified into HTTP statuses.
 //! - `context`: what a connection knows (client, TLS server name).
@@ -40,11 +44,13 @@ pub mod access_log;
 mod answer;
 mod balance;
 pub mod body;
+mod checks;
 mod context;
 pub mod error;
 mod forward;
 mod h1;
 pub mod headers;
+pub mod health;
 mod io;
 mod pipeline;
 mod proxy_protocol;
@@ -84,6 +90,7 @@ pub struct Proxy {
     upkeep: std::sync::atomic::AtomicBool,
     /// Every request takes the general path (see [`Proxy::force_general_path`]).
     general_only: std::sync::atomic::AtomicBool,
+    checks: checks::Checkers,
 }
 
 impl Proxy {
@@ -109,12 +116,15 @@ impl Proxy {
             in_flight: Arc::default(),
             upkeep: Default::default(),
             general_only: Default::default(),
+            checks: Default::default(),
         })
     }
 
-    /// Starts, once per proxy, the background upkeep of upstream
-    /// connections: every second, idle ones that were closed by their
-    /// upstream or have idled too long are closed. Ends with the proxy.
+    /// Starts, once per proxy, the background upkeep of upstreams: every
+    /// second, idle connections that were closed by their upstream or have
+    /// idled too long are closed, ejections whose time is up end, and the
+    /// active health checks are brought in line with the config version.
+    /// Ends with the proxy.
     pub(crate) fn start_upkeep(self: &Arc<Self>) {
         if self.upkeep.swap(true, std::sync::atomic::Ordering::Relaxed) {
             return;
@@ -129,7 +139,9 @@ impl Proxy {
                 let snap = proxy.snapshot();
                 for upstream in snap.pools.iter().flat_map(|p| p.upstreams.iter()) {
                     upstream.sweep_idle();
+                    upstream.health.expire(upstream.addr);
                 }
+                proxy.checks.reconcile(&snap);
             }
         });
     }

@@ -8,8 +8,11 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -17,13 +20,14 @@ use portico_model::{normalize_request_host, Cidr, Route, RouteId};
 
 use crate::access_log::{seconds, AccessLog};
 use crate::answer::Answer;
+use crate::body::Held;
 use crate::context::TlsInfo;
 use crate::error::ProxyError;
 use crate::headers::{
     X_PROXY_ID, X_REQUEST_ID, X_SERVER_INFO, X_UPSTREAM_ADDR, X_UPSTREAM_RESPONSE_TIME,
 };
 use crate::snapshot::{Pool, Snapshot};
-use crate::upstream::{Busy, Upstream};
+use crate::upstream::{ConnectError, Upstream};
 
 /// What the pipeline needs of a request head, as either codec read it.
 pub(crate) struct RequestHead<'a> {
@@ -470,54 +474,211 @@ pub(crate) enum Outcome<T> {
     Fatal(ProxyError),
 }
 
-/// One codec's way of sending a request to one upstream.
+/// One codec's way of sending a request to one upstream, in two steps, so
+/// that the driver can race a slow connect (hedge) and tell a connect's
+/// failure from the exchange's.
 pub(crate) trait Exchange {
+    /// A connection as the codec uses it.
+    type Conn;
     type Out;
-    async fn attempt(&mut self, pool: &Pool, upstream: &Arc<Upstream>) -> Outcome<Self::Out>;
+    /// A connection to `upstream`, within the pool's `connect_timeout`.
+    /// Takes `&self`: a hedged connect runs two at once.
+    async fn connect(
+        &self,
+        pool: &Pool,
+        upstream: &Arc<Upstream>,
+    ) -> Result<Self::Conn, ConnectError>;
+    /// Sends the request on `conn`, up to the answer's head.
+    async fn send(
+        &mut self,
+        pool: &Pool,
+        upstream: &Arc<Upstream>,
+        conn: Self::Conn,
+    ) -> Outcome<Self::Out>;
+    /// The answer is one that counts against the upstream (502, 503, 504).
+    fn upstream_failed(out: &Self::Out) -> bool;
+}
+
+/// Whether the upstream answered with a status that counts against it.
+pub(crate) fn failing_status(status: u16) -> bool {
+    matches!(status, 502..=504)
 }
 
 /// Tries the pool's upstreams from `first` on, in order, as the outcomes
-/// allow: the one retry policy of both codecs (nginx's `proxy_next_upstream
+/// allow: the one retry policy of every codec (nginx's `proxy_next_upstream
 /// error timeout` for what was never sent, and for idempotent requests
-/// without a body). Every attempt but a stale connection's is recorded in
-/// `attempts` (for `x-upstream-addr` and the log), with its whole time.
-/// For a least-request pool, the answer comes with the guard that counts
-/// it in flight on its upstream: the codec keeps it until the response has
-/// been passed on.
+/// without a body). Upstreams that are down (failed checks, ejected) are
+/// passed over unless the whole pool is down; moving on to another
+/// upstream spends the service's retry budget; a connect that is not done
+/// within `hedge_delay` is raced by one to the next upstream. Every outcome
+/// is reported to the upstream's health, every attempt but a stale
+/// connection's is recorded in `attempts` (for `x-upstream-addr` and the
+/// log), with its whole time.
 pub(crate) async fn try_upstreams<'p, E: Exchange>(
     pool: &'p Pool,
     first: usize,
     exchange: &mut E,
     attempts: &mut Attempts,
-) -> Result<(E::Out, &'p Arc<Upstream>, Option<Busy>), ProxyError> {
+) -> Result<(E::Out, &'p Arc<Upstream>, Held), ProxyError> {
+    let admitted = match pool.max_requests {
+        None => None,
+        Some(max) => Some(
+            pool.guards
+                .admit(max)
+                .ok_or_else(|| ProxyError::Overloaded {
+                    service: pool.label.clone(),
+                    max,
+                })?,
+        ),
+    };
+    pool.guards.request();
     let n = pool.upstreams.len();
+    let first = if n == 0 { 0 } else { first % n };
+    // When every upstream is down, all of them take requests again.
+    let everyone = n > 0 && pool.upstreams[first].health.is_down() && pool.all_down();
+    let usable = |u: &Upstream| everyone || !u.health.is_down();
     let mut failures: Vec<String> = Vec::new();
     let mut stale_retry_used = false;
+    let mut moved_on = false;
     let mut i = 0;
     while i < n {
-        let upstream = &pool.upstreams[(first + i) % n];
+        let mut upstream = &pool.upstreams[(first + i) % n];
+        if !usable(upstream) {
+            i += 1;
+            continue;
+        }
+        if moved_on
+            && !pool
+                .guards
+                .may_retry(pool.retry_budget.0, pool.retry_budget.1)
+        {
+            failures.push("not retried further: the service's retry budget is spent".into());
+            break;
+        }
+        moved_on = false;
         let started = Instant::now();
+        // The connect's future borrows `exchange`: it ends in this block.
+        let connected = {
+            let connect = exchange.connect(pool, upstream);
+            let mut connect = std::pin::pin!(connect);
+            let ready = std::future::poll_fn(|cx| Poll::Ready(connect.as_mut().poll(cx))).await;
+            match ready {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    let next = (1..n)
+                        .map(|k| (i + k, &pool.upstreams[(first + i + k) % n]))
+                        .find(|(_, u)| usable(u));
+                    match (pool.hedge_delay, next) {
+                        (Some(delay), Some((j, other))) => {
+                            let raced =
+                                Box::pin(hedge(exchange, pool, connect, other, delay)).await;
+                            match raced {
+                                Hedged::First(r) => r,
+                                Hedged::Second(r) => {
+                                    // The first was slower than `hedge_delay`
+                                    // and lost: it counts against its upstream.
+                                    let why = format!(
+                                        "connect not done within hedge_delay {}",
+                                        crate::error::humanize(delay)
+                                    );
+                                    pool.failed(upstream, &why);
+                                    attempts.push(Attempt::new(upstream, started.elapsed()));
+                                    failures.push(format!("{}: {why}", upstream.addr));
+                                    i = j;
+                                    upstream = other;
+                                    r
+                                }
+                            }
+                        }
+                        _ => connect.await,
+                    }
+                }
+            }
+        };
         let busy = pool.least_request.then(|| upstream.busy());
-        let outcome = exchange.attempt(pool, upstream).await;
+        let sent = connected.is_ok();
+        let outcome = match connected {
+            Ok(conn) => exchange.send(pool, upstream, conn).await,
+            Err(e) => {
+                if e.blames_upstream() {
+                    pool.failed(upstream, &e.to_string());
+                }
+                Outcome::Next(e.to_string())
+            }
+        };
         let tried = Attempt::new(upstream, started.elapsed());
         match outcome {
             Outcome::Answered(out) => {
+                if E::upstream_failed(&out) {
+                    pool.failed(upstream, "it answered 502, 503 or 504");
+                } else {
+                    upstream.health.success();
+                }
                 attempts.push(tried);
-                return Ok((out, upstream, busy));
+                let held = Held { admitted, busy };
+                return Ok((out, upstream, held));
             }
             Outcome::Stale(_) if !stale_retry_used => stale_retry_used = true,
             Outcome::Stale(why) | Outcome::Next(why) => {
+                if sent {
+                    pool.failed(upstream, &why);
+                }
                 attempts.push(tried);
                 failures.push(format!("{}: {why}", upstream.addr));
+                moved_on = true;
                 i += 1;
             }
             Outcome::Fatal(e) => {
+                if matches!(
+                    e,
+                    ProxyError::Timeout { .. } | ProxyError::BadGateway { .. }
+                ) {
+                    pool.failed(upstream, &e.to_string());
+                }
                 attempts.push(tried);
                 return Err(e);
             }
         }
     }
     Err(ProxyError::no_upstream_took(&pool.label, &failures))
+}
+
+/// Which of two racing connects won.
+enum Hedged<T> {
+    First(T),
+    Second(T),
+}
+
+/// Races `first` (already under way) against a connect to `other`,
+/// started after `delay`: whichever connects first is used, and the other
+/// dropped. A failed one leaves the race to the other. Nothing has been
+/// sent yet, so this is safe for every request.
+async fn hedge<E: Exchange, F>(
+    exchange: &E,
+    pool: &Pool,
+    mut first: Pin<&mut F>,
+    other: &Arc<Upstream>,
+    delay: Duration,
+) -> Hedged<Result<E::Conn, ConnectError>>
+where
+    F: Future<Output = Result<E::Conn, ConnectError>>,
+{
+    tokio::select! {
+        r = first.as_mut() => return Hedged::First(r),
+        () = tokio::time::sleep(delay) => {}
+    }
+    let second = exchange.connect(pool, other);
+    tokio::pin!(second);
+    tokio::select! {
+        r = first.as_mut() => match r {
+            Ok(c) => Hedged::First(Ok(c)),
+            Err(_) => Hedged::Second(second.await),
+        },
+        r = second.as_mut() => match r {
+            Ok(c) => Hedged::Second(Ok(c)),
+            Err(_) => Hedged::First(first.await),
+        },
+    }
 }
 
 #[cfg(test)]

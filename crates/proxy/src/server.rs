@@ -312,20 +312,19 @@ async fn passthrough(
     });
     let mut exchange = TunnelExchange {
         hello: &hello.bytes,
-        connect_timeout: rules.connect_timeout,
     };
     let mut attempts = crate::pipeline::Attempts::default();
     let tried = crate::pipeline::try_upstreams(pool, first, &mut exchange, &mut attempts)
         .await
-        .map(|(up, upstream, busy)| (up, upstream.addr, busy));
+        .map(|(up, upstream, held)| (up, upstream.addr, held));
     // Keep what the tunnel needs and let the snapshot go: a tunnel may live
     // for hours, and must not keep old configs alive.
     let label = pool.label.clone();
     let idle = snap.config.proxy.tunnel_idle_timeout;
     drop(snap);
     let sni = hello.sni.as_deref().unwrap_or("-");
-    // `_busy` counts the tunnel on its upstream while it lasts.
-    let (up, addr, _busy) = match tried {
+    // `_held` counts the tunnel (service cap, upstream) while it lasts.
+    let (up, addr, _held) = match tried {
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(client = %peer.ip(), sni, service = %label, error = %e, "passthrough failed: no upstream could take the connection");
@@ -351,25 +350,40 @@ async fn passthrough(
 /// ClientHello already read from the client replayed to it.
 struct TunnelExchange<'a> {
     hello: &'a [u8],
-    connect_timeout: Duration,
 }
 
 impl crate::pipeline::Exchange for TunnelExchange<'_> {
+    type Conn = TcpStream;
     type Out = TcpStream;
 
-    async fn attempt(
+    async fn connect(
+        &self,
+        pool: &crate::snapshot::Pool,
+        upstream: &Arc<crate::upstream::Upstream>,
+    ) -> Result<TcpStream, crate::upstream::ConnectError> {
+        use crate::upstream::ConnectError;
+        let connect = TcpStream::connect(upstream.addr);
+        match tokio::time::timeout(pool.connect_timeout, connect).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Ok(Err(e)) => Err(ConnectError::Io(e)),
+            Err(_) => Err(ConnectError::Timeout(pool.connect_timeout)),
+        }
+    }
+
+    fn upstream_failed(_: &TcpStream) -> bool {
+        false
+    }
+
+    async fn send(
         &mut self,
         _pool: &crate::snapshot::Pool,
-        upstream: &Arc<crate::upstream::Upstream>,
+        _upstream: &Arc<crate::upstream::Upstream>,
+        mut up: TcpStream,
     ) -> crate::pipeline::Outcome<TcpStream> {
         use crate::pipeline::Outcome;
-        let connect = TcpStream::connect(upstream.addr);
-        let mut up = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Outcome::Next(e.to_string()),
-            Err(_) => return Outcome::Next("connect timed out".into()),
-        };
-        let _ = up.set_nodelay(true);
         match up.write_all(self.hello).await {
             Ok(()) => Outcome::Answered(up),
             Err(e) => Outcome::Next(e.to_string()),

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderValue;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -15,6 +16,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
 use rustls::ServerConfig;
 
+use crate::health::{Guards, Outlier};
 use crate::tls::{self, CertStore, CertStoreHandle, SessionState};
 use crate::upstream::{Transport, Upstream, UpstreamLimits};
 
@@ -51,12 +53,41 @@ pub struct Pool {
     /// by the fast path (`crate::h1`).
     pub plain_http1: bool,
     next: AtomicUsize,
+    /// How failed requests eject its upstreams.
+    pub outlier: Outlier,
+    /// The service's retry budget and request cap, shared by its routes
+    /// and kept across reloads.
+    pub guards: Arc<Guards>,
+    /// The service's cap on concurrent requests.
+    pub max_requests: Option<u32>,
+    /// Retries may add this percentage of recent requests, plus this many
+    /// a second.
+    pub retry_budget: (u8, u32),
+    /// A connect not done by then is raced by one to the next upstream.
+    pub hedge_delay: Option<Duration>,
 }
 
 impl Pool {
     /// Index of the upstream to try first for the next request.
     pub fn next_start(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Every upstream is down, so requests go to all of them rather than to
+    /// none: the proxy's judgement alone never empties a pool.
+    pub(crate) fn all_down(&self) -> bool {
+        self.upstreams.iter().all(|u| u.health.is_down())
+    }
+
+    /// A failed request to `upstream`, for passive ejection.
+    pub(crate) fn failed(&self, upstream: &Upstream, why: &str) {
+        upstream.health.failure(
+            upstream.addr,
+            &self.label,
+            self.outlier,
+            self.upstreams.iter().map(|u| &*u.health),
+            why,
+        );
     }
 }
 
@@ -84,12 +115,31 @@ impl Snapshot {
         {
             known.insert((u.addr, u.transport.options.clone()), u.clone());
         }
+        // A service's guards stay with it (by name) across versions.
+        let mut guards: HashMap<String, Arc<Guards>> = previous
+            .into_iter()
+            .flat_map(|s| s.pools.iter())
+            .map(|pool| (pool.label.clone(), pool.guards.clone()))
+            .collect();
         let mut transports: HashMap<UpstreamOptions, Transport> = HashMap::new();
         let table = RoutingTable::build(&config);
         let pools = table
             .routes()
             .iter()
             .map(|route| Pool {
+                guards: guards
+                    .entry(route.label())
+                    .or_insert_with(Guards::new)
+                    .clone(),
+                outlier: Outlier {
+                    consecutive_failures: p.outlier_consecutive_failures,
+                    base_ejection: p.outlier_base_ejection_time,
+                    max_ejection: p.outlier_max_ejection_time,
+                    max_ejected_percent: route.max_ejected_percent,
+                },
+                max_requests: route.max_requests,
+                retry_budget: (p.retry_budget_percent, p.retry_budget_min_per_second),
+                hedge_delay: p.hedge_delay,
                 label: route.label(),
                 upstream_timeout: route.upstream_timeout,
                 connect_timeout: route.connect_timeout,
@@ -109,8 +159,16 @@ impl Snapshot {
                         let key = (*addr, options.clone());
                         match known.get(&key) {
                             Some(u) if u.reusable_for(&limits, transport) => u.clone(),
-                            _ => {
-                                let u = Arc::new(Upstream::new(*addr, limits, transport.clone()));
+                            was => {
+                                // New settings, same upstream: what is known
+                                // of its health still holds.
+                                let health = was.map_or_else(Arc::default, |u| u.health.clone());
+                                let u = Arc::new(Upstream::new(
+                                    *addr,
+                                    limits,
+                                    transport.clone(),
+                                    health,
+                                ));
                                 known.insert(key, u.clone());
                                 u
                             }

@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::health::Health;
 use crate::upload::ProxyBody;
 
 /// Limits an [`Upstream`] is built with; a config change to them builds new ones.
@@ -82,6 +83,9 @@ pub struct Upstream {
     idle: Mutex<Vec<Idle>>,
     /// The multiplexed connection, for HTTP/2 upstreams.
     shared: Mutex<Option<Conn>>,
+    /// What checks and failed requests say of it; carried over to the
+    /// upstream that replaces it on a reload (same address and protocol).
+    pub health: Arc<Health>,
 }
 
 /// A request in flight on an upstream (see [`Upstream::busy`]), until its
@@ -182,8 +186,20 @@ pub enum ConnectError {
     Handshake(hyper::Error),
 }
 
+impl ConnectError {
+    /// The upstream is to blame (not the proxy's own connection cap).
+    pub fn blames_upstream(&self) -> bool {
+        !matches!(self, ConnectError::Saturated(_))
+    }
+}
+
 impl Upstream {
-    pub fn new(addr: SocketAddr, limits: UpstreamLimits, transport: Transport) -> Upstream {
+    pub fn new(
+        addr: SocketAddr,
+        limits: UpstreamLimits,
+        transport: Transport,
+        health: Arc<Health>,
+    ) -> Upstream {
         Upstream {
             addr,
             addr_value: HeaderValue::from_str(&addr.to_string())
@@ -195,6 +211,7 @@ impl Upstream {
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
+            health,
         }
     }
 
@@ -377,6 +394,15 @@ impl Upstream {
                 return Err(ConnectError::Saturated(self.limits.max_connections))
             }
         };
+        Ok((slot, self.dial(deadline, timeout).await?))
+    }
+
+    /// A TCP connection by `deadline` (`timeout` is how it is reported).
+    async fn dial(
+        &self,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<TcpStream, ConnectError> {
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(self.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(ConnectError::Io(e)),
@@ -384,17 +410,32 @@ impl Upstream {
         };
         // Requests are written whole; don't let Nagle hold back their tails.
         let _ = stream.set_nodelay(true);
-        Ok((slot, stream))
+        Ok(stream)
     }
 
     async fn connect(&self, timeout: Duration) -> Result<Conn, ConnectError> {
         // TCP, TLS and the HTTP handshake, all within `timeout`.
         let deadline = tokio::time::Instant::now() + timeout;
         let (slot, stream) = self.open(timeout).await?;
+        let sender = self.establish(stream, deadline, timeout).await?;
+        Ok(Conn {
+            sender,
+            slot: Arc::new(slot),
+            reused: false,
+        })
+    }
+
+    /// TLS (if the upstream wants it) and the HTTP handshake on `stream`.
+    async fn establish(
+        &self,
+        stream: TcpStream,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Sender, ConnectError> {
         let protocol = self.transport.options.protocol;
-        let sender = match &self.transport.tls {
-            None => self.handshake(stream, protocol).await?,
-            Some(Err(e)) => return Err(ConnectError::Tls(e.clone())),
+        match &self.transport.tls {
+            None => self.handshake(stream, protocol).await,
+            Some(Err(e)) => Err(ConnectError::Tls(e.clone())),
             Some(Ok((config, name))) => {
                 let connector = tokio_rustls::TlsConnector::from(config.clone());
                 let tls = match tokio::time::timeout_at(
@@ -414,14 +455,71 @@ impl Upstream {
                         "the upstream did not agree to HTTP/2 (ALPN h2)".into(),
                     ));
                 }
-                self.handshake(tls, protocol).await?
+                self.handshake(tls, protocol).await
             }
+        }
+    }
+
+    /// One health check: `GET path` with `host`, on a connection of its own
+    /// (TLS and protocol as for requests) that is closed afterwards, all
+    /// within `timeout`. Counts against no connection cap: a check must
+    /// not wait behind the traffic it judges.
+    pub(crate) async fn probe(
+        &self,
+        host: &HeaderValue,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<u16, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let check = async {
+            let stream = self
+                .dial(deadline, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut sender = self
+                .establish(stream, deadline, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut req = Request::new(ProxyBody::Empty);
+            *req.method_mut() = http::Method::GET;
+            let uri = match &sender {
+                Sender::Http1(_) => path.to_owned(),
+                Sender::Http2(_) => {
+                    let scheme = if self.transport.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    format!("{scheme}://{}{path}", host.to_str().unwrap_or("localhost"))
+                }
+            };
+            *req.uri_mut() = uri
+                .parse()
+                .map_err(|e| format!("{path:?} is not a request target: {e}"))?;
+            let headers = req.headers_mut();
+            headers.insert(http::header::HOST, host.clone());
+            headers.insert(
+                http::header::USER_AGENT,
+                HeaderValue::from_static("portico-health-check"),
+            );
+            let resp = match &mut sender {
+                Sender::Http1(s) => {
+                    *req.version_mut() = http::Version::HTTP_11;
+                    req.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    s.send_request(req).await
+                }
+                Sender::Http2(s) => {
+                    *req.version_mut() = http::Version::HTTP_2;
+                    s.send_request(req).await
+                }
+            };
+            resp.map(|r| r.status().as_u16()).map_err(|e| e.to_string())
         };
-        Ok(Conn {
-            sender,
-            slot: Arc::new(slot),
-            reused: false,
-        })
+        match tokio::time::timeout_at(deadline, check).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
     }
 
     async fn handshake<I>(&self, io: I, protocol: UpstreamProtocol) -> Result<Sender, ConnectError>
@@ -487,10 +585,7 @@ pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
     })
 }
 
-/// A lock that a panic elsewhere doesn't poison for good.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::health::lock;
 
 #[cfg(test)]
 mod tests {
@@ -509,14 +604,19 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let up = Upstream::new(addr, limits(), Transport::plain());
+        let up = Upstream::new(addr, limits(), Transport::plain(), Arc::default());
         assert!(matches!(
             up.checkout(Duration::from_millis(200)).await,
             Err(ConnectError::Io(_))
         ));
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = Upstream::new(listener.local_addr().unwrap(), limits(), Transport::plain());
+        let up = Upstream::new(
+            listener.local_addr().unwrap(),
+            limits(),
+            Transport::plain(),
+            Arc::default(),
+        );
         let held = up.checkout(Duration::from_millis(200)).await.unwrap();
         assert!(matches!(
             up.checkout(Duration::from_millis(200)).await,
@@ -541,7 +641,7 @@ mod tests {
             max_connections: 8,
             max_idle: 2,
         };
-        let up = Upstream::new(addr, limits, Transport::plain());
+        let up = Upstream::new(addr, limits, Transport::plain(), Arc::default());
         let (a, b) = (
             up.checkout_raw(Duration::from_millis(200)).await.unwrap(),
             up.checkout_raw(Duration::from_millis(200)).await.unwrap(),

@@ -60,6 +60,50 @@ pub struct RouteInfo {
     pub services: Vec<String>,
     /// Their upstreams, in round-robin order.
     pub upstreams: Vec<SocketAddr>,
+    /// What the proxy makes of each upstream's health, in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<UpstreamHealth>,
+}
+
+/// One upstream's health as the proxy judges it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UpstreamHealth {
+    pub upstream: SocketAddr,
+    /// `unknown` (no checks, or none conclusive yet), `healthy`,
+    /// `unhealthy` (failed its checks) or `ejected` (failed requests).
+    pub state: String,
+    /// Why it is unhealthy or ejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Since when (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Until when it is ejected (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// The last check's result and when (`status 200 at 2026-...Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<String>,
+}
+
+impl UpstreamHealth {
+    /// It takes no traffic while others of its pool do.
+    pub fn is_down(&self) -> bool {
+        matches!(self.state.as_str(), "unhealthy" | "ejected")
+    }
+
+    /// A sentence for a report: `ejected until ... (reason)`.
+    pub fn describe(&self) -> String {
+        let mut out = match (self.state.as_str(), &self.until, &self.since) {
+            ("ejected", Some(until), _) => format!("ejected by the proxy until {until}"),
+            ("unhealthy", _, Some(since)) => format!("failing its health checks since {since}"),
+            (state, _, _) => state.to_owned(),
+        };
+        if let Some(reason) = &self.reason {
+            out.push_str(&format!(" ({reason})"));
+        }
+        out
+    }
 }
 
 /// A configured host close to one that is not configured.

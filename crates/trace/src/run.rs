@@ -217,8 +217,12 @@ async fn admin_hops(opts: &Options, ctx: &mut Context, hops: &mut Vec<HopResult>
         target,
         Outcome::Pass,
         format!(
-            "{host}{via} → {label} → {} upstream(s); config {version}",
-            route.upstreams.len()
+            "{host}{via} → {label} → {} upstream(s){}; config {version}",
+            route.upstreams.len(),
+            match route.health.iter().filter(|h| h.is_down()).count() {
+                0 => String::new(),
+                down => format!(", {down} of them down (failed checks or ejected)"),
+            }
         ),
     ));
     ctx.route = Some(route.clone());
@@ -283,6 +287,15 @@ async fn admin_hops(opts: &Options, ctx: &mut Context, hops: &mut Vec<HopResult>
                         row.evidence = "no result".to_owned();
                         row.result = Outcome::Skip;
                     }
+                }
+                // What the proxy itself concluded of it, from its checks
+                // and the requests it sent: the probe alone is one request.
+                if let Some(h) = route
+                    .health
+                    .iter()
+                    .find(|h| h.upstream == p.upstream && h.state != "unknown")
+                {
+                    row.evidence.push_str(&format!("; {}", h.describe()));
                 }
                 hops.push(row);
             }
