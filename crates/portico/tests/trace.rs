@@ -289,6 +289,64 @@ async fn a_task_down_is_the_failing_upstream() {
 }
 
 #[tokio::test]
+async fn an_ejected_task_is_shown_in_routes_and_in_the_trace() {
+    let dead = dead_addr().await;
+    let backends = vec![Backend::echo("task-1").await];
+    let c = Cluster::start(&[HOST], backends, &[dead]).await;
+    // Requests the proxy sends to the dead task fail to connect (and go on
+    // to the live one); five in a row eject it.
+    for _ in 0..12 {
+        let out = curl(&[
+            "-H",
+            &format!("Host: {HOST}"),
+            &format!("http://{}/", c.proxy),
+        ])
+        .await;
+        assert_eq!(out.status, 200, "{out:?}");
+    }
+    let routes = curl(&[&format!("http://{}/routes?host={HOST}", c.admin)]).await;
+    assert_eq!(routes.status, 200, "{routes:?}");
+    let routes: serde_json::Value = serde_json::from_str(&routes.body).unwrap();
+    let health = &routes["routes"][0]["health"];
+    let dead_row = health
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["upstream"] == dead.to_string())
+        .unwrap_or_else(|| panic!("{routes}"));
+    assert_eq!(dead_row["state"], "ejected", "{routes}");
+    assert!(
+        dead_row["reason"]
+            .as_str()
+            .unwrap()
+            .contains("5 failures in a row"),
+        "{routes}"
+    );
+    assert!(
+        dead_row["until"].as_str().unwrap().ends_with('Z'),
+        "{routes}"
+    );
+
+    let t = trace(&c.args()).await;
+    let route = only(&t.report, Hop::Route);
+    assert!(
+        route.evidence.contains("1 of them down"),
+        "{}",
+        route.evidence
+    );
+    let row = rows(&t.report, Hop::Upstream)
+        .into_iter()
+        .find(|r| r.target == dead.to_string())
+        .unwrap();
+    assert!(
+        row.evidence.contains("ejected by the proxy until")
+            && row.evidence.contains("failures in a row"),
+        "{}",
+        row.evidence
+    );
+}
+
+#[tokio::test]
 async fn a_host_typo_is_the_failing_route_with_the_nearest_host() {
     let c = Cluster::echo(&["foo.app.tset"]).await;
     let t = trace(&c.args()).await;
