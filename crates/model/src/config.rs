@@ -63,6 +63,36 @@ pub struct ProxySettings {
     pub http_proxy_protocol: bool,
     /// The same, for the HTTPS listener (before the TLS ClientHello).
     pub https_proxy_protocol: bool,
+    /// Passive health: an upstream that fails this many requests in a row
+    /// (connect refused or timed out, reset before the response head, 502,
+    /// 503 or 504 from it) is ejected from its pools for a while. 0 turns
+    /// passive ejection off.
+    pub outlier_consecutive_failures: u32,
+    /// How long a first ejection lasts; an upstream ejected again soon
+    /// after is ejected for longer, up to `outlier_max_ejection_time`.
+    pub outlier_base_ejection_time: Duration,
+    /// Cap on one ejection (at least `outlier_base_ejection_time`).
+    pub outlier_max_ejection_time: Duration,
+    /// At most this percentage of a pool's upstreams is taken out at once,
+    /// so a fault every replica shares (or a wrong check) never empties a
+    /// pool: when all look bad, requests still go to them rather than
+    /// getting a 503 on a guess. A service's `max_ejected_percent` takes
+    /// precedence.
+    pub max_ejected_percent: u8,
+    /// Retries may add at most this percentage to a service's recent
+    /// requests, so an outage of every replica does not multiply their load.
+    pub retry_budget_percent: u8,
+    /// ... but a service may always retry this many requests per second, so
+    /// a quiet service still gets its retries.
+    pub retry_budget_min_per_second: u32,
+    /// A connect to an upstream not completed after this long is raced by
+    /// one to the next upstream (nothing has been sent, so this is safe for
+    /// every method): a vanished replica, which sends no reset, costs no
+    /// one a whole `connect_timeout`. `None` (`"off"`): no hedging.
+    pub hedge_delay: Option<Duration>,
+    /// Cap on active health checks in flight at once, over all services, so
+    /// thousands of upstreams are never probed all at one moment.
+    pub health_concurrency: usize,
 }
 
 /// An IP network in CIDR notation (`10.0.0.0/8`, `::1/128`); a bare
@@ -185,6 +215,37 @@ pub struct Redirect {
     pub to: String,
 }
 
+/// An active health check: each upstream of the service is sent
+/// `GET path` every `interval`; `unhealthy` failures in a row take it out
+/// of its pools, `healthy` successes in a row bring it back. A check fails
+/// when no response head arrives within `timeout`, or its status is not
+/// one of `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    /// Path (and optional query) to request, as written: starts with `/`.
+    pub path: String,
+    pub interval: Duration,
+    /// At most `interval`, so checks of one upstream never overlap.
+    pub timeout: Duration,
+    /// Successes in a row that bring an upstream back (at least 1).
+    pub healthy: u32,
+    /// Failures in a row that take an upstream out (at least 1).
+    pub unhealthy: u32,
+    /// Inclusive ranges of statuses that count as healthy.
+    pub status: Vec<(u16, u16)>,
+    /// Sent as `Host`; `None`: the route's first exact host.
+    pub host: Option<String>,
+}
+
+impl HealthCheck {
+    /// Whether a check answered with `status` passed.
+    pub fn accepts(&self, status: u16) -> bool {
+        self.status
+            .iter()
+            .any(|&(low, high)| (low..=high).contains(&status))
+    }
+}
+
 /// PEM files of a certificate chain and its private key, and optionally a
 /// DER OCSP response to staple. Paths as written in the config; their
 /// contents travel in [`Config::files`].
@@ -246,6 +307,14 @@ impl Default for ProxySettings {
             trusted_proxies: Vec::new(),
             http_proxy_protocol: false,
             https_proxy_protocol: false,
+            outlier_consecutive_failures: 5,
+            outlier_base_ejection_time: Duration::from_secs(10),
+            outlier_max_ejection_time: Duration::from_secs(300),
+            max_ejected_percent: 50,
+            retry_budget_percent: 20,
+            retry_budget_min_per_second: 3,
+            hedge_delay: Some(Duration::from_millis(200)),
+            health_concurrency: 64,
         }
     }
 }
@@ -290,6 +359,14 @@ pub struct Service {
     /// Override `[proxy] connect_timeout` / `upstream_timeout`.
     pub connect_timeout: Option<Duration>,
     pub upstream_timeout: Option<Duration>,
+    /// Active health checks of the upstreams; `None` (no `health_path`):
+    /// none, only passive ejection.
+    pub health: Option<HealthCheck>,
+    /// Cap on requests in flight to the service (its whole pool), so a
+    /// slow service cannot tie up every connection; `None`: no cap.
+    pub max_requests: Option<u32>,
+    /// Overrides `[proxy] max_ejected_percent` for this service.
+    pub max_ejected_percent: Option<u8>,
 }
 
 /// A validated config.
@@ -488,6 +565,14 @@ struct RawProxy {
     trusted_proxies: Option<Vec<Spanned<String>>>,
     http_proxy_protocol: Option<bool>,
     https_proxy_protocol: Option<Spanned<bool>>,
+    outlier_consecutive_failures: Option<Spanned<i64>>,
+    outlier_base_ejection_time: Option<Spanned<String>>,
+    outlier_max_ejection_time: Option<Spanned<String>>,
+    max_ejected_percent: Option<Spanned<i64>>,
+    retry_budget_percent: Option<Spanned<i64>>,
+    retry_budget_min_per_second: Option<Spanned<i64>>,
+    hedge_delay: Option<Spanned<String>>,
+    health_concurrency: Option<Spanned<i64>>,
 }
 
 /// A size as written: `"1MiB"` or a plain integer of bytes.
@@ -566,6 +651,15 @@ struct RawService {
     max_body_size: Option<Spanned<RawSize>>,
     connect_timeout: Option<Spanned<String>>,
     upstream_timeout: Option<Spanned<String>>,
+    health_path: Option<Spanned<String>>,
+    health_interval: Option<Spanned<String>>,
+    health_timeout: Option<Spanned<String>>,
+    health_healthy: Option<Spanned<i64>>,
+    health_unhealthy: Option<Spanned<i64>>,
+    health_status: Option<Spanned<String>>,
+    health_host: Option<Spanned<String>>,
+    max_requests: Option<Spanned<i64>>,
+    max_ejected_percent: Option<Spanned<i64>>,
 }
 
 impl RawService {
@@ -590,6 +684,15 @@ impl RawService {
             "ssl_only" => at(&self.ssl_only),
             "hsts_max_age" => at(&self.hsts_max_age),
             "tls_cert" => at(&self.tls_cert),
+            "health_path" => at(&self.health_path),
+            "health_interval" => at(&self.health_interval),
+            "health_timeout" => at(&self.health_timeout),
+            "health_healthy" => at(&self.health_healthy),
+            "health_unhealthy" => at(&self.health_unhealthy),
+            "health_status" => at(&self.health_status),
+            "health_host" => at(&self.health_host),
+            "max_requests" => at(&self.max_requests),
+            "max_ejected_percent" => at(&self.max_ejected_percent),
             _ => None,
         };
         found.unwrap_or(self.name.span().start)
@@ -784,6 +887,43 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
             *slot = d;
         }
     }
+    let base_ejection = timeout(
+        &raw.outlier_base_ejection_time,
+        "proxy.outlier_base_ejection_time",
+        r,
+    );
+    let max_ejection = timeout(
+        &raw.outlier_max_ejection_time,
+        "proxy.outlier_max_ejection_time",
+        r,
+    );
+    let ejection_times = rules::not_longer(
+        rules::Timed {
+            setting: "outlier_base_ejection_time",
+            text: text(&raw.outlier_base_ejection_time),
+            read: base_ejection,
+            default: p.outlier_base_ejection_time,
+        },
+        rules::Timed {
+            setting: "outlier_max_ejection_time",
+            text: text(&raw.outlier_max_ejection_time),
+            read: max_ejection,
+            default: p.outlier_max_ejection_time,
+        },
+    );
+    if let Some(problem) = ejection_times {
+        let at = match problem.setting {
+            "outlier_base_ejection_time" => &raw.outlier_base_ejection_time,
+            _ => &raw.outlier_max_ejection_time,
+        };
+        r.at(
+            at.as_ref().map_or(0, |v| v.span().start),
+            format!("proxy.{}", problem.setting),
+            problem.message,
+        );
+    }
+    p.outlier_base_ejection_time = base_ejection.unwrap_or(p.outlier_base_ejection_time);
+    p.outlier_max_ejection_time = max_ejection.unwrap_or(p.outlier_max_ejection_time);
     let counts = [
         (
             &raw.max_connections_per_upstream,
@@ -803,19 +943,54 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
             8192,
             &mut p.max_header_bytes,
         ),
+        (
+            &raw.health_concurrency,
+            "proxy.health_concurrency",
+            1,
+            &mut p.health_concurrency,
+        ),
     ];
     for (value, field, min, slot) in counts {
-        let Some(value) = value else { continue };
-        let v = *value.get_ref();
-        if v < min || v > i64::from(u32::MAX) {
-            r.at(
-                value.span().start,
-                field,
-                format!("{v} is out of range ({min} to {})", u32::MAX),
-            );
-        } else {
+        if let Some(v) = read(value, field, |&n| rules::number_in(n, min, u32::MAX), r) {
             *slot = v as usize;
         }
+    }
+    let unsigned = [
+        (
+            &raw.outlier_consecutive_failures,
+            "proxy.outlier_consecutive_failures",
+            &mut p.outlier_consecutive_failures,
+        ),
+        (
+            &raw.retry_budget_min_per_second,
+            "proxy.retry_budget_min_per_second",
+            &mut p.retry_budget_min_per_second,
+        ),
+    ];
+    for (value, field, slot) in unsigned {
+        if let Some(v) = read(value, field, |&n| rules::number_in(n, 0, u32::MAX), r) {
+            *slot = v;
+        }
+    }
+    let percents = [
+        (
+            &raw.max_ejected_percent,
+            "proxy.max_ejected_percent",
+            &mut p.max_ejected_percent,
+        ),
+        (
+            &raw.retry_budget_percent,
+            "proxy.retry_budget_percent",
+            &mut p.retry_budget_percent,
+        ),
+    ];
+    for (value, field, slot) in percents {
+        if let Some(v) = read(value, field, |&n| rules::percent(n), r) {
+            *slot = v;
+        }
+    }
+    if let Some(d) = read(&raw.hedge_delay, "proxy.hedge_delay", |t| hedge_delay(t), r) {
+        p.hedge_delay = d;
     }
     if let Some(addr) = &raw.https_listen {
         match addr.get_ref().parse::<SocketAddr>() {
@@ -934,12 +1109,37 @@ fn tls_files(
 /// Timeouts beyond this are surely typos, and would overflow the clock.
 const MAX_DURATION: Duration = rules::MAX_TIMEOUT;
 
-/// A timeout key, read by the rules every provider shares.
-fn timeout(value: &Option<Spanned<String>>, field: &str, r: &mut Reporter<'_>) -> Option<Duration> {
+/// An optional key read by `rule`; a problem is reported at its value.
+fn read<V, T>(
+    value: &Option<Spanned<V>>,
+    field: &str,
+    rule: impl FnOnce(&V) -> Result<T, String>,
+    r: &mut Reporter<'_>,
+) -> Option<T> {
     let value = value.as_ref()?;
-    rules::parse_timeout(value.get_ref())
+    rule(value.get_ref())
         .map_err(|e| r.at(value.span().start, field, e))
         .ok()
+}
+
+/// A timeout key, read by the rules every provider shares.
+fn timeout(value: &Option<Spanned<String>>, field: &str, r: &mut Reporter<'_>) -> Option<Duration> {
+    read(value, field, |t| rules::parse_timeout(t), r)
+}
+
+/// An optional string key's text, as written.
+fn text(value: &Option<Spanned<String>>) -> Option<&str> {
+    value.as_ref().map(|v| v.get_ref().as_str())
+}
+
+/// `hedge_delay`: a duration, or `"off"` for none.
+fn hedge_delay(text: &str) -> Result<Option<Duration>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    rules::parse_timeout(text)
+        .map(Some)
+        .map_err(|e| format!("{e} (or \"off\" for no hedging)"))
 }
 
 /// A size key (`"1MiB"` or bytes).
@@ -1424,6 +1624,34 @@ fn validate_service(
         .and_then(|v| size(v, &field("max_body_size"), r));
     let connect_timeout = timeout(&svc.connect_timeout, &field("connect_timeout"), r);
     let upstream_timeout = timeout(&svc.upstream_timeout, &field("upstream_timeout"), r);
+    let int = |v: &Option<Spanned<i64>>| v.as_ref().map(|v| *v.get_ref());
+    let health = rules::health_check(&rules::HealthKeys {
+        path: text(&svc.health_path),
+        interval: text(&svc.health_interval),
+        timeout: text(&svc.health_timeout),
+        healthy: int(&svc.health_healthy),
+        unhealthy: int(&svc.health_unhealthy),
+        status: text(&svc.health_status),
+        host: text(&svc.health_host),
+    })
+    .unwrap_or_else(|problems| {
+        for p in problems {
+            r.at(svc.span_of(p.setting), field(p.setting), p.message);
+        }
+        None
+    });
+    let max_requests = read(
+        &svc.max_requests,
+        &field("max_requests"),
+        |&n| rules::max_requests(n),
+        r,
+    );
+    let max_ejected_percent = read(
+        &svc.max_ejected_percent,
+        &field("max_ejected_percent"),
+        |&n| rules::percent(n),
+        r,
+    );
     let service = Service {
         name,
         hosts,
@@ -1443,6 +1671,9 @@ fn validate_service(
         max_body_size,
         connect_timeout,
         upstream_timeout,
+        health,
+        max_requests,
+        max_ejected_percent,
     };
     // Only a service whose values all read can be judged as a whole.
     if r.errors.len() != before {
@@ -1890,6 +2121,267 @@ default_backend = true
                 "p.toml:10:8: service (b).sticky_session_cookie: shares host a.test and path /api with service a but not its sticky_session_cookie; services on one host and path must agree",
                 "p.toml:10:8: service (b).balance: shares host a.test and path /api with service a but not its balance; services on one host and path must agree",
                 "p.toml:22:8: service (d).default_backend: service a already has default_backend; only one service may have it",
+            ],
+        );
+    }
+
+    #[test]
+    fn health_and_overload_keys_default() {
+        let c = Config::parse(
+            "[[service]]\nname = \"a\"\nhosts = [\"a.test\"]\n",
+            "p.toml",
+        )
+        .unwrap();
+        let p = &c.proxy;
+        assert_eq!(p.outlier_consecutive_failures, 5);
+        assert_eq!(p.outlier_base_ejection_time, Duration::from_secs(10));
+        assert_eq!(p.outlier_max_ejection_time, Duration::from_secs(300));
+        assert_eq!(p.max_ejected_percent, 50);
+        assert_eq!(p.retry_budget_percent, 20);
+        assert_eq!(p.retry_budget_min_per_second, 3);
+        assert_eq!(p.hedge_delay, Some(Duration::from_millis(200)));
+        assert_eq!(p.health_concurrency, 64);
+        let s = &c.services[0];
+        assert_eq!(s.health, None);
+        assert_eq!((s.max_requests, s.max_ejected_percent), (None, None));
+    }
+
+    #[test]
+    fn health_and_overload_keys_are_read() {
+        let c = Config::parse(
+            r#"
+[proxy]
+outlier_consecutive_failures = 0
+outlier_base_ejection_time = "30s"
+outlier_max_ejection_time = "30s"
+max_ejected_percent = 100
+retry_budget_percent = 0
+retry_budget_min_per_second = 10
+hedge_delay = "off"
+health_concurrency = 1
+
+[[service]]
+name = "full"
+hosts = ["a.test"]
+health_path = "/status?full=1"
+health_interval = "10s"
+health_timeout = "10s"
+health_healthy = 1
+health_unhealthy = 5
+health_status = "204, 300-399,200"
+health_host = "Check.Internal"
+max_requests = 100
+max_ejected_percent = 0
+
+[[service]]
+name = "defaults"
+hosts = ["b.test"]
+health_path = "/healthz"
+"#,
+            "p.toml",
+        )
+        .unwrap();
+        let p = &c.proxy;
+        assert_eq!(p.outlier_consecutive_failures, 0);
+        assert_eq!(p.outlier_base_ejection_time, Duration::from_secs(30));
+        assert_eq!(p.outlier_max_ejection_time, Duration::from_secs(30));
+        assert_eq!((p.max_ejected_percent, p.retry_budget_percent), (100, 0));
+        assert_eq!(p.retry_budget_min_per_second, 10);
+        assert_eq!(p.hedge_delay, None);
+        assert_eq!(p.health_concurrency, 1);
+        let full = &c.services[0];
+        assert_eq!(
+            full.health,
+            Some(HealthCheck {
+                path: "/status?full=1".into(),
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(10),
+                healthy: 1,
+                unhealthy: 5,
+                status: vec![(200, 200), (204, 204), (300, 399)],
+                host: Some("check.internal".into()),
+            })
+        );
+        assert_eq!(full.max_requests, Some(100));
+        assert_eq!(full.max_ejected_percent, Some(0));
+        // The path alone: the shared rule's defaults (see rules' tests).
+        let path_alone = rules::health_check(&rules::HealthKeys {
+            path: Some("/healthz"),
+            ..Default::default()
+        });
+        assert_eq!(Ok(c.services[1].health.clone()), path_alone);
+        assert_eq!(
+            c.services[1].health.as_ref().unwrap().interval,
+            Duration::from_secs(5)
+        );
+        let c = Config::parse("[proxy]\nhedge_delay = \"50ms\"\n", "p.toml").unwrap();
+        assert_eq!(c.proxy.hedge_delay, Some(Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn bad_health_and_overload_keys_are_named() {
+        assert_eq!(
+            errors(
+                r#"
+[proxy]
+outlier_consecutive_failures = -1
+outlier_base_ejection_time = "0s"
+outlier_max_ejection_time = "never"
+max_ejected_percent = 101
+retry_budget_percent = -5
+retry_budget_min_per_second = 5000000000
+hedge_delay = "0ms"
+health_concurrency = 0
+"#
+            ),
+            [
+                "p.toml:4:30: proxy.outlier_base_ejection_time: must be greater than zero",
+                "p.toml:5:29: proxy.outlier_max_ejection_time: \"never\" is not a duration such as \"5s\" or \"250ms\": expected number at 0",
+                "p.toml:10:22: proxy.health_concurrency: must be at least 1",
+                "p.toml:3:32: proxy.outlier_consecutive_failures: must be at least 0",
+                "p.toml:8:31: proxy.retry_budget_min_per_second: must be at most 4294967295",
+                "p.toml:6:23: proxy.max_ejected_percent: must be at most 100",
+                "p.toml:7:24: proxy.retry_budget_percent: must be at least 0",
+                "p.toml:9:15: proxy.hedge_delay: must be greater than zero (or \"off\" for no hedging)",
+            ]
+        );
+        assert_eq!(
+            errors("[proxy]\noutlier_base_ejection_time = \"10m\"\nhedge_delay = \"soon\"\n"),
+            [
+                "p.toml:2:30: proxy.outlier_base_ejection_time: outlier_base_ejection_time \"10m\" is longer than outlier_max_ejection_time \"5m\"",
+                "p.toml:3:15: proxy.hedge_delay: \"soon\" is not a duration such as \"5s\" or \"250ms\": expected number at 0 (or \"off\" for no hedging)",
+            ]
+        );
+        assert_eq!(
+            errors("[proxy]\noutlier_max_ejection_time = \"5s\"\n"),
+            ["p.toml:2:29: proxy.outlier_max_ejection_time: outlier_base_ejection_time \"10s\" is longer than outlier_max_ejection_time \"5s\""]
+        );
+        assert_eq!(
+            errors(
+                r#"
+[[service]]
+name = "a"
+hosts = ["a.test"]
+health_path = "healthz"
+health_interval = "0s"
+health_timeout = "forever"
+health_healthy = 0
+health_unhealthy = -2
+health_status = "200-99"
+health_host = "*.a.test"
+max_requests = 0
+max_ejected_percent = 200
+
+[[service]]
+name = "b"
+hosts = ["b.test"]
+health_path = "/health z"
+health_status = "2xx"
+health_host = "b.test:8080"
+
+[[service]]
+name = "c"
+hosts = ["c.test"]
+health_path = "/x#y"
+health_status = "200,600"
+health_host = "bad host"
+"#
+            ),
+            [
+                "p.toml:5:15: service[0] (a).health_path: \"healthz\" must start with '/', as in \"/healthz\"",
+                "p.toml:6:19: service[0] (a).health_interval: must be greater than zero",
+                "p.toml:7:18: service[0] (a).health_timeout: \"forever\" is not a duration such as \"5s\" or \"250ms\": expected number at 0",
+                "p.toml:8:18: service[0] (a).health_healthy: must be at least 1",
+                "p.toml:9:20: service[0] (a).health_unhealthy: must be at least 1",
+                "p.toml:10:17: service[0] (a).health_status: \"200-99\": 99 is not a status code (100 to 599)",
+                "p.toml:11:15: service[0] (a).health_host: \"*.a.test\": a check sends one host name, not a wildcard",
+                "p.toml:12:16: service[0] (a).max_requests: must be at least 1",
+                "p.toml:13:23: service[0] (a).max_ejected_percent: must be at most 100",
+                "p.toml:18:15: service[1] (b).health_path: \"/health z\" contains ' ': use printable ASCII without spaces (percent-encode the rest)",
+                "p.toml:19:17: service[1] (b).health_status: \"2xx\": \"2xx\" is not a status code or a range such as \"200-399\"",
+                "p.toml:20:15: service[1] (b).health_host: \"b.test:8080\": give the host name without a port",
+                "p.toml:25:15: service[2] (c).health_path: \"/x#y\" contains '#': a fragment is never sent to a server",
+                "p.toml:26:17: service[2] (c).health_status: \"200,600\": 600 is not a status code (100 to 599)",
+                "p.toml:27:15: service[2] (c).health_host: \"bad host\": invalid character ' '",
+            ]
+        );
+        // Values that read, but not together.
+        assert_eq!(
+            errors(
+                r#"
+[[service]]
+name = "a"
+hosts = ["a.test"]
+health_path = "/healthz"
+health_timeout = "10s"
+
+[[service]]
+name = "b"
+hosts = ["b.test"]
+health_path = "/healthz"
+health_interval = "1s"
+health_status = "300-200"
+
+[[service]]
+name = "c"
+hosts = ["c.test"]
+health_interval = "1s"
+health_status = "200"
+health_unhealthy = 2
+
+[[service]]
+name = "p"
+hosts = ["p.test"]
+passthrough = true
+health_path = "/healthz"
+"#
+            ),
+            [
+                "p.toml:6:18: service[0] (a).health_timeout: health_timeout \"10s\" is longer than health_interval \"5s\"",
+                "p.toml:13:17: service[1] (b).health_status: \"300-200\": the range 300-200 runs backwards; write it low to high",
+                "p.toml:12:19: service[1] (b).health_interval: health_timeout \"2s\" is longer than health_interval \"1s\"",
+                "p.toml:18:19: service[2] (c).health_interval: health_interval is set but health_path is not; no check would run",
+                "p.toml:20:20: service[2] (c).health_unhealthy: health_unhealthy is set but health_path is not; no check would run",
+                "p.toml:19:17: service[2] (c).health_status: health_status is set but health_path is not; no check would run",
+                "p.toml:26:15: service[3] (p).health_path: does not apply to a passthrough service: a check is an HTTP request, and its upstreams expect the clients' TLS",
+            ]
+        );
+        let e = errors("[[service]]\nname = \"a\"\nhosts = [\"a.test\"]\nhealth_healthy = \"2\"\n");
+        assert!(
+            e[0].starts_with(
+                "p.toml:4:18: service[0].health_healthy: invalid type: string \"2\", expected i64"
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn services_on_one_route_must_agree_on_health() {
+        assert_errors(
+            r#"
+[[service]]
+name = "a"
+hosts = ["a.test"]
+health_path = "/healthz"
+max_requests = 10
+
+[[service]]
+name = "b"
+hosts = ["a.test"]
+health_path = "/healthz"
+health_interval = "3s"
+max_ejected_percent = 20
+
+[[service]]
+name = "c"
+hosts = ["a.test"]
+max_requests = 10
+"#,
+            &[
+                "p.toml:9:8: service (b).health_interval: shares host a.test and path / with service a but not its health_interval; services on one host and path must agree",
+                "p.toml:9:8: service (b).max_requests: shares host a.test and path / with service a but not its max_requests; services on one host and path must agree",
+                "p.toml:9:8: service (b).max_ejected_percent: shares host a.test and path / with service a but not its max_ejected_percent; services on one host and path must agree",
+                "p.toml:16:8: service (c).health_path: shares host a.test and path / with service a but not its health_path; services on one host and path must agree",
             ],
         );
     }

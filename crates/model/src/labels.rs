@@ -51,13 +51,32 @@ const SUPPORTED: &[&str] = &[
 /// silently ignored.
 const NOT_YET: &[&str] = &["service_cluster"];
 
-/// Portico's own labels, after [`PORTICO_PREFIX`].
+/// Portico's own labels, after [`PORTICO_PREFIX`]: a setting's TOML key,
+/// with `health_` written `health.` (see [`portico_key`]).
 const PORTICO: &[&str] = &[
     "balance",
     "max_body_size",
     "connect_timeout",
     "upstream_timeout",
+    "max_requests",
+    "max_ejected_percent",
+    "health.path",
+    "health.interval",
+    "health.timeout",
+    "health.healthy",
+    "health.unhealthy",
+    "health.status",
+    "health.host",
 ];
+
+/// A Portico setting's label key: its TOML key, the health check's
+/// written as a group (`health_path` is `health.path`).
+fn portico_key(setting: &str) -> String {
+    match setting.strip_prefix("health_") {
+        Some(rest) => format!("health.{rest}"),
+        None => setting.to_owned(),
+    }
+}
 
 /// The full label that sets a service setting (named by its TOML key),
 /// for reporting rule findings such as a
@@ -68,7 +87,9 @@ pub fn label_for(setting: &str) -> Option<String> {
         "passthrough" => "ssl_passthrough",
         "tls_cert" => "ssl_cert",
         "hsts_max_age" => return None,
-        s if PORTICO.contains(&s) => return Some(format!("{PORTICO_PREFIX}{s}")),
+        s if PORTICO.contains(&portico_key(s).as_str()) => {
+            return Some(format!("{PORTICO_PREFIX}{}", portico_key(s)))
+        }
         s => s,
     };
     Some(format!("{PREFIX}{key}"))
@@ -378,6 +399,37 @@ pub fn translate(w: &Workload) -> Translation {
         "portico.upstream_timeout",
         rules::parse_timeout,
     );
+    let max_requests = read(&mut t, w, &ours, "portico.max_requests", |v| {
+        rules::parse_number(v).and_then(rules::max_requests)
+    });
+    let max_ejected_percent = read(&mut t, w, &ours, "portico.max_ejected_percent", |v| {
+        rules::parse_number(v).and_then(rules::percent)
+    });
+    let health_keys = rules::HealthKeys {
+        path: ours.get("portico.health.path").copied(),
+        interval: ours.get("portico.health.interval").copied(),
+        timeout: ours.get("portico.health.timeout").copied(),
+        healthy: read(
+            &mut t,
+            w,
+            &ours,
+            "portico.health.healthy",
+            rules::parse_number,
+        ),
+        unhealthy: read(
+            &mut t,
+            w,
+            &ours,
+            "portico.health.unhealthy",
+            rules::parse_number,
+        ),
+        status: ours.get("portico.health.status").copied(),
+        host: ours.get("portico.health.host").copied(),
+    };
+    let health = rules::health_check(&health_keys).unwrap_or_else(|problems| {
+        report(&mut t, w, problems);
+        None
+    });
 
     let network = match ours.get("network") {
         Some(n) if w.networks.iter().any(|x| x == n) => Some((*n).to_owned()),
@@ -474,11 +526,20 @@ pub fn translate(w: &Workload) -> Translation {
         max_body_size,
         connect_timeout,
         upstream_timeout,
+        health,
+        max_requests,
+        max_ejected_percent,
     };
     let problems = rules::service_problems(&service);
     if problems.is_empty() {
         t.service = Some(service);
     }
+    report(&mut t, w, problems);
+    t
+}
+
+/// Errors for problems the rules found, each naming the setting's label.
+fn report(t: &mut Translation, w: &Workload, problems: Vec<rules::Problem>) {
     for p in problems {
         t.findings.push(Finding {
             workload: w.name.clone(),
@@ -487,7 +548,6 @@ pub fn translate(w: &Workload) -> Translation {
             message: p.message,
         });
     }
-    t
 }
 
 /// `com.docker.lb.{key}`, or a `portico.` key as it is; empty stays empty.
@@ -742,6 +802,63 @@ mod tests {
     }
 
     #[test]
+    fn health_and_overload_labels_map_onto_the_model() {
+        let t = translate(&with_portico(
+            &[("hosts", "a.test"), ("port", "80")],
+            &[
+                ("health.path", "/status?full=1"),
+                ("health.interval", "10s"),
+                ("health.timeout", "3s"),
+                ("health.healthy", "1"),
+                ("health.unhealthy", " 4 "),
+                ("health.status", "200,204,300-399"),
+                ("health.host", "Check.Internal"),
+                ("max_requests", "250"),
+                ("max_ejected_percent", "100"),
+            ],
+        ));
+        assert!(t.findings.is_empty(), "{:?}", messages(&t));
+        let s = t.service.unwrap();
+        assert_eq!(
+            s.health,
+            Some(crate::config::HealthCheck {
+                path: "/status?full=1".into(),
+                interval: std::time::Duration::from_secs(10),
+                timeout: std::time::Duration::from_secs(3),
+                healthy: 1,
+                unhealthy: 4,
+                status: vec![(200, 200), (204, 204), (300, 399)],
+                host: Some("check.internal".into()),
+            })
+        );
+        assert_eq!(s.max_requests, Some(250));
+        assert_eq!(s.max_ejected_percent, Some(100));
+        // The path alone: the defaults. No label: no check, no caps.
+        let t = translate(&with_portico(
+            &[("hosts", "a.test"), ("port", "80")],
+            &[("health.path", "/healthz")],
+        ));
+        let h = t.service.unwrap().health.unwrap();
+        assert_eq!(
+            (
+                h.interval.as_secs(),
+                h.timeout.as_secs(),
+                h.healthy,
+                h.unhealthy
+            ),
+            (5, 2, 2, 3)
+        );
+        assert_eq!((h.status, h.host), (vec![(200, 399)], None));
+        let s = translate(&workload(&[("hosts", "a.test"), ("port", "80")]))
+            .service
+            .unwrap();
+        assert_eq!(
+            (s.health, s.max_requests, s.max_ejected_percent),
+            (None, None, None)
+        );
+    }
+
+    #[test]
     fn bad_traffic_labels_are_errors_naming_the_label() {
         let ok: &[(&str, &str)] = &[("hosts", "a.test"), ("port", "80")];
         type Labels<'a> = &'a [(&'a str, &'a str)];
@@ -768,6 +885,27 @@ mod tests {
             (&[], &[("upstream_timeout", "later")], "error demo_foo portico.upstream_timeout: \"later\" is not a duration such as \"5s\""),
             (&[], &[("balanse", "round_robin")], "error demo_foo portico.balanse: unknown label (did you mean portico.balance?)"),
             (&[], &[("colour", "blue")], "error demo_foo portico.colour: unknown label"),
+            (&[], &[("max_requests", "0")], "error demo_foo portico.max_requests: must be at least 1"),
+            (&[], &[("max_requests", "lots")], "error demo_foo portico.max_requests: \"lots\" is not a whole number"),
+            (&[], &[("max_ejected_percent", "101")], "error demo_foo portico.max_ejected_percent: must be at most 100"),
+            (&[], &[("max_ejected_percent", "50%")], "error demo_foo portico.max_ejected_percent: \"50%\" is not a whole number"),
+            (&[], &[("health.path", "healthz")], "error demo_foo portico.health.path: \"healthz\" must start with '/', as in \"/healthz\""),
+            (&[], &[("health.path", "/a#b")], "error demo_foo portico.health.path: \"/a#b\" contains '#': a fragment is never sent to a server"),
+            (&[], &[("health.path", "/h"), ("health.interval", "0s")], "error demo_foo portico.health.interval: must be greater than zero"),
+            (&[], &[("health.path", "/h"), ("health.timeout", "soon")], "error demo_foo portico.health.timeout: \"soon\" is not a duration such as \"5s\" or \"250ms\": expected number at 0"),
+            (&[], &[("health.path", "/h"), ("health.timeout", "10s")], "error demo_foo portico.health.timeout: health_timeout \"10s\" is longer than health_interval \"5s\""),
+            (&[], &[("health.path", "/h"), ("health.interval", "1s")], "error demo_foo portico.health.interval: health_timeout \"2s\" is longer than health_interval \"1s\""),
+            (&[], &[("health.path", "/h"), ("health.healthy", "0")], "error demo_foo portico.health.healthy: must be at least 1"),
+            (&[], &[("health.path", "/h"), ("health.unhealthy", "three")], "error demo_foo portico.health.unhealthy: \"three\" is not a whole number"),
+            (&[], &[("health.path", "/h"), ("health.status", "200-99")], "error demo_foo portico.health.status: \"200-99\": 99 is not a status code (100 to 599)"),
+            (&[], &[("health.path", "/h"), ("health.status", "2xx")], "error demo_foo portico.health.status: \"2xx\": \"2xx\" is not a status code or a range such as \"200-399\""),
+            (&[], &[("health.path", "/h"), ("health.status", "300-200")], "error demo_foo portico.health.status: \"300-200\": the range 300-200 runs backwards; write it low to high"),
+            (&[], &[("health.path", "/h"), ("health.host", "*.a.test")], "error demo_foo portico.health.host: \"*.a.test\": a check sends one host name, not a wildcard"),
+            (&[], &[("health.interval", "1s")], "error demo_foo portico.health.interval: health_interval is set but health_path is not; no check would run"),
+            (&[], &[("health.host", "a.test")], "error demo_foo portico.health.host: health_host is set but health_path is not; no check would run"),
+            (&[("ssl_passthrough", "true")], &[("health.path", "/h")], "error demo_foo portico.health.path: does not apply to a passthrough service: a check is an HTTP request"),
+            (&[], &[("health.pth", "/h")], "error demo_foo portico.health.pth: unknown label (did you mean portico.health.path?)"),
+            (&[], &[("health_path", "/h")], "error demo_foo portico.health_path: unknown label (did you mean portico.health.path?)"),
             (&[("stiky_session_cookie", "s")], &[], "error demo_foo com.docker.lb.stiky_session_cookie: unknown label (did you mean com.docker.lb.sticky_session_cookie?)"),
             (&[("service_clustr", "x")], &[], "error demo_foo com.docker.lb.service_clustr: unknown label (did you mean com.docker.lb.service_cluster?)"),
         ];
@@ -795,6 +933,19 @@ mod tests {
         );
         assert_eq!(label_for("tls_cert").unwrap(), "com.docker.lb.ssl_cert");
         assert_eq!(label_for("balance").unwrap(), "portico.balance");
+        for (setting, label) in [
+            ("max_requests", "portico.max_requests"),
+            ("max_ejected_percent", "portico.max_ejected_percent"),
+            ("health_path", "portico.health.path"),
+            ("health_interval", "portico.health.interval"),
+            ("health_timeout", "portico.health.timeout"),
+            ("health_healthy", "portico.health.healthy"),
+            ("health_unhealthy", "portico.health.unhealthy"),
+            ("health_status", "portico.health.status"),
+            ("health_host", "portico.health.host"),
+        ] {
+            assert_eq!(label_for(setting).unwrap(), label);
+        }
         assert_eq!(label_for("hsts_max_age"), None);
         for s in [
             "ssl_only",

@@ -1,7 +1,8 @@
 //! Service rules written once, for every provider: how a value of a
-//! service setting is read (sizes, timeouts, context roots, redirects,
-//! cookie names, balance), what one service may not combine, and what
-//! services sharing a host (or a host and a path) must agree on.
+//! service setting is read (sizes, timeouts, numbers, context roots,
+//! redirects, cookie names, balance, health checks), what one service may
+//! not combine, and what services sharing a host (or a host and a path)
+//! must agree on.
 //!
 //! The TOML file and the Docker labels both build a [`Service`] and ask
 //! these functions; they only decide how to report an answer (a
@@ -17,7 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::{Balance, Redirect, Service};
+use crate::config::{Balance, HealthCheck, Redirect, Service};
 use crate::host::HostPattern;
 
 /// Timeouts beyond this are surely typos, and would overflow the clock.
@@ -71,6 +72,47 @@ pub fn size_from_int(n: i64) -> Result<u64, String> {
     }
 }
 
+/// A whole number written as text (a label's value), such as `"3"`;
+/// its range is checked by [`number_in`].
+pub fn parse_number(text: &str) -> Result<i64, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a whole number"))
+}
+
+/// A whole number from `min` to `max`.
+pub fn number_in(n: i64, min: u32, max: u32) -> Result<u32, String> {
+    match u32::try_from(n) {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ if n < i64::from(min) => Err(format!("must be at least {min}")),
+        _ => Err(format!("must be at most {max}")),
+    }
+}
+
+/// A percentage: 0 to 100.
+pub fn percent(n: i64) -> Result<u8, String> {
+    number_in(n, 0, 100).map(|p| p as u8)
+}
+
+/// A service's `max_requests`: at least 1 (0 would refuse every request;
+/// leave it unset for no cap).
+pub fn max_requests(n: i64) -> Result<u32, String> {
+    number_in(n, 1, u32::MAX)
+}
+
+/// A path a setting names must be absolute and of printable ASCII (it is
+/// matched against, or sent as, a request target).
+fn check_path(text: &str, example: &str) -> Result<(), String> {
+    if !text.starts_with('/') {
+        return Err(format!("{text:?} must start with '/', as in {example:?}"));
+    }
+    if let Some(c) = text.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "{text:?} contains {c:?}: use printable ASCII without spaces (percent-encode the rest)"
+        ));
+    }
+    Ok(())
+}
+
 /// A context root as written (`/app`, `/app/`), normalised to start with
 /// `/` and end without one; `/` alone is `None` (the whole host).
 ///
@@ -78,14 +120,7 @@ pub fn size_from_int(n: i64) -> Result<u64, String> {
 /// forms a request path could only match after normalisation (`//`, `.`
 /// and `..` segments), or never (`?`, `#`).
 pub fn parse_context_root(text: &str) -> Result<Option<String>, String> {
-    if !text.starts_with('/') {
-        return Err(format!("{text:?} must start with '/', as in \"/app\""));
-    }
-    if let Some(c) = text.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(format!(
-            "{text:?} contains {c:?}: use printable ASCII without spaces (percent-encode the rest)"
-        ));
-    }
+    check_path(text, "/app")?;
     if let Some(c) = text.chars().find(|c| matches!(c, '?' | '#')) {
         return Err(format!(
             "{text:?} contains {c:?}: a context root is a path, without query or fragment"
@@ -250,6 +285,217 @@ fn valid_authority(authority: &str) -> bool {
     port_ok && host_ok
 }
 
+/// What a health check requests: a path with an optional query
+/// (`/healthz`, `/status?full=1`), sent as it is written.
+pub fn parse_health_path(text: &str) -> Result<String, String> {
+    check_path(text, "/healthz")?;
+    if text.contains('#') {
+        return Err(format!(
+            "{text:?} contains '#': a fragment is never sent to a server"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// The statuses a health check accepts: codes and inclusive ranges,
+/// comma-separated (`"200-399"`, `"200,204,300-399"`), each code 100 to
+/// 599. Returned sorted, with overlapping and adjacent ranges merged, so
+/// two lists that accept the same codes are equal.
+pub fn parse_statuses(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    let code = |item: &str| match item.trim().parse::<u16>() {
+        Ok(c) if (100..=599).contains(&c) => Ok(c),
+        Ok(c) => Err(format!("{text:?}: {c} is not a status code (100 to 599)")),
+        Err(_) => Err(format!(
+            "{text:?}: {:?} is not a status code or a range such as \"200-399\"",
+            item.trim()
+        )),
+    };
+    let mut ranges = Vec::new();
+    for item in text.split(',') {
+        let (low, high) = match item.split_once('-') {
+            Some((low, high)) => (code(low)?, code(high)?),
+            None => code(item).map(|c| (c, c))?,
+        };
+        if low > high {
+            return Err(format!(
+                "{text:?}: the range {low}-{high} runs backwards; write it low to high"
+            ));
+        }
+        ranges.push((low, high));
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
+    for (low, high) in ranges {
+        match merged.last_mut() {
+            Some(last) if low <= last.1 + 1 => last.1 = last.1.max(high),
+            _ => merged.push((low, high)),
+        }
+    }
+    Ok(merged)
+}
+
+/// The name a health check sends as `Host`: one exact host name, without
+/// a port.
+pub fn parse_health_host(text: &str) -> Result<String, String> {
+    match HostPattern::parse(text) {
+        Ok(HostPattern::Exact(name)) => Ok(name),
+        Err(e) if !text.contains(['*', ':']) => Err(e),
+        _ if text.contains(':') => Err(format!("{text:?}: give the host name without a port")),
+        _ => Err(format!(
+            "{text:?}: a check sends one host name, not a wildcard"
+        )),
+    }
+}
+
+/// A duration setting, for comparing two of them.
+#[derive(Clone, Copy, Debug)]
+pub struct Timed<'a> {
+    /// Its key.
+    pub setting: &'static str,
+    /// Its text as written; `None`: not set.
+    pub text: Option<&'a str>,
+    /// The value read from `text`; `None` when it could not be read (a
+    /// problem reported already, so there is nothing to compare).
+    pub read: Option<Duration>,
+    /// Its value when not set.
+    pub default: Duration,
+}
+
+impl Timed<'_> {
+    /// The value in force, unless the text did not read.
+    fn value(&self) -> Option<Duration> {
+        match self.text {
+            None => Some(self.default),
+            Some(_) => self.read,
+        }
+    }
+
+    /// As written, or the default as `humantime` writes it.
+    fn shown(&self) -> String {
+        self.text.map_or_else(
+            || humantime::format_duration(self.default).to_string(),
+            str::to_owned,
+        )
+    }
+}
+
+/// `shorter` may not be longer than `longer` (a check's timeout and its
+/// interval). The problem names both as written, and is reported at
+/// `shorter` if it was written, else at `longer`.
+pub fn not_longer(shorter: Timed<'_>, longer: Timed<'_>) -> Option<Problem> {
+    if shorter.value()? <= longer.value()? {
+        return None;
+    }
+    Some(Problem {
+        setting: if shorter.text.is_some() {
+            shorter.setting
+        } else {
+            longer.setting
+        },
+        message: format!(
+            "{} {:?} is longer than {} {:?}",
+            shorter.setting,
+            shorter.shown(),
+            longer.setting,
+            longer.shown()
+        ),
+    })
+}
+
+/// A service's `health_*` settings as written (`None`: not set). The
+/// thresholds are numbers already: the file's are TOML integers, and a
+/// label is read with [`parse_number`] first.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HealthKeys<'a> {
+    pub path: Option<&'a str>,
+    pub interval: Option<&'a str>,
+    pub timeout: Option<&'a str>,
+    pub healthy: Option<i64>,
+    pub unhealthy: Option<i64>,
+    pub status: Option<&'a str>,
+    pub host: Option<&'a str>,
+}
+
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+const HEALTH_HEALTHY: u32 = 2;
+const HEALTH_UNHEALTHY: u32 = 3;
+const HEALTH_STATUS: (u16, u16) = (200, 399);
+
+/// A setting read by `parse` if it is set; why it could not be is noted.
+fn noted<V, T>(
+    problems: &mut Vec<Problem>,
+    setting: &'static str,
+    value: Option<V>,
+    parse: impl FnOnce(V) -> Result<T, String>,
+) -> Option<T> {
+    parse(value?)
+        .map_err(|message| problems.push(Problem { setting, message }))
+        .ok()
+}
+
+/// A service's health check, from its `health_*` settings with the
+/// defaults filled in; or every problem with them, each naming its key.
+/// `health_path` turns checks on: without it there is no check, and any
+/// other `health_*` key set is an error, since it would do nothing.
+pub fn health_check(k: &HealthKeys<'_>) -> Result<Option<HealthCheck>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let p = &mut problems;
+    let threshold = |n| number_in(n, 1, u32::MAX);
+    let path = noted(p, "health_path", k.path, parse_health_path);
+    let interval = noted(p, "health_interval", k.interval, parse_timeout);
+    let timeout = noted(p, "health_timeout", k.timeout, parse_timeout);
+    let healthy = noted(p, "health_healthy", k.healthy, threshold);
+    let unhealthy = noted(p, "health_unhealthy", k.unhealthy, threshold);
+    let status = noted(p, "health_status", k.status, parse_statuses);
+    let host = noted(p, "health_host", k.host, parse_health_host);
+    if k.path.is_none() {
+        let others = [
+            (k.interval.is_some(), "health_interval"),
+            (k.timeout.is_some(), "health_timeout"),
+            (k.healthy.is_some(), "health_healthy"),
+            (k.unhealthy.is_some(), "health_unhealthy"),
+            (k.status.is_some(), "health_status"),
+            (k.host.is_some(), "health_host"),
+        ];
+        for (set, setting) in others {
+            if set {
+                problems.push(Problem {
+                    setting,
+                    message: format!("{setting} is set but health_path is not; no check would run"),
+                });
+            }
+        }
+    } else {
+        problems.extend(not_longer(
+            Timed {
+                setting: "health_timeout",
+                text: k.timeout,
+                read: timeout,
+                default: HEALTH_TIMEOUT,
+            },
+            Timed {
+                setting: "health_interval",
+                text: k.interval,
+                read: interval,
+                default: HEALTH_INTERVAL,
+            },
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(path.map(|path| HealthCheck {
+        path,
+        interval: interval.unwrap_or(HEALTH_INTERVAL),
+        timeout: timeout.unwrap_or(HEALTH_TIMEOUT),
+        healthy: healthy.unwrap_or(HEALTH_HEALTHY),
+        unhealthy: unhealthy.unwrap_or(HEALTH_UNHEALTHY),
+        status: status.unwrap_or_else(|| vec![HEALTH_STATUS]),
+        host,
+    }))
+}
+
 /// A problem within one service, found after its values were read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -260,9 +506,9 @@ pub struct Problem {
 
 /// What one service's settings may not combine: a context-root rewrite
 /// without a context root, redirects from hosts the service does not
-/// serve (or the same source twice), and request-level settings on a
-/// passthrough service (which relays TLS unread and never sees a
-/// request).
+/// serve (or the same source twice), and request-level settings or health
+/// checks on a passthrough service (which relays TLS unread and never sees
+/// a request).
 pub fn service_problems(s: &Service) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut add = |setting, message: String| out.push(Problem { setting, message });
@@ -312,6 +558,12 @@ pub fn service_problems(s: &Service) -> Vec<Problem> {
                     "does not apply to a passthrough service: it relays TLS unread and sees no requests".into(),
                 );
             }
+        }
+        if s.health.is_some() {
+            add(
+                "health_path",
+                "does not apply to a passthrough service: a check is an HTTP request, and its upstreams expect the clients' TLS".into(),
+            );
         }
     }
     out
@@ -404,7 +656,31 @@ const POOL_SETTINGS: Settings = &[
     ("upstream_timeout", |a, b| {
         a.upstream_timeout == b.upstream_timeout
     }),
+    ("health_path", |a, b| {
+        a.health.as_ref().map(|h| &h.path) == b.health.as_ref().map(|h| &h.path)
+    }),
+    ("health_interval", |a, b| same_check(a, b, |h| &h.interval)),
+    ("health_timeout", |a, b| same_check(a, b, |h| &h.timeout)),
+    ("health_healthy", |a, b| same_check(a, b, |h| &h.healthy)),
+    ("health_unhealthy", |a, b| {
+        same_check(a, b, |h| &h.unhealthy)
+    }),
+    ("health_status", |a, b| same_check(a, b, |h| &h.status)),
+    ("health_host", |a, b| same_check(a, b, |h| &h.host)),
+    ("max_requests", |a, b| a.max_requests == b.max_requests),
+    ("max_ejected_percent", |a, b| {
+        a.max_ejected_percent == b.max_ejected_percent
+    }),
 ];
+
+/// One setting of the pool's health check, compared when both services
+/// check (when only one does, their `health_path` already differs).
+fn same_check<T: PartialEq>(a: &Service, b: &Service, get: fn(&HealthCheck) -> &T) -> bool {
+    match (&a.health, &b.health) {
+        (Some(x), Some(y)) => get(x) == get(y),
+        _ => true,
+    }
+}
 
 /// A pool's redirects, compared against the first service of the pool
 /// that has any: services without redirects join either way.
@@ -587,6 +863,291 @@ mod tests {
         assert!(parse_timeout("soon")
             .unwrap_err()
             .starts_with("\"soon\" is not a duration such as \"5s\""));
+        // Milliseconds, as hedge_delay's default is written.
+        assert_eq!(parse_timeout("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_timeout("1s 500ms"), Ok(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number("42"), Ok(42));
+        assert_eq!(parse_number("-1"), Ok(-1));
+        for bad in ["", "1.5", "ten", "1e3", "99999999999999999999"] {
+            assert_eq!(
+                parse_number(bad).unwrap_err(),
+                format!("{bad:?} is not a whole number")
+            );
+        }
+        assert_eq!(number_in(0, 0, 5), Ok(0));
+        assert_eq!(number_in(5, 0, 5), Ok(5));
+        assert_eq!(number_in(-1, 0, 5).unwrap_err(), "must be at least 0");
+        assert_eq!(number_in(6, 0, 5).unwrap_err(), "must be at most 5");
+        assert_eq!(
+            number_in(i64::MAX, 1, u32::MAX).unwrap_err(),
+            "must be at most 4294967295"
+        );
+        assert_eq!(percent(0), Ok(0));
+        assert_eq!(percent(100), Ok(100));
+        assert_eq!(percent(101).unwrap_err(), "must be at most 100");
+        assert_eq!(percent(-1).unwrap_err(), "must be at least 0");
+        assert_eq!(max_requests(1), Ok(1));
+        assert_eq!(max_requests(0).unwrap_err(), "must be at least 1");
+    }
+
+    #[test]
+    fn health_paths_statuses_and_hosts() {
+        assert_eq!(parse_health_path("/healthz"), Ok("/healthz".into()));
+        assert_eq!(
+            parse_health_path("/status?full=1&x=%20"),
+            Ok("/status?full=1&x=%20".into())
+        );
+        let cases = [
+            ("healthz", "\"healthz\" must start with '/', as in \"/healthz\""),
+            ("", "\"\" must start with '/', as in \"/healthz\""),
+            ("/a b", "\"/a b\" contains ' ': use printable ASCII without spaces (percent-encode the rest)"),
+            ("/a\tb", "\"/a\\tb\" contains '\\t': use printable ASCII without spaces (percent-encode the rest)"),
+            ("/a\u{7f}", "\"/a\\u{7f}\" contains '\\u{7f}': use printable ASCII without spaces (percent-encode the rest)"),
+            ("/é", "\"/é\" contains 'é': use printable ASCII without spaces (percent-encode the rest)"),
+            ("/a#b", "\"/a#b\" contains '#': a fragment is never sent to a server"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_health_path(text).unwrap_err(), want, "{text:?}");
+        }
+
+        assert_eq!(parse_statuses("200-399"), Ok(vec![(200, 399)]));
+        assert_eq!(
+            parse_statuses("200,204,300-399"),
+            Ok(vec![(200, 200), (204, 204), (300, 399)])
+        );
+        // Sorted, overlapping and adjacent ranges merged: one meaning, one form.
+        assert_eq!(
+            parse_statuses(" 300-399 , 200-299,250-260, 404,100"),
+            Ok(vec![(100, 100), (200, 399), (404, 404)])
+        );
+        assert_eq!(parse_statuses("599-599"), Ok(vec![(599, 599)]));
+        let cases = [
+            (
+                "",
+                "\"\": \"\" is not a status code or a range such as \"200-399\"",
+            ),
+            (
+                "2xx",
+                "\"2xx\": \"2xx\" is not a status code or a range such as \"200-399\"",
+            ),
+            (
+                "200,",
+                "\"200,\": \"\" is not a status code or a range such as \"200-399\"",
+            ),
+            (
+                "200-",
+                "\"200-\": \"\" is not a status code or a range such as \"200-399\"",
+            ),
+            (
+                "200-300-400",
+                "\"200-300-400\": \"300-400\" is not a status code or a range such as \"200-399\"",
+            ),
+            (
+                "200;204",
+                "\"200;204\": \"200;204\" is not a status code or a range such as \"200-399\"",
+            ),
+            ("99", "\"99\": 99 is not a status code (100 to 599)"),
+            (
+                "200-600",
+                "\"200-600\": 600 is not a status code (100 to 599)",
+            ),
+            (
+                "-200",
+                "\"-200\": \"\" is not a status code or a range such as \"200-399\"",
+            ),
+            (
+                "399-200",
+                "\"399-200\": the range 399-200 runs backwards; write it low to high",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_statuses(text).unwrap_err(), want, "{text:?}");
+        }
+
+        assert_eq!(
+            parse_health_host("Check.Internal."),
+            Ok("check.internal".into())
+        );
+        let cases = [
+            (
+                "*.a.test",
+                "\"*.a.test\": a check sends one host name, not a wildcard",
+            ),
+            (
+                "a.test:80",
+                "\"a.test:80\": give the host name without a port",
+            ),
+            ("a b", "\"a b\": invalid character ' '"),
+            ("", "\"\": empty host name"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_health_host(text).unwrap_err(), want, "{text:?}");
+        }
+    }
+
+    fn check(keys: HealthKeys<'_>) -> Result<Option<HealthCheck>, Vec<String>> {
+        health_check(&keys).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|p| format!("{}: {}", p.setting, p.message))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn health_checks_fill_defaults_and_need_a_path() {
+        assert_eq!(check(HealthKeys::default()), Ok(None));
+        let defaults = check(HealthKeys {
+            path: Some("/healthz"),
+            ..HealthKeys::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            defaults,
+            HealthCheck {
+                path: "/healthz".into(),
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+                healthy: 2,
+                unhealthy: 3,
+                status: vec![(200, 399)],
+                host: None,
+            }
+        );
+        for (status, accepted) in [
+            (199, false),
+            (200, true),
+            (302, true),
+            (399, true),
+            (400, false),
+            (503, false),
+        ] {
+            assert_eq!(defaults.accepts(status), accepted, "{status}");
+        }
+        let set = check(HealthKeys {
+            path: Some("/ready"),
+            interval: Some("1m"),
+            timeout: Some("1m"),
+            healthy: Some(1),
+            unhealthy: Some(10),
+            status: Some("204,500-503"),
+            host: Some("a.test"),
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (set.interval, set.timeout, set.healthy, set.unhealthy),
+            (Duration::from_secs(60), Duration::from_secs(60), 1, 10)
+        );
+        assert!(set.accepts(204) && set.accepts(502) && !set.accepts(200));
+        assert_eq!(set.host.as_deref(), Some("a.test"));
+
+        // Every other key without a path is an error, each named.
+        assert_eq!(
+            check(HealthKeys {
+                interval: Some("1s"),
+                timeout: Some("1s"),
+                healthy: Some(1),
+                unhealthy: Some(1),
+                status: Some("200"),
+                host: Some("a.test"),
+                ..HealthKeys::default()
+            })
+            .unwrap_err(),
+            [
+                "health_interval: health_interval is set but health_path is not; no check would run",
+                "health_timeout: health_timeout is set but health_path is not; no check would run",
+                "health_healthy: health_healthy is set but health_path is not; no check would run",
+                "health_unhealthy: health_unhealthy is set but health_path is not; no check would run",
+                "health_status: health_status is set but health_path is not; no check would run",
+                "health_host: health_host is set but health_path is not; no check would run",
+            ]
+        );
+        // Every bad value, each named; a bad value is not compared further.
+        assert_eq!(
+            check(HealthKeys {
+                path: Some("x"),
+                interval: Some("0s"),
+                timeout: Some("31d"),
+                healthy: Some(0),
+                unhealthy: Some(-3),
+                status: Some("600"),
+                host: Some("*.a.test"),
+            })
+            .unwrap_err(),
+            [
+                "health_path: \"x\" must start with '/', as in \"/healthz\"",
+                "health_interval: must be greater than zero",
+                "health_timeout: must be at most 30 days",
+                "health_healthy: must be at least 1",
+                "health_unhealthy: must be at least 1",
+                "health_status: \"600\": 600 is not a status code (100 to 599)",
+                "health_host: \"*.a.test\": a check sends one host name, not a wildcard",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_checks_timeout_is_at_most_its_interval() {
+        let with = |interval, timeout| {
+            check(HealthKeys {
+                path: Some("/h"),
+                interval,
+                timeout,
+                ..HealthKeys::default()
+            })
+        };
+        assert!(with(Some("2s"), None).unwrap().is_some());
+        assert!(with(None, Some("5s")).unwrap().is_some());
+        assert!(with(Some("1s"), Some("1000ms")).unwrap().is_some());
+        assert_eq!(
+            with(None, Some("10s")).unwrap_err(),
+            ["health_timeout: health_timeout \"10s\" is longer than health_interval \"5s\""]
+        );
+        assert_eq!(
+            with(Some("1s"), None).unwrap_err(),
+            ["health_interval: health_timeout \"2s\" is longer than health_interval \"1s\""]
+        );
+        assert_eq!(
+            with(Some("500ms"), Some("1s")).unwrap_err(),
+            ["health_timeout: health_timeout \"1s\" is longer than health_interval \"500ms\""]
+        );
+        // A value that did not read is not compared: its own problem says it.
+        assert_eq!(with(Some("1s"), Some("later")).unwrap_err().len(), 1);
+        // A bad path still gets its timings checked: every problem at once.
+        let e = check(HealthKeys {
+            path: Some("h"),
+            timeout: Some("9s"),
+            ..HealthKeys::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[1].starts_with("health_timeout: health_timeout \"9s\" is longer"));
+        // A default shown as humantime writes it.
+        let p = not_longer(
+            Timed {
+                setting: "base",
+                text: Some("10m"),
+                read: Some(Duration::from_secs(600)),
+                default: Duration::from_secs(10),
+            },
+            Timed {
+                setting: "max",
+                text: None,
+                read: None,
+                default: Duration::from_secs(300),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (p.setting, p.message.as_str()),
+            ("base", "base \"10m\" is longer than max \"5m\"")
+        );
     }
 
     #[test]
@@ -812,6 +1373,17 @@ mod tests {
         assert!(got[1].ends_with(
             "does not apply to a passthrough service: it relays TLS unread and sees no requests"
         ));
+        // Overload settings apply to tunnels too; a check does not.
+        let mut p = svc("p", &["p.test"]);
+        p.passthrough = true;
+        p.max_requests = Some(1);
+        p.max_ejected_percent = Some(10);
+        assert!(problems(&p).is_empty());
+        p.health = Some(health("/h"));
+        assert_eq!(
+            problems(&p),
+            ["health_path: does not apply to a passthrough service: a check is an HTTP request, and its upstreams expect the clients' TLS"]
+        );
     }
 
     fn messages(services: &[Service]) -> Vec<String> {
@@ -906,6 +1478,27 @@ mod tests {
                     ..base.clone()
                 },
             ),
+            (
+                "health_path",
+                Service {
+                    health: Some(health("/h")),
+                    ..base.clone()
+                },
+            ),
+            (
+                "max_requests",
+                Service {
+                    max_requests: Some(1),
+                    ..base.clone()
+                },
+            ),
+            (
+                "max_ejected_percent",
+                Service {
+                    max_ejected_percent: Some(1),
+                    ..base.clone()
+                },
+            ),
         ];
         for (setting, mut v) in variants {
             v.name = "v".into();
@@ -917,6 +1510,55 @@ mod tests {
                 (1, 0, "a")
             );
         }
+    }
+
+    fn health(path: &str) -> HealthCheck {
+        health_check(&HealthKeys {
+            path: Some(path),
+            ..HealthKeys::default()
+        })
+        .unwrap()
+        .unwrap()
+    }
+
+    /// Services that both check must check alike, each setting named by
+    /// its key; one that checks and one that doesn't differ in the path only.
+    #[test]
+    fn a_pools_health_checks_must_agree_setting_by_setting() {
+        let a = Service {
+            health: Some(health("/h")),
+            ..svc("a", &["a.test"])
+        };
+        let with = |edit: fn(&mut HealthCheck)| {
+            let mut h = health("/h");
+            edit(&mut h);
+            Service {
+                health: Some(h),
+                ..svc("b", &["a.test"])
+            }
+        };
+        type Edit = fn(&mut HealthCheck);
+        let edits: [(&str, Edit); 7] = [
+            ("health_path", |h| h.path = "/other".into()),
+            ("health_interval", |h| h.interval = Duration::from_secs(9)),
+            ("health_timeout", |h| h.timeout = Duration::from_secs(1)),
+            ("health_healthy", |h| h.healthy = 9),
+            ("health_unhealthy", |h| h.unhealthy = 9),
+            ("health_status", |h| h.status = vec![(200, 200)]),
+            ("health_host", |h| h.host = Some("x.test".into())),
+        ];
+        for (setting, edit) in edits {
+            assert_eq!(
+                messages(&[a.clone(), with(edit)]),
+                [format!("b {setting}: shares host a.test and path / with service a but not its {setting}; services on one host and path must agree")]
+            );
+        }
+        assert!(messages(&[a.clone(), with(|_| {})]).is_empty());
+        let unchecked = svc("c", &["a.test"]);
+        assert_eq!(
+            messages(&[a, unchecked]),
+            ["c health_path: shares host a.test and path / with service a but not its health_path; services on one host and path must agree"]
+        );
     }
 
     #[test]

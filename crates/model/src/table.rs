@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::{Balance, Config, Redirect, TlsFiles, UpstreamOptions};
+use crate::config::{Balance, Config, HealthCheck, Redirect, TlsFiles, UpstreamOptions};
 use crate::host::HostPattern;
 
 /// Index of a [`Route`] in its table.
@@ -62,6 +62,12 @@ pub struct Route {
     /// The service's timeouts, else the proxy's.
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
+    /// Active checks of `upstreams`; `None`: passive ejection only.
+    pub health: Option<HealthCheck>,
+    /// Cap on requests in flight to the pool; `None`: no cap.
+    pub max_requests: Option<u32>,
+    /// The service's `max_ejected_percent`, else the proxy's.
+    pub max_ejected_percent: u8,
 }
 
 impl Route {
@@ -331,6 +337,9 @@ fn route(config: &Config, services: &[usize], path: Option<&str>) -> Route {
         max_body_size: first.max_body_size.or(p.max_body_size),
         connect_timeout: first.connect_timeout.unwrap_or(p.connect_timeout),
         upstream_timeout: first.upstream_timeout.unwrap_or(p.upstream_timeout),
+        health: first.health.clone(),
+        max_requests: first.max_requests,
+        max_ejected_percent: first.max_ejected_percent.unwrap_or(p.max_ejected_percent),
     }
 }
 
@@ -401,6 +410,35 @@ upstreams = ["127.0.0.1:2", "127.0.0.1:3"]
             .map(|(h, s)| (h.to_string(), s.len()))
             .collect();
         assert_eq!(shared, [("foo.test".to_string(), 2)]);
+    }
+
+    #[test]
+    fn a_route_carries_its_health_check_and_caps() {
+        // Two services pooled on a.test, with the same settings.
+        let mut text = String::from("[proxy]\nmax_ejected_percent = 30\n");
+        for name in ["checked", "canary"] {
+            text.push_str(&format!(
+                "[[service]]\nname = \"{name}\"\nhosts = [\"a.test\"]\nhealth_path = \"/healthz\"\nhealth_status = \"204\"\nmax_requests = 50\nmax_ejected_percent = 100\n"
+            ));
+        }
+        text.push_str("[[service]]\nname = \"plain\"\nhosts = [\"b.test\"]\n");
+        let t = table(&text);
+        let route = |h: &str| match t.lookup(h, "/") {
+            Lookup::Route(id) => t.route(id),
+            other => panic!("{h}: {other:?}"),
+        };
+        let checked = route("a.test");
+        assert_eq!(checked.label(), "checked+canary");
+        let health = checked.health.as_ref().unwrap();
+        assert_eq!(health.path, "/healthz");
+        assert!(health.accepts(204) && !health.accepts(200));
+        assert_eq!(checked.max_requests, Some(50));
+        assert_eq!(checked.max_ejected_percent, 100);
+        // Nothing set: no check, no cap, the proxy's percentage.
+        let plain = route("b.test");
+        assert_eq!(plain.health, None);
+        assert_eq!(plain.max_requests, None);
+        assert_eq!(plain.max_ejected_percent, 30);
     }
 
     /// A config with path rules set on the model directly (the file's

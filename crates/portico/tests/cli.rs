@@ -133,6 +133,17 @@ async fn output(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Writes `text` as `name` in a new directory and runs `portico check` on
+/// it, which must fail: its stdout, and the file's path as it names it.
+async fn check_fails(name: &str, text: &str) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    let (code, stdout, stderr) = output(&["check", "--config", path.to_str().unwrap()]).await;
+    assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
+    (stdout, path.display().to_string())
+}
+
 /// The `msg` of a log line, logfmt or JSON.
 fn msg_of(line: &str) -> Option<String> {
     if line.starts_with('{') {
@@ -325,8 +336,6 @@ upstreams = ["not-an-address"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_names_every_bad_routing_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("routing.toml");
     let text = r#"[proxy]
 max_body_size = "lots"
 
@@ -359,10 +368,7 @@ hosts = ["c.test"]
 balance = "least_request"
 default_backend = true
 "#;
-    std::fs::write(&path, text).unwrap();
-    let (code, stdout, stderr) = output(&["check", "--config", path.to_str().unwrap()]).await;
-    assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
-    let p = path.display();
+    let (stdout, p) = check_fails("routing.toml", text).await;
     for (line, field) in [
         (2, "proxy.max_body_size"),
         (7, "service[0] (a).context_root"),
@@ -396,6 +402,91 @@ default_backend = true
         );
     }
     assert!(stdout.contains("9 problem(s)"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_every_bad_health_value() {
+    let text = r#"[proxy]
+outlier_consecutive_failures = -1
+outlier_base_ejection_time = "10m"
+max_ejected_percent = 150
+retry_budget_percent = 101
+retry_budget_min_per_second = -3
+hedge_delay = "soon"
+health_concurrency = 0
+
+[[service]]
+name = "a"
+hosts = ["a.test"]
+health_path = "healthz"
+health_interval = "0s"
+health_healthy = 0
+health_unhealthy = 0
+health_status = "200-99"
+health_host = "*.a.test"
+max_requests = 0
+max_ejected_percent = 101
+
+[[service]]
+name = "b"
+hosts = ["b.test"]
+health_path = "/healthz"
+health_interval = "5s"
+health_timeout = "10s"
+health_status = "2xx"
+
+[[service]]
+name = "c"
+hosts = ["c.test"]
+health_interval = "1s"
+
+[[service]]
+name = "d"
+hosts = ["d.test"]
+health_path = "/healthz"
+
+[[service]]
+name = "e"
+hosts = ["d.test"]
+health_path = "/ready"
+"#;
+    let (stdout, p) = check_fails("health.toml", text).await;
+    let expected = [
+        (2, "proxy.outlier_consecutive_failures", "must be at least 0"),
+        (3, "proxy.outlier_base_ejection_time", "outlier_base_ejection_time \"10m\" is longer than outlier_max_ejection_time \"5m\""),
+        (4, "proxy.max_ejected_percent", "must be at most 100"),
+        (5, "proxy.retry_budget_percent", "must be at most 100"),
+        (6, "proxy.retry_budget_min_per_second", "must be at least 0"),
+        (7, "proxy.hedge_delay", "\"soon\" is not a duration such as \"5s\" or \"250ms\": expected number at 0 (or \"off\" for no hedging)"),
+        (8, "proxy.health_concurrency", "must be at least 1"),
+        (13, "service[0] (a).health_path", "\"healthz\" must start with '/', as in \"/healthz\""),
+        (14, "service[0] (a).health_interval", "must be greater than zero"),
+        (15, "service[0] (a).health_healthy", "must be at least 1"),
+        (16, "service[0] (a).health_unhealthy", "must be at least 1"),
+        (17, "service[0] (a).health_status", "\"200-99\": 99 is not a status code (100 to 599)"),
+        (18, "service[0] (a).health_host", "\"*.a.test\": a check sends one host name, not a wildcard"),
+        (19, "service[0] (a).max_requests", "must be at least 1"),
+        (20, "service[0] (a).max_ejected_percent", "must be at most 100"),
+        (28, "service[1] (b).health_status", "\"2xx\": \"2xx\" is not a status code or a range such as \"200-399\""),
+        (27, "service[1] (b).health_timeout", "health_timeout \"10s\" is longer than health_interval \"5s\""),
+        (33, "service[2] (c).health_interval", "health_interval is set but health_path is not; no check would run"),
+        // Services pooled on one host and path must check alike.
+        (41, "service (e).health_path", "shares host d.test and path / with service d but not its health_path; services on one host and path must agree"),
+    ];
+    let lines: Vec<&str> = stdout.lines().collect();
+    for (line, field, message) in expected {
+        let (start, end) = (format!("{p}:{line}:"), format!(" {field}: {message}"));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&start) && l.ends_with(&end)),
+            "no {start}..{end} in:\n{stdout}"
+        );
+    }
+    assert!(
+        lines.contains(&format!("{p}: {} problem(s)", expected.len()).as_str()),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
