@@ -667,6 +667,64 @@ def reload_under_load(args, work, www, services=10000):
         backends.stop()
 
 
+# ---------------------------------------------------------------- active health checks
+
+
+def health_checks(args, work, upstreams=1000, seconds=20):
+    """Portico with one service of `upstreams` replicas, each checked every
+    second (nginx answering /healthz on as many ports), and no traffic:
+    what the checks cost."""
+    first = 19000
+    listens = "\n".join(f"    listen 127.0.0.1:{first + i} backlog=512;" for i in range(upstreams))
+    conf = write(os.path.join(work, "checked-nginx.conf"), f"""{nginx_common(work).replace("%s", "checked")}
+http {{
+  access_log off;
+  server {{
+{listens}
+    location = /healthz {{ return 200 "ok\\n"; }}
+  }}
+}}
+""")
+    backends = Proc("checked-backends", ["nginx", "-c", conf], f"{work}/logs/checked-backends.out",
+                    [first, first + upstreams - 1], 0)
+    http = PORTS["portico"][0]
+    ups = ", ".join(f'"127.0.0.1:{first + i}"' for i in range(upstreams))
+    pconf = write(os.path.join(work, "checked.toml"), f"""[proxy]
+http_listen = "127.0.0.1:{http}"
+access_log = false
+
+[[service]]
+name = "checked"
+hosts = ["{HOST}"]
+upstreams = [{ups}]
+health_path = "/healthz"
+health_interval = "1s"
+health_timeout = "500ms"
+""")
+    logf = f"{work}/logs/portico-checked.out"
+    try:
+        proc = Proc("portico", [args.portico, "run", "--config", pconf, "--workers", "1"], logf, [http], 1)
+        try:
+            time.sleep(3.0)  # the first round of checks is spread over an interval
+            t0 = cpu_ticks(proc.pids)
+            time.sleep(seconds)
+            cpu = (cpu_ticks(proc.pids) - t0) / CLK_TCK
+            with open(logf, errors="replace") as f:
+                unhealthy = f.read().count('msg="upstream unhealthy"')
+            r = {"upstreams": upstreams, "seconds": seconds, "cpu_s": cpu,
+                 "cpu_percent": 100 * cpu / seconds,
+                 "us_per_check": cpu / (upstreams * seconds) * 1e6,
+                 "unhealthy": unhealthy, "rss_kb": status_kb(proc.pids, "VmRSS")}
+            log(f"  {upstreams} upstreams checked every second for {seconds} s: portico CPU "
+                f"{r['cpu_percent']:.1f} % of a core ({r['us_per_check']:.1f} us per check), "
+                f"RSS {r['rss_kb'] / 1024:.1f} MiB, {unhealthy} marked unhealthy")
+            return r
+        finally:
+            proc.stop()
+    finally:
+        backends.stop()
+
+
 # ---------------------------------------------------------------- phases
 
 
@@ -748,6 +806,7 @@ def main():
     ap.add_argument("--skip-unpinned", action="store_true")
     ap.add_argument("--skip-idle", action="store_true")
     ap.add_argument("--skip-reload", action="store_true")
+    ap.add_argument("--skip-health", action="store_true")
     ap.add_argument("--only", help="comma-separated scenario names")
     args = ap.parse_args()
 
@@ -807,6 +866,12 @@ def main():
         all_results["reload"] = reload
         summary.append(f"reload   10,000 services: {reload['swaps']} swaps under load, "
                        f"{reload['errors']} failed requests of {reload['requests']}")
+    if not args.skip_health:
+        log("\n== active health checks: portico alone, 1,000 upstreams checked every second, no traffic")
+        checks = health_checks(args, work)
+        all_results["health_checks"] = checks
+        summary.append(f"checks   1,000 upstreams every second: {checks['cpu_percent']:.1f} % of a core, "
+                       f"{checks['us_per_check']:.1f} us per check")
     log(f"\n== summary ({time.monotonic() - started:.0f} s in all)")
     for line in summary:
         log(line)

@@ -121,10 +121,13 @@ async fn check_loop(
     // The first check at a random point of the interval, so that checks
     // configured at once (a reload, a start) are spread over it.
     tokio::time::sleep(check.interval.mul_f64(fastrand::f64())).await;
+    let mut kept = None;
     loop {
         let result = {
             let _permit = limit.acquire().await;
-            upstream.probe(&host, &check.path, check.timeout).await
+            upstream
+                .probe(&mut kept, &host, &check.path, check.timeout)
+                .await
         };
         upstream.health.record_check(upstream.addr, &check, result);
         // ±10 %: checks that started together drift apart.

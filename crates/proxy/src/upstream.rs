@@ -61,6 +61,10 @@ impl Transport {
     }
 }
 
+/// A health check's answer body read beyond this is not worth its
+/// connection: the status counts, the connection is closed.
+const MAX_CHECK_BODY: usize = 64 * 1024;
+
 /// How long an idle connection is kept before it is closed instead of reused.
 /// Shorter than the keep-alive timeout of common backends (nginx: 75 s,
 /// Go net/http: none, Node: 5 s is the outlier), so reuse rarely races a close.
@@ -460,29 +464,42 @@ impl Upstream {
         }
     }
 
-    /// One health check: `GET path` with `host`, on a connection of its own
-    /// (TLS and protocol as for requests) that is closed afterwards, all
-    /// within `timeout`. Counts against no connection cap: a check must
-    /// not wait behind the traffic it judges.
+    /// One health check: `GET path` with `host`, all within `timeout`, on
+    /// the check's own connection (`kept`: TLS and protocol as for
+    /// requests), which is kept for the next check while the upstream keeps
+    /// it open, as Envoy's checks do. Counts against no connection cap: a
+    /// check must not wait behind the traffic it judges.
     pub(crate) async fn probe(
         &self,
+        kept: &mut Option<Sender>,
         host: &HeaderValue,
         path: &str,
         timeout: Duration,
     ) -> Result<u16, String> {
         let deadline = tokio::time::Instant::now() + timeout;
         let check = async {
-            let stream = self
-                .dial(deadline, timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut sender = self
-                .establish(stream, deadline, timeout)
-                .await
-                .map_err(|e| e.to_string())?;
+            let reusable = match kept.as_mut() {
+                Some(Sender::Http1(s)) => s.ready().await.is_ok(),
+                Some(Sender::Http2(s)) => !s.is_closed(),
+                None => false,
+            };
+            if !reusable {
+                *kept = None;
+                let stream = self
+                    .dial(deadline, timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let sender = self
+                    .establish(stream, deadline, timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                *kept = Some(sender);
+            }
+            let Some(sender) = kept.as_mut() else {
+                unreachable!("set above")
+            };
             let mut req = Request::new(ProxyBody::Empty);
-            *req.method_mut() = http::Method::GET;
-            let uri = match &sender {
+            let uri = match sender {
                 Sender::Http1(_) => path.to_owned(),
                 Sender::Http2(_) => {
                     let scheme = if self.transport.tls.is_some() {
@@ -502,24 +519,38 @@ impl Upstream {
                 http::header::USER_AGENT,
                 HeaderValue::from_static("portico-health-check"),
             );
-            let resp = match &mut sender {
-                Sender::Http1(s) => {
-                    *req.version_mut() = http::Version::HTTP_11;
-                    req.headers_mut()
-                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                    s.send_request(req).await
-                }
+            let resp = match sender {
+                Sender::Http1(s) => s.send_request(req).await,
                 Sender::Http2(s) => {
                     *req.version_mut() = http::Version::HTTP_2;
                     s.send_request(req).await
                 }
             };
-            resp.map(|r| r.status().as_u16()).map_err(|e| e.to_string())
+            let resp = resp.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            // Read the body, so that the connection can carry the next
+            // check; one too long to bother with (or broken) ends it.
+            let mut body = resp.into_body();
+            let mut read = 0usize;
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                match frame {
+                    Ok(f) => read += f.data_ref().map_or(0, |d| d.len()),
+                    Err(_) => return Ok((status, false)),
+                }
+                if read > MAX_CHECK_BODY {
+                    return Ok((status, false));
+                }
+            }
+            Ok((status, true))
         };
-        match tokio::time::timeout_at(deadline, check).await {
+        let result = match tokio::time::timeout_at(deadline, check).await {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {timeout:?}")),
+        };
+        if !matches!(result, Ok((_, true))) {
+            *kept = None;
         }
+        result.map(|(status, _)| status)
     }
 
     async fn handshake<I>(&self, io: I, protocol: UpstreamProtocol) -> Result<Sender, ConnectError>
