@@ -450,6 +450,81 @@ mod tests {
         assert_eq!(more, 20);
     }
 
+    fn eject(h: &Health, pool: &[Health], policy: Outlier) -> Duration {
+        for _ in 0..policy.consecutive_failures {
+            h.failure(
+                "127.0.0.1:1".parse().unwrap(),
+                "app",
+                policy,
+                pool.iter(),
+                "refused",
+            );
+        }
+        let r = h.report();
+        assert_eq!(r.state, "ejected");
+        r.until.unwrap().duration_since(r.since.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn ejections_double_up_to_the_cap_and_never_empty_the_pool() {
+        let policy = Outlier {
+            consecutive_failures: 2,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(35),
+            max_ejected_percent: 50,
+        };
+        let pool = [Health::default(), Health::default()];
+        let h = &pool[0];
+        let mut times = Vec::new();
+        for _ in 0..4 {
+            times.push(eject(h, &pool, policy).as_secs());
+            // Its time is up (as the upkeep would find it).
+            h.ejected_until.store(1, Ordering::Relaxed);
+            h.expire("127.0.0.1:1".parse().unwrap());
+            assert_eq!(h.report().state, "unknown");
+        }
+        assert_eq!(times, [10, 20, 35, 35]);
+        // One failure short of the threshold ejects nothing.
+        h.failure(
+            "127.0.0.1:1".parse().unwrap(),
+            "app",
+            policy,
+            pool.iter(),
+            "x",
+        );
+        assert!(!h.is_down());
+        // With one of two out, the other stays in however it fails.
+        eject(h, &pool, policy);
+        for _ in 0..10 {
+            pool[1].failure(
+                "127.0.0.1:2".parse().unwrap(),
+                "app",
+                policy,
+                pool.iter(),
+                "x",
+            );
+        }
+        assert!(!pool[1].is_down());
+        // A success in between starts the count over.
+        let fresh = [Health::default(), Health::default(), Health::default()];
+        fresh[0].failure(
+            "127.0.0.1:3".parse().unwrap(),
+            "app",
+            policy,
+            fresh.iter(),
+            "x",
+        );
+        fresh[0].success();
+        fresh[0].failure(
+            "127.0.0.1:3".parse().unwrap(),
+            "app",
+            policy,
+            fresh.iter(),
+            "x",
+        );
+        assert!(!fresh[0].is_down());
+    }
+
     #[test]
     fn admission_caps_concurrent_requests_and_frees_on_drop() {
         let g = Guards::new();
