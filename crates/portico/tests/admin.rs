@@ -202,7 +202,22 @@ async fn documents_have_stable_schemas() {
     assert!(routes["host"].is_null());
     let all = routes["routes"].as_array().unwrap();
     assert_eq!(all.len(), 2);
-    assert_eq!(keys(&all[0]), set(&["hosts", "services", "upstreams"]));
+    assert_eq!(
+        keys(&all[0]),
+        set(&["hosts", "services", "upstreams", "health"])
+    );
+    // One health entry per upstream, in the same order; nothing is known of
+    // them yet (no checks, no failed requests).
+    for (h, addr) in all[0]["health"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(all[0]["upstreams"].as_array().unwrap())
+    {
+        assert_eq!(keys(h), set(&["upstream", "state"]));
+        assert_eq!(&h["upstream"], addr);
+        assert_eq!(h["state"], "unknown");
+    }
     assert_eq!(all[0]["services"], serde_json::json!(["simple_foo"]));
     assert_eq!(
         all[0]["hosts"],
@@ -215,7 +230,7 @@ async fn documents_have_stable_schemas() {
     let matched = &one["routes"][0];
     assert_eq!(
         keys(matched),
-        set(&["hosts", "matched", "services", "upstreams"])
+        set(&["hosts", "matched", "services", "upstreams", "health"])
     );
     assert_eq!(matched["matched"], "*.foo.example");
     let (_, none) = get_json(&format!("{base}/routes?host=foo.app.tset"), &[]).await;
