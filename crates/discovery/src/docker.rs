@@ -4,11 +4,15 @@
 //! Each sync reads the whole picture (services, tasks, networks,
 //! containers) and derives the services to route; events only trigger
 //! syncs early, so a missed or reordered event can never leave routes
-//! wrong for longer than one poll interval. Services whose upstreams keep
-//! changing are damped: their changes are applied at most every
-//! `damping_interval`, while every other service's are applied at once.
+//! wrong for longer than one poll interval. One thing is taken from the
+//! events themselves: a container's death (`die`, or `kill` with SIGKILL)
+//! takes its addresses out of the routes at once, and keeps them out while
+//! Swarm's task list still calls the task running. Services whose
+//! upstreams keep changing are damped: their changes are applied at most
+//! every `damping_interval`, while every other service's are applied at
+//! once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +23,7 @@ use portico_model::{rules, Config, DockerSettings, FileData, Service};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{
-    filters, ConfigObj, ContainerInspect, ContainerObj, Engine, EngineError, Events, Info,
+    filters, ConfigObj, ContainerInspect, ContainerObj, Engine, EngineError, Event, Events, Info,
     NetworkObj, ServiceObj, TaskObj,
 };
 
@@ -44,6 +48,13 @@ pub struct Scan {
     pub tasks: Vec<TaskObj>,
     pub networks: Vec<NetworkObj>,
     pub containers: Vec<ContainerObj>,
+    /// Containers the engine has reported dead (full IDs) that the lists
+    /// above may still show running: Swarm's task list lags its
+    /// containers (here, a task still read `running` 270 ms after its
+    /// container's `die`), and a dead task's address sends no reset, so a
+    /// request sent there waits out the whole connect timeout. Their tasks
+    /// and containers are not routed.
+    pub dead: HashSet<String>,
 }
 
 /// How soon to look again while tasks are on their way to running: task
@@ -72,6 +83,62 @@ impl Scan {
             .containers
             .iter()
             .any(|c| labels::is_labelled(&c.labels) && c.status.contains("(health: starting)"))
+    }
+
+    /// Whether the lists show container `id` running: as a task's
+    /// container, or as a container of this node.
+    fn shows_running(&self, id: &str) -> bool {
+        self.tasks
+            .iter()
+            .any(|t| t.status.state == "running" && t.status.container_status.container_id == id)
+            || self
+                .containers
+                .iter()
+                .any(|c| c.state == "running" && c.id == id)
+    }
+
+    /// The addresses each routed container (a running task of a labelled
+    /// service, or a labelled container) contributes, under its workload's
+    /// name: what its death takes out of the routes.
+    fn addresses_by_container(&self) -> HashMap<String, (String, Vec<IpAddr>)> {
+        let labelled: HashMap<&str, &str> = self
+            .services
+            .iter()
+            .filter(|s| labels::is_labelled(&s.spec.labels))
+            .map(|s| (s.id.as_str(), s.spec.name.as_str()))
+            .collect();
+        let mut out = HashMap::new();
+        for t in &self.tasks {
+            let id = &t.status.container_status.container_id;
+            let Some(service) = labelled.get(t.service_id.as_str()) else {
+                continue;
+            };
+            if id.is_empty() || t.desired_state != "running" || t.status.state != "running" {
+                continue;
+            }
+            let ips = t
+                .networks_attachments
+                .iter()
+                .flat_map(|a| &a.addresses)
+                .filter_map(|a| cidr_ip(a))
+                .collect();
+            out.insert(id.clone(), (service.to_string(), ips));
+        }
+        for c in &self.containers {
+            if c.labels.contains_key("com.docker.swarm.service.id")
+                || !labels::is_labelled(&c.labels)
+            {
+                continue;
+            }
+            let ips = c
+                .network_settings
+                .networks
+                .values()
+                .filter_map(|e| e.ip_address.parse().ok())
+                .collect();
+            out.insert(c.id.clone(), (container_name(c), ips));
+        }
+        out
     }
 
     /// Describes each labelled service and container as a [`Workload`].
@@ -125,12 +192,15 @@ impl Scan {
             networks.dedup();
             let mut addresses: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
             // Only tasks that run and are meant to: a task being stopped
-            // (desired state shutdown) leaves at once, before it dies.
+            // (desired state shutdown) leaves at once, before it dies; a
+            // task whose container died leaves at once too, whatever the
+            // task list says yet.
             let tasks = tasks_of.get(svc.id.as_str()).map_or(&[][..], Vec::as_slice);
-            for task in tasks
-                .iter()
-                .filter(|t| t.desired_state == "running" && t.status.state == "running")
-            {
+            for task in tasks.iter().filter(|t| {
+                t.desired_state == "running"
+                    && t.status.state == "running"
+                    && !self.dead.contains(&t.status.container_status.container_id)
+            }) {
                 for att in &task.networks_attachments {
                     let name = if att.network.spec.name.is_empty() {
                         name_of(&att.network.id)
@@ -183,6 +253,7 @@ impl Scan {
                 continue;
             }
             let healthy = c.state == "running"
+                && !self.dead.contains(&c.id)
                 && !c.status.contains("(unhealthy)")
                 && !c.status.contains("(health: starting)");
             let networks: Vec<String> = c.network_settings.networks.keys().cloned().collect();
@@ -193,15 +264,10 @@ impl Scan {
                 .filter(|_| healthy)
                 .filter_map(|(n, e)| Some((n.clone(), vec![e.ip_address.parse().ok()?])))
                 .collect();
-            let name = c
-                .names
-                .first()
-                .map(|n| n.trim_start_matches('/').to_owned())
-                .unwrap_or_else(|| c.id.chars().take(12).collect());
             out.push((
                 Workload {
                     kind: WorkloadKind::Container,
-                    name,
+                    name: container_name(c),
                     labels: c.labels.clone(),
                     networks,
                     addresses,
@@ -214,6 +280,14 @@ impl Scan {
         out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         out
     }
+}
+
+/// A plain container's workload name: its name, else its short ID.
+fn container_name(c: &ContainerObj) -> String {
+    c.names
+        .first()
+        .map(|n| n.trim_start_matches('/').to_owned())
+        .unwrap_or_else(|| c.id.chars().take(12).collect())
 }
 
 fn cidr_ip(addr: &str) -> Option<IpAddr> {
@@ -256,6 +330,13 @@ pub struct DockerProvider {
     flaps: HashMap<String, Flaps>,
     /// Set by the last sync: tasks are on their way to running.
     converging: bool,
+    /// Containers reported dead by events (see [`Scan::dead`]). An ID is
+    /// forgotten once a scan no longer shows it running, so this never
+    /// holds more than the IDs of tasks and containers still listed.
+    dead: HashSet<String>,
+    /// From the last scan: each routed container's workload and addresses,
+    /// so that its death can be applied before the next scan.
+    routed: HashMap<String, (String, Vec<IpAddr>)>,
 }
 
 impl DockerProvider {
@@ -286,7 +367,66 @@ impl DockerProvider {
             own,
             flaps: HashMap::new(),
             converging: false,
+            dead: HashSet::new(),
+            routed: HashMap::new(),
         })
+    }
+
+    /// Notes what a container event says about the container's life: `die`
+    /// (the one event every end sends: a crash, `docker stop`, `docker
+    /// kill`) and `kill` with SIGKILL (which nothing survives; it comes up
+    /// to a few hundred milliseconds before its `die`) mark it dead; `start`
+    /// marks it alive again (a container restarted by its restart policy
+    /// keeps its ID). Other signals (a SIGHUP to reload, the SIGTERM of a
+    /// stop that may drain for a while) leave it routed until it dies.
+    /// Returns the ID of a container that has just died.
+    fn observe<'e>(&mut self, ev: &'e Event) -> Option<&'e str> {
+        if ev.kind != "container" || ev.actor.id.is_empty() {
+            return None;
+        }
+        let sigkill = || {
+            ev.actor
+                .attributes
+                .get("signal")
+                .is_some_and(|s| matches!(s.as_str(), "9" | "KILL" | "SIGKILL"))
+        };
+        match ev.action.as_str() {
+            "die" => {}
+            "kill" if sigkill() => {}
+            "start" => {
+                self.dead.remove(&ev.actor.id);
+                return None;
+            }
+            _ => return None,
+        }
+        self.dead
+            .insert(ev.actor.id.clone())
+            .then_some(ev.actor.id.as_str())
+    }
+
+    /// `view` without the addresses the container `id` contributed (as the
+    /// last scan saw them), or `None` if it contributed none. Applied the
+    /// moment the container dies: the sync that follows comes after the
+    /// event burst, and the engine, busy with the death, answers it slowly
+    /// (a scan took 117 ms then, against 20 ms otherwise), which would
+    /// leave a window in which requests go to an address that no longer
+    /// answers.
+    fn without(&self, view: &DockerView, id: &str) -> Option<DockerView> {
+        let (name, ips) = self.routed.get(id)?;
+        let mut out = view.clone();
+        let service = out.services.iter_mut().find(|s| &s.name == name)?;
+        let before = service.upstreams.len();
+        service.upstreams.retain(|u| !ips.contains(&u.ip()));
+        (service.upstreams.len() < before).then_some(out)
+    }
+
+    /// Forgets dead containers the scan no longer shows running (their
+    /// tasks have caught up, or they are gone) and hands the rest to the
+    /// scan, whose workloads then leave them out.
+    fn apply_dead(&mut self, scan: &mut Scan) {
+        self.dead.retain(|id| scan.shows_running(id));
+        scan.dead = self.dead.clone();
+        self.routed = scan.addresses_by_container();
     }
 
     /// Reads services, tasks, networks and containers.
@@ -309,13 +449,15 @@ impl DockerProvider {
             tasks,
             networks,
             containers,
+            dead: HashSet::new(),
         })
     }
 
     /// One full sync: scan, translate labels, make networks reachable,
     /// fetch certificates, damp flapping services.
     pub async fn sync(&mut self) -> Result<DockerView, EngineError> {
-        let scan = self.scan().await?;
+        let mut scan = self.scan().await?;
+        self.apply_dead(&mut scan);
         self.converging = scan.converging();
         let mut view = DockerView::default();
         if let Some(own) = &mut self.own {
@@ -529,7 +671,8 @@ impl DockerProvider {
 
 /// Runs the provider until `shutdown`: syncs at start, on every relevant
 /// event, every `poll_interval`, and after reconnecting; calls `on_view`
-/// with each view that differs from the last.
+/// with each view that differs from the last. A container's death is
+/// applied to the last view the moment its event arrives, before the sync.
 pub async fn watch(
     mut provider: DockerProvider,
     shutdown: CancellationToken,
@@ -547,7 +690,10 @@ pub async fn watch(
             match provider.engine.events(EVENT_TYPES).await {
                 Ok(e) => {
                     events = Some(e);
-                    // A fresh subscription may have missed changes: resync now.
+                    // A fresh subscription may have missed changes: resync
+                    // now, trusting the lists alone (a dead container's
+                    // `start` may be among the missed).
+                    provider.dead.clear();
                     next_sync = At::now();
                 }
                 Err(e) => {
@@ -583,14 +729,17 @@ pub async fn watch(
                 Some(ev) if is_noise(&ev) => continue,
                 Some(ev) => {
                     tracing::debug!(kind = %ev.kind, action = %ev.action, id = %ev.actor.id, "docker event");
+                    died(&mut provider, &ev, &mut last, &mut on_view);
                     // Events come in bursts (a scale-up is several): gather
-                    // the burst, then sync once for all of it.
+                    // the burst, then sync once for all of it. Deaths in
+                    // it still apply at once.
                     let until = At::now() + EVENT_COALESCE;
                     while let Some(stream) = &mut events {
                         tokio::select! {
                             _ = tokio::time::sleep_until(until) => break,
-                            more = stream.next() => if more.is_none() {
-                                events = None;
+                            more = stream.next() => match more {
+                                Some(ev) => died(&mut provider, &ev, &mut last, &mut on_view),
+                                None => events = None,
                             },
                         }
                     }
@@ -628,6 +777,24 @@ pub async fn watch(
                 events = None;
             }
         }
+    }
+}
+
+/// Notes a container's death told by `ev`, and takes its addresses out of
+/// the last view at once (the sync that follows confirms it).
+fn died(
+    provider: &mut DockerProvider,
+    ev: &Event,
+    last: &mut Option<DockerView>,
+    on_view: &mut impl FnMut(DockerView),
+) {
+    let Some(id) = provider.observe(ev) else {
+        return;
+    };
+    if let Some(view) = last.as_ref().and_then(|v| provider.without(v, id)) {
+        tracing::debug!(container = %id, action = %ev.action, "container died; its addresses leave the routes");
+        *last = Some(view.clone());
+        on_view(view);
     }
 }
 
@@ -779,6 +946,20 @@ mod tests {
             tasks: serde_json::from_str(&read("tasks.json")).unwrap(),
             networks: serde_json::from_str(&read("networks.json")).unwrap(),
             containers: serde_json::from_str(&read("containers.json")).unwrap(),
+            dead: HashSet::new(),
+        }
+    }
+
+    /// The services a scan's labels translate to (neither networks reached
+    /// nor damping applied, as [`DockerProvider::sync`] would).
+    fn view_of(scan: &Scan) -> DockerView {
+        DockerView {
+            services: scan
+                .workloads()
+                .iter()
+                .filter_map(|(w, _)| labels::translate(w).service)
+                .collect(),
+            ..DockerView::default()
         }
     }
 
@@ -838,15 +1019,7 @@ mod tests {
             "f",
         )
         .unwrap();
-        let scan = scan_from_fixtures();
-        let docker = DockerView {
-            services: scan
-                .workloads()
-                .iter()
-                .filter_map(|(w, _)| labels::translate(w).service)
-                .collect(),
-            ..DockerView::default()
-        };
+        let docker = view_of(&scan_from_fixtures());
         let (merged, findings) = merge(&file, &docker);
         let names: Vec<&str> = merged.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["web", "fx_plain"]);
@@ -870,6 +1043,8 @@ mod tests {
             own: None,
             flaps: HashMap::new(),
             converging: false,
+            dead: HashSet::new(),
+            routed: HashMap::new(),
         }
     }
 
@@ -878,6 +1053,150 @@ mod tests {
             .iter()
             .map(|p| SocketAddr::from(([10, 0, 0, 1], *p)))
             .collect()
+    }
+
+    /// A container event as the engine sends it (`docker kill` sends
+    /// `kill` with `signal=9`, then `die` with `exitCode=137`; a crash only
+    /// `die`; `docker stop` `kill` with `signal=15`, `die`, `stop`).
+    fn event(action: &str, id: &str, attributes: serde_json::Value) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "Type": "container",
+            "Action": action,
+            "Actor": {"ID": id, "Attributes": attributes},
+        }))
+        .unwrap()
+    }
+
+    /// The upstreams of the scan's workload `name`.
+    fn upstreams_of(scan: &Scan, name: &str) -> Vec<IpAddr> {
+        let (w, _) = scan
+            .workloads()
+            .into_iter()
+            .find(|(w, _)| w.name == name)
+            .unwrap();
+        w.addresses.into_values().flatten().collect()
+    }
+
+    #[test]
+    fn a_container_reported_dead_leaves_at_once_though_its_task_still_says_running() {
+        // As recorded: fx_foo's tasks run at 10.0.1.4 (container a) and
+        // 10.0.1.3 (container b); plain is fx_plain's container.
+        let a = "24efc46ef6561c966ed1fc3b780b3e5c3dee47fbff51746df56dbab6a297ca4b";
+        let b = "648172bff5b2ad6465bf9fdcc53235aeda768a83299a6a1884f42fcce784fce5";
+        let plain = "ddb67ee9d6de8d3c09c8de6833aeb56356ad99cc9868791c6351fba04d950569";
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut p = provider(2, Duration::from_secs(3600));
+
+        // A SIGHUP (a reload) or the SIGTERM of a stop leaves it routed.
+        p.observe(&event("kill", a, serde_json::json!({"signal": "1"})));
+        p.observe(&event("kill", a, serde_json::json!({"signal": "15"})));
+        let mut scan = scan_from_fixtures();
+        p.apply_dead(&mut scan);
+        assert_eq!(
+            upstreams_of(&scan, "fx_foo"),
+            [ip("10.0.1.3"), ip("10.0.1.4")]
+        );
+
+        // `die`: the task leaves though the task list (and this node's
+        // container list, as recorded) still says running.
+        p.observe(&event("die", a, serde_json::json!({"exitCode": "137"})));
+        // SIGKILL: dead before its `die` comes; and a plain container alike.
+        p.observe(&event("kill", plain, serde_json::json!({"signal": "9"})));
+        let mut scan = scan_from_fixtures();
+        p.apply_dead(&mut scan);
+        assert_eq!(upstreams_of(&scan, "fx_foo"), [ip("10.0.1.3")]);
+        assert!(upstreams_of(&scan, "fx_plain").is_empty());
+        // Remembered while the lists still show them running.
+        assert_eq!(p.dead.len(), 2);
+
+        // Restarted by its restart policy (same ID): routed again.
+        p.observe(&event("start", plain, serde_json::json!({})));
+        let mut scan = scan_from_fixtures();
+        p.apply_dead(&mut scan);
+        assert_eq!(upstreams_of(&scan, "fx_plain").len(), 1);
+        assert_eq!(p.dead.len(), 1);
+
+        // Other kinds of event (a service's, a network's) change nothing.
+        for kind in ["service", "network"] {
+            let mut ev = event("die", b, serde_json::json!({}));
+            ev.kind = kind.into();
+            p.observe(&ev);
+        }
+        assert_eq!(p.dead.len(), 1);
+
+        // The task list catches up (the task failed, its container is no
+        // longer listed): the ID is forgotten, the task stays out by its state.
+        let mut scan = scan_from_fixtures();
+        for t in &mut scan.tasks {
+            if t.status.container_status.container_id == a {
+                t.status.state = "failed".into();
+            }
+        }
+        scan.containers.retain(|c| c.id != a);
+        p.apply_dead(&mut scan);
+        assert!(p.dead.is_empty());
+        assert_eq!(upstreams_of(&scan, "fx_foo"), [ip("10.0.1.3")]);
+
+        // A burst of deaths of containers not listed running (another
+        // node's, or gone already) is forgotten at the next sync.
+        for i in 0..1000 {
+            p.observe(&event("die", &format!("gone{i}"), serde_json::json!({})));
+        }
+        p.apply_dead(&mut scan_from_fixtures());
+        assert!(p.dead.is_empty());
+    }
+
+    /// The last view loses a dead container's addresses the moment its
+    /// death is told, before any scan; the sync that follows agrees.
+    #[test]
+    fn a_death_takes_its_addresses_out_of_the_last_view_at_once() {
+        let a = "24efc46ef6561c966ed1fc3b780b3e5c3dee47fbff51746df56dbab6a297ca4b";
+        let plain = "ddb67ee9d6de8d3c09c8de6833aeb56356ad99cc9868791c6351fba04d950569";
+        let upstreams = |view: &DockerView, name: &str| -> Vec<String> {
+            let s = view.services.iter().find(|s| s.name == name).unwrap();
+            s.upstreams.iter().map(|u| u.to_string()).collect()
+        };
+        let mut p = provider(2, Duration::from_secs(3600));
+        let mut scan = scan_from_fixtures();
+        p.apply_dead(&mut scan);
+        let mut last = Some(view_of(&scan));
+        assert_eq!(
+            upstreams(last.as_ref().unwrap(), "fx_foo"),
+            ["10.0.1.3:8080", "10.0.1.4:8080"]
+        );
+        let mut published = Vec::new();
+
+        // Not a death, or not a routed container: nothing published.
+        for ev in [
+            event("kill", a, serde_json::json!({"signal": "15"})),
+            event("start", a, serde_json::json!({})),
+            event("die", "not-routed", serde_json::json!({"exitCode": "1"})),
+        ] {
+            died(&mut p, &ev, &mut last, &mut |v| published.push(v));
+        }
+        assert!(published.is_empty());
+
+        // SIGKILL: out at once, the other service untouched.
+        let kill = event("kill", a, serde_json::json!({"signal": "9"}));
+        died(&mut p, &kill, &mut last, &mut |v| published.push(v));
+        assert_eq!(published.len(), 1);
+        assert_eq!(upstreams(&published[0], "fx_foo"), ["10.0.1.3:8080"]);
+        assert_eq!(upstreams(&published[0], "fx_plain").len(), 1);
+        assert_eq!(last.as_ref(), Some(&published[0]));
+        // Its `die` changes nothing more.
+        let die = event("die", a, serde_json::json!({"exitCode": "137"}));
+        died(&mut p, &die, &mut last, &mut |v| published.push(v));
+        assert_eq!(published.len(), 1);
+        // A plain container, alike.
+        let die = event("die", plain, serde_json::json!({"exitCode": "1"}));
+        died(&mut p, &die, &mut last, &mut |v| published.push(v));
+        assert_eq!(published.len(), 2);
+        assert!(upstreams(&published[1], "fx_plain").is_empty());
+
+        // The next scan, though the task list still says running, agrees.
+        let mut scan = scan_from_fixtures();
+        p.apply_dead(&mut scan);
+        assert_eq!(Some(view_of(&scan)), last);
     }
 
     #[test]

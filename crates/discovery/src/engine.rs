@@ -444,6 +444,17 @@ pub struct TaskStatus {
     pub state: String,
     /// RFC 3339, when the task reached `state`.
     pub timestamp: String,
+    /// The task's container, once it has one.
+    pub container_status: TaskContainer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct TaskContainer {
+    /// The full container ID, as container events name it: how a `die`
+    /// event is matched to its task while the task list still says running.
+    #[serde(rename = "ContainerID")]
+    pub container_id: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
