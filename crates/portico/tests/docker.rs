@@ -76,7 +76,8 @@ fn running_tasks(service: &str) -> usize {
     .count()
 }
 
-/// Starts Portico in a container with `config`, publishing 8080 on loopback.
+/// Starts Portico in a container with `config`, publishing 8080 and 8443
+/// (and 9000, for an admin API the config may serve there) on loopback.
 async fn start_portico(
     cleanup: &mut Cleanup,
     image: &str,
@@ -95,6 +96,8 @@ async fn start_portico(
         "127.0.0.1::8080",
         "-p",
         "127.0.0.1::8443",
+        "-p",
+        "127.0.0.1::9000",
         "-v",
         "/var/run/docker.sock:/var/run/docker.sock:ro",
         "-v",
@@ -122,11 +125,47 @@ fn logs(container: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
 }
 
+/// Prints the warnings, errors and requests slower than 0.5 s in
+/// `container`'s log.
+fn show_slow_or_failed(container: &str) {
+    let lines: Vec<String> = logs(container)
+        .lines()
+        .filter(|l| {
+            l.contains("level=warn")
+                || l.contains("level=error")
+                || l.split("request_time=")
+                    .nth(1)
+                    .and_then(|t| t.split(' ').next())
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .is_some_and(|t| t > 0.5)
+        })
+        .map(str::to_owned)
+        .collect();
+    eprintln!(
+        "slow or failed requests in Portico's log:\n{}",
+        lines.join("\n")
+    );
+}
+
 fn image(cleanup: &mut Cleanup) -> String {
     let tag = format!("portico-test:{}", std::process::id());
     dk::build_image(Path::new(BIN), &tag);
     cleanup.images.push(tag.clone());
     tag
+}
+
+/// Makes the engine a swarm manager if it is not one, builds the test
+/// image and creates an attachable overlay network for the test's
+/// services: `(image, network)`, all undone by `cleanup`.
+async fn swarm_and_network(cleanup: &mut Cleanup) -> (String, String) {
+    if let Err(e) = cleanup.ensure_swarm() {
+        panic!("swarm mode is unavailable here: {e}");
+    }
+    let image = image(cleanup);
+    let net = dk::unique("pt-net");
+    d(&["network", "create", "-d", "overlay", "--attachable", &net]).await;
+    cleanup.networks.push(net.clone());
+    (image, net)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,13 +174,7 @@ async fn swarm_services_route_scale_update_move_and_go() {
         return;
     }
     let mut cleanup = Cleanup::default();
-    if let Err(e) = cleanup.ensure_swarm() {
-        panic!("swarm mode is unavailable here: {e}");
-    }
-    let image = image(&mut cleanup);
-    let net = dk::unique("pt-net");
-    d(&["network", "create", "-d", "overlay", "--attachable", &net]).await;
-    cleanup.networks.push(net.clone());
+    let (image, net) = swarm_and_network(&mut cleanup).await;
     let (addr, proxy, _dir, https) = start_portico(
         &mut cleanup,
         &image,
@@ -315,23 +348,7 @@ async fn swarm_services_route_scale_update_move_and_go() {
     looping.await.unwrap();
     let failures = failures.lock().unwrap().clone();
     if !failures.is_empty() {
-        let slow: Vec<String> = logs(&proxy)
-            .lines()
-            .filter(|l| {
-                l.contains("level=warn")
-                    || l.contains("level=error")
-                    || l.split("request_time=")
-                        .nth(1)
-                        .and_then(|t| t.split(' ').next())
-                        .and_then(|t| t.parse::<f64>().ok())
-                        .is_some_and(|t| t > 0.5)
-            })
-            .map(str::to_owned)
-            .collect();
-        eprintln!(
-            "slow or failed requests in Portico's log:\n{}",
-            slow.join("\n")
-        );
+        show_slow_or_failed(&proxy);
     }
     assert!(
         failures.is_empty(),
@@ -567,13 +584,7 @@ async fn swarm_services_carry_interlock_traffic_labels() {
         return;
     }
     let mut cleanup = Cleanup::default();
-    if let Err(e) = cleanup.ensure_swarm() {
-        panic!("swarm mode is unavailable here: {e}");
-    }
-    let image = image(&mut cleanup);
-    let net = dk::unique("pt-net");
-    d(&["network", "create", "-d", "overlay", "--attachable", &net]).await;
-    cleanup.networks.push(net.clone());
+    let (image, net) = swarm_and_network(&mut cleanup).await;
     let (addr, proxy, _dir, _https) = start_portico(
         &mut cleanup,
         &image,
@@ -942,6 +953,180 @@ async fn plain_containers_on_a_bridge_network_route_from_the_host() {
     .await;
 }
 
+/// The upstreams the admin API at `admin` lists for `host` (`None` when
+/// it can't be read).
+async fn routed_upstreams(admin: SocketAddr, token: &str, host: &str) -> Option<Vec<SocketAddr>> {
+    let auth = format!("Authorization: Bearer {token}");
+    let url = format!("http://{admin}/routes?host={host}");
+    let r = portico_testkit::curl(&["-H", &auth, &url]).await;
+    if r.status != 200 {
+        return None;
+    }
+    let routes: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    let upstreams = routes["routes"].get(0)?["upstreams"].as_array()?;
+    upstreams.iter().map(|u| u.as_str()?.parse().ok()).collect()
+}
+
+/// Issue 11, item 8: a vanished replica costs no one a connect timeout.
+/// A task killed under a sequential request loop: once its container is
+/// gone its address answers nothing (a connect there waits out the whole
+/// 5 s connect timeout, or the proxy's hedge), and Swarm's task list says
+/// running for a while longer. Portico takes the address out of its routes
+/// on the engine's container event (`kill` with SIGKILL, else `die`), so
+/// no request fails, none is slow, and the admin API stops listing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_task_costs_no_request_a_connect_timeout() {
+    if !dk::available() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let (image, net) = swarm_and_network(&mut cleanup).await;
+    const TOKEN: &str = "kill-test-admin-token";
+    // A long poll interval: the address must leave on the events (polls
+    // come faster, every 250 ms, only while a replacement task is pending).
+    let (addr, proxy, _dir, _https) = start_portico(
+        &mut cleanup,
+        &image,
+        &format!(
+            "[proxy]\nhttp_listen = \"0.0.0.0:8080\"\n\
+             [admin]\nlisten = \"0.0.0.0:9000\"\ntoken = \"{TOKEN}\"\n\
+             [docker]\npoll_interval = \"60s\"\n"
+        ),
+    )
+    .await;
+    let admin = dk::published(&proxy, 9000);
+    let client = HttpClient::new(addr);
+    let svc = dk::unique("pt-kill");
+    let host = format!("{svc}.test");
+    echo_service(
+        &mut cleanup,
+        &image,
+        &net,
+        &svc,
+        3,
+        &[format!("com.docker.lb.hosts={host}")],
+        &[],
+    )
+    .await;
+    wait_until(CONVERGE, "all three replicas to be routed", || async {
+        replicas(&client, &host, 6).await.len() == 3
+    })
+    .await;
+
+    // One task's container, and its address on the network.
+    let containers = d(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={svc}"),
+    ])
+    .await;
+    let victim = containers.lines().next().unwrap().to_owned();
+    let ip = d(&[
+        "inspect",
+        "--format",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        &victim,
+    ])
+    .await;
+    let dead: SocketAddr = format!("{ip}:8080").parse().unwrap();
+    let before = routed_upstreams(admin, TOKEN, &host).await.unwrap();
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert!(before.contains(&dead), "{dead} not in {before:?}");
+
+    // Sequential requests, each timed, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let looping = {
+        let (stop, client, host) = (stop.clone(), client.clone(), host.clone());
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let start = Instant::now();
+                let outcome = match client.get(&host, "/").await {
+                    Ok((s, _, _)) if s == 200 => Ok(()),
+                    Ok((s, _, body)) => Err(format!("{s}: {}", String::from_utf8_lossy(&body))),
+                    Err(e) => Err(e),
+                };
+                results.push((start, start.elapsed(), outcome));
+            }
+            results
+        })
+    };
+    // Some requests before the kill, spread over all three.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed_at = Instant::now();
+    let kill = {
+        let victim = victim.clone();
+        tokio::spawn(async move {
+            d(&["kill", &victim]).await;
+            killed_at.elapsed()
+        })
+    };
+    let dropped = loop {
+        let now = routed_upstreams(admin, TOKEN, &host).await;
+        if now.as_ref().is_some_and(|u| !u.contains(&dead)) {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "{dead} still routed 10 s after the kill: {now:?}"
+        );
+    };
+    let signalled = kill.await.unwrap();
+    // And a while after, as the replacement task starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let results = looping.await.unwrap();
+    let after_kill: Vec<_> = results.iter().filter(|r| r.0 >= killed_at).collect();
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|(at, took, r)| {
+            let e = r.as_ref().err()?;
+            Some(format!(
+                "{e} ({took:?}, {:?} after the kill)",
+                at.checked_duration_since(killed_at)
+            ))
+        })
+        .collect();
+    let slowest = results.iter().map(|r| r.1).max().unwrap_or_default();
+    let slow: Vec<String> = results
+        .iter()
+        .filter(|r| r.1 > Duration::from_millis(200))
+        .map(|(at, took, _)| {
+            format!(
+                "{took:?} at {:?} after the kill",
+                at.checked_duration_since(killed_at)
+            )
+        })
+        .collect();
+    eprintln!(
+        "docker kill returned after {signalled:?}; the dead address left the admin routes {dropped:?} after the kill; {} requests ({} after the kill), slowest {slowest:?}; over 200 ms: {slow:?}",
+        results.len(),
+        after_kill.len(),
+    );
+    if !failed.is_empty() || slowest > Duration::from_secs(1) {
+        show_slow_or_failed(&proxy);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        results.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        slowest <= Duration::from_secs(1),
+        "a request took {slowest:?}: {slow:?}"
+    );
+    assert!(
+        after_kill.len() > 50,
+        "{} requests after the kill",
+        after_kill.len()
+    );
+    drop(cleanup);
+}
+
 /// The README's figure: from a task reaching *running* (as `docker service
 /// ps` reports it) to the first request routed to it, median of 10
 /// scale-ups. A measurement, not a test: run it by hand with
@@ -953,11 +1138,7 @@ async fn measure_time_from_running_to_routed() {
         return;
     }
     let mut cleanup = Cleanup::default();
-    cleanup.ensure_swarm().expect("swarm mode");
-    let image = image(&mut cleanup);
-    let net = dk::unique("pt-net");
-    d(&["network", "create", "-d", "overlay", "--attachable", &net]).await;
-    cleanup.networks.push(net.clone());
+    let (image, net) = swarm_and_network(&mut cleanup).await;
     let (addr, _proxy, _dir, _https) = start_portico(
         &mut cleanup,
         &image,
