@@ -424,3 +424,80 @@ async fn a_connect_that_hangs_is_hedged_to_the_next_replica() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_speak_the_upstreams_tls_and_protocol_and_stop_when_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_ca = portico_testkit::TestCa::new("Backend CA");
+    let ca_path = dir.path().join("backend-ca.crt");
+    std::fs::write(&ca_path, &backend_ca.cert_pem).unwrap();
+    let issued = backend_ca.issue(&["backend.internal"]);
+    let h1 = Backend::echo_tls("tls-h1", issued.server_config(&[b"http/1.1"])).await;
+    let h2 = Backend::echo_tls("tls-h2", issued.server_config(&[b"h2"])).await;
+    let other_ca = portico_testkit::TestCa::new("Another CA");
+    let wrong = Backend::echo_tls(
+        "wrong",
+        other_ca
+            .issue(&["backend.internal"])
+            .server_config(&[b"http/1.1"]),
+    )
+    .await;
+    let ca = ca_path.display().to_string();
+    let checks = "health_path = \"/healthz\"\nhealth_interval = \"100ms\"\nhealth_timeout = \"100ms\"\nhealth_healthy = 1\nhealth_unhealthy = 1\n";
+    let tls = format!(
+        "upstream_tls = true\nupstream_tls_ca = {ca:?}\nupstream_tls_name = \"backend.internal\"\n"
+    );
+    let config = |checks: &str| {
+        format!(
+            "{}{}",
+            service(
+                "h1",
+                &["h1.test"],
+                &[h1.addr, wrong.addr],
+                &format!("{tls}{checks}")
+            ),
+            service(
+                "h2",
+                &["h2.test"],
+                &[h2.addr],
+                &format!("{tls}upstream_protocol = \"h2\"\n{checks}")
+            ),
+        )
+    };
+    let proxy = TestProxy::start(&config(checks)).await;
+    let within = Duration::from_secs(5);
+    await_state(&proxy, h1.addr, "healthy", within).await;
+    await_state(&proxy, h2.addr, "healthy", within).await;
+    // A certificate from another CA fails the check as it would fail requests.
+    await_state(&proxy, wrong.addr, "unhealthy", within).await;
+    let report = proxy.proxy.snapshot().pools[0]
+        .upstreams
+        .iter()
+        .find(|u| u.addr == wrong.addr)
+        .unwrap()
+        .health
+        .report();
+    assert!(
+        report.reason.unwrap().contains("TLS"),
+        "{:?}",
+        report.last_check
+    );
+    // Traffic follows the checks' verdict.
+    let mut c = Wire::connect(proxy.addr).await;
+    let r = get(&mut c, "h1.test", "/").await;
+    assert_eq!(
+        replica(&r),
+        "tls-h1",
+        "the unhealthy replica is passed over"
+    );
+
+    // Checks removed by a reload: what they concluded is forgotten, and
+    // they stop.
+    proxy.apply(&config(""));
+    await_state(&proxy, wrong.addr, "unknown", within).await;
+    await_state(&proxy, h2.addr, "unknown", within).await;
+    let hits = (h1.hits(), h2.hits());
+    // Five check intervals, with no request sent meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!((h1.hits(), h2.hits()), hits, "checks still running");
+}
