@@ -28,7 +28,7 @@ use crate::error::ProxyError;
 use crate::headers::{ip_value, new_request_id, set_forwarding, strip_hop_by_hop, X_FORWARDED_FOR};
 use crate::pipeline::{self, log_failure, Attempts, Outcome, RequestHead};
 use crate::snapshot::{Pool, Snapshot};
-use crate::upload::{BodyTooLarge, ClientStalled, ProxyBody, Upload};
+use crate::upload::{BodyTooLarge, ClientBodyBroken, ClientStalled, ProxyBody, Upload};
 use crate::upstream::{Conn, ConnectError, Upstream};
 
 /// What the connection's protocol is known to be.
@@ -530,6 +530,9 @@ impl pipeline::Exchange for HyperExchange {
         }
         if let Some(stalled) = body_error::<ClientStalled>(err.error()) {
             return Outcome::Fatal(ProxyError::ClientTimeout(stalled.to_string()));
+        }
+        if let Some(broken) = body_error::<ClientBodyBroken>(err.error()) {
+            return Outcome::Fatal(ProxyError::BadRequest(broken.to_string()));
         }
         if let Some(large) = body_error::<BodyTooLarge>(err.error()) {
             return Outcome::Fatal(ProxyError::TooLarge {

@@ -29,6 +29,13 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 #[error("the client sent no request body data for {0:?}")]
 pub struct ClientStalled(pub Duration);
 
+/// The client's request body broke off or is malformed (bad chunked
+/// framing, a connection closed mid-body): the client's failure, never
+/// the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body from the client is malformed or cut short: {0}")]
+pub struct ClientBodyBroken(pub String);
+
 /// The request body grew past `max_body_size` (the limit, in bytes).
 #[derive(Debug, thiserror::Error)]
 #[error("the request body is larger than {0} bytes (max_body_size)")]
@@ -100,7 +107,9 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(ClientBodyBroken(e.to_string()).into())))
+            }
             Poll::Ready(None) => {
                 up.finish();
                 Poll::Ready(None)
