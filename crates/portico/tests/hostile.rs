@@ -62,3 +62,35 @@ async fn a_malformed_chunked_body_is_the_clients_400_not_the_upstreams_502() {
         .unwrap();
     assert_eq!(r.status, 200);
 }
+
+/// Bytes that can never start a request are answered 400 at once, on the
+/// plain port as over TLS, not held until `client_header_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_400_at_once_not_a_wait_for_the_header_timeout() {
+    let app = Backend::echo("app").await;
+    let proxy = TestProxy::start(&service("app", &["g.test"], &[app.addr], "")).await;
+    for garbage in [
+        &[0xce, 0x90, 0x0d, 0xce, 0x90, 0x0d][..],
+        b"GET /\x01 HTTP/1.1\r\n",
+        b"\x16\x03\x01\x00",
+        b"GET / HTTP/1.1\r\nHo st: x\r\n",
+    ] {
+        let mut c = Wire::connect(proxy.addr).await;
+        c.send(garbage).await.unwrap();
+        // The header timeout is 30 s; the answer must not wait for it.
+        let r = tokio::time::timeout(Duration::from_secs(5), c.read_response("GET"))
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {garbage:?}"))
+            .expect("a response");
+        assert_eq!(r.status, 400, "{garbage:?}");
+        c.closed().await.expect("closed after a 400");
+    }
+    // A head that merely arrives in pieces is still served.
+    let mut c = Wire::connect(proxy.addr).await;
+    for piece in ["GE", "T / HT", "TP/1.1\r\nHo", "st: g.test\r\n", "\r\n"] {
+        c.send(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = c.read_response("GET").await.unwrap();
+    assert_eq!(r.status, 200);
+}

@@ -448,7 +448,10 @@ async fn read_head(
                 ReadHead::NotMine
             };
         }
-        if buf.len() >= max {
+        if buf.len() >= max || !could_be_a_request(buf) {
+            // hyper answers both: 431, or 400 for bytes that can never
+            // become a request (rather than waiting out the header timeout
+            // on garbage).
             return ReadHead::NotMine;
         }
         scanned = buf.len().saturating_sub(3);
@@ -465,6 +468,16 @@ async fn read_head(
             }
         }
     }
+}
+
+/// Whether the bytes of an incomplete head may still become a valid
+/// request (httparse stops at the first byte that cannot).
+fn could_be_a_request(buf: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    matches!(
+        httparse::Request::new(&mut headers).parse(buf),
+        Ok(_) | Err(httparse::Error::TooManyHeaders)
+    )
 }
 
 /// The length of the head at the start of `buf` (through the empty line
