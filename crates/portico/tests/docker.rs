@@ -1196,3 +1196,105 @@ async fn measure_time_from_running_to_routed() {
         samples[4], samples[0], samples[9]
     );
 }
+
+/// The health and overload labels on a real Swarm service: Portico checks
+/// its tasks as `portico.health.*` say. Every check fails here (the echo
+/// answers 200, and the labels accept only 500), so both tasks are marked
+/// unhealthy, which `/routes` shows with the reason; and since the whole
+/// pool is down, requests still go to both (the pool is never emptied by
+/// the proxy's judgement). A bad health label skips only its service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_services_carry_health_labels() {
+    if !dk::available() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let (image, net) = swarm_and_network(&mut cleanup).await;
+    const TOKEN: &str = "health-test-admin-token";
+    let (addr, proxy, _dir, _https) = start_portico(
+        &mut cleanup,
+        &image,
+        &format!(
+            "[proxy]\nhttp_listen = \"0.0.0.0:8080\"\n\
+             [admin]\nlisten = \"0.0.0.0:9000\"\ntoken = \"{TOKEN}\"\n\
+             [docker]\npoll_interval = \"2s\"\n"
+        ),
+    )
+    .await;
+    let admin = dk::published(&proxy, 9000);
+    let client = HttpClient::new(addr);
+    let svc = dk::unique("pt-health");
+    let host = format!("{svc}.test");
+    echo_service(
+        &mut cleanup,
+        &image,
+        &net,
+        &svc,
+        2,
+        &[
+            format!("com.docker.lb.hosts={host}"),
+            "portico.health.path=/healthz".into(),
+            "portico.health.interval=500ms".into(),
+            "portico.health.timeout=400ms".into(),
+            "portico.health.unhealthy=2".into(),
+            "portico.health.status=500".into(),
+            "portico.max_requests=100".into(),
+        ],
+        &[],
+    )
+    .await;
+    let bad = dk::unique("pt-badhealth");
+    let bad_host = format!("{bad}.test");
+    echo_service(
+        &mut cleanup,
+        &image,
+        &net,
+        &bad,
+        1,
+        &[
+            format!("com.docker.lb.hosts={bad_host}"),
+            "portico.health.path=healthz".into(),
+        ],
+        &[],
+    )
+    .await;
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let url = format!("http://{admin}/routes?host={host}");
+    let states = || async {
+        let r = portico_testkit::curl(&["-H", &auth, &url]).await;
+        let routes: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        let health = routes["routes"].get(0)?["health"].as_array()?.clone();
+        Some(health)
+    };
+    wait_until(
+        CONVERGE,
+        "both tasks marked unhealthy by their checks",
+        || async {
+            states()
+                .await
+                .is_some_and(|h| h.len() == 2 && h.iter().all(|u| u["state"] == "unhealthy"))
+        },
+    )
+    .await;
+    let health = states().await.unwrap();
+    let reason = health[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("/healthz") && reason.contains("status 200"),
+        "{reason}"
+    );
+    // The whole pool is down by the proxy's judgement: both still serve.
+    assert_eq!(replicas(&client, &host, 20).await.len(), 2);
+    // The service with the bad label is skipped, and says why.
+    assert_eq!(status(&client, &bad_host).await, 503);
+    let out = tokio::process::Command::new("docker")
+        .args(["exec", &proxy, "/portico", "check", "--docker"])
+        .output()
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(&bad) && text.contains("portico.health.path"),
+        "{text}"
+    );
+}
