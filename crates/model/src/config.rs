@@ -2339,7 +2339,6 @@ health_path = "/healthz"
             [
                 "p.toml:6:18: service[0] (a).health_timeout: health_timeout \"10s\" is longer than health_interval \"5s\"",
                 "p.toml:13:17: service[1] (b).health_status: \"300-200\": the range 300-200 runs backwards; write it low to high",
-                "p.toml:12:19: service[1] (b).health_interval: health_timeout \"2s\" is longer than health_interval \"1s\"",
                 "p.toml:18:19: service[2] (c).health_interval: health_interval is set but health_path is not; no check would run",
                 "p.toml:20:20: service[2] (c).health_unhealthy: health_unhealthy is set but health_path is not; no check would run",
                 "p.toml:19:17: service[2] (c).health_status: health_status is set but health_path is not; no check would run",

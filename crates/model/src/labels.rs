@@ -894,7 +894,7 @@ mod tests {
             (&[], &[("health.path", "/h"), ("health.interval", "0s")], "error demo_foo portico.health.interval: must be greater than zero"),
             (&[], &[("health.path", "/h"), ("health.timeout", "soon")], "error demo_foo portico.health.timeout: \"soon\" is not a duration such as \"5s\" or \"250ms\": expected number at 0"),
             (&[], &[("health.path", "/h"), ("health.timeout", "10s")], "error demo_foo portico.health.timeout: health_timeout \"10s\" is longer than health_interval \"5s\""),
-            (&[], &[("health.path", "/h"), ("health.interval", "1s")], "error demo_foo portico.health.interval: health_timeout \"2s\" is longer than health_interval \"1s\""),
+            (&[], &[("health.path", "/h"), ("health.interval", "1s"), ("health.timeout", "2s")], "error demo_foo portico.health.timeout: health_timeout \"2s\" is longer than health_interval \"1s\""),
             (&[], &[("health.path", "/h"), ("health.healthy", "0")], "error demo_foo portico.health.healthy: must be at least 1"),
             (&[], &[("health.path", "/h"), ("health.unhealthy", "three")], "error demo_foo portico.health.unhealthy: \"three\" is not a whole number"),
             (&[], &[("health.path", "/h"), ("health.status", "200-99")], "error demo_foo portico.health.status: \"200-99\": 99 is not a status code (100 to 599)"),

@@ -466,7 +466,9 @@ pub fn health_check(k: &HealthKeys<'_>) -> Result<Option<HealthCheck>, Vec<Probl
                 });
             }
         }
-    } else {
+    } else if k.timeout.is_some() {
+        // Only a timeout written out can be too long: the default one is
+        // shortened to a short interval.
         problems.extend(not_longer(
             Timed {
                 setting: "health_timeout",
@@ -488,7 +490,7 @@ pub fn health_check(k: &HealthKeys<'_>) -> Result<Option<HealthCheck>, Vec<Probl
     Ok(path.map(|path| HealthCheck {
         path,
         interval: interval.unwrap_or(HEALTH_INTERVAL),
-        timeout: timeout.unwrap_or(HEALTH_TIMEOUT),
+        timeout: timeout.unwrap_or(HEALTH_TIMEOUT.min(interval.unwrap_or(HEALTH_INTERVAL))),
         healthy: healthy.unwrap_or(HEALTH_HEALTHY),
         unhealthy: unhealthy.unwrap_or(HEALTH_UNHEALTHY),
         status: status.unwrap_or_else(|| vec![HEALTH_STATUS]),
@@ -824,6 +826,7 @@ pub fn disagreements(services: &[Service]) -> Vec<Disagreement> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::config::TlsFiles;
 
     #[test]
@@ -1109,9 +1112,10 @@ mod tests {
             with(None, Some("10s")).unwrap_err(),
             ["health_timeout: health_timeout \"10s\" is longer than health_interval \"5s\""]
         );
+        // The default timeout is shortened to a short interval.
         assert_eq!(
-            with(Some("1s"), None).unwrap_err(),
-            ["health_interval: health_timeout \"2s\" is longer than health_interval \"1s\""]
+            with(Some("1s"), None).unwrap().unwrap().timeout,
+            Duration::from_secs(1)
         );
         assert_eq!(
             with(Some("500ms"), Some("1s")).unwrap_err(),

@@ -501,3 +501,65 @@ async fn checks_speak_the_upstreams_tls_and_protocol_and_stop_when_removed() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!((h1.hits(), h2.hits()), hits, "checks still running");
 }
+
+/// Checks of many upstreams configured at once are spread over the
+/// interval, not sent in one burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_of_many_upstreams_are_spread_over_the_interval() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut backends = Vec::new();
+    for i in 0..50 {
+        let seen = seen.clone();
+        backends.push(
+            Backend::start(&format!("b{i}"), move |_req| {
+                seen.lock().unwrap().push((i, Instant::now()));
+                async { hyper::Response::new(Full::new(Bytes::from_static(b"ok\n"))) }
+            })
+            .await,
+        );
+    }
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let started = Instant::now();
+    let _proxy = TestProxy::start(&service(
+        "many",
+        &["many.test"],
+        &addrs,
+        "health_path = \"/healthz\"\nhealth_interval = \"1s\"",
+    ))
+    .await;
+    // Every upstream's first check, within the interval and a margin.
+    let firsts = loop {
+        let firsts: std::collections::BTreeMap<usize, Instant> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .map(|&(i, at)| (i, at))
+            .collect();
+        if firsts.len() == 50 {
+            break firsts;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{} of 50 checked",
+            firsts.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let earliest = firsts.values().min().unwrap();
+    let latest = firsts.values().max().unwrap();
+    let span = latest.duration_since(*earliest);
+    // Uniform over 1 s, 50 starts span about 960 ms; in lockstep, a few ms.
+    assert!(
+        span > Duration::from_millis(500),
+        "first checks all within {span:?}"
+    );
+    // And no more than a handful in any 50 ms.
+    let mut times: Vec<Instant> = firsts.values().copied().collect();
+    times.sort();
+    let crowded = times
+        .windows(10)
+        .filter(|w| w[9].duration_since(w[0]) < Duration::from_millis(50))
+        .count();
+    assert_eq!(crowded, 0, "ten first checks within 50 ms");
+}
