@@ -2,11 +2,14 @@
 //! sockets: what the client gets, and that nothing is blamed on an
 //! upstream that did nothing wrong.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use portico_testkit::raw::Wire;
 use portico_testkit::service_toml as service;
-use portico_testkit::{Backend, TestProxy};
+use portico_testkit::{Backend, TestCa, TestProxy};
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A malformed chunked request body is the client's error: 400 to the
 /// client and a close, the upstream not blamed (with ejection after two
@@ -93,4 +96,111 @@ async fn garbage_gets_400_at_once_not_a_wait_for_the_header_timeout() {
     }
     let r = c.read_response("GET").await.unwrap();
     assert_eq!(r.status, 200);
+}
+
+/// A TLS connection to the proxy's HTTPS listener offering `alpn`, on which
+/// `bytes` are sent; returns what came back before the proxy closed (within
+/// a bound), and the protocol agreed.
+async fn tls_exchange(
+    proxy: &TestProxy,
+    ca: &TestCa,
+    host: &str,
+    alpn: &[&[u8]],
+    bytes: &[u8],
+) -> (Option<Vec<u8>>, Vec<u8>) {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(proxy.https_addr.unwrap())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS");
+    let agreed = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    tls.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out))
+        .await
+        .expect("the proxy closed the connection");
+    (agreed, out)
+}
+
+/// HTTP/2 frames in `bytes`: (type, payload).
+fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 9 {
+        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        let end = (9 + len).min(bytes.len());
+        out.push((bytes[3], bytes[9..end].to_vec()));
+        bytes = &bytes[end..];
+    }
+    out
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// ALPN is honoured: after `h2` only HTTP/2 is spoken (an HTTP/1.1
+/// request is an invalid preface: GOAWAY with PROTOCOL_ERROR), after
+/// `http/1.1` or no ALPN only HTTP/1.x (the HTTP/2 preface is a bad
+/// request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_decides_the_protocol_on_tls_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Portico Test CA");
+    let (cert, key) = ca.issue(&["a.test"]).write(dir.path(), "a");
+    let app = Backend::echo("app").await;
+    let proxy = TestProxy::start(&format!(
+        "[proxy]\nhttps_listen = \"127.0.0.1:0\"\n\n{}",
+        service(
+            "app",
+            &["a.test"],
+            &[app.addr],
+            &format!(
+                "tls_cert = {:?}\ntls_key = {:?}",
+                cert.display().to_string(),
+                key.display().to_string()
+            )
+        )
+    ))
+    .await;
+    let http1 = b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+
+    let (agreed, out) = tls_exchange(&proxy, &ca, "a.test", &[b"h2"], http1).await;
+    assert_eq!(agreed.as_deref(), Some(&b"h2"[..]));
+    assert!(
+        !out.starts_with(b"HTTP/"),
+        "HTTP/1.1 spoken after ALPN h2: {}",
+        String::from_utf8_lossy(&out)
+    );
+    let goaway = frames(&out)
+        .into_iter()
+        .find(|(t, _)| *t == 0x7)
+        .unwrap_or_else(|| panic!("no GOAWAY in {out:?}"));
+    assert_eq!(&goaway.1[4..8], &[0, 0, 0, 1], "GOAWAY(PROTOCOL_ERROR)");
+
+    for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+        let mut h2 = H2_PREFACE.to_vec();
+        h2.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // an empty SETTINGS frame
+        let (agreed, out) = tls_exchange(&proxy, &ca, "a.test", alpn, &h2).await;
+        assert_ne!(agreed.as_deref(), Some(&b"h2"[..]));
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 400"), "ALPN {alpn:?}: {text:?}");
+        // And HTTP/1.1 is served there.
+        let (_, out) = tls_exchange(&proxy, &ca, "a.test", alpn, http1).await;
+        assert!(
+            out.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
 }

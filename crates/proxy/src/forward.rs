@@ -14,7 +14,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::Watcher;
+use hyper_util::server::graceful::{GracefulConnection, Watcher};
 use portico_model::UpstreamProtocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
@@ -41,7 +41,11 @@ pub(crate) enum Alpn {
 
 /// Serves a connection on hyper until it closes. With no `watcher` the
 /// listener is already stopping: the request the connection carries is
-/// answered, with `Connection: close`, and that is all.
+/// answered, with `Connection: close`, and that is all. After TLS, ALPN
+/// decides the protocol: `h2` speaks only HTTP/2 (anything else is an
+/// invalid preface: GOAWAY), `http/1.1` or none only HTTP/1.x (hyper's
+/// version detection, which would take an HTTP/2 preface anyway, is kept
+/// from seeing one).
 pub(crate) async fn serve_http<I>(io: I, info: ConnInfo, alpn: Alpn, watcher: Option<Watcher>)
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -67,17 +71,103 @@ where
         let info = info.clone();
         async move { Ok::<_, Infallible>(handle(info, req).await) }
     });
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    drop(snapshot);
-    let ended = match watcher {
-        Some(watcher) => watcher.watch(conn).await,
-        None => conn.await,
+    let ended = match alpn {
+        // HTTP/2 has no upgrades (and `serve_connection` honours
+        // http2_only, where the upgradeable one detects the version).
+        Alpn::H2 => {
+            let Some(io) = keep_to_alpn(io, true).await else {
+                return;
+            };
+            let conn = builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned();
+            drop(snapshot);
+            until_closed(conn, watcher).await
+        }
+        Alpn::Http1 => {
+            let Some(io) = keep_to_alpn(io, false).await else {
+                return;
+            };
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned();
+            drop(snapshot);
+            until_closed(conn, watcher).await
+        }
+        Alpn::Detect => {
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned();
+            drop(snapshot);
+            until_closed(conn, watcher).await
+        }
     };
     if let Err(e) = ended {
         tracing::debug!(client = %client, error = %e, "client connection ended with an error");
     }
+}
+
+/// Runs a connection to its end, counted by `watcher` (which also tells it
+/// when to wind down).
+async fn until_closed<C>(conn: C, watcher: Option<Watcher>) -> Result<(), C::Error>
+where
+    C: GracefulConnection<Output = Result<(), <C as GracefulConnection>::Error>>,
+{
+    match watcher {
+        Some(watcher) => watcher.watch(conn).await,
+        None => conn.await,
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Makes a TLS connection keep to the protocol ALPN agreed: reads its
+/// first bytes and, when they are HTTP/2's preface and `h2` was not agreed,
+/// answers 400; when `h2` was agreed and they are not the preface, answers
+/// as RFC 9113 §3.4 allows (SETTINGS, then GOAWAY with PROTOCOL_ERROR); and
+/// closes (`None`). Else gives the stream back with those bytes still to be
+/// read.
+async fn keep_to_alpn<I>(mut io: I, h2: bool) -> Option<crate::io::Prefixed<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut first = Vec::with_capacity(1024);
+    // The stream's own first-read deadline bounds the wait.
+    while first.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&first) {
+        match io.read_buf(&mut first).await {
+            Ok(n) if n > 0 => {}
+            _ => return None,
+        }
+    }
+    let is_h2 = first.starts_with(H2_PREFACE);
+    if is_h2 == h2 {
+        return Some(crate::io::Prefixed::new(first, io));
+    }
+    let mut out = Vec::new();
+    if h2 {
+        let why = b"invalid connection preface: ALPN agreed on h2";
+        // An empty SETTINGS frame (the server's preface), then GOAWAY:
+        // last stream 0, PROTOCOL_ERROR, the reason as debug data.
+        out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        let len = u8::try_from(8 + why.len()).expect("a short reason");
+        out.extend_from_slice(&[0, 0, len, 0x7, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0x1]);
+        out.extend_from_slice(why);
+    } else {
+        let answer = Answer::error(ProxyError::BadRequest(
+            "HTTP/2 was not agreed for this connection (ALPN said http/1.1, or nothing)".into(),
+        ));
+        answer.write_head(
+            &mut out,
+            httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
+        );
+        out.extend_from_slice(b"connection: close\r\n\r\n");
+        out.extend_from_slice(&answer.body);
+    }
+    let _ = io.write_all(&out).await;
+    let _ = io.shutdown().await;
+    None
 }
 
 pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ResponseBody> {

@@ -137,14 +137,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for FirstReadDeadline<I> {
 write_through_inner!(impl[I: AsyncWrite + Unpin] for FirstReadDeadline<I>);
 
 /// A stream that first yields bytes already read from it.
-pub(crate) struct Prefixed {
+pub(crate) struct Prefixed<I = TcpStream> {
     prefix: Vec<u8>,
     pos: usize,
-    inner: TcpStream,
+    inner: I,
 }
 
-impl Prefixed {
-    pub(crate) fn new(prefix: Vec<u8>, inner: TcpStream) -> Prefixed {
+impl<I> Prefixed<I> {
+    pub(crate) fn new(prefix: Vec<u8>, inner: I) -> Prefixed<I> {
         Prefixed {
             prefix,
             pos: 0,
@@ -153,7 +153,7 @@ impl Prefixed {
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -174,4 +174,4 @@ impl AsyncRead for Prefixed {
     }
 }
 
-write_through_inner!(impl[] for Prefixed);
+write_through_inner!(impl[I: AsyncWrite + Unpin] for Prefixed<I>);
