@@ -204,3 +204,46 @@ async fn alpn_decides_the_protocol_on_tls_connections() {
         );
     }
 }
+
+/// A request head far over `max_header_bytes` gets 431, and the client
+/// reads it, over TLS as over plain HTTP: the proxy answers, then keeps
+/// reading (and discarding) for a bounded while before it closes, so the
+/// client's unsent bytes don't turn the close into a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_head_is_answered_431_and_read_over_tls_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Portico Test CA");
+    let (cert, key) = ca.issue(&["a.test"]).write(dir.path(), "a");
+    let app = Backend::echo("app").await;
+    let proxy = TestProxy::start(&format!(
+        "[proxy]\nhttps_listen = \"127.0.0.1:0\"\n\n{}",
+        service(
+            "app",
+            &["a.test"],
+            &[app.addr],
+            &format!(
+                "tls_cert = {:?}\ntls_key = {:?}",
+                cert.display().to_string(),
+                key.display().to_string()
+            )
+        )
+    ))
+    .await;
+    let mut head = b"GET / HTTP/1.1\r\nHost: a.test\r\n".to_vec();
+    while head.len() < 4_000_000 {
+        head.extend_from_slice(b"X-Filler: ");
+        head.extend_from_slice(&[b'a'; 1000]);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+        let (_, out) = tls_exchange(&proxy, &ca, "a.test", alpn, &head).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 431"), "ALPN {alpn:?}: {text:?}");
+    }
+    // And on the plain port.
+    let mut c = Wire::connect(proxy.addr).await;
+    let _ = c.send(&head).await;
+    let r = c.read_response("GET").await.expect("a response");
+    assert_eq!(r.status, 431);
+}

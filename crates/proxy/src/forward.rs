@@ -67,6 +67,7 @@ where
     }
     let client = info.client;
     let info = Arc::new(info);
+    let io = crate::io::Lingering::new(io);
     let service = service_fn(move |req| {
         let info = info.clone();
         async move { Ok::<_, Infallible>(handle(info, req).await) }

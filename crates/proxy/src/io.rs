@@ -1,6 +1,7 @@
 //! Stream adapters shared by the listeners and both request paths: a stream
 //! that replays bytes already read, one whose first read has a deadline,
-//! and the two-way relay for tunnels and upgraded connections.
+//! one that closes lingering, and the two-way relay for tunnels and
+//! upgraded connections.
 
 use std::future::Future;
 use std::io;
@@ -175,3 +176,131 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
 }
 
 write_through_inner!(impl[I: AsyncWrite + Unpin] for Prefixed<I>);
+
+/// Longest a closing connection keeps reading what its client still sends.
+const LINGER_TIME: Duration = Duration::from_secs(10);
+/// Most it reads while lingering.
+const LINGER_BYTES: usize = 64 << 20;
+/// How long a closing connection waits for a first byte before it takes
+/// the client to have nothing on the way.
+const LINGER_QUIET: Duration = Duration::from_millis(50);
+
+/// A client connection that closes lingering, as nginx's `lingering_close`:
+/// when the server closes while the client is still sending (a head over
+/// `max_header_bytes` answered 431, a request refused before its body), the
+/// answer is sent and the write side shut, and then what the client still
+/// sends is read and dropped until it closes (within [`LINGER_TIME`] and
+/// [`LINGER_BYTES`]): closing with unread bytes would send a reset, which
+/// may destroy the answer before the client reads it. A client that sends
+/// nothing within [`LINGER_QUIET`] is taken to have nothing on the way.
+pub(crate) struct Lingering<I> {
+    inner: I,
+    linger: Linger,
+}
+
+enum Linger {
+    Open,
+    Draining {
+        until: Pin<Box<tokio::time::Sleep>>,
+        quiet: Pin<Box<tokio::time::Sleep>>,
+        left: usize,
+        drained: bool,
+    },
+    Done,
+}
+
+impl<I> Lingering<I> {
+    pub(crate) fn new(inner: I) -> Lingering<I> {
+        Lingering {
+            inner,
+            linger: Linger::Open,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Lingering<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.linger {
+                Linger::Open => {
+                    let shut = std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx));
+                    if shut.is_err() {
+                        this.linger = Linger::Done;
+                        return Poll::Ready(shut);
+                    }
+                    this.linger = Linger::Draining {
+                        until: Box::pin(tokio::time::sleep(LINGER_TIME)),
+                        quiet: Box::pin(tokio::time::sleep(LINGER_QUIET)),
+                        left: LINGER_BYTES,
+                        drained: false,
+                    };
+                }
+                Linger::Draining {
+                    until,
+                    quiet,
+                    left,
+                    drained,
+                } => {
+                    if until.as_mut().poll(cx).is_ready() {
+                        this.linger = Linger::Done;
+                        continue;
+                    }
+                    let mut scratch = [0u8; 8192];
+                    let mut buf = ReadBuf::new(&mut scratch);
+                    match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                        Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                            *drained = true;
+                            *left = left.saturating_sub(buf.filled().len());
+                            if *left == 0 {
+                                this.linger = Linger::Done;
+                            }
+                        }
+                        // The client closed, or broke off.
+                        Poll::Ready(_) => this.linger = Linger::Done,
+                        // Nothing on the way: no reason to wait longer.
+                        Poll::Pending if !*drained && quiet.as_mut().poll(cx).is_ready() => {
+                            this.linger = Linger::Done;
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Linger::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
