@@ -93,6 +93,8 @@ pub struct ProxySettings {
     /// Cap on active health checks in flight at once, over all services, so
     /// thousands of upstreams are never probed all at one moment.
     pub health_concurrency: usize,
+    /// What the HTTPS listener offers (versions, cipher suites).
+    pub tls_profile: TlsProfile,
 }
 
 /// An IP network in CIDR notation (`10.0.0.0/8`, `::1/128`); a bare
@@ -189,6 +191,19 @@ impl Cidr {
             _ => false,
         }
     }
+}
+
+/// The TLS versions and cipher suites the HTTPS listener offers, after
+/// Mozilla's server-side TLS profiles; the server's order of preference
+/// decides, not the client's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TlsProfile {
+    /// TLS 1.3 and 1.2, AEAD suites with forward secrecy only (Mozilla's
+    /// "intermediate": every client of the last decade or so).
+    #[default]
+    Intermediate,
+    /// TLS 1.3 only (Mozilla's "modern").
+    Modern,
 }
 
 /// How a pool's upstreams are chosen for requests that no hash (sticky
@@ -315,6 +330,7 @@ impl Default for ProxySettings {
             retry_budget_min_per_second: 3,
             hedge_delay: Some(Duration::from_millis(200)),
             health_concurrency: 64,
+            tls_profile: TlsProfile::Intermediate,
         }
     }
 }
@@ -573,6 +589,7 @@ struct RawProxy {
     retry_budget_min_per_second: Option<Spanned<i64>>,
     hedge_delay: Option<Spanned<String>>,
     health_concurrency: Option<Spanned<i64>>,
+    tls_profile: Option<Spanned<String>>,
 }
 
 /// A size as written: `"1MiB"` or a plain integer of bytes.
@@ -992,6 +1009,9 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
     if let Some(d) = read(&raw.hedge_delay, "proxy.hedge_delay", |t| hedge_delay(t), r) {
         p.hedge_delay = d;
     }
+    if let Some(t) = read(&raw.tls_profile, "proxy.tls_profile", |t| tls_profile(t), r) {
+        p.tls_profile = t;
+    }
     if let Some(addr) = &raw.https_listen {
         match addr.get_ref().parse::<SocketAddr>() {
             Ok(a) => p.https_listen = Some(a),
@@ -1130,6 +1150,17 @@ fn timeout(value: &Option<Spanned<String>>, field: &str, r: &mut Reporter<'_>) -
 /// An optional string key's text, as written.
 fn text(value: &Option<Spanned<String>>) -> Option<&str> {
     value.as_ref().map(|v| v.get_ref().as_str())
+}
+
+/// `tls_profile`: `"intermediate"` or `"modern"`.
+fn tls_profile(text: &str) -> Result<TlsProfile, String> {
+    match text {
+        "intermediate" => Ok(TlsProfile::Intermediate),
+        "modern" => Ok(TlsProfile::Modern),
+        other => Err(format!(
+            "{other:?} is not one of \"intermediate\" (TLS 1.3 and 1.2), \"modern\" (TLS 1.3 only)"
+        )),
+    }
 }
 
 /// `hedge_delay`: a duration, or `"off"` for none.
@@ -2144,6 +2175,18 @@ default_backend = true
         let s = &c.services[0];
         assert_eq!(s.health, None);
         assert_eq!((s.max_requests, s.max_ejected_percent), (None, None));
+    }
+
+    #[test]
+    fn tls_profiles_are_read_and_a_bad_one_named() {
+        let c = Config::parse("[proxy]\ntls_profile = \"modern\"\n", "p.toml").unwrap();
+        assert_eq!(c.proxy.tls_profile, TlsProfile::Modern);
+        let c = Config::parse("", "p.toml").unwrap();
+        assert_eq!(c.proxy.tls_profile, TlsProfile::Intermediate);
+        assert_eq!(
+            errors("[proxy]\ntls_profile = \"old\"\n"),
+            ["p.toml:2:15: proxy.tls_profile: \"old\" is not one of \"intermediate\" (TLS 1.3 and 1.2), \"modern\" (TLS 1.3 only)"]
+        );
     }
 
     #[test]

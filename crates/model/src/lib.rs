@@ -31,8 +31,8 @@ pub mod version;
 
 pub use config::{
     AdminSettings, Balance, Cidr, Config, ConfigError, ConfigErrors, DockerSettings, FileData,
-    HealthCheck, ProxySettings, Redirect, Service, TlsFiles, UpstreamOptions, UpstreamProtocol,
-    UpstreamTls,
+    HealthCheck, ProxySettings, Redirect, Service, TlsFiles, TlsProfile, UpstreamOptions,
+    UpstreamProtocol, UpstreamTls,
 };
 pub use host::{normalize_request_host, HostPattern, RequestHostError};
 pub use rules::{Claims, Disagreement, Problem, Scope};

@@ -247,3 +247,93 @@ async fn an_oversized_head_is_answered_431_and_read_over_tls_too() {
     let r = c.read_response("GET").await.expect("a response");
     assert_eq!(r.status, 431);
 }
+
+/// What `openssl s_client` agrees with the HTTPS listener: the cipher
+/// suite, or `None` when the handshake fails.
+async fn negotiated(proxy: &TestProxy, args: &[&str]) -> Option<String> {
+    let connect = format!("127.0.0.1:{}", proxy.https_port());
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new("openssl")
+            .args(["s_client", "-connect", &connect, "-servername", "a.test"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("openssl s_client ended")
+    .expect("openssl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cipher = text
+        .lines()
+        .find_map(|l| l.split_once("Cipher is ").map(|(_, c)| c.trim().to_owned()))?;
+    (cipher != "(NONE)").then_some(cipher)
+}
+
+/// The HTTPS listener picks the cipher suite by its own order (Mozilla's
+/// intermediate profile by default), refuses suites without forward
+/// secrecy, and with `tls_profile = "modern"` speaks TLS 1.3 only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_picks_its_own_cipher_order_under_its_tls_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Portico Test CA");
+    let (cert, key) = ca.issue(&["a.test"]).write(dir.path(), "a");
+    let app = Backend::echo("app").await;
+    let config = |profile: &str| {
+        format!(
+            "[proxy]\nhttps_listen = \"127.0.0.1:0\"\n{profile}\n{}",
+            service(
+                "app",
+                &["a.test"],
+                &[app.addr],
+                &format!(
+                    "tls_cert = {:?}\ntls_key = {:?}",
+                    cert.display().to_string(),
+                    key.display().to_string()
+                )
+            )
+        )
+    };
+    let proxy = TestProxy::start(&config("")).await;
+    // The client lists ChaCha20 first; the server's first choice wins.
+    let tls12 = negotiated(
+        &proxy,
+        &[
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256",
+        ],
+    )
+    .await;
+    assert_eq!(tls12.as_deref(), Some("ECDHE-ECDSA-AES128-GCM-SHA256"));
+    let tls13 = negotiated(
+        &proxy,
+        &[
+            "-tls1_3",
+            "-ciphersuites",
+            "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+        ],
+    )
+    .await;
+    assert_eq!(tls13.as_deref(), Some("TLS_AES_128_GCM_SHA256"));
+    // A client that offers only CBC suites gets no handshake.
+    assert_eq!(
+        negotiated(
+            &proxy,
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA:AES128-SHA"]
+        )
+        .await,
+        None
+    );
+
+    proxy.apply(&config("tls_profile = \"modern\""));
+    assert_eq!(
+        negotiated(&proxy, &["-tls1_2"]).await,
+        None,
+        "TLS 1.2 under modern"
+    );
+    assert_eq!(
+        negotiated(&proxy, &["-tls1_3"]).await.as_deref(),
+        Some("TLS_AES_128_GCM_SHA256")
+    );
+}

@@ -187,7 +187,8 @@ impl Snapshot {
         } else {
             CertStore::default()
         }));
-        let tls_config = match tls::server_config(certs.clone(), provider.clone(), sessions) {
+        let tls_config = match tls::server_config(certs.clone(), provider, sessions, p.tls_profile)
+        {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the HTTPS configuration");

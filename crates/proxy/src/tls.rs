@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use portico_model::{Config, HostPattern, RoutingTable, TlsFiles, UpstreamTls};
+use portico_model::{Config, HostPattern, RoutingTable, TlsFiles, TlsProfile, UpstreamTls};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -375,15 +375,47 @@ impl Default for SessionState {
 
 /// The server config for one snapshot: TLS 1.2 and 1.3 with rustls' default
 /// suites, ALPN h2 then http/1.1, certificates from `store`.
+/// The HTTPS listener's config: `profile`'s versions and cipher suites, in
+/// the server's order of preference, which decides (a client listing a
+/// weaker suite first does not get it).
 pub fn server_config(
     store: Arc<CertStoreHandle>,
-    provider: Arc<CryptoProvider>,
+    provider: &CryptoProvider,
     sessions: &SessionState,
+    profile: TlsProfile,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    // Mozilla's orders: AES-128-GCM, AES-256-GCM, then ChaCha20-Poly1305;
+    // for TLS 1.2 only ECDHE key exchange (forward secrecy) and AEAD.
+    let tls13 = [
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    let tls12 = [
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    let (versions, suites): (&[&'static rustls::SupportedProtocolVersion], Vec<_>) = match profile {
+        TlsProfile::Intermediate => (
+            &[&rustls::version::TLS13, &rustls::version::TLS12],
+            tls13.iter().chain(&tls12).copied().collect(),
+        ),
+        TlsProfile::Modern => (&[&rustls::version::TLS13], tls13.to_vec()),
+    };
+    let provider = CryptoProvider {
+        cipher_suites: suites,
+        ..provider.clone()
+    };
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(StoreResolver(store)));
+    config.ignore_client_order = true;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.session_storage = sessions.cache.clone();
     if let Some(t) = &sessions.ticketer {
