@@ -108,6 +108,19 @@ async fn tls_exchange(
     alpn: &[&[u8]],
     bytes: &[u8],
 ) -> (Option<Vec<u8>>, Vec<u8>) {
+    tls_exchange_sni(proxy, ca, host, alpn, bytes, true).await
+}
+
+/// [`tls_exchange`], with or without SNI (`host` is still the name the
+/// certificate is verified for).
+async fn tls_exchange_sni(
+    proxy: &TestProxy,
+    ca: &TestCa,
+    host: &str,
+    alpn: &[&[u8]],
+    bytes: &[u8],
+    sni: bool,
+) -> (Option<Vec<u8>>, Vec<u8>) {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -120,6 +133,7 @@ async fn tls_exchange(
     .with_root_certificates(roots)
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.enable_sni = sni;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(proxy.https_addr.unwrap())
         .await
@@ -335,5 +349,64 @@ async fn the_server_picks_its_own_cipher_order_under_its_tls_profile() {
     assert_eq!(
         negotiated(&proxy, &["-tls1_3"]).await.as_deref(),
         Some("TLS_AES_128_GCM_SHA256")
+    );
+}
+
+/// A client without SNI gets the default certificate; a site with a
+/// certificate of its own is served on that connection only if the default
+/// certificate covers its name too, else 421.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_sni_a_host_the_default_certificate_covers_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("Portico Test CA");
+    let (dc, dk) = ca.issue(&["*.app.test"]).write(dir.path(), "default");
+    let (ac, ak) = ca.issue(&["a.app.test"]).write(dir.path(), "a");
+    let (oc, ok) = ca.issue(&["other.test"]).write(dir.path(), "other");
+    let app = Backend::echo("app").await;
+    let files = |c: &std::path::Path, k: &std::path::Path| {
+        format!(
+            "tls_cert = {:?}\ntls_key = {:?}",
+            c.display().to_string(),
+            k.display().to_string()
+        )
+    };
+    let proxy = TestProxy::start(&format!(
+        "[proxy]\nhttps_listen = \"127.0.0.1:0\"\ndefault_tls_cert = {:?}\ndefault_tls_key = {:?}\n\n{}{}",
+        dc.display().to_string(),
+        dk.display().to_string(),
+        service("a", &["a.app.test"], &[app.addr], &files(&ac, &ak)),
+        service("other", &["other.test"], &[app.addr], &files(&oc, &ok)),
+    ))
+    .await;
+    let ask = |host: &str| {
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").into_bytes()
+    };
+    let (_, out) = tls_exchange_sni(
+        &proxy,
+        &ca,
+        "a.app.test",
+        &[b"http/1.1"],
+        &ask("a.app.test"),
+        false,
+    )
+    .await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let (_, out) = tls_exchange_sni(
+        &proxy,
+        &ca,
+        "a.app.test",
+        &[b"http/1.1"],
+        &ask("other.test"),
+        false,
+    )
+    .await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 421"),
+        "{}",
+        String::from_utf8_lossy(&out)
     );
 }

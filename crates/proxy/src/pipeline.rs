@@ -80,8 +80,12 @@ pub(crate) fn decide<'a>(
         let misdirected = match &tls.sni {
             Some(sni) => table.lookup_site(sni) != site,
             // Without SNI the connection got the default certificate: it may
-            // carry only sites that have no certificate of their own.
-            None => site.is_some_and(|s| table.site(s).tls.is_some()),
+            // carry sites that have no certificate of their own, and those
+            // whose names the default certificate covers too.
+            None => {
+                site.is_some_and(|s| table.site(s).tls.is_some())
+                    && !snap.certs.0.default_covers(&host)
+            }
         };
         if misdirected {
             return Err(Answer::error(ProxyError::Misdirected {

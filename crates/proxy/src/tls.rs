@@ -65,6 +65,8 @@ pub struct CertStore {
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<String, Entry>,
     default: Option<Arc<CertifiedKey>>,
+    /// The default certificate's DNS names (`*.x` for wildcards).
+    default_names: Vec<String>,
     /// Every certificate in use, by the files it came from.
     by_files: HashMap<TlsFiles, (Arc<CertifiedKey>, CertInfo)>,
     pub problems: Vec<CertProblem>,
@@ -124,6 +126,9 @@ impl CertStore {
         };
         if let Some(files) = &config.proxy.default_tls {
             store.default = get(files, "default", &mut store);
+            if let Some((_, info)) = store.by_files.get(files) {
+                store.default_names = info.names.iter().map(|n| n.to_ascii_lowercase()).collect();
+            }
         }
         for site in table.sites() {
             let Some(files) = &site.tls else { continue };
@@ -141,6 +146,23 @@ impl CertStore {
         }
         store.warn_expiring();
         store
+    }
+
+    /// Whether the default certificate names `host` (lower case): a
+    /// client without SNI, which got that certificate, may be served
+    /// `host`'s site even if the site has a certificate of its own.
+    pub fn default_covers(&self, host: &str) -> bool {
+        self.default.is_some()
+            && self
+                .default_names
+                .iter()
+                .any(|n| match n.strip_prefix("*.") {
+                    // A wildcard covers exactly one label.
+                    Some(parent) => host
+                        .split_once('.')
+                        .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+                    None => n == host,
+                })
     }
 
     /// Every certificate in use.
@@ -373,11 +395,10 @@ impl Default for SessionState {
     }
 }
 
-/// The server config for one snapshot: TLS 1.2 and 1.3 with rustls' default
-/// suites, ALPN h2 then http/1.1, certificates from `store`.
-/// The HTTPS listener's config: `profile`'s versions and cipher suites, in
-/// the server's order of preference, which decides (a client listing a
-/// weaker suite first does not get it).
+/// The HTTPS listener's config for one snapshot: `profile`'s versions and
+/// cipher suites, in the server's order of preference, which decides (a
+/// client listing a weaker suite first does not get it); ALPN h2 then
+/// http/1.1; certificates from `store`.
 pub fn server_config(
     store: Arc<CertStoreHandle>,
     provider: &CryptoProvider,
