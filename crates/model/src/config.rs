@@ -95,6 +95,15 @@ pub struct ProxySettings {
     pub health_concurrency: usize,
     /// What the HTTPS listener offers (versions, cipher suites).
     pub tls_profile: TlsProfile,
+    /// A request body must average at least this many bytes a second once
+    /// `client_body_grace` has passed (408 below it): `client_body_timeout`
+    /// alone lets a byte every minute hold a connection forever. `None`
+    /// (`"off"`): no minimum.
+    pub client_body_min_rate: Option<u64>,
+    pub client_body_grace: Duration,
+    /// Request bodies one client address may be sending at once (429
+    /// above it); 0: no cap.
+    pub max_bodies_per_client: usize,
 }
 
 /// An IP network in CIDR notation (`10.0.0.0/8`, `::1/128`); a bare
@@ -331,6 +340,9 @@ impl Default for ProxySettings {
             hedge_delay: Some(Duration::from_millis(200)),
             health_concurrency: 64,
             tls_profile: TlsProfile::Intermediate,
+            client_body_min_rate: Some(1024),
+            client_body_grace: Duration::from_secs(10),
+            max_bodies_per_client: 100,
         }
     }
 }
@@ -590,6 +602,9 @@ struct RawProxy {
     hedge_delay: Option<Spanned<String>>,
     health_concurrency: Option<Spanned<i64>>,
     tls_profile: Option<Spanned<String>>,
+    client_body_min_rate: Option<Spanned<String>>,
+    client_body_grace: Option<Spanned<String>>,
+    max_bodies_per_client: Option<Spanned<i64>>,
 }
 
 /// A size as written: `"1MiB"` or a plain integer of bytes.
@@ -898,6 +913,11 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
             "proxy.client_body_timeout",
             &mut p.client_body_timeout,
         ),
+        (
+            &raw.client_body_grace,
+            "proxy.client_body_grace",
+            &mut p.client_body_grace,
+        ),
     ];
     for (value, field, slot) in durations {
         if let Some(d) = timeout(value, field, r) {
@@ -966,6 +986,12 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
             1,
             &mut p.health_concurrency,
         ),
+        (
+            &raw.max_bodies_per_client,
+            "proxy.max_bodies_per_client",
+            0,
+            &mut p.max_bodies_per_client,
+        ),
     ];
     for (value, field, min, slot) in counts {
         if let Some(v) = read(value, field, |&n| rules::number_in(n, min, u32::MAX), r) {
@@ -1011,6 +1037,14 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
     }
     if let Some(t) = read(&raw.tls_profile, "proxy.tls_profile", |t| tls_profile(t), r) {
         p.tls_profile = t;
+    }
+    if let Some(v) = read(
+        &raw.client_body_min_rate,
+        "proxy.client_body_min_rate",
+        |t| rate(t),
+        r,
+    ) {
+        p.client_body_min_rate = v;
     }
     if let Some(addr) = &raw.https_listen {
         match addr.get_ref().parse::<SocketAddr>() {
@@ -1150,6 +1184,21 @@ fn timeout(value: &Option<Spanned<String>>, field: &str, r: &mut Reporter<'_>) -
 /// An optional string key's text, as written.
 fn text(value: &Option<Spanned<String>>) -> Option<&str> {
     value.as_ref().map(|v| v.get_ref().as_str())
+}
+
+/// A rate such as `"1KiB/s"` (a size a second), or `"off"` for none.
+fn rate(text: &str) -> Result<Option<u64>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    match text.strip_suffix("/s") {
+        Some(size) => rules::parse_size(size)
+            .map(Some)
+            .map_err(|e| format!("{text:?}: {e}")),
+        None => Err(format!(
+            "{text:?} is not a rate such as \"1KiB/s\" (a size a second), or \"off\""
+        )),
+    }
 }
 
 /// `tls_profile`: `"intermediate"` or `"modern"`.
@@ -2175,6 +2224,32 @@ default_backend = true
         let s = &c.services[0];
         assert_eq!(s.health, None);
         assert_eq!((s.max_requests, s.max_ejected_percent), (None, None));
+    }
+
+    #[test]
+    fn slow_body_limits_are_read_and_bad_ones_named() {
+        let d = Config::parse("", "p.toml").unwrap().proxy;
+        assert_eq!(d.client_body_min_rate, Some(1024));
+        assert_eq!(d.client_body_grace, Duration::from_secs(10));
+        assert_eq!(d.max_bodies_per_client, 100);
+        let c = Config::parse(
+            "[proxy]\nclient_body_min_rate = \"64KiB/s\"\nclient_body_grace = \"2s\"\nmax_bodies_per_client = 0\n",
+            "p.toml",
+        )
+        .unwrap()
+        .proxy;
+        assert_eq!(c.client_body_min_rate, Some(64 * 1024));
+        assert_eq!(c.client_body_grace, Duration::from_secs(2));
+        assert_eq!(c.max_bodies_per_client, 0);
+        let off = Config::parse("[proxy]\nclient_body_min_rate = \"off\"\n", "p.toml").unwrap();
+        assert_eq!(off.proxy.client_body_min_rate, None);
+        assert_eq!(
+            errors("[proxy]\nclient_body_min_rate = \"1KiB\"\nmax_bodies_per_client = -1\n"),
+            [
+                "p.toml:3:25: proxy.max_bodies_per_client: must be at least 0",
+                "p.toml:2:24: proxy.client_body_min_rate: \"1KiB\" is not a rate such as \"1KiB/s\" (a size a second), or \"off\"",
+            ]
+        );
     }
 
     #[test]

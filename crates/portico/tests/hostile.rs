@@ -410,3 +410,152 @@ async fn without_sni_a_host_the_default_certificate_covers_is_served() {
         String::from_utf8_lossy(&out)
     );
 }
+
+/// Sends a POST head declaring `len` bytes, then trickles one byte every
+/// `every` until the proxy answers or closes; returns the status (if any)
+/// and when the proxy ended it.
+async fn trickle(
+    addr: std::net::SocketAddr,
+    from: std::net::IpAddr,
+    len: usize,
+    every: Duration,
+) -> (Option<u16>, std::time::Instant) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("POST /up HTTP/1.1\r\nHost: s.test\r\nContent-Length: {len}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    loop {
+        let mut buf = [0u8; 1024];
+        tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            },
+            () = tokio::time::sleep(every) => {
+                if stream.write_all(b"x").await.is_err() {
+                    // Closed on us; read what was answered.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut answer)).await;
+                    break;
+                }
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .and_then(|s| s.parse().ok());
+    (status, std::time::Instant::now())
+}
+
+/// Clients trickling their request bodies (a byte every half second, far
+/// under the minimum rate) are cut with 408 once the grace period is over,
+/// all 300 of them within the bound, while a normal client is served
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_request_bodies_are_cut_while_others_are_served() {
+    let app = Backend::echo("app").await;
+    let proxy = TestProxy::start(&format!(
+        "[proxy]\nclient_body_min_rate = \"1KiB/s\"\nclient_body_grace = \"2s\"\nmax_bodies_per_client = 1000\n\n{}",
+        service("app", &["s.test"], &[app.addr], "")
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let mut slow = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let addr = proxy.addr;
+        slow.spawn(trickle(
+            addr,
+            [127, 0, 0, 1].into(),
+            100_000,
+            Duration::from_millis(500),
+        ));
+    }
+    // Meanwhile a normal client's uploads go through.
+    let mut c = Wire::connect(proxy.addr).await;
+    for _ in 0..20 {
+        c.send("POST /ok HTTP/1.1\r\nHost: s.test\r\nContent-Length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        let r = c.read_response("POST").await.unwrap();
+        assert_eq!(r.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut cut = 0;
+    let mut latest = started;
+    while let Some(r) = slow.join_next().await {
+        let (status, at) = r.unwrap();
+        assert_eq!(status, Some(408));
+        cut += 1;
+        latest = latest.max(at);
+    }
+    assert_eq!(cut, 300);
+    // The grace period, plus room for a loaded machine: not the 60 s
+    // client_body_timeout a byte every half second would never reach.
+    let took = latest.duration_since(started);
+    assert!(
+        took < Duration::from_secs(8),
+        "the last trickler was cut after {took:?}"
+    );
+}
+
+/// One client address may send only `max_bodies_per_client` bodies at once:
+/// the next is refused with 429, another address is not affected, and the
+/// cap frees as bodies end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_may_send_only_so_many_bodies_at_once() {
+    let app = Backend::echo("app").await;
+    let proxy = TestProxy::start(&format!(
+        "[proxy]\nmax_bodies_per_client = 3\nclient_body_min_rate = \"off\"\n\n{}",
+        service("app", &["s.test"], &[app.addr], "")
+    ))
+    .await;
+    let post = "POST /up HTTP/1.1\r\nHost: s.test\r\nContent-Length: 4\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = Wire::connect(proxy.addr).await;
+        c.send(post).await.unwrap();
+        held.push(c);
+    }
+    // Wait until the proxy counts all three (each has begun its upload).
+    let start = std::time::Instant::now();
+    let refused = loop {
+        let mut c = Wire::connect(proxy.addr).await;
+        c.send(post).await.unwrap();
+        c.send("body").await.unwrap();
+        let r = c.read_response("POST").await.unwrap();
+        if r.status == 429 {
+            break r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "never refused");
+    };
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(
+        refused.body_text().contains("max_bodies_per_client"),
+        "{}",
+        refused.body_text()
+    );
+    // Another address is not affected.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = Wire::new(socket.connect(proxy.addr).await.unwrap());
+    other.send(post).await.unwrap();
+    other.send("body").await.unwrap();
+    assert_eq!(other.read_response("POST").await.unwrap().status, 200);
+    // The held bodies end; the address may send again.
+    for c in &mut held {
+        c.send("body").await.unwrap();
+        assert_eq!(c.read_response("POST").await.unwrap().status, 200);
+    }
+    let mut c = Wire::connect(proxy.addr).await;
+    c.send(post).await.unwrap();
+    c.send("body").await.unwrap();
+    assert_eq!(c.read_response("POST").await.unwrap().status, 200);
+}

@@ -42,8 +42,12 @@ impl Answer {
                 StatusCode::BAD_REQUEST
                     | StatusCode::REQUEST_TIMEOUT
                     | StatusCode::PAYLOAD_TOO_LARGE
+                    | StatusCode::TOO_MANY_REQUESTS
             ),
-            retry_after: matches!(e, ProxyError::Overloaded { .. }),
+            retry_after: matches!(
+                e,
+                ProxyError::Overloaded { .. } | ProxyError::TooManyBodies { .. }
+            ),
             error: Some(e),
         })
     }

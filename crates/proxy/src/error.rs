@@ -48,6 +48,12 @@ pub enum ProxyError {
         service: String,
         max: u32,
     },
+    /// The client address has `max_bodies_per_client` request bodies in
+    /// progress already.
+    TooManyBodies {
+        client: std::net::IpAddr,
+        max: usize,
+    },
     /// Over TLS, the Host names another site than the SNI the connection
     /// was set up for.
     Misdirected {
@@ -65,6 +71,7 @@ impl ProxyError {
             | ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoPath { .. } => StatusCode::NOT_FOUND,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::TooManyBodies { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -138,6 +145,10 @@ impl fmt::Display for ProxyError {
             ProxyError::Overloaded { service, max } => write!(
                 f,
                 "service {service} has {max} requests in progress, its max_requests; try again shortly"
+            ),
+            ProxyError::TooManyBodies { client, max } => write!(
+                f,
+                "{client} is sending {max} request bodies already (max_bodies_per_client); try again shortly"
             ),
             ProxyError::MethodNotAllowed(why) => write!(f, "{why}"),
             ProxyError::ClientTimeout(why) => write!(f, "{why} (client_body_timeout)"),

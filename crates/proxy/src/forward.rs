@@ -28,7 +28,9 @@ use crate::error::ProxyError;
 use crate::headers::{ip_value, new_request_id, set_forwarding, strip_hop_by_hop, X_FORWARDED_FOR};
 use crate::pipeline::{self, log_failure, Attempts, Outcome, RequestHead};
 use crate::snapshot::{Pool, Snapshot};
-use crate::upload::{BodyTooLarge, ClientBodyBroken, ClientStalled, ProxyBody, Upload};
+use crate::upload::{
+    BodyTooLarge, ClientBodyBroken, ClientStalled, ClientTooSlow, ProxyBody, Upload, UploadLimits,
+};
 use crate::upstream::{Conn, ConnectError, Upstream};
 
 /// What the connection's protocol is known to be.
@@ -364,16 +366,31 @@ async fn forward(
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
         });
-    let (body, upload_sent) = if empty_body {
-        (ProxyBody::Empty, None)
-    } else {
-        let (body, sent) = Upload::start(
-            body,
-            snap.config.proxy.client_body_timeout,
-            route.max_body_size,
-        );
-        (body, Some(sent))
-    };
+    let (body, upload_sent) =
+        if empty_body {
+            (ProxyBody::Empty, None)
+        } else {
+            let p = &snap.config.proxy;
+            let slot =
+                match p.max_bodies_per_client {
+                    0 => None,
+                    max => Some(conn.proxy.bodies.take(client.addr.ip(), max).ok_or_else(
+                        || {
+                            Answer::error(ProxyError::TooManyBodies {
+                                client: client.addr.ip(),
+                                max,
+                            })
+                        },
+                    )?),
+                };
+            let limits = UploadLimits {
+                stall: p.client_body_timeout,
+                min_rate: p.client_body_min_rate.map(|r| (r, p.client_body_grace)),
+                max_size: route.max_body_size,
+            };
+            let (body, sent) = Upload::start(body, limits, slot);
+            (body, Some(sent))
+        };
     let mut exchange = HyperExchange {
         pending: Some(Request::from_parts(parts, body)),
         template,
@@ -621,6 +638,9 @@ impl pipeline::Exchange for HyperExchange {
         }
         if let Some(stalled) = body_error::<ClientStalled>(err.error()) {
             return Outcome::Fatal(ProxyError::ClientTimeout(stalled.to_string()));
+        }
+        if let Some(slow) = body_error::<ClientTooSlow>(err.error()) {
+            return Outcome::Fatal(ProxyError::ClientTimeout(slow.to_string()));
         }
         if let Some(broken) = body_error::<ClientBodyBroken>(err.error()) {
             return Outcome::Fatal(ProxyError::BadRequest(broken.to_string()));

@@ -184,6 +184,9 @@ const LINGER_BYTES: usize = 64 << 20;
 /// How long a closing connection waits for a first byte before it takes
 /// the client to have nothing on the way.
 const LINGER_QUIET: Duration = Duration::from_millis(50);
+/// Once bytes came, how long a pause in them ends the lingering (a client
+/// trickling bytes is not waited for).
+const LINGER_PAUSE: Duration = Duration::from_secs(1);
 
 /// A client connection that closes lingering, as nginx's `lingering_close`:
 /// when the server closes while the client is still sending (a head over
@@ -192,7 +195,8 @@ const LINGER_QUIET: Duration = Duration::from_millis(50);
 /// sends is read and dropped until it closes (within [`LINGER_TIME`] and
 /// [`LINGER_BYTES`]): closing with unread bytes would send a reset, which
 /// may destroy the answer before the client reads it. A client that sends
-/// nothing within [`LINGER_QUIET`] is taken to have nothing on the way.
+/// nothing within [`LINGER_QUIET`] is taken to have nothing on the way, and
+/// one that pauses for [`LINGER_PAUSE`] to have finished.
 pub(crate) struct Lingering<I> {
     inner: I,
     linger: Linger,
@@ -204,7 +208,6 @@ enum Linger {
         until: Pin<Box<tokio::time::Sleep>>,
         quiet: Pin<Box<tokio::time::Sleep>>,
         left: usize,
-        drained: bool,
     },
     Done,
 }
@@ -267,15 +270,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<I> {
                         until: Box::pin(tokio::time::sleep(LINGER_TIME)),
                         quiet: Box::pin(tokio::time::sleep(LINGER_QUIET)),
                         left: LINGER_BYTES,
-                        drained: false,
                     };
                 }
-                Linger::Draining {
-                    until,
-                    quiet,
-                    left,
-                    drained,
-                } => {
+                Linger::Draining { until, quiet, left } => {
                     if until.as_mut().poll(cx).is_ready() {
                         this.linger = Linger::Done;
                         continue;
@@ -284,7 +281,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<I> {
                     let mut buf = ReadBuf::new(&mut scratch);
                     match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
                         Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
-                            *drained = true;
+                            quiet
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + LINGER_PAUSE);
                             *left = left.saturating_sub(buf.filled().len());
                             if *left == 0 {
                                 this.linger = Linger::Done;
@@ -292,8 +291,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<I> {
                         }
                         // The client closed, or broke off.
                         Poll::Ready(_) => this.linger = Linger::Done,
-                        // Nothing on the way: no reason to wait longer.
-                        Poll::Pending if !*drained && quiet.as_mut().poll(cx).is_ready() => {
+                        // Nothing (more) on the way: no reason to wait longer.
+                        Poll::Pending if quiet.as_mut().poll(cx).is_ready() => {
                             this.linger = Linger::Done;
                         }
                         Poll::Pending => return Poll::Pending,

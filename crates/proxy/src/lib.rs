@@ -48,6 +48,8 @@ mod checks;
 mod context;
 pub mod error;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 pub mod headers;
 pub mod health;
@@ -91,6 +93,8 @@ pub struct Proxy {
     /// Every request takes the general path (see [`Proxy::force_general_path`]).
     general_only: std::sync::atomic::AtomicBool,
     checks: checks::Checkers,
+    /// Request bodies in progress per client address.
+    pub(crate) bodies: Arc<upload::BodySlots>,
 }
 
 impl Proxy {
@@ -117,6 +121,7 @@ impl Proxy {
             upkeep: Default::default(),
             general_only: Default::default(),
             checks: Default::default(),
+            bodies: Arc::default(),
         })
     }
 

@@ -1,9 +1,13 @@
 //! Request bodies on their way upstream: streamed frame by frame, never
-//! collected, with the client's stall and `max_body_size` enforced as
+//! collected, with the client's stall, its minimum average rate,
+//! `max_body_size`, and the cap on bodies per client address enforced as
 //! they pass.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,7 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// A request body on its way upstream.
 pub enum ProxyBody {
@@ -28,6 +32,16 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 #[error("the client sent no request body data for {0:?}")]
 pub struct ClientStalled(pub Duration);
+
+/// The client sends its request body slower than `client_body_min_rate`
+/// on average, past `client_body_grace`.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent {received} bytes of request body in {elapsed:?}, under client_body_min_rate ({rate} bytes a second)")]
+pub struct ClientTooSlow {
+    pub received: u64,
+    pub elapsed: Duration,
+    pub rate: u64,
+}
 
 /// The client's request body broke off or is malformed (bad chunked
 /// framing, a connection closed mid-body): the client's failure, never
@@ -48,34 +62,114 @@ pub struct Upload {
     inner: Incoming,
     done: Option<oneshot::Sender<()>>,
     stall: Duration,
+    /// Fires at the next moment the body could be too slow or stalled.
     timer: Pin<Box<Sleep>>,
     /// `max_body_size`, checked as the body streams (a chunked body
     /// declares no length up front).
     limit: Option<u64>,
     received: u64,
+    started: Instant,
+    last_data: Instant,
+    /// `client_body_min_rate` (bytes a second) and its grace period.
+    min_rate: Option<(u64, Duration)>,
+    /// Its place under `max_bodies_per_client`, until the body has ended.
+    slot: Option<BodySlot>,
+}
+
+/// How an upload is bounded: the client's stall, its average rate, the
+/// body's size.
+#[derive(Clone, Copy)]
+pub struct UploadLimits {
+    pub stall: Duration,
+    pub min_rate: Option<(u64, Duration)>,
+    pub max_size: Option<u64>,
 }
 
 impl Upload {
     pub fn start(
         inner: Incoming,
-        stall: Duration,
-        limit: Option<u64>,
+        limits: UploadLimits,
+        slot: Option<BodySlot>,
     ) -> (ProxyBody, oneshot::Receiver<()>) {
         let (done, sent) = oneshot::channel();
-        let upload = Upload {
+        let now = Instant::now();
+        let mut upload = Upload {
             inner,
             done: Some(done),
-            stall,
-            timer: Box::pin(tokio::time::sleep(stall)),
-            limit,
+            stall: limits.stall,
+            timer: Box::pin(tokio::time::sleep_until(now)),
+            limit: limits.max_size,
             received: 0,
+            started: now,
+            last_data: now,
+            min_rate: limits.min_rate,
+            slot,
         };
+        upload.rearm();
         (ProxyBody::Upload(Box::new(upload)), sent)
     }
 
     fn finish(&mut self) {
+        self.slot = None;
         if let Some(done) = self.done.take() {
             let _ = done.send(());
+        }
+    }
+
+    /// When the body would be stalled, or its average fall under the
+    /// minimum rate, if nothing more arrived.
+    fn rearm(&mut self) {
+        let mut due = self.last_data + self.stall;
+        if let Some((rate, grace)) = self.min_rate {
+            let needed = Duration::from_secs_f64((self.received + 1) as f64 / rate.max(1) as f64);
+            due = due.min(self.started + grace.max(needed));
+        }
+        self.timer.as_mut().reset(due);
+    }
+
+    /// The body is too slow: past its grace period and under the rate.
+    fn too_slow(&self, now: Instant) -> Option<ClientTooSlow> {
+        let (rate, grace) = self.min_rate?;
+        let elapsed = now.duration_since(self.started);
+        let slow = elapsed >= grace && (self.received as f64) < rate as f64 * elapsed.as_secs_f64();
+        slow.then_some(ClientTooSlow {
+            received: self.received,
+            elapsed,
+            rate,
+        })
+    }
+}
+
+/// Request bodies in progress per client address, against
+/// `max_bodies_per_client`: one address cannot hold every connection and
+/// upstream slot with slow uploads.
+#[derive(Default)]
+pub struct BodySlots(std::sync::Mutex<HashMap<IpAddr, usize>>);
+
+impl BodySlots {
+    /// A slot for one more body from `ip`, or `None` when it has `max`.
+    pub fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<BodySlot> {
+        let mut held = crate::health::lock(&self.0);
+        let n = held.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(BodySlot(self.clone(), ip))
+    }
+}
+
+/// One body in progress, counted until dropped.
+pub struct BodySlot(Arc<BodySlots>, IpAddr);
+
+impl Drop for BodySlot {
+    fn drop(&mut self) {
+        let mut held = crate::health::lock(&(self.0).0);
+        if let Some(n) = held.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.1);
+            }
         }
     }
 }
@@ -94,16 +188,22 @@ impl Body for ProxyBody {
         };
         match Pin::new(&mut up.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                let now = Instant::now();
                 if let Some(data) = frame.data_ref() {
                     up.received += data.len() as u64;
                     if let Some(limit) = up.limit.filter(|l| up.received > *l) {
                         return Poll::Ready(Some(Err(BodyTooLarge(limit).into())));
                     }
+                    up.last_data = now;
                 }
-                let deadline = tokio::time::Instant::now() + up.stall;
-                up.timer.as_mut().reset(deadline);
                 if up.inner.is_end_stream() {
                     up.finish();
+                } else {
+                    // A steady trickle never lets the timer fire.
+                    if let Some(slow) = up.too_slow(now) {
+                        return Poll::Ready(Some(Err(slow.into())));
+                    }
+                    up.rearm();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -115,8 +215,15 @@ impl Body for ProxyBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if up.timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(ClientStalled(up.stall).into())));
+                while up.timer.as_mut().poll(cx).is_ready() {
+                    let now = Instant::now();
+                    if let Some(slow) = up.too_slow(now) {
+                        return Poll::Ready(Some(Err(slow.into())));
+                    }
+                    if now >= up.last_data + up.stall {
+                        return Poll::Ready(Some(Err(ClientStalled(up.stall).into())));
+                    }
+                    up.rearm();
                 }
                 Poll::Pending
             }
