@@ -11,6 +11,12 @@
 //! upstreams keep changing are damped: their changes are applied at most
 //! every `damping_interval`, while every other service's are applied at
 //! once.
+//!
+//! Who may claim a host ([`Scan::admit`]): a workload is routed only if it
+//! satisfies `[docker] constraints` and is exposed (`portico.enable`, else
+//! `exposed_by_default`); and, unless `allow_shared_hosts`, a host belongs
+//! to the stack namespace of its oldest claimant, so a service of another
+//! stack that names it is refused it, with an error naming both.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -38,6 +44,30 @@ pub struct DockerView {
     /// Certificate material named by `ssl_cert`/`ssl_key` labels.
     pub files: BTreeMap<String, FileData>,
     pub findings: Vec<Finding>,
+    /// Labelled workloads left out by `[docker] exposed_by_default` or
+    /// `constraints`, with the reason: not problems, but worth showing.
+    pub excluded: Vec<(String, String)>,
+}
+
+/// A workload that may be routed, once its network is reached (see
+/// [`Scan::admit`]).
+#[derive(Debug)]
+pub struct Candidate {
+    pub name: String,
+    pub service: Service,
+    /// The network its upstreams are addressed on.
+    pub network: String,
+    /// Its failed tasks (Swarm services only).
+    pub failures: Option<Vec<Failure>>,
+}
+
+/// What [`Scan::admit`] decides.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// In the workloads' order (by name).
+    pub candidates: Vec<Candidate>,
+    pub findings: Vec<Finding>,
+    pub excluded: Vec<(String, String)>,
 }
 
 /// Everything a scan reads from the engine, before interpretation.
@@ -55,6 +85,9 @@ pub struct Scan {
     /// request sent there waits out the whole connect timeout. Their tasks
     /// and containers are not routed.
     pub dead: HashSet<String>,
+    /// When each service and container (by ID) was created, as the engine
+    /// says: the oldest claimant of a host owns it (see [`Scan::admit`]).
+    pub born: HashMap<String, std::time::SystemTime>,
 }
 
 /// How soon to look again while tasks are on their way to running: task
@@ -282,6 +315,171 @@ impl Scan {
     }
 }
 
+impl Scan {
+    /// Which labelled workloads may be routed, as `settings` allow: each
+    /// name once; satisfying `constraints` and opted in (`portico.enable`,
+    /// else `exposed_by_default`), or left out silently (noted in
+    /// `excluded`); translated by its labels; and, unless
+    /// `allow_shared_hosts`, refused the hosts that a workload of another
+    /// stack namespace claimed first. Claims are taken oldest first (by
+    /// creation time, then by name), so a host's owner is stable across
+    /// syncs and a newcomer cannot take it over; a refused host is an error
+    /// naming both services, and a workload refused all its hosts is
+    /// dropped. Workloads of one namespace share hosts as before
+    /// (Interlock's canaries). Pure: networks are reached by the caller.
+    pub fn admit(&self, settings: &DockerSettings) -> Admitted {
+        let mut out = Admitted::default();
+        let mut names = BTreeSet::new();
+        let mut translated = Vec::new();
+        for (workload, id, failures) in self.workloads_with_failures() {
+            if !names.insert(workload.name.clone()) {
+                out.findings.push(Finding {
+                    workload: workload.name.clone(),
+                    label: String::new(),
+                    severity: Severity::Error,
+                    message: "another labelled service or container has this name; rename one"
+                        .into(),
+                });
+                continue;
+            }
+            // Outside the constraints, a workload is not ours to judge:
+            // nothing about it is reported, its portico.enable included.
+            if let Some(c) = &settings.constraints {
+                if !c.admits(&workload.labels) {
+                    out.excluded.push((
+                        workload.name,
+                        format!("does not satisfy [docker] constraints: {}", c.text),
+                    ));
+                    continue;
+                }
+            }
+            match labels::exposed(&workload.labels, settings.exposed_by_default) {
+                Err(message) => {
+                    out.findings.push(Finding {
+                        workload: workload.name.clone(),
+                        label: labels::ENABLE.into(),
+                        severity: Severity::Error,
+                        message,
+                    });
+                    continue;
+                }
+                Ok(false) => {
+                    let reason = if workload.labels.contains_key(labels::ENABLE) {
+                        format!("{}=false", labels::ENABLE)
+                    } else {
+                        format!(
+                            "[docker] exposed_by_default = false and no {}=true label",
+                            labels::ENABLE
+                        )
+                    };
+                    out.excluded.push((workload.name, reason));
+                    continue;
+                }
+                Ok(true) => {}
+            }
+            let t = labels::translate(&workload);
+            out.findings.extend(t.findings);
+            let Some(service) = t.service else {
+                continue;
+            };
+            let born = self.born.get(&id).copied();
+            translated.push((
+                born,
+                labels::namespace(&workload.labels).to_owned(),
+                Candidate {
+                    name: workload.name,
+                    service,
+                    network: t.network.unwrap_or_default(),
+                    failures,
+                },
+            ));
+        }
+        if !settings.allow_shared_hosts {
+            // Oldest first; a workload the engine gave no time is newest.
+            let mut order: Vec<usize> = (0..translated.len()).collect();
+            order.sort_by(|&a, &b| {
+                let key = |i: usize| {
+                    let (born, _, c) = &translated[i];
+                    (born.is_none(), *born, c.name.clone())
+                };
+                key(a).cmp(&key(b))
+            });
+            let mut owners = rules::HostOwners::new();
+            let mut dropped = BTreeSet::new();
+            for i in order {
+                let (_, namespace, c) = &mut translated[i];
+                let refused = owners.claim(&c.name, namespace, &c.service.hosts);
+                if refused.is_empty() {
+                    continue;
+                }
+                let allow = "[docker] allow_shared_hosts = true";
+                for r in &refused {
+                    out.findings.push(Finding {
+                        workload: c.name.clone(),
+                        label: format!("{}hosts", labels::PREFIX),
+                        severity: Severity::Error,
+                        message: r.message("stack namespace", allow),
+                    });
+                }
+                let s = &mut c.service;
+                s.hosts.retain(|h| !refused.iter().any(|r| r.host == *h));
+                // Its redirects from refused hosts go with them.
+                s.redirects.retain(|r| {
+                    s.hosts.iter().any(
+                        |h| matches!(h, portico_model::HostPattern::Exact(n) if *n == r.from_host),
+                    )
+                });
+                if s.hosts.is_empty() {
+                    dropped.insert(i);
+                }
+            }
+            let mut i = 0;
+            translated.retain(|_| {
+                i += 1;
+                !dropped.contains(&(i - 1))
+            });
+        }
+        out.candidates = translated.into_iter().map(|(_, _, c)| c).collect();
+        // Each workload's findings together, in the workloads' order.
+        out.findings.sort_by(|a, b| a.workload.cmp(&b.workload));
+        out
+    }
+}
+
+/// Deserialises the engine's list `items` as `T`, noting each item's
+/// creation time in `born` by its ID: a service's `CreatedAt` (RFC 3339),
+/// a container's `Created` (Unix seconds).
+fn with_birth<T: serde::de::DeserializeOwned>(
+    path: &str,
+    items: Vec<serde_json::Value>,
+    born: &mut HashMap<String, std::time::SystemTime>,
+) -> Result<Vec<T>, EngineError> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let id = item
+            .get("ID")
+            .or_else(|| item.get("Id"))
+            .and_then(|v| v.as_str());
+        let at = match (item.get("CreatedAt"), item.get("Created")) {
+            (Some(serde_json::Value::String(t)), _) => humantime::parse_rfc3339_weak(t).ok(),
+            (_, Some(serde_json::Value::Number(n))) => n
+                .as_u64()
+                .map(|secs| std::time::UNIX_EPOCH + Duration::from_secs(secs)),
+            _ => None,
+        };
+        if let (Some(id), Some(at)) = (id, at) {
+            born.insert(id.to_owned(), at);
+        }
+        out.push(
+            serde_json::from_value(item).map_err(|e| EngineError::Decode {
+                path: path.to_owned(),
+                error: e.to_string(),
+            })?,
+        );
+    }
+    Ok(out)
+}
+
 /// A plain container's workload name: its name, else its short ID.
 fn container_name(c: &ContainerObj) -> String {
     c.names
@@ -434,9 +632,15 @@ impl DockerProvider {
         let info: Info = self.engine.get("/info").await?;
         let swarm = info.swarm.local_node_state == "active" && info.swarm.control_available;
         let networks: Vec<NetworkObj> = self.engine.get("/networks").await?;
-        let containers: Vec<ContainerObj> = self.engine.get("/containers/json").await?;
+        let mut born = HashMap::new();
+        let containers: Vec<ContainerObj> = with_birth(
+            "/containers/json",
+            self.engine.get("/containers/json").await?,
+            &mut born,
+        )?;
         let (services, tasks) = if swarm {
-            let services: Vec<ServiceObj> = self.engine.get("/services").await?;
+            let services: Vec<ServiceObj> =
+                with_birth("/services", self.engine.get("/services").await?, &mut born)?;
             // All tasks, history included: the failed ones measure crash loops.
             let tasks: Vec<TaskObj> = self.engine.get("/tasks").await?;
             (services, tasks)
@@ -450,6 +654,7 @@ impl DockerProvider {
             networks,
             containers,
             dead: HashSet::new(),
+            born,
         })
     }
 
@@ -472,30 +677,22 @@ impl DockerProvider {
         }
         let drivers: HashMap<&str, &NetworkObj> =
             scan.networks.iter().map(|n| (n.name.as_str(), n)).collect();
-        let mut names = BTreeSet::new();
-        for (workload, _id, failed) in scan.workloads_with_failures() {
-            if !names.insert(workload.name.clone()) {
-                view.findings.push(Finding {
-                    workload: workload.name.clone(),
-                    label: String::new(),
-                    severity: Severity::Error,
-                    message: "another labelled service or container has this name; rename one"
-                        .into(),
-                });
-                continue;
-            }
-            let t = labels::translate(&workload);
-            view.findings.extend(t.findings);
-            let Some(mut service) = t.service else {
-                continue;
-            };
-            let network = t.network.unwrap_or_default();
+        let admitted = scan.admit(&self.settings);
+        view.findings = admitted.findings;
+        view.excluded = admitted.excluded;
+        for Candidate {
+            name,
+            mut service,
+            network,
+            failures: failed,
+        } in admitted.candidates
+        {
             if let Err(message) = self
                 .reach(&network, drivers.get(network.as_str()).copied())
                 .await
             {
                 view.findings.push(Finding {
-                    workload: workload.name.clone(),
+                    workload: name,
                     label: format!("{}network", labels::PREFIX),
                     severity: Severity::Error,
                     message,
@@ -517,6 +714,7 @@ impl DockerProvider {
             );
             view.services.push(service);
         }
+        view.findings.sort_by(|a, b| a.workload.cmp(&b.workload));
         let live: BTreeSet<&str> = view.services.iter().map(|s| s.name.as_str()).collect();
         self.flaps.retain(|name, _| live.contains(name.as_str()));
         Ok(view)
@@ -765,6 +963,10 @@ pub async fn watch(
                         last.as_ref().map(|v| &v.findings[..]).unwrap_or(&[]),
                         &view.findings,
                     );
+                    let before = last.as_ref().map(|v| &v.excluded[..]).unwrap_or(&[]);
+                    for (name, reason) in view.excluded.iter().filter(|e| !before.contains(e)) {
+                        tracing::info!(service = %name, reason = %reason, "service not routed");
+                    }
                     last = Some(view.clone());
                     on_view(view);
                 }
@@ -947,7 +1149,270 @@ mod tests {
             networks: serde_json::from_str(&read("networks.json")).unwrap(),
             containers: serde_json::from_str(&read("containers.json")).unwrap(),
             dead: HashSet::new(),
+            born: HashMap::new(),
         }
+    }
+
+    #[test]
+    fn creation_times_are_read_from_recorded_lists() {
+        let read = |name: &str| -> Vec<serde_json::Value> {
+            let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+        };
+        let mut born = HashMap::new();
+        let services: Vec<ServiceObj> = with_birth("s", read("services.json"), &mut born).unwrap();
+        let containers: Vec<ContainerObj> =
+            with_birth("c", read("containers.json"), &mut born).unwrap();
+        assert!(!services.is_empty() && !containers.is_empty());
+        assert!(services.iter().all(|s| born.contains_key(&s.id)));
+        assert!(containers.iter().all(|c| born.contains_key(&c.id)));
+        let at = |s: &str| humantime::format_rfc3339(born[s]).to_string();
+        let first = &services[0];
+        assert!(at(&first.id).starts_with("2026-"), "{}", at(&first.id));
+    }
+
+    /// A scan of Swarm services on one overlay network, each with one
+    /// running task: (name, labels, created at).
+    type Labelled<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
+    fn scan_of(services: &[Labelled<'_>]) -> Scan {
+        let mut scan = Scan {
+            swarm: true,
+            networks: vec![NetworkObj {
+                id: "net1".into(),
+                name: "apps".into(),
+                driver: "overlay".into(),
+                attachable: true,
+            }],
+            ..Scan::default()
+        };
+        let mut items = Vec::new();
+        for (i, (name, labels, created)) in services.iter().enumerate() {
+            let mut l: BTreeMap<String, String> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            l.insert("com.docker.lb.port".into(), "8080".into());
+            items.push(serde_json::json!({
+                "ID": format!("svc{i}"),
+                "CreatedAt": created,
+                "Spec": {"Name": name, "Labels": l, "TaskTemplate": {"Networks": [{"Target": "net1"}]}}
+            }));
+            scan.tasks.push(serde_json::from_value(serde_json::json!({
+                "ID": format!("task{i}"),
+                "ServiceID": format!("svc{i}"),
+                "DesiredState": "running",
+                "Status": {"State": "running"},
+                "NetworksAttachments": [{"Network": {"ID": "net1", "Spec": {"Name": "apps"}}, "Addresses": [format!("10.0.0.{}/24", i + 2)]}]
+            })).unwrap());
+        }
+        scan.services = with_birth("test", items, &mut scan.born).unwrap();
+        scan
+    }
+
+    fn routed(a: &Admitted) -> Vec<String> {
+        a.candidates
+            .iter()
+            .map(|c| {
+                let hosts: Vec<String> = c.service.hosts.iter().map(|h| h.to_string()).collect();
+                format!("{} {}", c.name, hosts.join(","))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exposure_and_constraints_leave_workloads_out_quietly() {
+        let scan = scan_of(&[
+            (
+                "a_plain",
+                &[("com.docker.lb.hosts", "a.test")],
+                "2026-01-01T00:00:00Z",
+            ),
+            (
+                "b_in",
+                &[
+                    ("com.docker.lb.hosts", "b.test"),
+                    ("portico.enable", "true"),
+                    ("com.docker.stack.namespace", "prod"),
+                ],
+                "2026-01-01T00:00:00Z",
+            ),
+            (
+                "c_out",
+                &[
+                    ("com.docker.lb.hosts", "c.test"),
+                    ("portico.enable", "false"),
+                ],
+                "2026-01-01T00:00:00Z",
+            ),
+            (
+                "d_bad",
+                &[
+                    ("com.docker.lb.hosts", "d.test"),
+                    ("portico.enable", "sure"),
+                ],
+                "2026-01-01T00:00:00Z",
+            ),
+            // Bad labels, but left out: nothing is reported about them.
+            (
+                "e_dev",
+                &[
+                    ("com.docker.lb.hosts", "e.test"),
+                    ("com.docker.lb.colour", "red"),
+                    ("com.docker.stack.namespace", "dev"),
+                ],
+                "2026-01-01T00:00:00Z",
+            ),
+        ]);
+        let shown = |a: &Admitted| -> (Vec<String>, Vec<String>, Vec<String>) {
+            (
+                routed(a),
+                a.findings.iter().map(|f| f.to_string()).collect(),
+                a.excluded
+                    .iter()
+                    .map(|(n, r)| format!("{n}: {r}"))
+                    .collect(),
+            )
+        };
+        // The defaults: everything labelled, except an explicit opt-out.
+        let a = scan.admit(&DockerSettings::default());
+        let (routes, findings, excluded) = shown(&a);
+        assert_eq!(routes, ["a_plain a.test", "b_in b.test"]);
+        assert_eq!(
+            findings,
+            [
+                "error d_bad portico.enable: \"sure\" is not true or false",
+                "error e_dev com.docker.lb.colour: unknown label",
+            ]
+        );
+        assert_eq!(excluded, ["c_out: portico.enable=false"]);
+
+        // Opt-in only.
+        let settings = DockerSettings {
+            exposed_by_default: false,
+            ..DockerSettings::default()
+        };
+        let (routes, _, excluded) = shown(&scan.admit(&settings));
+        assert_eq!(routes, ["b_in b.test"]);
+        assert_eq!(
+            excluded,
+            [
+                "a_plain: [docker] exposed_by_default = false and no portico.enable=true label",
+                "c_out: portico.enable=false",
+                "e_dev: [docker] exposed_by_default = false and no portico.enable=true label",
+            ]
+        );
+
+        // A constraint: only stack prod, or anything with no namespace
+        // that is not the bad one.
+        let text = r#"label("com.docker.stack.namespace") == "prod" || !has_label("com.docker.stack.namespace") && label("portico.enable") != "sure""#;
+        let settings = DockerSettings {
+            constraints: Some(labels::Constraint::parse(text).unwrap()),
+            ..DockerSettings::default()
+        };
+        let (routes, findings, excluded) = shown(&scan.admit(&settings));
+        assert_eq!(routes, ["a_plain a.test", "b_in b.test"]);
+        assert!(findings.is_empty(), "{findings:?}");
+        assert_eq!(
+            excluded,
+            [
+                "c_out: portico.enable=false".to_owned(),
+                format!("d_bad: does not satisfy [docker] constraints: {text}"),
+                format!("e_dev: does not satisfy [docker] constraints: {text}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_host_belongs_to_the_oldest_claimants_stack() {
+        let ns = "com.docker.stack.namespace";
+        let scan = scan_of(&[
+            // Newer than prod_web, and first by name: still refused.
+            (
+                "a_dev_evil",
+                &[("com.docker.lb.hosts", "shop.test,dev.test"), (ns, "dev")],
+                "2026-03-01T00:00:00Z",
+            ),
+            (
+                "b_dev_only",
+                &[("com.docker.lb.hosts", "shop.test"), (ns, "dev")],
+                "2026-03-01T00:00:00Z",
+            ),
+            (
+                "prod_canary",
+                &[("com.docker.lb.hosts", "shop.test"), (ns, "prod")],
+                "2026-02-01T00:00:00Z",
+            ),
+            (
+                "prod_web",
+                &[("com.docker.lb.hosts", "shop.test"), (ns, "prod")],
+                "2026-01-01T00:00:00Z",
+            ),
+            // No namespace: the namespace "".
+            (
+                "x_loose",
+                &[("com.docker.lb.hosts", "loose.test")],
+                "2026-01-01T00:00:00Z",
+            ),
+            (
+                "y_loose",
+                &[("com.docker.lb.hosts", "loose.test")],
+                "2026-01-02T00:00:00Z",
+            ),
+            (
+                "z_prod",
+                &[("com.docker.lb.hosts", "loose.test"), (ns, "prod")],
+                "2026-01-03T00:00:00Z",
+            ),
+        ]);
+        let a = scan.admit(&DockerSettings::default());
+        assert_eq!(
+            routed(&a),
+            [
+                "a_dev_evil dev.test",
+                "prod_canary shop.test",
+                "prod_web shop.test",
+                "x_loose loose.test",
+                "y_loose loose.test",
+            ]
+        );
+        let findings: Vec<String> = a.findings.iter().map(|f| f.to_string()).collect();
+        let refused = |who: &str, host: &str, owner: &str, theirs: &str, ours: &str| {
+            format!("error {who} com.docker.lb.hosts: host {host} belongs to service {owner} (stack namespace {theirs}); this service's stack namespace is {ours}, so it may not join it (set [docker] allow_shared_hosts = true to let them share hosts)")
+        };
+        assert_eq!(
+            findings,
+            [
+                refused("a_dev_evil", "shop.test", "prod_web", "\"prod\"", "\"dev\""),
+                refused("b_dev_only", "shop.test", "prod_web", "\"prod\"", "\"dev\""),
+                refused("z_prod", "loose.test", "x_loose", "none", "\"prod\""),
+            ]
+        );
+        // Allowed to share: everyone joins, as Interlock has it.
+        let settings = DockerSettings {
+            allow_shared_hosts: true,
+            ..DockerSettings::default()
+        };
+        let a = scan.admit(&settings);
+        assert_eq!(a.candidates.len(), 7);
+        assert!(a.findings.is_empty());
+        // Same creation time: by name.
+        let tie = scan_of(&[
+            (
+                "b_prod",
+                &[("com.docker.lb.hosts", "t.test"), (ns, "prod")],
+                "2026-01-01T00:00:00Z",
+            ),
+            (
+                "a_dev",
+                &[("com.docker.lb.hosts", "t.test"), (ns, "dev")],
+                "2026-01-01T00:00:00Z",
+            ),
+        ]);
+        assert_eq!(
+            routed(&tie.admit(&DockerSettings::default())),
+            ["a_dev t.test"]
+        );
     }
 
     /// The services a scan's labels translate to (neither networks reached

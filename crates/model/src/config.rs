@@ -466,6 +466,18 @@ pub struct DockerSettings {
     pub damping_interval: Duration,
     /// Attach Portico's own container to the networks of labelled services.
     pub attach_networks: bool,
+    /// Route labelled workloads that do not say `portico.enable=true`
+    /// (Interlock's behaviour, the default). `false` is Traefik's model:
+    /// nothing joins a host's pool unless it opts in.
+    pub exposed_by_default: bool,
+    /// An expression over labels a workload must satisfy to be routed;
+    /// one that does not is left alone (not routed, not reported).
+    pub constraints: Option<crate::labels::Constraint>,
+    /// Let workloads of different stack namespaces serve one host. Off,
+    /// the first to claim a host (oldest, then by name) owns it for its
+    /// namespace, and a claim from another namespace is refused with an
+    /// error: a service of one stack cannot take another stack's traffic.
+    pub allow_shared_hosts: bool,
 }
 
 impl Default for DockerSettings {
@@ -480,6 +492,9 @@ impl Default for DockerSettings {
             damping_window: Duration::from_secs(60),
             damping_interval: Duration::from_secs(5),
             attach_networks: true,
+            exposed_by_default: true,
+            constraints: None,
+            allow_shared_hosts: false,
         }
     }
 }
@@ -559,6 +574,9 @@ struct RawDocker {
     damping_window: Option<Spanned<String>>,
     damping_interval: Option<Spanned<String>>,
     attach_networks: Option<bool>,
+    exposed_by_default: Option<bool>,
+    constraints: Option<Spanned<String>>,
+    allow_shared_hosts: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -1381,6 +1399,16 @@ fn validate_docker(raw: &RawDocker, r: &mut Reporter<'_>) -> DockerSettings {
         r.at(at, "docker.tls_cert", "tls_cert and tls_key go together");
     }
     d.attach_networks = raw.attach_networks.unwrap_or(d.attach_networks);
+    d.exposed_by_default = raw.exposed_by_default.unwrap_or(d.exposed_by_default);
+    d.allow_shared_hosts = raw.allow_shared_hosts.unwrap_or(d.allow_shared_hosts);
+    if let Some(c) = &raw.constraints {
+        // Reported at the string's start, with the column inside the
+        // expression: escapes make the two columns differ.
+        match crate::labels::Constraint::parse(c.get_ref()) {
+            Ok(parsed) => d.constraints = Some(parsed),
+            Err(e) => r.at(c.span().start, "docker.constraints", e.to_string()),
+        }
+    }
     d
 }
 
@@ -1811,6 +1839,30 @@ upstreams = ["127.0.0.1:9001", "127.0.0.1:9002"]
             .iter()
             .map(|e| e.to_string())
             .collect()
+    }
+
+    #[test]
+    fn docker_exposure_constraints_and_shared_hosts() {
+        let d = Config::parse("[docker]\n", "p.toml")
+            .unwrap()
+            .docker
+            .unwrap();
+        assert!(d.exposed_by_default && !d.allow_shared_hosts);
+        assert_eq!(d.constraints, None);
+        let text = "[docker]\nexposed_by_default = false\nallow_shared_hosts = true\nconstraints = 'label(\"com.docker.stack.namespace\") == \"prod\"'\n";
+        let d = Config::parse(text, "p.toml").unwrap().docker.unwrap();
+        assert!(!d.exposed_by_default && d.allow_shared_hosts);
+        let c = d.constraints.unwrap();
+        let prod = [("com.docker.stack.namespace".to_owned(), "prod".to_owned())].into();
+        assert!(c.admits(&prod));
+        assert!(!c.admits(&Default::default()));
+        // A bad expression: the file's line and column (the string's
+        // start), then the column inside the expression.
+        let e = errors("[docker]\nconstraints = 'has_label(\"a\") && lable(\"b\") == \"c\"'\n");
+        assert_eq!(
+            e,
+            ["p.toml:2:15: docker.constraints: column 19 of the expression: unknown function \"lable\": use label(\"...\") == \"...\", label(\"...\") != \"...\" or has_label(\"...\")"]
+        );
     }
 
     #[test]

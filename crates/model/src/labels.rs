@@ -10,7 +10,9 @@
 //! labels (`portico.balance`, ...); a workload still needs a
 //! `com.docker.lb.*` label to be routed at all. Values are read, and
 //! services judged, by the [`rules`](crate::rules) the file provider
-//! uses too.
+//! uses too. Which workloads are routed at all is decided by their
+//! [`ENABLE`] label and by a [`Constraint`] over their labels (`[docker]
+//! exposed_by_default` and `constraints`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -67,6 +69,8 @@ const PORTICO: &[&str] = &[
     "health.unhealthy",
     "health.status",
     "health.host",
+    // Whether the workload is routed at all; see [`exposed`].
+    "enable",
 ];
 
 /// A Portico setting's label key: its TOML key, the health check's
@@ -167,6 +171,297 @@ pub struct Translation {
 /// us. (`portico.*` labels alone do not: they only refine a routed service.)
 pub fn is_labelled(labels: &BTreeMap<String, String>) -> bool {
     labels.keys().any(|k| k.starts_with(PREFIX))
+}
+
+/// The label that opts a workload in or out of routing (Traefik's
+/// `traefik.enable`): `true` routes it even when `[docker]
+/// exposed_by_default = false`; `false` never routes it.
+pub const ENABLE: &str = "portico.enable";
+
+/// The label Swarm stacks put on their services (`docker stack deploy`):
+/// a host's owner is a namespace, and a workload without it is in `""`.
+pub const STACK_NAMESPACE: &str = "com.docker.stack.namespace";
+
+/// Whether a labelled workload is to be routed, by its [`ENABLE`] label and
+/// the provider's `exposed_by_default`; a value that is not a boolean is an
+/// error naming the label (the workload is then not routed).
+pub fn exposed(labels: &BTreeMap<String, String>, by_default: bool) -> Result<bool, String> {
+    match labels.get(ENABLE).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(by_default),
+        Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => Ok(true),
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no") => Ok(false),
+        Some(v) => Err(format!("{v:?} is not true or false")),
+    }
+}
+
+/// A workload's stack namespace: its [`STACK_NAMESPACE`] label, or `""`.
+pub fn namespace(labels: &BTreeMap<String, String>) -> &str {
+    labels.get(STACK_NAMESPACE).map_or("", String::as_str)
+}
+
+/// `[docker] constraints`: an expression over a workload's labels that it
+/// must satisfy to be routed (Traefik's constraints), such as
+/// `label("com.docker.stack.namespace") == "prod" && !has_label("canary")`.
+///
+/// Grammar, loosest first: `a || b`, `a && b`, `!a`, `(a)`, and the tests
+/// `label("k") == "v"`, `label("k") != "v"` and `has_label("k")`. Strings
+/// are in double or single quotes, with `\"`, `\'` and `\\` escapes. A
+/// missing label equals no string: `label("k") != "v"` holds for a
+/// workload without `k`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Constraint {
+    /// The expression as written, for messages.
+    pub text: String,
+    expr: Expr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Expr {
+    Or(Box<Expr>, Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Not(Box<Expr>),
+    Equals {
+        label: String,
+        value: String,
+        negated: bool,
+    },
+    Has(String),
+}
+
+/// Why an expression does not parse, and where: `column` counts
+/// characters from 1 within the expression.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConstraintError {
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConstraintError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "column {} of the expression: {}",
+            self.column, self.message
+        )
+    }
+}
+
+impl Constraint {
+    pub fn parse(text: &str) -> Result<Constraint, ConstraintError> {
+        let mut p = Parser {
+            chars: text.chars().collect(),
+            at: 0,
+        };
+        p.skip_space();
+        if p.at == p.chars.len() {
+            return Err(p.error("the expression is empty; remove the key to route every workload"));
+        }
+        let expr = p.or()?;
+        p.skip_space();
+        if p.at < p.chars.len() {
+            return Err(p.error(&format!(
+                "unexpected {}: expected && or || between tests",
+                p.shown()
+            )));
+        }
+        Ok(Constraint {
+            text: text.to_owned(),
+            expr,
+        })
+    }
+
+    /// Whether a workload with `labels` satisfies the expression.
+    pub fn admits(&self, labels: &BTreeMap<String, String>) -> bool {
+        fn eval(e: &Expr, labels: &BTreeMap<String, String>) -> bool {
+            match e {
+                Expr::Or(a, b) => eval(a, labels) || eval(b, labels),
+                Expr::And(a, b) => eval(a, labels) && eval(b, labels),
+                Expr::Not(a) => !eval(a, labels),
+                Expr::Equals {
+                    label,
+                    value,
+                    negated,
+                } => (labels.get(label) == Some(value)) != *negated,
+                Expr::Has(label) => labels.contains_key(label),
+            }
+        }
+        eval(&self.expr, labels)
+    }
+}
+
+/// A recursive-descent parser over the expression's characters (columns
+/// are characters, as an editor counts them).
+struct Parser {
+    chars: Vec<char>,
+    at: usize,
+}
+
+impl Parser {
+    fn error(&self, message: &str) -> ConstraintError {
+        ConstraintError {
+            column: self.at + 1,
+            message: message.to_owned(),
+        }
+    }
+
+    /// The next character, as a message shows it.
+    fn shown(&self) -> String {
+        match self.chars.get(self.at) {
+            Some(c) => format!("{c:?}"),
+            None => "end of expression".into(),
+        }
+    }
+
+    fn skip_space(&mut self) {
+        while self.chars.get(self.at).is_some_and(|c| c.is_whitespace()) {
+            self.at += 1;
+        }
+    }
+
+    /// Consumes `token` (after spaces) if it comes next.
+    fn eat(&mut self, token: &str) -> bool {
+        self.skip_space();
+        let n = token.chars().count();
+        let next = self.chars.get(self.at..self.at + n);
+        if next.is_some_and(|s| s.iter().copied().eq(token.chars())) {
+            self.at += n;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, token: &str, what: &str) -> Result<(), ConstraintError> {
+        if self.eat(token) {
+            Ok(())
+        } else {
+            Err(self.error(&format!("expected {what}, found {}", self.shown())))
+        }
+    }
+
+    fn or(&mut self) -> Result<Expr, ConstraintError> {
+        let mut left = self.and()?;
+        while self.eat("||") {
+            left = Expr::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Expr, ConstraintError> {
+        let mut left = self.unary()?;
+        while self.eat("&&") {
+            left = Expr::And(Box::new(left), Box::new(self.unary()?));
+        }
+        Ok(left)
+    }
+
+    fn unary(&mut self) -> Result<Expr, ConstraintError> {
+        self.skip_space();
+        // `!=` only ever follows a label(...), so a `!` here is a negation.
+        if self.eat("!") {
+            return Ok(Expr::Not(Box::new(self.unary()?)));
+        }
+        if self.eat("(") {
+            let inner = self.or()?;
+            self.expect(")", "\")\" closing the parenthesis")?;
+            return Ok(inner);
+        }
+        let start = self.at;
+        let mut name = String::new();
+        while let Some(c) = self
+            .chars
+            .get(self.at)
+            .filter(|c| c.is_ascii_alphanumeric() || **c == '_')
+        {
+            name.push(*c);
+            self.at += 1;
+        }
+        match name.as_str() {
+            "label" => {
+                let label = self.argument()?;
+                self.skip_space();
+                let negated = if self.eat("==") {
+                    false
+                } else if self.eat("!=") {
+                    true
+                } else {
+                    return Err(self.error(&format!(
+                        "expected == or != after label(...), found {}",
+                        self.shown()
+                    )));
+                };
+                let value = self.string()?;
+                Ok(Expr::Equals {
+                    label,
+                    value,
+                    negated,
+                })
+            }
+            "has_label" => Ok(Expr::Has(self.argument()?)),
+            "" => Err(self.error(&format!(
+                "expected label(\"...\"), has_label(\"...\"), ! or (, found {}",
+                self.shown()
+            ))),
+            other => {
+                self.at = start;
+                Err(self.error(&format!(
+                    "unknown function {other:?}: use label(\"...\") == \"...\", label(\"...\") != \"...\" or has_label(\"...\")"
+                )))
+            }
+        }
+    }
+
+    /// `("name")` after a function's name.
+    fn argument(&mut self) -> Result<String, ConstraintError> {
+        self.expect("(", "\"(\" after the function name")?;
+        let name = self.string()?;
+        if name.is_empty() {
+            return Err(self.error("a label name is not empty"));
+        }
+        self.expect(")", "\")\" after the label name")?;
+        Ok(name)
+    }
+
+    /// A quoted string.
+    fn string(&mut self) -> Result<String, ConstraintError> {
+        self.skip_space();
+        let quote = match self.chars.get(self.at) {
+            Some(&q @ ('"' | '\'')) => q,
+            _ => {
+                return Err(self.error(&format!("expected a quoted string, found {}", self.shown())))
+            }
+        };
+        let open = self.at;
+        self.at += 1;
+        let mut out = String::new();
+        loop {
+            match self.chars.get(self.at) {
+                None => {
+                    self.at = open;
+                    return Err(self.error("this string is never closed"));
+                }
+                Some('\\') => match self.chars.get(self.at + 1) {
+                    Some(&c @ ('"' | '\'' | '\\')) => {
+                        out.push(c);
+                        self.at += 2;
+                    }
+                    _ => {
+                        return Err(
+                            self.error("unknown escape: only \\\", \\' and \\\\ are escapes")
+                        )
+                    }
+                },
+                Some(&c) if c == quote => {
+                    self.at += 1;
+                    return Ok(out);
+                }
+                Some(&c) => {
+                    out.push(c);
+                    self.at += 1;
+                }
+            }
+        }
+    }
 }
 
 pub fn translate(w: &Workload) -> Translation {
@@ -594,6 +889,100 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn labels_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn constraints_parse_and_admit() {
+        let prod = labels_of(&[(STACK_NAMESPACE, "prod"), ("team", "web")]);
+        let dev = labels_of(&[(STACK_NAMESPACE, "dev")]);
+        let bare = labels_of(&[]);
+        let cases: &[(&str, [bool; 3])] = &[
+            (
+                r#"label("com.docker.stack.namespace") == "prod""#,
+                [true, false, false],
+            ),
+            (
+                r#"label("com.docker.stack.namespace") != "prod""#,
+                [false, true, true],
+            ),
+            (r#"has_label("team")"#, [true, false, false]),
+            (r#"!has_label("team")"#, [false, true, true]),
+            (
+                r#"has_label('team') || label("com.docker.stack.namespace")=="dev""#,
+                [true, true, false],
+            ),
+            // && binds tighter than ||; parentheses override.
+            (
+                r#"has_label("x") && has_label("y") || has_label("team")"#,
+                [true, false, false],
+            ),
+            (
+                r#"has_label("team") && (has_label("y") || !has_label("x"))"#,
+                [true, false, false],
+            ),
+            (r#"!!( label("team") == "web" )"#, [true, false, false]),
+            (
+                r#"label("team") == 'w\'eb' || label("team") == "a\"b\\c""#,
+                [false, false, false],
+            ),
+        ];
+        for (text, want) in cases {
+            let c = Constraint::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let got = [c.admits(&prod), c.admits(&dev), c.admits(&bare)];
+            assert_eq!(&got, want, "{text}");
+        }
+        let escaped = Constraint::parse(r#"label("k") == "a\"b\\c""#).unwrap();
+        assert!(escaped.admits(&labels_of(&[("k", r#"a"b\c"#)])));
+    }
+
+    #[test]
+    fn bad_constraints_say_where_and_why() {
+        let cases = [
+            ("", "column 1 of the expression: the expression is empty; remove the key to route every workload"),
+            ("   ", "column 4 of the expression: the expression is empty; remove the key to route every workload"),
+            (r#"label("a")"#, "column 11 of the expression: expected == or != after label(...), found end of expression"),
+            (r#"label("a") = "b""#, "column 12 of the expression: expected == or != after label(...), found '='"),
+            (r#"lable("a") == "b""#, r#"column 1 of the expression: unknown function "lable": use label("...") == "...", label("...") != "..." or has_label("...")"#),
+            (r#"has_label(a)"#, "column 11 of the expression: expected a quoted string, found 'a'"),
+            (r#"has_label("a""#, "column 14 of the expression: expected \")\" after the label name, found end of expression"),
+            (r#"has_label("")"#, "column 13 of the expression: a label name is not empty"),
+            (r#"has_label("a) && x"#, "column 11 of the expression: this string is never closed"),
+            (r#"(has_label("a")"#, "column 16 of the expression: expected \")\" closing the parenthesis, found end of expression"),
+            (r#"has_label("a") has_label("b")"#, "column 16 of the expression: unexpected 'h': expected && or || between tests"),
+            (r#"has_label("a") &&"#, "column 18 of the expression: expected label(\"...\"), has_label(\"...\"), ! or (, found end of expression"),
+            (r#"has_label("a") & has_label("b")"#, "column 16 of the expression: unexpected '&': expected && or || between tests"),
+            (r#"label("a") == "\n""#, r#"column 16 of the expression: unknown escape: only \", \' and \\ are escapes"#),
+            (r#"label("a") == b"#, "column 15 of the expression: expected a quoted string, found 'b'"),
+        ];
+        for (text, want) in cases {
+            let got = Constraint::parse(text).map(|_| ()).unwrap_err().to_string();
+            assert_eq!(got, want, "{text}");
+        }
+    }
+
+    #[test]
+    fn exposure_by_label_and_default() {
+        assert_eq!(exposed(&labels_of(&[]), true), Ok(true));
+        assert_eq!(exposed(&labels_of(&[]), false), Ok(false));
+        assert_eq!(exposed(&labels_of(&[(ENABLE, "true")]), false), Ok(true));
+        assert_eq!(exposed(&labels_of(&[(ENABLE, "False")]), true), Ok(false));
+        assert_eq!(
+            exposed(&labels_of(&[(ENABLE, "maybe")]), true),
+            Err("\"maybe\" is not true or false".into())
+        );
+        // A known label: translation reports nothing about it.
+        let mut w = workload(&[("hosts", "a.test"), ("port", "80")]);
+        w.labels.insert(ENABLE.into(), "true".into());
+        assert!(translate(&w).findings.is_empty());
+        assert_eq!(namespace(&labels_of(&[(STACK_NAMESPACE, "prod")])), "prod");
+        assert_eq!(namespace(&labels_of(&[])), "");
+    }
 
     fn workload(labels: &[(&str, &str)]) -> Workload {
         Workload {

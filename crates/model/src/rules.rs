@@ -1,8 +1,9 @@
 //! Service rules written once, for every provider: how a value of a
 //! service setting is read (sizes, timeouts, numbers, context roots,
 //! redirects, cookie names, balance, health checks), what one service may
-//! not combine, and what services sharing a host (or a host and a path)
-//! must agree on.
+//! not combine, what services sharing a host (or a host and a path)
+//! must agree on, and which group of services owns a host
+//! ([`HostOwners`]; Docker's stack namespaces).
 //!
 //! The TOML file and the Docker labels both build a [`Service`] and ask
 //! these functions; they only decide how to report an answer (a
@@ -823,6 +824,108 @@ pub fn disagreements(services: &[Service]) -> Vec<Disagreement> {
     out
 }
 
+/// Hosts owned by a group of services (for Docker, a stack namespace):
+/// the first service to claim a host owns it for its group, and a service
+/// of another group may not join it. Services are offered in the order
+/// that decides ownership (for Docker, oldest first).
+#[derive(Debug, Default)]
+pub struct HostOwners {
+    /// Host → (group, first claimant).
+    owners: HashMap<HostPattern, (String, String)>,
+}
+
+/// A host a service may not have: another group owns it, or a wildcard
+/// above it (which an exact name would otherwise take traffic from).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub host: HostPattern,
+    /// The pattern owned: `host` itself, or a wildcard covering it.
+    pub owned: HostPattern,
+    /// The service that owns it, and its group.
+    pub owner: String,
+    pub owner_group: String,
+    /// The refused service's group.
+    pub group: String,
+}
+
+impl Refusal {
+    /// The message, naming groups as `group` (such as "stack namespace")
+    /// and the setting that would allow sharing.
+    pub fn message(&self, group: &str, allow: &str) -> String {
+        let shown = |g: &str| {
+            if g.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("{g:?}")
+            }
+        };
+        let whose = if self.owned == self.host {
+            format!("host {} belongs to", self.host)
+        } else {
+            format!(
+                "host {} falls under {}, which belongs to",
+                self.host, self.owned
+            )
+        };
+        format!(
+            "{whose} service {} ({group} {}); this service's {group} is {}, so it may not join it (set {allow} to let them share hosts)",
+            self.owner,
+            shown(&self.owner_group),
+            shown(&self.group)
+        )
+    }
+}
+
+impl HostOwners {
+    pub fn new() -> HostOwners {
+        HostOwners::default()
+    }
+
+    /// Claims `hosts` for `service` of `group`: returns the refusals (the
+    /// hosts another group owns, itself or through the nearest wildcard
+    /// above it, which serves the host's requests until an exact name
+    /// claims it); the rest become the group's if they had no owner yet.
+    pub fn claim(&mut self, service: &str, group: &str, hosts: &[HostPattern]) -> Vec<Refusal> {
+        let mut refused = Vec::new();
+        for h in hosts {
+            // The host itself, else the nearest wildcard above it (the one
+            // that serves its requests today).
+            let mut owned = h.clone();
+            let mut owner = self.owners.get(h);
+            let (HostPattern::Exact(name) | HostPattern::Wildcard(name)) = h;
+            let mut rest = name.as_str();
+            while owner.is_none() {
+                let Some((_, above)) = rest.split_once('.') else {
+                    break;
+                };
+                rest = above;
+                let w = HostPattern::Wildcard(rest.to_owned());
+                if let Some(o) = self.owners.get(&w) {
+                    owner = Some(o);
+                    owned = w;
+                }
+            }
+            match owner {
+                Some((g, owner)) if g != group => refused.push(Refusal {
+                    owned,
+                    host: h.clone(),
+                    owner: owner.clone(),
+                    owner_group: g.clone(),
+                    group: group.to_owned(),
+                }),
+                // The group's own, or nobody's yet: the first claimant of
+                // this very pattern is named as its owner.
+                _ => {
+                    self.owners
+                        .entry(h.clone())
+                        .or_insert_with(|| (group.to_owned(), service.to_owned()));
+                }
+            }
+        }
+        refused
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1612,6 +1715,79 @@ mod tests {
                 "d default_backend: service a already has default_backend; only one service may have it",
             ]
         );
+    }
+
+    #[test]
+    fn hosts_belong_to_the_first_claimants_group() {
+        let mut owners = HostOwners::new();
+        let hosts = |names: &[&str]| -> Vec<HostPattern> {
+            names
+                .iter()
+                .map(|h| HostPattern::parse(h).unwrap())
+                .collect()
+        };
+        assert!(owners
+            .claim("prod_web", "prod", &hosts(&["a.test", "*.b.test"]))
+            .is_empty());
+        // The same group shares (a canary within one stack).
+        assert!(owners
+            .claim("prod_canary", "prod", &hosts(&["a.test"]))
+            .is_empty());
+        // Another group is refused the owned hosts only.
+        let refused = owners.claim("dev_web", "dev", &hosts(&["a.test", "c.test", "*.b.test"]));
+        let shown: Vec<String> = refused
+            .iter()
+            .map(|r| r.message("stack namespace", "[docker] allow_shared_hosts = true"))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "host a.test belongs to service prod_web (stack namespace \"prod\"); this service's stack namespace is \"dev\", so it may not join it (set [docker] allow_shared_hosts = true to let them share hosts)",
+                "host *.b.test belongs to service prod_web (stack namespace \"prod\"); this service's stack namespace is \"dev\", so it may not join it (set [docker] allow_shared_hosts = true to let them share hosts)",
+            ]
+        );
+        // Under a wildcard another group owns: refused; the nearest
+        // wildcard decides (dev's *.d.b.test sits under prod's *.b.test).
+        assert!(
+            owners
+                .claim("dev_sub", "dev", &hosts(&["*.d.b.test"]))
+                .len()
+                == 1
+        );
+        let mut owners = HostOwners::new();
+        owners.claim("prod_web", "prod", &hosts(&["*.b.test"]));
+        owners.claim("dev_web", "dev", &hosts(&["x.test"]));
+        let refused = owners.claim(
+            "dev_api",
+            "dev",
+            &hosts(&["api.b.test", "*.c.b.test", "b.test"]),
+        );
+        let shown: Vec<String> = refused.iter().map(|r| r.message("ns", "x")).collect();
+        assert_eq!(
+            shown,
+            [
+                "host api.b.test falls under *.b.test, which belongs to service prod_web (ns \"prod\"); this service's ns is \"dev\", so it may not join it (set x to let them share hosts)",
+                "host *.c.b.test falls under *.b.test, which belongs to service prod_web (ns \"prod\"); this service's ns is \"dev\", so it may not join it (set x to let them share hosts)",
+            ]
+        );
+        let mut owners = HostOwners::new();
+        owners.claim("prod_web", "prod", &hosts(&["*.b.test"]));
+        owners.claim("prod_x", "prod", &hosts(&["*.x.b.test"]));
+        assert!(owners
+            .claim("prod_y", "prod", &hosts(&["y.x.b.test"]))
+            .is_empty());
+        let refused = owners.claim("dev_y", "dev", &hosts(&["z.x.b.test"]));
+        assert_eq!(refused[0].owned.to_string(), "*.x.b.test");
+
+        let mut owners = HostOwners::new();
+        owners.claim("prod_web", "prod", &hosts(&["a.test"]));
+        owners.claim("dev_web", "dev", &hosts(&["c.test"]));
+        // A service in no namespace is a group too.
+        let refused = owners.claim("loose", "", &hosts(&["c.test"]));
+        assert_eq!(refused.len(), 1);
+        assert!(refused[0]
+            .message("stack namespace", "x")
+            .contains("belongs to service dev_web (stack namespace \"dev\"); this service's stack namespace is none"));
     }
 
     #[test]

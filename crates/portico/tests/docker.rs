@@ -1298,3 +1298,149 @@ async fn swarm_services_carry_health_labels() {
         "{text}"
     );
 }
+
+/// Who may claim a host (issue 15, item 9), on real Swarm services behind
+/// one Portico whose `[docker] constraints` admit only services of a
+/// stack other than `quarantine`: a `prod` service owns its host, and a
+/// `prod` canary joins it; a service outside any stack and a `quarantine`
+/// one naming the host are left out by the constraint (nothing to
+/// report); a `dev` service naming it is refused, and `portico check
+/// --docker` names both services. Throughout, only prod's replicas answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constraints_and_host_ownership_keep_a_stacks_host_its_own() {
+    if !dk::available() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let (image, net) = swarm_and_network(&mut cleanup).await;
+    let ns = "com.docker.stack.namespace";
+    let constraint = format!(r#"has_label("{ns}") && label("{ns}") != "quarantine""#);
+    let config = format!(
+        "[proxy]\nhttp_listen = \"0.0.0.0:8080\"\n\
+         [docker]\npoll_interval = \"2s\"\nconstraints = '{constraint}'\n"
+    );
+    let (addr, proxy, _dir, _https) = start_portico(&mut cleanup, &image, &config).await;
+    let client = HttpClient::new(addr);
+    let id = dk::unique("pt-own");
+    let host = format!("{id}.test");
+    let hosts = format!("com.docker.lb.hosts={host}");
+    let prod = format!("{id}-prod");
+    echo_service(
+        &mut cleanup,
+        &image,
+        &net,
+        &prod,
+        1,
+        &[hosts.clone(), format!("{ns}=prod")],
+        &["--name", "prod-replica"],
+    )
+    .await;
+    wait_until(CONVERGE, "the prod service to be routed", || async {
+        replica(&client, &host).await.as_deref() == Some("prod-replica")
+    })
+    .await;
+
+    // Claimants that came later: one of the same stack (a canary), and
+    // three that must never get the host's traffic.
+    let canary = format!("{id}-canary");
+    let outsiders = [
+        (format!("{id}-dev"), Some("dev")),
+        (format!("{id}-loose"), None),
+        (format!("{id}-quarantine"), Some("quarantine")),
+    ];
+    echo_service(
+        &mut cleanup,
+        &image,
+        &net,
+        &canary,
+        1,
+        &[hosts.clone(), format!("{ns}=prod")],
+        &["--name", "prod-canary"],
+    )
+    .await;
+    for (name, namespace) in &outsiders {
+        let mut labels = vec![hosts.clone()];
+        labels.extend(namespace.map(|n| format!("{ns}={n}")));
+        echo_service(
+            &mut cleanup,
+            &image,
+            &net,
+            name,
+            1,
+            &labels,
+            &["--name", "intruder"],
+        )
+        .await;
+    }
+    wait_until(CONVERGE, "every claimant's task to run", || async {
+        let names: Vec<String> = outsiders.iter().map(|(n, _)| n.clone()).collect();
+        tokio::task::spawn_blocking(move || names.iter().all(|n| running_tasks(n) == 1))
+            .await
+            .unwrap()
+    })
+    .await;
+    wait_until(CONVERGE, "the prod canary to join the host", || async {
+        replicas(&client, &host, 8).await.contains("prod-canary")
+    })
+    .await;
+    // Every intruder's task runs: over the next few syncs (every 2 s, and
+    // on each event), not one answer from an intruder.
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut seen = BTreeSet::new();
+    while Instant::now() < until {
+        seen.extend(replicas(&client, &host, 10).await);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["prod-canary".to_owned(), "prod-replica".to_owned()])
+    );
+
+    let out = tokio::process::Command::new("docker")
+        .args([
+            "exec",
+            &proxy,
+            "/portico",
+            "check",
+            "--config",
+            "/etc/portico/portico.toml",
+            "--docker",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    // The config file's line first, then the engine's.
+    let routed = table
+        .lines()
+        .find(|l| l.contains("service(s) routed:"))
+        .unwrap_or_default();
+    assert!(
+        routed.starts_with("2 service(s) routed:")
+            && routed.contains(&prod)
+            && routed.contains(&canary),
+        "{table}"
+    );
+    let dev = &outsiders[0].0;
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{dev} ")))
+        .unwrap_or_else(|| panic!("no row for {dev}:\n{table}"));
+    assert!(
+        row.contains("com.docker.lb.hosts ")
+            && row.contains("error")
+            && row.contains(&format!(
+                "host {host} belongs to service {prod} (stack namespace \"prod\"); this service's stack namespace is \"dev\""
+            )),
+        "{row}"
+    );
+    // Left out by the constraint: not problems.
+    for (name, _) in &outsiders[1..] {
+        assert!(!table.contains(name.as_str()), "{name}:\n{table}");
+    }
+    assert!(
+        table.contains("1 problem(s): 1 error(s), 0 warning(s)"),
+        "{table}"
+    );
+    drop(cleanup);
+}
