@@ -123,6 +123,11 @@ pub async fn check_docker(settings: DockerSettings) -> anyhow::Result<bool> {
     let findings = &view.findings;
     let routed: Vec<&str> = view.services.iter().map(|s| s.name.as_str()).collect();
     println!("{} service(s) routed: {}", routed.len(), routed.join(", "));
+    // Left out by [docker] exposed_by_default or constraints: as asked,
+    // not a problem.
+    for (workload, reason) in &view.excluded {
+        println!("not routed: {workload}: {reason}");
+    }
     if findings.is_empty() {
         println!("no problems found");
         return Ok(true);
