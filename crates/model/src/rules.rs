@@ -248,9 +248,12 @@ pub fn parse_redirect_list(text: &str) -> Result<Vec<Redirect>, String> {
 /// `http` or `https` (any case) and what follows `://`.
 fn split_scheme(url: &str) -> Option<(&'static str, &str)> {
     for scheme in ["http", "https"] {
-        if url.len() > scheme.len() + 3
-            && url[..scheme.len()].eq_ignore_ascii_case(scheme)
-            && url[scheme.len()..].starts_with("://")
+        // Byte-wise: a URL may hold any character where the scheme should
+        // be, and a str slice must not cut one in two.
+        let bytes = url.as_bytes();
+        if bytes.len() > scheme.len() + 3
+            && bytes[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
+            && bytes[scheme.len()..].starts_with(b"://")
         {
             return Some((scheme, &url[scheme.len() + 3..]));
         }
@@ -931,6 +934,19 @@ mod tests {
     use super::*;
 
     use crate::config::TlsFiles;
+
+    #[test]
+    fn a_redirect_with_any_character_in_its_scheme_is_an_error_not_a_panic() {
+        // Found by the `labels` fuzz target: "ht\u{fffd}ps://a.test" once
+        // sliced the string inside a character.
+        for bad in [
+            "http://old.test,ht\u{fffd}ps://a.test",
+            "h\u{e9}tp://a.test,http://b.test",
+            "\u{fffd}\u{fffd}://x,http://y",
+        ] {
+            assert!(parse_redirect_list(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes() {
