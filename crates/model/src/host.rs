@@ -197,3 +197,78 @@ mod tests {
         }
     }
 }
+
+/// Properties of host normalisation and patterns, over generated names.
+#[cfg(test)]
+pub(crate) mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid lower-case host name of one to five labels.
+    pub(crate) fn name() -> impl Strategy<Value = String> {
+        prop::collection::vec("[a-z0-9][a-z0-9_-]{0,7}", 1..5).prop_map(|labels| labels.join("."))
+    }
+
+    /// `name` as a client may send it: any case, maybe a trailing dot,
+    /// maybe a port.
+    pub(crate) fn as_sent(name: &str) -> impl Strategy<Value = String> {
+        let len = name.len();
+        (
+            prop::collection::vec(any::<bool>(), len),
+            any::<bool>(),
+            prop::option::of(0u32..=65535),
+        )
+            .prop_map({
+                let name = name.to_owned();
+                move |(upper, dot, port)| {
+                    let mut sent: String = name
+                        .chars()
+                        .zip(upper)
+                        .map(|(c, u)| if u { c.to_ascii_uppercase() } else { c })
+                        .collect();
+                    if dot {
+                        sent.push('.');
+                    }
+                    if let Some(port) = port {
+                        sent.push_str(&format!(":{port}"));
+                    }
+                    sent
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn case_a_trailing_dot_and_a_port_normalise_away(
+            (name, sent) in name().prop_flat_map(|n| (Just(n.clone()), as_sent(&n)))
+        ) {
+            prop_assert_eq!(normalize_request_host(&sent).unwrap(), name.as_str());
+        }
+
+        #[test]
+        fn normalising_is_idempotent_and_never_panics(raw in "[a-zA-Z0-9._:\\[\\]-]{0,20}|\\PC{0,12}") {
+            if let Ok(once) = normalize_request_host(&raw) {
+                let twice = normalize_request_host(&once).unwrap();
+                prop_assert_eq!(&twice, &once);
+                prop_assert!(!once.bytes().any(|b| b.is_ascii_uppercase()));
+                prop_assert!(!once.ends_with('.'));
+            }
+        }
+
+        #[test]
+        fn patterns_are_lower_case_and_display_round_trips(
+            (name, sent) in name().prop_flat_map(|n| (Just(n.clone()), as_sent(&n))),
+            wild in any::<bool>(),
+        ) {
+            // A configured host has no port.
+            let sent = sent.split(':').next().unwrap();
+            let text = if wild { format!("*.{sent}") } else { sent.to_owned() };
+            let pattern = HostPattern::parse(&text).unwrap();
+            prop_assert_eq!(
+                &pattern,
+                &if wild { HostPattern::Wildcard(name) } else { HostPattern::Exact(name) }
+            );
+            prop_assert_eq!(HostPattern::parse(&pattern.to_string()).unwrap(), pattern);
+        }
+    }
+}

@@ -504,3 +504,232 @@ upstreams = ["127.0.0.1:2", "127.0.0.1:3"]
         assert_eq!(t.lookup("fallback.test", "/"), Lookup::Route(id));
     }
 }
+
+/// Properties of host and path matching, against a plain reading of the
+/// rules over generated tables.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::config::Service;
+    use crate::host::normalize_request_host;
+    use proptest::prelude::*;
+
+    /// Names from a few labels, so that generated hosts and patterns overlap.
+    fn name() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(vec!["a", "b", "www", "api"]), 1..4)
+            .prop_map(|labels| labels.join("."))
+    }
+
+    fn pattern() -> impl Strategy<Value = HostPattern> {
+        (any::<bool>(), name()).prop_map(|(wild, name)| {
+            if wild {
+                HostPattern::Wildcard(name)
+            } else {
+                HostPattern::Exact(name)
+            }
+        })
+    }
+
+    /// One service per pattern (so a pattern listed twice is shared).
+    fn hosts_table(patterns: &[HostPattern]) -> RoutingTable {
+        let mut config = Config::default();
+        for (i, p) in patterns.iter().enumerate() {
+            config.services.push(Service {
+                name: format!("s{i}"),
+                hosts: vec![p.clone()],
+                ..Default::default()
+            });
+        }
+        RoutingTable::build(&config)
+    }
+
+    /// The services claiming the pattern `host` should match: its exact
+    /// name, else the wildcard with the longest suffix `host` is below.
+    fn expected_services(patterns: &[HostPattern], host: &str) -> Option<Vec<String>> {
+        let claiming = |want: &HostPattern| {
+            let names: Vec<String> = patterns
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| *p == want)
+                .map(|(i, _)| format!("s{i}"))
+                .collect();
+            (!names.is_empty()).then_some(names)
+        };
+        claiming(&HostPattern::Exact(host.to_owned())).or_else(|| {
+            patterns
+                .iter()
+                .filter_map(|p| match p {
+                    HostPattern::Wildcard(suffix)
+                        if host
+                            .strip_suffix(suffix.as_str())
+                            .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')) =>
+                    {
+                        Some(suffix)
+                    }
+                    _ => None,
+                })
+                .max_by_key(|suffix| suffix.len())
+                .and_then(|suffix| claiming(&HostPattern::Wildcard(suffix.clone())))
+        })
+    }
+
+    /// A path prefix of one to three segments from a few names, so that
+    /// prefixes nest and share beginnings (`/app`, `/apple`, `/app/x`).
+    fn prefix() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(vec!["a", "app", "apple", "x"]), 1..4)
+            .prop_map(|segments| format!("/{}", segments.join("/")))
+    }
+
+    /// A request path: a prefix, maybe followed by a slash or more bytes.
+    fn path() -> impl Strategy<Value = String> {
+        (
+            prefix(),
+            prop::sample::select(vec!["", "/", "/more", "le", "x/y", "?q"]),
+        )
+            .prop_map(|(p, tail)| {
+                // Paths are matched without their query.
+                let path = format!("{p}{tail}");
+                path.split('?').next().unwrap_or_default().to_owned()
+            })
+    }
+
+    /// Whether `path` is under `prefix`, by its definition.
+    fn under(prefix: &str, path: &str) -> bool {
+        path == prefix || path.starts_with(&format!("{prefix}/"))
+    }
+
+    /// One service per path rule, all on `a.test`; `None` is a catch-all.
+    fn paths_table(rules: &[Option<String>]) -> RoutingTable {
+        let mut config = Config::default();
+        for (i, rule) in rules.iter().enumerate() {
+            config.services.push(Service {
+                name: format!("r{i}"),
+                hosts: vec![HostPattern::Exact("a.test".into())],
+                context_root: rule.clone(),
+                ..Default::default()
+            });
+        }
+        RoutingTable::build(&config)
+    }
+
+    /// The services the route `path` leads to on `a.test`, if any.
+    fn served_by(table: &RoutingTable, path: &str) -> Option<Vec<String>> {
+        match table.lookup("a.test", path) {
+            Lookup::Route(id) => Some(table.route(id).services.clone()),
+            Lookup::NoPath(_) => None,
+            Lookup::NoHost => panic!("a.test is claimed"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn hosts_match_their_exact_name_else_the_longest_wildcard(
+            patterns in prop::collection::vec(pattern(), 1..8),
+            host in name(),
+        ) {
+            let table = hosts_table(&patterns);
+            let found = table
+                .lookup_site(&host)
+                .map(|site| table.site(site).services.clone());
+            prop_assert_eq!(found, expected_services(&patterns, &host));
+        }
+
+        #[test]
+        fn an_exact_host_beats_every_wildcard(
+            patterns in prop::collection::vec(pattern(), 0..6),
+            host in name(),
+        ) {
+            let mut patterns = patterns;
+            patterns.retain(|p| *p != HostPattern::Exact(host.clone()));
+            // Every wildcard above the host, and the host itself last.
+            let labels: Vec<&str> = host.split('.').collect();
+            for i in 1..labels.len() {
+                patterns.push(HostPattern::Wildcard(labels[i..].join(".")));
+            }
+            patterns.push(HostPattern::Exact(host.clone()));
+            let table = hosts_table(&patterns);
+            let site = table.lookup_site(&host).expect("claimed");
+            prop_assert_eq!(
+                &table.site(site).services,
+                &vec![format!("s{}", patterns.len() - 1)]
+            );
+        }
+
+        #[test]
+        fn a_wildcard_matches_names_below_its_suffix_only(
+            suffix in name(),
+            below in prop::collection::vec(prop::sample::select(vec!["a", "b", "www"]), 0..3),
+        ) {
+            let table = hosts_table(&[HostPattern::Wildcard(suffix.clone())]);
+            let mut host = suffix.clone();
+            for label in &below {
+                host = format!("{label}.{host}");
+            }
+            // The suffix itself is not below it; one or more labels are.
+            prop_assert_eq!(table.lookup_site(&host).is_some(), !below.is_empty());
+            // Nor does a name that merely ends with the same letters.
+            let glued = format!("x{suffix}");
+            prop_assert_eq!(table.lookup_site(&glued), None);
+        }
+
+        #[test]
+        fn case_a_trailing_dot_and_a_port_never_change_the_site(
+            patterns in prop::collection::vec(pattern(), 1..6),
+            (host, sent) in name().prop_flat_map(|n| (Just(n.clone()), crate::host::properties::as_sent(&n))),
+        ) {
+            let table = hosts_table(&patterns);
+            let normal = normalize_request_host(&sent).unwrap();
+            prop_assert_eq!(table.lookup_site(&normal), table.lookup_site(&host));
+        }
+
+        #[test]
+        fn a_prefix_matches_on_segment_boundaries_only(prefix in prefix(), path in path()) {
+            let route = Route {
+                path: Some(prefix.clone()),
+                ..paths_table(&[None]).route(0).clone()
+            };
+            prop_assert_eq!(route.matches(&path), under(&prefix, &path));
+            // `/app` never matches `/apple`.
+            let glued = [format!("{prefix}le"), format!("{prefix}-x/")];
+            prop_assert!(!glued.iter().any(|p| route.matches(p)));
+        }
+
+        #[test]
+        fn the_longest_matching_prefix_wins(
+            rules in prop::collection::vec(prop::option::weighted(0.85, prefix()), 1..6),
+            path in path(),
+        ) {
+            let table = paths_table(&rules);
+            // Rank of a rule that matches: longer prefixes first, the
+            // catch-all last.
+            let rank = |r: &Option<String>| match r {
+                None => Some(0),
+                Some(p) => under(p, &path).then_some(p.len() + 1),
+            };
+            let longest = rules.iter().filter_map(rank).max();
+            // Every service whose rule is the winning one is pooled there.
+            let expected = longest.map(|len| {
+                rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| rank(r) == Some(len))
+                    .map(|(i, _)| format!("r{i}"))
+                    .collect::<Vec<_>>()
+            });
+            prop_assert_eq!(served_by(&table, &path), expected);
+        }
+
+        #[test]
+        fn adding_a_rule_never_changes_paths_outside_it(
+            rules in prop::collection::vec(prop::option::weighted(0.85, prefix()), 1..6),
+            added in prefix(),
+            path in path(),
+        ) {
+            prop_assume!(!under(&added, &path));
+            let before = served_by(&paths_table(&rules), &path);
+            let mut more = rules.clone();
+            more.push(Some(added));
+            prop_assert_eq!(served_by(&paths_table(&more), &path), before);
+        }
+    }
+}

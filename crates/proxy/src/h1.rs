@@ -472,7 +472,7 @@ async fn read_head(
 
 /// Whether the bytes of an incomplete head may still become a valid
 /// request (httparse stops at the first byte that cannot).
-fn could_be_a_request(buf: &[u8]) -> bool {
+pub(crate) fn could_be_a_request(buf: &[u8]) -> bool {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     matches!(
         httparse::Request::new(&mut headers).parse(buf),
@@ -483,7 +483,7 @@ fn could_be_a_request(buf: &[u8]) -> bool {
 /// The length of the head at the start of `buf` (through the empty line
 /// that ends it), if it is all there. `from` is where the last search
 /// stopped, less the three bytes an end could straddle.
-fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
         let at = i + p;
@@ -511,12 +511,12 @@ enum Exchange {
 
 /// What the request's headers say about how it may be handled.
 #[derive(Default)]
-struct RequestScan<'a> {
-    host: Option<&'a [u8]>,
-    hosts: usize,
+pub(crate) struct RequestScan<'a> {
+    pub(crate) host: Option<&'a [u8]>,
+    pub(crate) hosts: usize,
     close: bool,
     /// Something only the general path handles: a body, `Expect`, an upgrade...
-    general: bool,
+    pub(crate) general: bool,
     /// Names the `Connection` header lists (hop-by-hop for this message).
     listed: Listed<'a>,
 }
@@ -556,7 +556,7 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 impl<'a> RequestScan<'a> {
-    fn of(headers: &[httparse::Header<'a>]) -> RequestScan<'a> {
+    pub(crate) fn of(headers: &[httparse::Header<'a>]) -> RequestScan<'a> {
         let mut scan = RequestScan::default();
         for h in headers {
             let name = h.name;
@@ -587,7 +587,7 @@ impl<'a> RequestScan<'a> {
 
 /// The upstream response's framing, as far as the client side is concerned.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Framing {
+pub(crate) enum Framing {
     /// No body (HEAD, 204, 304).
     Empty,
     Length(u64),
@@ -599,18 +599,18 @@ enum Framing {
 
 /// A response head read from an upstream and rewritten for the client
 /// (into `out`, without the proxy's own headers and the final empty line).
-struct UpstreamHead {
+pub(crate) struct UpstreamHead {
     /// Bytes of the head in the upstream buffer (the body follows).
-    len: usize,
-    status: u16,
-    framing: Framing,
+    pub(crate) len: usize,
+    pub(crate) status: u16,
+    pub(crate) framing: Framing,
     /// The upstream may be sent another request on this connection.
-    reusable: bool,
+    pub(crate) reusable: bool,
 }
 
 /// How one exchange with an upstream failed.
 #[derive(Debug)]
-enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// Reading or writing the connection failed; `nothing` when not one
     /// byte of a response had arrived (a reused connection closed under us).
     Io { error: io::Error, nothing: bool },
@@ -861,20 +861,20 @@ fn access_log(
 
 /// Who the forwarding headers name (see [`crate::headers::set_forwarding`]).
 #[derive(Clone, Copy)]
-struct Forwarded {
+pub(crate) struct Forwarded {
     /// The connection's peer, appended to `X-Forwarded-For`.
-    peer: IpAddr,
+    pub(crate) peer: IpAddr,
     /// The client (`X-Real-IP`).
-    client: IpAddr,
+    pub(crate) client: IpAddr,
     /// The request's own `X-Forwarded-For` is kept and extended.
-    extend: bool,
+    pub(crate) extend: bool,
 }
 
 /// The request head as the upstream gets it: the client's headers less the
 /// hop-by-hop ones and those the proxy sets, then the forwarding headers
 /// (as [`crate::headers::set_forwarding`] sets them on the general path).
 #[allow(clippy::too_many_arguments)]
-fn write_upstream_head(
+pub(crate) fn write_upstream_head(
     out: &mut Vec<u8>,
     method: &str,
     path: &str,
@@ -1094,7 +1094,7 @@ async fn round_trip(
 /// `out`: status line, the upstream's headers less hop-by-hop ones and
 /// those the proxy sets, and its own framing header. `None` for an interim
 /// (1xx) response.
-fn rewrite_response_head(
+pub(crate) fn rewrite_response_head(
     head: &[u8],
     out: &mut Vec<u8>,
     hide: bool,
@@ -1446,7 +1446,7 @@ async fn write_two(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::Re
 /// followed by whitespace and then only extensions, and extensions and
 /// trailers are bounded. Anything else is an error, never passed on.
 #[derive(Default, Debug)]
-struct Chunked {
+pub(crate) struct Chunked {
     state: ChunkState,
     size: u64,
     size_digits: u8,
@@ -1481,13 +1481,13 @@ enum ChunkState {
 }
 
 impl Chunked {
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.state == ChunkState::Done
     }
 
     /// Consumes bytes of the body from `input`; returns how many belong to
     /// it (fewer than given only once it is done).
-    fn feed(&mut self, input: &[u8]) -> Result<usize, ()> {
+    pub(crate) fn feed(&mut self, input: &[u8]) -> Result<usize, ()> {
         use ChunkState::*;
         let mut i = 0;
         while i < input.len() {
