@@ -54,6 +54,9 @@ _want = 65536 if _hard == resource.RLIM_INFINITY else min(65536, _hard)
 resource.setrlimit(resource.RLIMIT_NOFILE, (_want, _hard))
 FD_LIMIT = _want
 
+# Seconds after the idle connections close before RSS is read again.
+RELEASE_WAIT = 15.0
+
 # HAProxy's connection cap: room for the idle-connection test's clients.
 MAXCONN = 12000
 
@@ -587,11 +590,15 @@ def idle_memory(args, work, www):
                 finally:
                     os.sched_setaffinity(0, set(range(os.cpu_count())))
                 per_conn = (seen["rss"] - idle) * 1024 / max(seen["ok"], 1)
+                # The connections are gone: does the memory come back?
+                time.sleep(RELEASE_WAIT)
+                released = status_kb(proc.pids, "VmRSS")
                 out[name] = {"idle_rss_kb": idle, "rss_with_idle_kb": seen["rss"],
                              "connections": seen["ok"], "failed": seen["failed"],
-                             "bytes_per_conn": per_conn}
+                             "bytes_per_conn": per_conn, "rss_after_release_kb": released}
                 log(f"  {name:8} idle RSS {idle / 1024:6.1f} MiB; with {seen['ok']} idle "
-                    f"connections {seen['rss'] / 1024:6.1f} MiB = {per_conn / 1024:5.1f} KiB each"
+                    f"connections {seen['rss'] / 1024:6.1f} MiB = {per_conn / 1024:5.1f} KiB each; "
+                    f"{RELEASE_WAIT:.0f} s after they closed {released / 1024:6.1f} MiB"
                     + (f" ({seen['failed']} failed)" if seen["failed"] else ""))
             finally:
                 proc.stop()
@@ -856,7 +863,9 @@ def main():
         idle = idle_memory(args, work, www)
         all_results["idle"] = idle
         base = idle["nginx"]["bytes_per_conn"]
-        summary.append(f"idle     portico idle RSS {idle['portico']['idle_rss_kb'] / 1024:.1f} MiB; "
+        summary.append(f"idle     portico idle RSS {idle['portico']['idle_rss_kb'] / 1024:.1f} MiB, "
+                       f"{idle['portico']['rss_after_release_kb'] / 1024:.1f} MiB {RELEASE_WAIT:.0f} s after "
+                       f"{IDLE_CONNS} connections closed; "
                        f"portico/nginx bytes per idle connection="
                        f"{idle['portico']['bytes_per_conn'] / base:.2f} "
                        f"({idle['portico']['bytes_per_conn']:.0f} B vs {base:.0f} B)")

@@ -96,6 +96,15 @@ enum Command {
     Trace(Box<trace_cmd::TraceArgs>),
 }
 
+/// jemalloc, configured in `.cargo/config.toml` to hand freed memory back
+/// to the system within a second or two, from a background thread even
+/// when the process is idle. Measured: after a storm of 1,700 slow sockets
+/// (16 KiB partial heads, then closed), glibc's malloc kept 44.6 MiB of its
+/// 47 MiB peak for good (idle before: 9.9 MiB), mimalloc 77 MiB (idle
+/// 21 MiB); jemalloc fell from 46.8 to 12.3 MiB within 10 s (idle 11.1).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.version {
