@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let ip = |s: &str| s.parse::<IpAddr>().expect("a literal address");
     let w = Workload {
-        kind: if kind % 2 == 0 {
+        kind: if kind & 1 == 0 {
             WorkloadKind::Service
         } else {
             WorkloadKind::Container
