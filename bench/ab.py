@@ -10,17 +10,35 @@ turn, alternating which goes first, so that both see the same machine:
 Unpinned (the default) gives each 2 workers; --pinned gives each 1 worker
 on CPU 1, with load and backends on CPU 0, as bench.py's pinned phase.
 Prints proxy CPU time per request for every run and the medians.
+
+--scrape gives both an admin listener and has a thread fetch each one's
+/metrics every second for the whole run (a binary without /metrics answers
+404, at about the same cost as serving nothing), so AFTER's figures are
+those of a proxy under a Prometheus scraper.
 """
 import argparse
 import os
 import statistics
 import sys
 import tempfile
+import threading
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 B_PORTS = (18480, 18843)
+ADMIN_PORTS = {"before": 19091, "after": 19092}
+
+
+def scrape_every_second(stop):
+    """Fetches each proxy's /metrics once a second until `stop` is set."""
+    while not stop.wait(1.0):
+        for port in ADMIN_PORTS.values():
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+            except Exception:  # noqa: BLE001 - a 404 or a refused scrape costs the same here
+                pass
 
 
 def main():
@@ -30,6 +48,7 @@ def main():
     ap.add_argument("--reps", type=int, default=12)
     ap.add_argument("--scenario", default="h2-tls-4KiB-c50x10")
     ap.add_argument("--pinned", action="store_true")
+    ap.add_argument("--scrape", action="store_true")
     args = ap.parse_args()
     scenario = next((s for s in bench.SCENARIOS if s[0] == args.scenario), None)
     if scenario is None:
@@ -45,6 +64,10 @@ def main():
 
     def start(name, binary):
         text = conf.replace(str(http), str(bench.PORTS[name][0])).replace(str(https), str(bench.PORTS[name][1]))
+        if args.scrape:
+            # Before the first service table: [admin] is a top-level table.
+            first = text.index("[[service]]")
+            text = text[:first] + f'[admin]\nlisten = "127.0.0.1:{ADMIN_PORTS[name]}"\n\n' + text[first:]
         path = bench.write(os.path.join(work, f"{name}.toml"), text)
         return bench.Proc(name, [binary, "run", "--config", path, "--workers", str(workers)],
                           f"{work}/logs/{name}.out", bench.PORTS[name], cpu_proxy)
@@ -52,6 +75,7 @@ def main():
     backends = bench.start_backends(work, www, cpu_load)
     procs = {}
     results = {"before": [], "after": []}
+    stop = threading.Event()
     try:
         procs["before"] = start("before", args.before)
         procs["after"] = start("after", args.after)
@@ -59,6 +83,8 @@ def main():
         for name, proc in procs.items():
             bench.measure(proc, name, scenario, cpu_load, threads, work)
         bench.DURATION = 3.0
+        if args.scrape:
+            threading.Thread(target=scrape_every_second, args=(stop,), daemon=True).start()
         for rep in range(args.reps):
             order = ("before", "after") if rep % 2 == 0 else ("after", "before")
             for name in order:
@@ -67,6 +93,7 @@ def main():
                 print(f"{name:6} {r['rps']:9.0f} req/s  cpu {r['cpu_us_per_req']:6.1f} us/req  "
                       f"errors {r['errors']}", flush=True)
     finally:
+        stop.set()
         for p in procs.values():
             p.stop()
         backends.stop()

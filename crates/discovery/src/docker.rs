@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -535,6 +536,33 @@ pub struct DockerProvider {
     /// From the last scan: each routed container's workload and addresses,
     /// so that its death can be applied before the next scan.
     routed: HashMap<String, (String, Vec<IpAddr>)>,
+    /// What the provider has been doing, for metrics and the status page.
+    stats: Arc<DockerStats>,
+}
+
+/// The Docker provider's activity, readable while it runs (its counters
+/// only grow).
+#[derive(Debug, Default)]
+pub struct DockerStats {
+    /// Events that led to a sync (noise excluded).
+    pub events: AtomicU64,
+    /// Subscriptions to the event stream, the first included: each later
+    /// one follows a lost stream and resyncs from the lists.
+    pub subscriptions: AtomicU64,
+    pub syncs: AtomicU64,
+    pub sync_failures: AtomicU64,
+    /// Services whose updates are damped now.
+    pub damped: AtomicU64,
+    /// The event stream is up.
+    pub connected: AtomicBool,
+    /// When the last event arrived (Unix seconds; 0: none yet).
+    pub last_event_unix: AtomicU64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl DockerProvider {
@@ -567,7 +595,14 @@ impl DockerProvider {
             converging: false,
             dead: HashSet::new(),
             routed: HashMap::new(),
+            stats: Arc::default(),
         })
+    }
+
+    /// Its activity counters, shared: they stay readable while
+    /// [`watch`] owns the provider.
+    pub fn stats(&self) -> Arc<DockerStats> {
+        self.stats.clone()
     }
 
     /// Notes what a container event says about the container's life: `die`
@@ -888,6 +923,8 @@ pub async fn watch(
             match provider.engine.events(EVENT_TYPES).await {
                 Ok(e) => {
                     events = Some(e);
+                    provider.stats.subscriptions.fetch_add(1, Relaxed);
+                    provider.stats.connected.store(true, Relaxed);
                     // A fresh subscription may have missed changes: resync
                     // now, trusting the lists alone (a dead container's
                     // `start` may be among the missed).
@@ -927,6 +964,8 @@ pub async fn watch(
                 Some(ev) if is_noise(&ev) => continue,
                 Some(ev) => {
                     tracing::debug!(kind = %ev.kind, action = %ev.action, id = %ev.actor.id, "docker event");
+                    provider.stats.events.fetch_add(1, Relaxed);
+                    provider.stats.last_event_unix.store(unix_now(), Relaxed);
                     died(&mut provider, &ev, &mut last, &mut on_view);
                     // Events come in bursts (a scale-up is several): gather
                     // the burst, then sync once for all of it. Deaths in
@@ -944,13 +983,18 @@ pub async fn watch(
                 }
                 None => {
                     tracing::warn!("Docker event stream ended; reconnecting");
+                    provider.stats.connected.store(false, Relaxed);
                     events = None;
                     continue;
                 }
             },
         }
-        match provider.sync().await {
+        let synced = provider.sync().await;
+        let damped = provider.flaps.values().filter(|f| f.damped).count();
+        provider.stats.damped.store(damped as u64, Relaxed);
+        match synced {
             Ok(view) => {
+                provider.stats.syncs.fetch_add(1, Relaxed);
                 retry = RETRY_MIN;
                 let wait = if provider.converging {
                     CONVERGING_POLL.min(poll)
@@ -973,6 +1017,8 @@ pub async fn watch(
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?retry, "Docker sync failed; keeping the last routes");
+                provider.stats.sync_failures.fetch_add(1, Relaxed);
+                provider.stats.connected.store(false, Relaxed);
                 next_sync = At::now() + retry;
                 resubscribe_at = next_sync;
                 retry = (retry * 2).min(RETRY_MAX);
@@ -1510,6 +1556,7 @@ mod tests {
             converging: false,
             dead: HashSet::new(),
             routed: HashMap::new(),
+            stats: Arc::default(),
         }
     }
 

@@ -108,12 +108,13 @@ fn watch_target(path: &Path) -> (PathBuf, PathBuf) {
 /// Watches `path` until `shutdown`, calling `on_config` with the config
 /// each time the file or a file it refers to changes, or `reload` is
 /// notified (SIGHUP). A config that can't be read or doesn't validate is
-/// logged, problem by problem, and skipped: the caller keeps what it has.
+/// logged, problem by problem, and reported as `Err` with the problems:
+/// the caller keeps what it has.
 pub async fn watch(
     path: PathBuf,
     reload: Arc<Notify>,
     shutdown: CancellationToken,
-    mut on_config: impl FnMut(Config),
+    mut on_config: impl FnMut(Result<Config, String>),
 ) -> Result<(), notify::Error> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     // Any change in a watched directory re-reads the config: a file may
@@ -164,7 +165,7 @@ pub async fn watch(
         // The caller read the file before the watch was in place: an edit
         // made in between would otherwise wait for the next one. Unchanged
         // configs are recognised downstream and cost nothing.
-        on_config(config);
+        on_config(Ok(config));
     }
     tracing::info!(file = %path.display(), "watching config file");
 
@@ -195,19 +196,22 @@ pub async fn watch(
                 let mut files = vec![path.clone()];
                 files.extend(config.referenced_files().iter().map(|f| resolve(&path, f)));
                 update_watches(&files)?;
-                on_config(config);
+                on_config(Ok(config));
             }
             Ok(Err(LoadError::Invalid(errors))) => {
                 for e in &errors.0 {
                     tracing::error!(file = %e.origin, line = e.line, field = %e.field, error = %e, "invalid config");
                 }
                 tracing::error!(file = %path.display(), problems = errors.0.len(), "config rejected; the previous version keeps serving");
+                on_config(Err(errors.to_string()));
             }
             Ok(Err(e)) => {
                 tracing::error!(file = %path.display(), error = %e, "config rejected; the previous version keeps serving");
+                on_config(Err(e.to_string()));
             }
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "config load failed; the previous version keeps serving");
+                on_config(Err(e.to_string()));
             }
         }
     }
@@ -283,8 +287,10 @@ mod tests {
             d.join("portico.toml"),
             Arc::new(Notify::new()),
             shutdown.clone(),
-            move |c| {
-                let _ = tx.send(c.services[0].hosts[0].to_string());
+            move |c: Result<Config, String>| {
+                if let Ok(c) = c {
+                    let _ = tx.send(c.services[0].hosts[0].to_string());
+                }
             },
         ));
         assert_eq!(rx.recv().await.as_deref(), Some("one.test"));

@@ -507,7 +507,17 @@ pub struct AdminSettings {
     /// `listen` is not a loopback address: the admin API shows routes and
     /// can make the proxy send probes, so it is never open to the world.
     pub token: Option<String>,
+    /// How many applied versions the proxy keeps in memory (with their
+    /// configs and diffs) for `portico config` and `/config/versions`.
+    pub config_history: usize,
 }
+
+/// `[admin] config_history` when unset: enough to look back over a day of
+/// ordinary deploys, small enough to keep (each entry shares its config).
+pub const DEFAULT_CONFIG_HISTORY: usize = 20;
+/// Each kept version holds a whole config; beyond this, memory for a large
+/// Docker cluster's configs would matter more than the look back.
+pub const MAX_CONFIG_HISTORY: u32 = 1000;
 
 /// One problem in a config source, located as precisely as the source allows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -584,6 +594,7 @@ struct RawDocker {
 struct RawAdmin {
     listen: Spanned<String>,
     token: Option<Spanned<String>>,
+    config_history: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1414,6 +1425,13 @@ fn validate_docker(raw: &RawDocker, r: &mut Reporter<'_>) -> DockerSettings {
 
 fn validate_admin(raw: &Spanned<RawAdmin>, r: &mut Reporter<'_>) -> Option<AdminSettings> {
     let a = raw.get_ref();
+    // Read first, so its problem is listed even when listen's is too.
+    let config_history = read(
+        &a.config_history,
+        "admin.config_history",
+        |n| rules::number_in(*n, 1, MAX_CONFIG_HISTORY).map(|n| n as usize),
+        r,
+    );
     let listen = match a.listen.get_ref().parse::<SocketAddr>() {
         Ok(l) => l,
         Err(_) => {
@@ -1448,7 +1466,14 @@ fn validate_admin(raw: &Spanned<RawAdmin>, r: &mut Reporter<'_>) -> Option<Admin
         );
         return None;
     }
-    Some(AdminSettings { listen, token })
+    if a.config_history.is_some() && config_history.is_none() {
+        return None;
+    }
+    Some(AdminSettings {
+        listen,
+        token,
+        config_history: config_history.unwrap_or(DEFAULT_CONFIG_HISTORY),
+    })
 }
 
 fn validate_service(
@@ -1935,6 +1960,33 @@ upstreams = ["127.0.0.1:1", "nope:80", "127.0.0.1:1"]
         .unwrap();
         assert!(c.admin.unwrap().token.is_some());
         assert!(Config::parse("", "p.toml").unwrap().admin.is_none());
+    }
+
+    #[test]
+    fn config_history_is_1_to_1000_versions() {
+        let c = Config::parse("[admin]\nlisten = \"127.0.0.1:9090\"\n", "p.toml").unwrap();
+        assert_eq!(c.admin.unwrap().config_history, DEFAULT_CONFIG_HISTORY);
+        let c = Config::parse(
+            "[admin]\nlisten = \"127.0.0.1:9090\"\nconfig_history = 1000\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(c.admin.unwrap().config_history, 1000);
+        let e = errors("[admin]\nlisten = \"127.0.0.1:9090\"\nconfig_history = 0\n");
+        assert_eq!(
+            e,
+            ["p.toml:3:18: admin.config_history: must be at least 1"],
+            "{e:?}"
+        );
+        let e = errors("[admin]\nlisten = \"127.0.0.1:9090\"\nconfig_history = 1001\n");
+        assert_eq!(
+            e,
+            ["p.toml:3:18: admin.config_history: must be at most 1000"],
+            "{e:?}"
+        );
+        let e = errors("[admin]\nlisten = \"127.0.0.1:9090\"\nconfig_history = \"20\"\n");
+        assert!(e[0].starts_with("p.toml:3:"), "{e:?}");
+        assert!(e[0].contains("config_history"), "{e:?}");
     }
 
     #[test]

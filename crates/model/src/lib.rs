@@ -9,6 +9,8 @@
 //! # Layout
 //! - [`config`]: the TOML schema, parsed with source spans, then validated;
 //!   every problem is reported with file, line, column and field.
+//! - [`diff`]: what changed between two configs (services, hosts,
+//!   upstreams, settings, file contents), for people and the admin API.
 //! - [`host`]: host-name rules shared by config validation and request
 //!   routing (case, ports, wildcards).
 //! - [`labels`]: Interlock's `com.docker.lb.*` labels → services, with findings.
@@ -23,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod diff;
 pub mod host;
 pub mod labels;
 pub mod rules;
@@ -34,6 +37,7 @@ pub use config::{
     HealthCheck, ProxySettings, Redirect, Service, TlsFiles, TlsProfile, UpstreamOptions,
     UpstreamProtocol, UpstreamTls,
 };
+pub use diff::{Change, ConfigDiff, ServiceDiff};
 pub use host::{normalize_request_host, HostPattern, RequestHostError};
 pub use rules::{Claims, Disagreement, Problem, Scope};
 pub use table::{Lookup, Route, RouteId, RoutingTable, Site, SiteId};

@@ -7,6 +7,10 @@
 //! - `GET /routes[?host=NAME]`: host → services → upstreams, versioned; with
 //!   `host`, the one route it matches, or the nearest configured hosts.
 //! - `GET /config`: the active config, versioned (the token is never shown).
+//! - `GET /config/versions`, `GET /config/versions/{v}`: the last applied
+//!   versions (when, from whose input, what changed), and one of them
+//!   whole; `GET /config/diff?from=A&to=B`: what changed between two;
+//!   `GET /config/render?format=nginx[&version=V]`: a version as nginx.conf.
 //! - `POST /probe` `{"host": …, "path": "/", "timeout_ms": 5000}`: the proxy
 //!   itself sends a GET to each upstream of the host, since only it is sure
 //!   to reach the service's network.
@@ -27,26 +31,38 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use portico_model::{normalize_request_host, AdminSettings};
+use portico_model::diff::{balance_name, protocol_name, size, statuses, tls_profile_name};
+use portico_model::{normalize_request_host, AdminSettings, Config, ConfigDiff, Version};
 use portico_proxy::{Proxy, Snapshot};
 use portico_trace::api::{
-    nearest_hosts, ApiError, Health, Probe, ProbeRequest, ProbeResponse, RouteInfo, Routes,
-    UpstreamHealth,
+    nearest_hosts, AdminConfig, ApiError, ConfigBody, ConfigDiffDocument, ConfigDocument,
+    ConfigVersion, ConfigVersions, Health, Probe, ProbeRequest, ProbeResponse, ProxyConfig,
+    RedirectConfig, RouteInfo, Routes, ServiceConfig, UpstreamHealth, VersionInfo, RENDER_FORMATS,
 };
 use portico_trace::http::{fetch, Fetch};
 use serde::Serialize;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::history::{Entry, FindError, History};
+use crate::metrics::Metrics;
+use crate::status;
 
 /// Largest request body accepted (a probe request is a few dozen bytes).
 const MAX_BODY: usize = 64 * 1024;
 const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the admin API reads: the proxy, its config history and metrics.
+pub struct Admin {
+    pub proxy: Arc<Proxy>,
+    pub history: Arc<History>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Binds `settings.listen` and serves the admin API until `shutdown`.
 pub async fn start(
-    proxy: Arc<Proxy>,
+    admin: Arc<Admin>,
     settings: &AdminSettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
@@ -55,7 +71,7 @@ pub async fn start(
         .with_context(|| format!("cannot listen on {} (admin)", settings.listen))?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, auth = settings.token.is_some(), "starting admin server");
-    tokio::spawn(serve(proxy, listener, settings.token.clone(), shutdown));
+    tokio::spawn(serve(admin, listener, settings.token.clone(), shutdown));
     Ok(local)
 }
 
@@ -66,7 +82,7 @@ pub async fn start(
 /// bound to a public address without authentication. Changes to `[admin]`
 /// take effect on restart (and a reload says so).
 pub async fn serve(
-    proxy: Arc<Proxy>,
+    admin: Arc<Admin>,
     listener: TcpListener,
     token: Option<String>,
     shutdown: CancellationToken,
@@ -86,13 +102,13 @@ pub async fn serve(
                 }
             },
         };
-        let proxy = proxy.clone();
+        let admin = admin.clone();
         let stop = shutdown.clone();
         let token = token.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let (proxy, token) = (proxy.clone(), token.clone());
-                async move { Ok::<_, Infallible>(handle(&proxy, token.as_deref(), started, req).await) }
+                let (admin, token) = (admin.clone(), token.clone());
+                async move { Ok::<_, Infallible>(handle(&admin, token.as_deref(), started, req).await) }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
@@ -113,32 +129,63 @@ pub async fn serve(
 type Resp = Response<Full<Bytes>>;
 
 async fn handle(
-    proxy: &Proxy,
+    admin: &Admin,
     token: Option<&str>,
     started: Instant,
     req: Request<Incoming>,
 ) -> Resp {
+    let (proxy, history) = (&*admin.proxy, &*admin.history);
     let snap = proxy.snapshot();
     if let Some(token) = token {
         if !authorized(req.headers().get(header::AUTHORIZATION), token) {
-            let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "a valid token is required: Authorization: Bearer TOKEN (or, from a browser, \
+                 any user name with the token as password)",
+            );
+            // Programs use the bearer token; a browser shows its login
+            // prompt for Basic and sends the token as the password.
+            let h = r.headers_mut();
+            h.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            h.append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"portico admin\", charset=\"UTF-8\""),
+            );
             return r;
         }
     }
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     match (req.method().clone(), path.as_str()) {
+        (Method::GET | Method::HEAD, "/") => status_page(admin, started),
+        (Method::GET | Method::HEAD, "/metrics") => {
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|a| a.to_str().ok());
+            let (body, content_type) = admin.metrics.render(accept);
+            text(content_type, body)
+        }
         (Method::GET | Method::HEAD, "/health") => ok(&health(proxy, &snap, started)),
         (Method::GET | Method::HEAD, "/routes") => routes(&snap, &query),
         (Method::GET | Method::HEAD, "/config") => ok(&config(&snap)),
+        (Method::GET | Method::HEAD, "/config/versions") => ok(&versions(&snap, history)),
+        (Method::GET | Method::HEAD, "/config/diff") => diff(&snap, history, &query),
+        (Method::GET | Method::HEAD, "/config/render") => render(proxy, &snap, history, &query),
+        (Method::GET | Method::HEAD, p) if p.starts_with("/config/versions/") => {
+            let id = portico_trace::api::decode_query(&p["/config/versions/".len()..]);
+            version(&snap, history, &id)
+        }
         (Method::POST, "/probe") => probe(&snap, req).await,
-        (_, "/health" | "/routes" | "/config") => not_allowed("GET"),
+        (_, "/" | "/metrics" | "/health" | "/routes" | "/config" | "/config/versions")
+        | (_, "/config/diff")
+        | (_, "/config/render") => not_allowed("GET"),
+        (_, p) if p.starts_with("/config/versions/") => not_allowed("GET"),
         (_, "/probe") => not_allowed("POST"),
         _ => error(
             StatusCode::NOT_FOUND,
-            "no such endpoint: try /health, /routes, /config or POST /probe",
+            "no such endpoint: try / (the status page), /metrics, /health, /routes, /config, \
+             /config/versions, /config/diff, /config/render or POST /probe",
         ),
     }
 }
@@ -146,13 +193,25 @@ async fn handle(
 /// Compares in time independent of where the bytes differ, so the token
 /// cannot be guessed byte by byte from response times.
 fn authorized(value: Option<&HeaderValue>, token: &str) -> bool {
-    let Some(presented) = value
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
+    let Some(value) = value.and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    constant_time_eq(presented.trim().as_bytes(), token.as_bytes())
+    if let Some(presented) = value.strip_prefix("Bearer ") {
+        return constant_time_eq(presented.trim().as_bytes(), token.as_bytes());
+    }
+    // A browser's Basic credentials: any user name, the token as password.
+    let Some(encoded) = value.strip_prefix("Basic ") else {
+        return false;
+    };
+    use base64::Engine as _;
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let password = match decoded.iter().position(|&b| b == b':') {
+        Some(colon) => &decoded[colon + 1..],
+        None => return false,
+    };
+    constant_time_eq(password, token.as_bytes())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -281,38 +340,331 @@ fn routes(snap: &Snapshot, query: &str) -> Resp {
     })
 }
 
-fn config(snap: &Snapshot) -> serde_json::Value {
-    let c = &snap.config;
+fn config(snap: &Snapshot) -> ConfigDocument {
+    ConfigDocument {
+        version: snap.version.to_string(),
+        version_full: snap.version.full(),
+        config: config_body(&snap.config),
+    }
+}
+
+fn duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// A config as the admin documents show it: every key named as in the
+/// TOML file, the token only as whether there is one.
+fn config_body(c: &Config) -> ConfigBody {
     let p = &c.proxy;
-    let d = |d: Duration| humantime::format_duration(d).to_string();
-    json!({
-        "version": snap.version.to_string(),
-        "version_full": snap.version.full(),
-        "config": {
-            "proxy": {
-                "http_listen": p.http_listen,
-                "proxy_id": p.proxy_id,
-                "hide_info_headers": p.hide_info_headers,
-                "access_log": p.access_log,
-                "connect_timeout": d(p.connect_timeout),
-                "upstream_timeout": d(p.upstream_timeout),
-                "client_header_timeout": d(p.client_header_timeout),
-                "shutdown_grace": d(p.shutdown_grace),
-                "max_connections_per_upstream": p.max_connections_per_upstream,
-                "idle_connections_per_upstream": p.idle_connections_per_upstream,
-                "max_header_bytes": p.max_header_bytes,
-            },
-            "admin": c.admin.as_ref().map(|a| json!({
-                "listen": a.listen,
-                "token_set": a.token.is_some(),
-            })),
-            "services": c.services.iter().map(|s| json!({
-                "name": s.name,
-                "hosts": s.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "upstreams": s.upstreams,
-            })).collect::<Vec<_>>(),
-        }
+    let d = duration;
+    let opt_d = |v: Option<Duration>| v.map(d);
+    let proxy = ProxyConfig {
+        http_listen: p.http_listen,
+        proxy_id: p.proxy_id.clone(),
+        hide_info_headers: p.hide_info_headers,
+        access_log: p.access_log,
+        connect_timeout: d(p.connect_timeout),
+        upstream_timeout: d(p.upstream_timeout),
+        client_header_timeout: d(p.client_header_timeout),
+        shutdown_grace: d(p.shutdown_grace),
+        max_connections_per_upstream: p.max_connections_per_upstream,
+        idle_connections_per_upstream: p.idle_connections_per_upstream,
+        max_header_bytes: p.max_header_bytes,
+        tunnel_idle_timeout: d(p.tunnel_idle_timeout),
+        client_body_timeout: d(p.client_body_timeout),
+        client_body_min_rate: p
+            .client_body_min_rate
+            .map_or_else(|| "off".to_owned(), |r| format!("{}/s", size(r))),
+        client_body_grace: d(p.client_body_grace),
+        max_bodies_per_client: p.max_bodies_per_client,
+        https_listen: p.https_listen,
+        default_tls_cert: p.default_tls.as_ref().map(|t| t.cert.clone()),
+        default_tls_key: p.default_tls.as_ref().map(|t| t.key.clone()),
+        default_tls_ocsp: p.default_tls.as_ref().and_then(|t| t.ocsp.clone()),
+        https_redirect_port: p.https_redirect_port,
+        max_body_size: p.max_body_size,
+        trusted_proxies: p.trusted_proxies.iter().map(ToString::to_string).collect(),
+        http_proxy_protocol: p.http_proxy_protocol,
+        https_proxy_protocol: p.https_proxy_protocol,
+        outlier_consecutive_failures: p.outlier_consecutive_failures,
+        outlier_base_ejection_time: d(p.outlier_base_ejection_time),
+        outlier_max_ejection_time: d(p.outlier_max_ejection_time),
+        max_ejected_percent: p.max_ejected_percent,
+        retry_budget_percent: p.retry_budget_percent,
+        retry_budget_min_per_second: p.retry_budget_min_per_second,
+        hedge_delay: p.hedge_delay.map_or_else(|| "off".to_owned(), d),
+        health_concurrency: p.health_concurrency,
+        tls_profile: tls_profile_name(p.tls_profile).to_owned(),
+    };
+    let services = c
+        .services
+        .iter()
+        .map(|s| {
+            let tls = s.upstream.tls.as_ref();
+            let health = s.health.as_ref();
+            ServiceConfig {
+                name: s.name.clone(),
+                hosts: s.hosts.iter().map(ToString::to_string).collect(),
+                upstreams: s.upstreams.clone(),
+                tls_cert: s.tls.as_ref().map(|t| t.cert.clone()),
+                tls_key: s.tls.as_ref().map(|t| t.key.clone()),
+                tls_ocsp: s.tls.as_ref().and_then(|t| t.ocsp.clone()),
+                ssl_only: s.ssl_only,
+                hsts_max_age: opt_d(s.hsts_max_age),
+                passthrough: s.passthrough,
+                upstream_tls: tls.is_some(),
+                upstream_tls_verify: tls
+                    .map(|t| if t.verify { "required" } else { "none" }.to_owned()),
+                upstream_tls_ca: tls.and_then(|t| t.ca.clone()),
+                upstream_tls_name: tls.map(|t| t.server_name.clone()),
+                upstream_protocol: protocol_name(s.upstream.protocol).to_owned(),
+                context_root: s.context_root.clone(),
+                context_root_rewrite: s.context_root_rewrite,
+                redirects: s
+                    .redirects
+                    .iter()
+                    .map(|r| RedirectConfig {
+                        from: format!("{}://{}", r.from_scheme, r.from_host),
+                        to: r.to.clone(),
+                    })
+                    .collect(),
+                sticky_session_cookie: s.sticky_session_cookie.clone(),
+                ip_hash: s.ip_hash,
+                balance: balance_name(s.balance).to_owned(),
+                default_backend: s.default_backend,
+                max_body_size: s.max_body_size,
+                connect_timeout: opt_d(s.connect_timeout),
+                upstream_timeout: opt_d(s.upstream_timeout),
+                health_path: health.map(|h| h.path.clone()),
+                health_interval: health.map(|h| d(h.interval)),
+                health_timeout: health.map(|h| d(h.timeout)),
+                health_healthy: health.map(|h| h.healthy),
+                health_unhealthy: health.map(|h| h.unhealthy),
+                health_status: health.map(|h| statuses(&h.status)),
+                health_host: health.and_then(|h| h.host.clone()),
+                max_requests: s.max_requests,
+                max_ejected_percent: s.max_ejected_percent,
+            }
+        })
+        .collect();
+    ConfigBody {
+        proxy,
+        admin: c.admin.as_ref().map(|a| AdminConfig {
+            listen: a.listen,
+            token_set: a.token.is_some(),
+            config_history: a.config_history,
+        }),
+        services,
+    }
+}
+
+fn version_info(entry: &Entry, current: Version) -> VersionInfo {
+    VersionInfo {
+        version: entry.version.to_string(),
+        short: entry.version.short(),
+        version_full: entry.version.full(),
+        applied: entry.applied_rfc3339(),
+        source: entry.source.as_str().to_owned(),
+        summary: entry.summary.clone(),
+        current: entry.version == current,
+    }
+}
+
+fn versions(snap: &Snapshot, history: &History) -> ConfigVersions {
+    ConfigVersions {
+        current: snap.version.to_string(),
+        kept: history.capacity(),
+        versions: history
+            .entries()
+            .iter()
+            .map(|e| version_info(e, snap.version))
+            .collect(),
+    }
+}
+
+/// The kept version `id` names, or the error that says which exist.
+fn find(history: &History, id: &str) -> Result<Arc<Entry>, Box<Resp>> {
+    let kept: Vec<String> = history
+        .entries()
+        .iter()
+        .map(|e| e.version.to_string())
+        .collect();
+    let listed = if kept.is_empty() {
+        "none".to_owned()
+    } else {
+        kept.join(", ")
+    };
+    let (status, message, versions) = match history.find(id) {
+        Ok(entry) => return Ok(entry),
+        Err(FindError::Malformed) => (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{id:?} is not a version id (4 to 64 hex digits, as the logs' \
+                 updatedVersion= or version=); the versions kept are: {listed}"
+            ),
+            kept,
+        ),
+        Err(FindError::NotFound) => (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no version {id:?} is kept (this proxy keeps its last {}); the versions kept are: {listed}",
+                history.capacity()
+            ),
+            kept,
+        ),
+        Err(FindError::Ambiguous(matching)) => (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{id:?} names several versions ({}): give more digits",
+                matching.join(", ")
+            ),
+            matching,
+        ),
+    };
+    Err(Box::new(json_response(
+        status,
+        &ApiError {
+            error: message,
+            versions,
+            ..ApiError::default()
+        },
+    )))
+}
+
+fn version(snap: &Snapshot, history: &History, id: &str) -> Resp {
+    let entry = match find(history, id) {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    let (previous, diff) = match &entry.previous {
+        Some((v, d)) => (Some(v.to_string()), Some(d.clone())),
+        None => (None, None),
+    };
+    ok(&ConfigVersion::<ConfigDiff> {
+        info: version_info(&entry, snap.version),
+        config: config_body(&entry.config),
+        previous,
+        diff_text: diff.as_ref().map(ToString::to_string),
+        diff,
     })
+}
+
+/// `from` and `to` default to the version in force and the one before it.
+fn diff(snap: &Snapshot, history: &History, query: &str) -> Resp {
+    let to = match query_param(query, "to") {
+        Some(id) => find(history, &id),
+        None => find(history, &snap.version.full()),
+    };
+    let to = match to {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    let from = match (query_param(query, "from"), &to.previous) {
+        (Some(id), _) => find(history, &id),
+        (None, Some((v, _))) => find(history, &v.full()),
+        (None, None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "version {} is the first this proxy applied: name the other with from=",
+                    to.version
+                ),
+            )
+        }
+    };
+    let from = match from {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    let diff = ConfigDiff::between(&from.config, &to.config);
+    ok(&ConfigDiffDocument {
+        from: version_info(&from, snap.version),
+        to: version_info(&to, snap.version),
+        text: diff.to_string(),
+        diff,
+    })
+}
+
+fn render(proxy: &Proxy, snap: &Snapshot, history: &History, query: &str) -> Resp {
+    let format = query_param(query, "format").unwrap_or_default();
+    if !RENDER_FORMATS.contains(&format.as_str()) {
+        let what = if format.is_empty() {
+            "a format= is required".to_owned()
+        } else {
+            format!("unknown format {format:?}")
+        };
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("{what}: the formats are {}", RENDER_FORMATS.join(", ")),
+        );
+    }
+    let config = match query_param(query, "version") {
+        Some(id) => match find(history, &id) {
+            Ok(e) => e.config.clone(),
+            Err(r) => return *r,
+        },
+        None => snap.config.clone(),
+    };
+    let text = crate::nginx::render(
+        &config,
+        &crate::nginx::Options {
+            base_dir: history.base_dir(),
+            server_info: &proxy.identity().server_info,
+        },
+    );
+    self::text("text/plain; charset=utf-8", text)
+}
+
+/// A text document that is never cached (it describes the moment).
+fn text(content_type: &'static str, body: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn status_page(admin: &Admin, started: Instant) -> Resp {
+    let history: Vec<status::Change> = admin
+        .history
+        .entries()
+        .iter()
+        .map(|e| status::Change {
+            version: e.version.to_string(),
+            applied: e.applied,
+            source: e.source.as_str().to_owned(),
+            summary: e.summary.clone(),
+        })
+        .collect();
+    let docker = admin
+        .proxy
+        .snapshot()
+        .config
+        .docker
+        .is_some()
+        .then(|| status::DockerState {
+            stats: admin.metrics.docker.get(),
+            findings: admin.metrics.docker.findings(),
+        });
+    let page = status::page(
+        &admin.proxy,
+        &status::Context {
+            started,
+            history: &history,
+            docker,
+        },
+    );
+    let mut r = text("text/html; charset=utf-8", page);
+    // Its own inline style only: nothing else may load, and no other site
+    // may frame it.
+    r.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
+    r
 }
 
 async fn probe(snap: &Snapshot, req: Request<Incoming>) -> Resp {
@@ -363,6 +715,7 @@ async fn probe(snap: &Snapshot, req: Request<Incoming>) -> Resp {
         let body = ApiError {
             error: format!("no route for {host}{path_only} in config {}", snap.version),
             nearest,
+            ..ApiError::default()
         };
         return json_response(StatusCode::NOT_FOUND, &body);
     };
@@ -406,7 +759,7 @@ fn error(status: StatusCode, message: &str) -> Resp {
         status,
         &ApiError {
             error: message.to_owned(),
-            nearest: Vec::new(),
+            ..ApiError::default()
         },
     )
 }
@@ -447,6 +800,11 @@ mod tests {
         assert!(!authorized(None, "0123456789abcdef"));
         let basic = HeaderValue::from_static("Basic 0123456789abcdef");
         assert!(!authorized(Some(&basic), "0123456789abcdef"));
+        // base64("admin:0123456789abcdef"), and the same with a wrong password.
+        let basic = HeaderValue::from_static("Basic YWRtaW46MDEyMzQ1Njc4OWFiY2RlZg==");
+        assert!(authorized(Some(&basic), "0123456789abcdef"));
+        let wrong = HeaderValue::from_static("Basic YWRtaW46MDEyMzQ1Njc4OWFiY2RlRg==");
+        assert!(!authorized(Some(&wrong), "0123456789abcdef"));
     }
 
     #[test]

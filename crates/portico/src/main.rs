@@ -6,14 +6,27 @@
 //!   (signals, reload, graceful shutdown).
 //! - `logging`: Interlock-style logfmt (or JSON) log lines.
 //! - `demo`: the built-in echo replicas behind `portico demo`.
-//! - `admin`: the admin API (`[admin]`): health, routes, config, probes.
+//! - `admin`: the admin API (`[admin]`): health, routes, config and its
+//!   history, probes.
+//! - `history`: the last applied config versions, with their diffs.
+//! - `metrics`: `/metrics`: the proxy's, the providers' and the process's
+//!   counters in Prometheus' text format.
+//! - `status`: `/`, the status page: routes and health, recent errors,
+//!   config versions, certificates, the Docker provider.
+//! - `nginx`: a config version rendered as an nginx.conf.
 //! - `trace_cmd`: `portico trace`, the hop-by-hop functional test.
+//! - `config_cmd`: `portico config list|show|diff|render`, over the admin API.
 #![forbid(unsafe_code)]
 
 mod admin;
+mod config_cmd;
 mod demo;
+mod history;
 mod logging;
+mod metrics;
+mod nginx;
 mod providers;
+mod status;
 mod trace_cmd;
 
 use std::net::SocketAddr;
@@ -31,7 +44,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::history::{History, Source};
 use crate::logging::LogFormat;
+use crate::metrics::Metrics;
+use portico_model::config::DEFAULT_CONFIG_HISTORY;
 
 /// `portico/<version> (<git sha>) <os>/<arch>`: `--version` and `x-server-info`.
 const SERVER_INFO: &str = env!("PORTICO_SERVER_INFO");
@@ -94,6 +110,8 @@ enum Command {
     },
     /// Check each hop to a service (route, tasks, proxies, LB, DNS, client) and name the first that fails.
     Trace(Box<trace_cmd::TraceArgs>),
+    /// The proxy's applied config versions: list, show, diff, render as nginx.conf.
+    Config(config_cmd::ConfigArgs),
 }
 
 /// jemalloc, configured in `.cargo/config.toml` to hand freed memory back
@@ -147,6 +165,7 @@ fn main() -> ExitCode {
     }
     let command = match command {
         Command::Trace(args) => return trace_cmd::run(*args),
+        Command::Config(args) => return config_cmd::run(args),
         other => other,
     };
     logging::init(cli.log_format);
@@ -181,7 +200,9 @@ fn main() -> ExitCode {
                 name,
                 exit_after,
             } => echo(listen, name, exit_after).await,
-            Command::Check { .. } | Command::Trace(_) => unreachable!("handled above"),
+            Command::Check { .. } | Command::Trace(_) | Command::Config(_) => {
+                unreachable!("handled above")
+            }
         }
     });
     match result {
@@ -262,14 +283,18 @@ fn handle_signals(shutdown: CancellationToken, reload: Arc<Notify>) -> anyhow::R
 
 struct Running {
     proxy: Arc<Proxy>,
+    history: Arc<History>,
+    metrics: Arc<Metrics>,
     local: SocketAddr,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 /// Binds the listener and starts the proxy for `config`; it serves until
-/// `shutdown` is cancelled and then drains.
+/// `shutdown` is cancelled and then drains. `config_dir` is what relative
+/// paths in it are relative to.
 async fn start(
     config: Config,
+    config_dir: Option<PathBuf>,
     controller: &mut Controller,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
@@ -281,11 +306,31 @@ async fn start(
         .offer(config)
         .context("a first config is always an update")?;
     let services = config.services.len();
+    // Kept from the first config on, like the admin listener's settings.
+    let history = Arc::new(History::new(
+        config
+            .admin
+            .as_ref()
+            .map_or(DEFAULT_CONFIG_HISTORY, |a| a.config_history),
+        config_dir,
+    ));
+    let source = if config.docker.is_some() {
+        Source::FileAndDocker
+    } else {
+        Source::File
+    };
+    history.record(version, config.clone(), source);
     let proxy = Proxy::new(identity(), config, version);
     tracing::info!(version = %version, services, "configured proxy");
+    let metrics = Arc::new(Metrics::new(Arc::downgrade(&proxy)));
     let local = listener.local_addr()?;
     if let Some(settings) = proxy.snapshot().config.admin.clone() {
-        admin::start(proxy.clone(), &settings, shutdown.clone()).await?;
+        let state = Arc::new(admin::Admin {
+            proxy: proxy.clone(),
+            history: history.clone(),
+            metrics: metrics.clone(),
+        });
+        admin::start(state, &settings, shutdown.clone()).await?;
     }
     let https = match proxy.snapshot().config.proxy.https_listen {
         Some(addr) => Some(
@@ -332,7 +377,13 @@ async fn start(
         }
         plain
     });
-    Ok(Running { proxy, local, task })
+    Ok(Running {
+        proxy,
+        history,
+        metrics,
+        local,
+        task,
+    })
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
@@ -347,7 +398,13 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     };
     let first = providers::merged(&file_config, &docker_view, &mut Vec::new());
     let mut controller = Controller::new();
-    let running = start(first, &mut controller, shutdown.clone()).await?;
+    // Absolute, so a rendering of the config names files wherever it is read.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let config_dir = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()));
+    let running = start(first, config_dir, &mut controller, shutdown.clone()).await?;
     let watcher = providers::spawn(
         path,
         file_config,
@@ -355,6 +412,8 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         docker_view,
         controller,
         running.proxy.clone(),
+        running.history.clone(),
+        running.metrics.clone(),
         reload,
         shutdown.clone(),
     );
@@ -407,7 +466,7 @@ async fn demo(listen: SocketAddr, admin: Option<SocketAddr>) -> anyhow::Result<(
         text.push_str(&format!("\n[admin]\nlisten = \"{admin}\"\n"));
     }
     let config = Config::parse(&text, "demo").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let running = start(config, &mut Controller::new(), shutdown).await?;
+    let running = start(config, None, &mut Controller::new(), shutdown).await?;
     println!("{}", demo::instructions(running.local));
     running.task.await.context("proxy task")??;
     tracing::info!("stopped");

@@ -11,11 +11,16 @@ use portico_model::labels::{Finding, Severity};
 use portico_model::{Config, DockerSettings};
 use portico_proxy::Proxy;
 use tokio::sync::{mpsc, Notify};
+
+use crate::history::{History, Source};
+use crate::metrics::{Metrics, Outcome};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 enum Update {
     File(Box<Config>),
+    /// The file changed and does not load: the version in force stays.
+    FileRejected,
     Docker(DockerView),
 }
 
@@ -58,12 +63,15 @@ pub fn spawn(
     mut docker_view: DockerView,
     mut controller: Controller,
     proxy: Arc<Proxy>,
+    history: Arc<History>,
+    metrics: Arc<Metrics>,
     reload: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> JoinHandle<Result<(), notify::Error>> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     if let Some(settings) = file_config.docker.clone() {
         let (tx, shutdown) = (tx.clone(), shutdown.clone());
+        let slot = metrics.docker.clone();
         tokio::spawn(async move {
             let provider = match provider {
                 Some(p) => p,
@@ -77,6 +85,7 @@ pub fn spawn(
                     }
                 },
             };
+            slot.set(provider.stats());
             docker::watch(provider, shutdown, move |view| {
                 let _ = tx.send(Update::Docker(view));
             })
@@ -84,13 +93,16 @@ pub fn spawn(
         });
     }
     let file_tx = tx;
-    let watcher = tokio::spawn(file::watch(path, reload, shutdown.clone(), move |config| {
-        let _ = file_tx.send(Update::File(Box::new(config)));
+    let watcher = tokio::spawn(file::watch(path, reload, shutdown.clone(), move |loaded| {
+        let _ = file_tx.send(match loaded {
+            Ok(config) => Update::File(Box::new(config)),
+            Err(_) => Update::FileRejected,
+        });
     }));
     tokio::spawn(async move {
         let mut logged = Vec::new();
         while let Some(update) = rx.recv().await {
-            match update {
+            let source = match update {
                 Update::File(c) => {
                     if c.docker != file_config.docker {
                         tracing::warn!(
@@ -98,12 +110,35 @@ pub fn spawn(
                         );
                     }
                     file_config = *c;
+                    Source::File
                 }
-                Update::Docker(v) => docker_view = v,
-            }
+                Update::FileRejected => {
+                    metrics.reloads.record(Source::File, Outcome::Rejected);
+                    continue;
+                }
+                Update::Docker(v) => {
+                    docker_view = v;
+                    Source::Docker
+                }
+            };
             let config = merged(&file_config, &docker_view, &mut logged);
-            if let Some((config, version)) = controller.offer(config) {
-                proxy.apply(config, version);
+            metrics.docker.set_findings(
+                docker_view
+                    .findings
+                    .iter()
+                    .chain(&logged)
+                    .map(|f| format!("{}: {}: {}", f.workload, f.label, f.message))
+                    .collect(),
+            );
+            match controller.offer(config) {
+                Some((config, version)) => {
+                    // Recorded first, so every version the proxy serves can
+                    // be looked up in the history.
+                    history.record(version, config.clone(), source);
+                    proxy.apply(config, version);
+                    metrics.reloads.record(source, Outcome::Applied);
+                }
+                None => metrics.reloads.record(source, Outcome::Unchanged),
             }
         }
     });

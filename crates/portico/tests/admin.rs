@@ -256,12 +256,50 @@ async fn documents_have_stable_schemas() {
     assert_eq!(config["config"]["proxy"]["connect_timeout"], "5s");
     assert_eq!(
         keys(&config["config"]["admin"]),
-        set(&["listen", "token_set"])
+        set(&["listen", "token_set", "config_history"])
     );
+    assert_eq!(config["config"]["admin"]["config_history"], 20);
+    // Every service key of the TOML file, unset ones as null.
     assert_eq!(
         keys(&config["config"]["services"][0]),
-        set(&["name", "hosts", "upstreams"])
+        set(&[
+            "name",
+            "hosts",
+            "upstreams",
+            "tls_cert",
+            "tls_key",
+            "tls_ocsp",
+            "ssl_only",
+            "hsts_max_age",
+            "passthrough",
+            "upstream_tls",
+            "upstream_tls_verify",
+            "upstream_tls_ca",
+            "upstream_tls_name",
+            "upstream_protocol",
+            "context_root",
+            "context_root_rewrite",
+            "redirects",
+            "sticky_session_cookie",
+            "ip_hash",
+            "balance",
+            "default_backend",
+            "max_body_size",
+            "connect_timeout",
+            "upstream_timeout",
+            "health_path",
+            "health_interval",
+            "health_timeout",
+            "health_healthy",
+            "health_unhealthy",
+            "health_status",
+            "health_host",
+            "max_requests",
+            "max_ejected_percent",
+        ])
     );
+    assert!(config["config"]["services"][0]["context_root"].is_null());
+    assert_eq!(config["config"]["services"][0]["balance"], "round_robin");
 
     let probe_url = format!("{base}/probe");
     let (status, probe) = get_json(

@@ -559,3 +559,224 @@ async fn one_address_may_send_only_so_many_bodies_at_once() {
     c.send("body").await.unwrap();
     assert_eq!(c.read_response("POST").await.unwrap().status, 200);
 }
+
+/// An HTTP/2 frame as sent: its 9-byte head, then `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = u32::try_from(payload.len()).unwrap().to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HEADERS with END_STREAM and END_HEADERS.
+fn h2_request(stream: u32, block: &[u8]) -> Vec<u8> {
+    h2_frame(0x1, 0x1 | 0x4, stream, block)
+}
+
+/// HPACK for a field with a new name, no Huffman: `kind` 0x00 is literal
+/// without indexing, 0x40 literal with incremental indexing.
+fn hpack_literal(kind: u8, name: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut b = vec![kind, u8::try_from(name.len()).unwrap()];
+    b.extend_from_slice(name);
+    b.push(u8::try_from(value.len()).unwrap());
+    b.extend_from_slice(value);
+    b
+}
+
+/// HPACK for `GET http://{host}/`: the static table's `:method: GET`,
+/// `:scheme: http`, `:path: /`, and `:authority` by name index, not indexed
+/// (so the dynamic table holds only what a test adds).
+fn hpack_get(host: &str) -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x84, 0x01, u8::try_from(host.len()).unwrap()];
+    b.extend_from_slice(host.as_bytes());
+    b
+}
+
+/// A received HTTP/2 frame.
+#[derive(Debug)]
+struct H2Frame {
+    kind: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+impl H2Frame {
+    /// RST_STREAM on `stream`, with its error code.
+    fn reset(&self, stream: u32) -> Option<u32> {
+        (self.kind == 0x3 && self.stream == stream)
+            .then(|| u32::from_be_bytes(self.payload[..4].try_into().unwrap()))
+    }
+
+    /// HEADERS on `stream` opening with `:status: 200` (static index 8).
+    fn ok(&self, stream: u32) -> bool {
+        self.kind == 0x1 && self.stream == stream && self.payload.first() == Some(&0x88)
+    }
+}
+
+/// Opens an h2c connection (prior knowledge) to `addr`, exchanges SETTINGS,
+/// sends `frames`, then reads until `done` holds for what came back, a
+/// GOAWAY arrives, the proxy closes, or 5 s pass.
+async fn h2c_exchange(
+    addr: std::net::SocketAddr,
+    frames: &[Vec<u8>],
+    done: impl Fn(&[H2Frame]) -> bool,
+) -> Vec<H2Frame> {
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(H2_PREFACE).await.unwrap();
+    c.write_all(&h2_frame(0x4, 0, 0, &[])).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = Vec::new();
+    let mut sent = false;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            while buf.len() >= 9 {
+                let len =
+                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let frame: Vec<u8> = buf.drain(..9 + len).collect();
+                let f = H2Frame {
+                    kind: frame[3],
+                    stream: u32::from_be_bytes(frame[5..9].try_into().unwrap()) & 0x7fff_ffff,
+                    payload: frame[9..].to_vec(),
+                };
+                if f.kind == 0x4 && frame[4] & 0x1 == 0 && !sent {
+                    // The server's SETTINGS: acknowledge, then ask.
+                    c.write_all(&h2_frame(0x4, 0x1, 0, &[])).await.unwrap();
+                    for frame in frames {
+                        c.write_all(frame).await.unwrap();
+                    }
+                    sent = true;
+                }
+                let goaway = f.kind == 0x7;
+                got.push(f);
+                if goaway || done(&got) {
+                    return;
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match c.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    got
+}
+
+/// A header field HTTP forbids in an HTTP/2 request (CR, LF or NUL in its
+/// value, an uppercase name) makes that request malformed (RFC 9113
+/// §8.2.1): its stream is reset with PROTOCOL_ERROR, and the connection and
+/// its other streams go on. Also when the field is followed by a
+/// CONTINUATION, whole or cut in two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_byte_in_an_h2_header_resets_its_stream_not_the_connection() {
+    let app = Backend::echo("app").await;
+    let proxy = TestProxy::start(&service("app", &["h.test"], &[app.addr], "")).await;
+    let get = hpack_get("h.test");
+    let with = |name: &[u8], value: &[u8]| [&get[..], &hpack_literal(0, name, value)].concat();
+    let mut cases = Vec::new();
+    for (name, value) in [
+        (&b"x-bad"[..], &b"a\r\nb"[..]),
+        (b"x-bad", b"a\nb"),
+        (b"x-bad", b"a\0b"),
+        (b"X-Bad", b"b"),
+    ] {
+        cases.push((
+            format!(
+                "{}: {:?}",
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(value)
+            ),
+            vec![h2_request(1, &with(name, value))],
+        ));
+    }
+    // HEADERS without END_HEADERS, then a CONTINUATION with `x-ok: 1`:
+    // whole, or its first byte still in the HEADERS frame.
+    let block = [with(b"x-bad", b"a\r\nb"), hpack_literal(0, b"x-ok", b"1")].concat();
+    for cut in [
+        with(b"x-bad", b"a\r\nb").len(),
+        with(b"x-bad", b"a\r\nb").len() + 1,
+    ] {
+        cases.push((
+            format!("over a CONTINUATION, cut at {cut}"),
+            vec![
+                h2_frame(0x1, 0x1, 1, &block[..cut]),
+                h2_frame(0x9, 0x4, 1, &block[cut..]),
+            ],
+        ));
+    }
+    for (case, mut frames) in cases {
+        frames.push(h2_request(3, &get));
+        let got = h2c_exchange(proxy.addr, &frames, |got| {
+            got.iter().any(|f| f.reset(1).is_some()) && got.iter().any(|f| f.ok(3))
+        })
+        .await;
+        assert!(
+            !got.iter().any(|f| f.kind == 0x7),
+            "{case}: GOAWAY in {got:?}"
+        );
+        assert!(
+            got.iter().any(|f| f.reset(1) == Some(1)),
+            "{case}: no RST_STREAM(PROTOCOL_ERROR) on stream 1 in {got:?}"
+        );
+        assert!(
+            got.iter().any(|f| f.ok(3)),
+            "{case}: no 200 on stream 3 in {got:?}"
+        );
+        assert!(!got.iter().any(|f| f.ok(1)), "{case}: stream 1 answered");
+    }
+    // Only the valid requests reached the upstream.
+    assert_eq!(app.hits(), 6);
+}
+
+/// A field HTTP forbids, sent with incremental indexing, still takes its
+/// place in the HPACK dynamic table (the connection's state must stay in
+/// step): a later request that refers to it is malformed too, by index, or
+/// by name if its name was the bad part; one that doesn't is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_indexed_forbidden_h2_header_resets_every_stream_that_refers_to_it() {
+    let app = Backend::echo("app").await;
+    let proxy = TestProxy::start(&service("app", &["h.test"], &[app.addr], "")).await;
+    let get = hpack_get("h.test");
+    let with = |field: &[u8]| [&get[..], field].concat();
+    // Literal without indexing, name index 62, value `ok`.
+    let name_62_ok = [0x0f, 62 - 15, 2, b'o', b'k'];
+    let frames = [
+        // `x-bad: a\r\nb`, indexed: dynamic index 62.
+        h2_request(1, &with(&hpack_literal(0x40, b"x-bad", b"a\r\nb"))),
+        // Indexed header field, index 62.
+        h2_request(3, &with(&[0x80 | 62])),
+        // Its name with a value of its own: only the value was bad.
+        h2_request(5, &with(&name_62_ok)),
+        // `X-Upper: v`, indexed: now 62, `x-bad` 63.
+        h2_request(7, &with(&hpack_literal(0x40, b"X-Upper", b"v"))),
+        // Its name, bad with any value.
+        h2_request(9, &with(&name_62_ok)),
+        h2_request(11, &with(&[0x80 | 63])),
+        h2_request(13, &get),
+    ];
+    let got = h2c_exchange(proxy.addr, &frames, |got| {
+        got.iter().any(|f| f.reset(11).is_some())
+            && got.iter().any(|f| f.ok(5))
+            && got.iter().any(|f| f.ok(13))
+    })
+    .await;
+    assert!(!got.iter().any(|f| f.kind == 0x7), "GOAWAY in {got:?}");
+    for stream in [1, 3, 7, 9, 11] {
+        assert!(
+            got.iter().any(|f| f.reset(stream) == Some(1)),
+            "no RST_STREAM(PROTOCOL_ERROR) on stream {stream} in {got:?}"
+        );
+    }
+    for stream in [5, 13] {
+        assert!(
+            got.iter().any(|f| f.ok(stream)),
+            "no 200 on stream {stream} in {got:?}"
+        );
+    }
+    assert_eq!(app.hits(), 2);
+}

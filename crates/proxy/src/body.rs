@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use crate::access_log::AccessLog;
 use crate::health::Admitted;
+use crate::metrics::Tally;
 use crate::upstream::{Busy, Conn, Upstream};
 
 /// A response body on its way to the client.
@@ -28,6 +29,9 @@ pub struct ResponseBody {
     in_flight: Option<InFlight>,
     /// Its place under the service's cap, its count on its upstream.
     held: Held,
+    /// The request's count against its service, and the response status,
+    /// recorded with the bytes sent when the body is done.
+    tally: Option<(Tally, u16)>,
 }
 
 /// What a request holds until its response has been passed on: its place
@@ -73,6 +77,7 @@ impl ResponseBody {
             log: None,
             in_flight: None,
             held: Held::default(),
+            tally: None,
         }
     }
 
@@ -84,6 +89,7 @@ impl ResponseBody {
             log: None,
             in_flight: None,
             held: Held::default(),
+            tally: None,
         };
         body.release_if_done();
         body
@@ -103,6 +109,10 @@ impl ResponseBody {
 
     pub fn set_held(&mut self, held: Held) {
         self.held = held;
+    }
+
+    pub fn set_tally(&mut self, tally: Tally, status: u16) {
+        self.tally = Some((tally, status));
     }
 
     pub fn set_log(&mut self, log: Box<AccessLog>) {
@@ -185,6 +195,9 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        if let Some((tally, status)) = self.tally.take() {
+            tally.finish(status, self.bytes);
+        }
         if let Some(log) = self.log.take() {
             let complete = self.is_end_stream();
             log.emit(self.bytes, complete);

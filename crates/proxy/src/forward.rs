@@ -26,6 +26,7 @@ use crate::body::ResponseBody;
 use crate::context::ConnInfo;
 use crate::error::ProxyError;
 use crate::headers::{ip_value, new_request_id, set_forwarding, strip_hop_by_hop, X_FORWARDED_FOR};
+use crate::metrics::{Listener, Protocol, ServiceStats, Tally};
 use crate::pipeline::{self, log_failure, Attempts, Outcome, RequestHead};
 use crate::snapshot::{Pool, Snapshot};
 use crate::upload::{
@@ -210,12 +211,29 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
     });
 
     let http1 = req.version() < HttpVersion::HTTP_2;
+    let method = crate::metrics::method_class(req.method().as_str());
     let mut attempts = Attempts::default();
-    let mut resp = match forward(&snap, &conn, &client, &request_id, req, &mut attempts).await {
+    let mut service = None;
+    let forwarded = forward(
+        &snap,
+        &conn,
+        &client,
+        &request_id,
+        req,
+        (&mut attempts, &mut service),
+    )
+    .await;
+    if let (None, Err(answer)) = (&service, &forwarded) {
+        proxy.stats.unforwarded(answer.error.as_ref());
+    }
+    let mut resp = match forwarded {
         Ok(resp) => resp,
         Err(answer) => {
             let (resp, error) = answer.into_response(http1);
             if let Some(e) = error {
+                if let Some(stats) = &service {
+                    stats.error(resp.status().as_u16(), &e);
+                }
                 log_failure(&e, client.addr, &request_id, &attempts);
                 if let Some(log) = &mut log {
                     log.error = Some(e.to_string());
@@ -232,6 +250,11 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
         (request_id.as_bytes(), Some(&request_id)),
         &attempts,
     );
+    if let Some(stats) = service {
+        let status = resp.status().as_u16();
+        resp.body_mut()
+            .set_tally(Tally::with_class(stats, method, start), status);
+    }
     if let Some(mut log) = log {
         pipeline::record(&mut log, resp.status(), &attempts);
         resp.body_mut().set_log(log);
@@ -273,7 +296,7 @@ async fn forward(
     client: &Client,
     request_id: &HeaderValue,
     mut req: Request<Incoming>,
-    attempts: &mut Attempts,
+    (attempts, service): (&mut Attempts, &mut Option<Arc<ServiceStats>>),
 ) -> Result<Response<ResponseBody>, Box<Answer>> {
     // The decision's temporaries stay in this block, out of the request's
     // future (which an HTTP/2 stream spawns as a task of its own).
@@ -323,6 +346,7 @@ async fn forward(
     };
     let route = snap.table.route(route_id);
     let pool = &snap.pools[route_id];
+    *service = Some(pool.stats.clone());
 
     // A protocol upgrade (websockets): the client asks with `Connection:
     // upgrade` and `Upgrade`. Those are hop-by-hop, so they are set again
@@ -388,7 +412,7 @@ async fn forward(
                 min_rate: p.client_body_min_rate.map(|r| (r, p.client_body_grace)),
                 max_size: route.max_body_size,
             };
-            let (body, sent) = Upload::start(body, limits, slot);
+            let (body, sent) = Upload::start(body, limits, slot, pool.stats.clone());
             (body, Some(sent))
         };
     let mut exchange = HyperExchange {
@@ -408,7 +432,16 @@ async fn forward(
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol);
             let idle = snap.config.proxy.tunnel_idle_timeout;
-            tokio::spawn(join_upgraded(client_side, upstream_side, idle));
+            let listener = if conn.tls.is_some() {
+                Listener::Https
+            } else {
+                Listener::Http
+            };
+            let gauge = conn.proxy.stats.open(listener, Protocol::Websocket);
+            tokio::spawn(async move {
+                join_upgraded(client_side, upstream_side, idle).await;
+                drop(gauge);
+            });
         }
     }
     if let (Some(_), Some(max_age)) = (&conn.tls, route.hsts_max_age) {
@@ -578,8 +611,8 @@ impl pipeline::Exchange for HyperExchange {
         upstream.checkout(pool.connect_timeout).await
     }
 
-    fn upstream_failed(out: &Self::Out) -> bool {
-        pipeline::failing_status(out.status().as_u16())
+    fn status(out: &Self::Out) -> Option<u16> {
+        Some(out.status().as_u16())
     }
 
     async fn send(

@@ -44,6 +44,7 @@ use crate::forward;
 use crate::forward::Alpn;
 use crate::headers::{is_hop_by_hop, is_set_on_requests, is_set_on_responses, request_id_bytes};
 use crate::io::Prefixed;
+use crate::metrics::{Listener, OpenConn, Protocol, Tally};
 use crate::pipeline::Attempts;
 use crate::pipeline::{self, Outcome, RequestHead};
 use crate::snapshot::{Pool, Snapshot};
@@ -162,7 +163,7 @@ impl Shared {
                             proxy.clone(),
                             p.client,
                             self.clone(),
-                            p.served,
+                            (p.served, p.gauge),
                         ));
                     }
                 }
@@ -172,7 +173,7 @@ impl Shared {
                 Some(p) = arrivals.recv() => parked.push(WaitReadable(Some(p))),
                 Some(p) = parked.next(), if !parked.is_empty() => {
                     let p: Parked = p;
-                    tokio::spawn(serve_from(p.stream, proxy.clone(), p.client, self.clone(), p.served));
+                    tokio::spawn(serve_from(p.stream, proxy.clone(), p.client, self.clone(), (p.served, p.gauge)));
                 }
                 _ = woken => {
                     let limit = self.idle_limit();
@@ -211,6 +212,8 @@ pub(crate) struct Parked {
     since: Instant,
     /// It has served a request (so it is HTTP/1.1, not h2c).
     served: bool,
+    /// It still counts as an open connection.
+    gauge: OpenConn,
 }
 
 /// Ready when a parked connection's client has sent something (or closed).
@@ -310,7 +313,8 @@ pub(crate) async fn serve(
     client: SocketAddr,
     shared: Arc<Shared>,
 ) {
-    serve_from(stream, proxy, client, shared, false).await;
+    let gauge = proxy.stats.open(Listener::Http, Protocol::Http1);
+    serve_from(stream, proxy, client, shared, (false, gauge)).await;
 }
 
 /// [`serve`], for a new connection or (`served`) one that was parked.
@@ -319,7 +323,7 @@ async fn serve_from(
     proxy: Arc<crate::Proxy>,
     client: SocketAddr,
     shared: Arc<Shared>,
-    mut served: bool,
+    (mut served, mut gauge): (bool, OpenConn),
 ) {
     let open = Open::new(shared);
     let shared = &open.0;
@@ -337,6 +341,7 @@ async fn serve_from(
                         client,
                         since,
                         served,
+                        gauge,
                     };
                     let _ = shared.parker.send(parked);
                     return;
@@ -406,12 +411,15 @@ async fn serve_from(
     // Before the first request the connection may still be h2c by prior
     // knowledge; after one, it is HTTP/1.1 for good.
     let alpn = if !served { Alpn::Detect } else { Alpn::Http1 };
+    if !served && pending.starts_with(b"PRI * HTTP/2.0") {
+        gauge.now(Protocol::H2);
+    }
     let io = Prefixed::new(pending, stream);
     let info = ConnInfo::new(proxy, client, None);
     // On the heap: hyper's connection future is large, and inline it would
     // make every connection's task that large, idle ones included.
     Box::pin(forward::serve_http(io, info, alpn, watcher)).await;
-    drop(open);
+    drop((open, gauge));
 }
 
 /// What a request on the fast path knows of its connection.
@@ -738,6 +746,15 @@ async fn exchange(
         )
     };
     let _in_flight = InFlight::enter(&conn.proxy.in_flight);
+    let tally = match &plan {
+        Plan::Forward { route, .. } => {
+            Some(Tally::new(snap.pools[*route].stats.clone(), method, start))
+        }
+        Plan::Answer(answer) => {
+            conn.proxy.stats.unforwarded(answer.error.as_ref());
+            None
+        }
+    };
     let mut log = snap
         .config
         .proxy
@@ -796,6 +813,12 @@ async fn exchange(
                 answer.body.len() as u64
             };
             let ok = client.write_all(&out).await.is_ok();
+            if let Some(tally) = tally {
+                if let Some(e) = &answer.error {
+                    tally.stats().error(answer.status.as_u16(), e);
+                }
+                tally.finish(answer.status.as_u16(), body_len);
+            }
             if let Some(log) = log {
                 log.emit(body_len, ok);
             }
@@ -822,6 +845,9 @@ async fn exchange(
     };
     let (bytes, outcome) =
         copy_body(client, lease, &mut from_upstream, resp.len, &out, framing).await;
+    if let Some(tally) = tally {
+        tally.finish(resp.status, bytes);
+    }
     if let Some(mut log) = log.take() {
         let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
         pipeline::record(&mut log, status, &attempts);
@@ -998,8 +1024,8 @@ impl pipeline::Exchange for RawExchange<'_> {
         upstream.checkout_raw(pool.connect_timeout).await
     }
 
-    fn upstream_failed((_, head): &Self::Out) -> bool {
-        pipeline::failing_status(head.status)
+    fn status((_, head): &Self::Out) -> Option<u16> {
+        Some(head.status)
     }
 
     async fn send(

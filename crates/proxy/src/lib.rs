@@ -38,6 +38,8 @@
 //! - `proxy_protocol`: the PROXY protocol header an external load balancer
 //!   may send first, with the client's address.
 //! - [`access_log`]: the per-request log line.
+//! - [`metrics`]: counters kept beside the services, upstreams and
+//!   listeners they count, and their Prometheus exposition.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
@@ -54,6 +56,7 @@ mod h1;
 pub mod headers;
 pub mod health;
 mod io;
+pub mod metrics;
 mod pipeline;
 mod proxy_protocol;
 pub mod server;
@@ -95,6 +98,8 @@ pub struct Proxy {
     checks: checks::Checkers,
     /// Request bodies in progress per client address.
     pub(crate) bodies: Arc<upload::BodySlots>,
+    /// Connections, handshakes and unrouted requests, for metrics.
+    pub(crate) stats: Arc<metrics::ProxyStats>,
 }
 
 impl Proxy {
@@ -122,6 +127,7 @@ impl Proxy {
             general_only: Default::default(),
             checks: Default::default(),
             bodies: Arc::default(),
+            stats: Arc::default(),
         })
     }
 

@@ -26,6 +26,7 @@ use crate::error::ProxyError;
 use crate::headers::{
     X_PROXY_ID, X_REQUEST_ID, X_SERVER_INFO, X_UPSTREAM_ADDR, X_UPSTREAM_RESPONSE_TIME,
 };
+use crate::metrics::Failure;
 use crate::snapshot::{Pool, Snapshot};
 use crate::upstream::{ConnectError, Upstream};
 
@@ -499,12 +500,13 @@ pub(crate) trait Exchange {
         upstream: &Arc<Upstream>,
         conn: Self::Conn,
     ) -> Outcome<Self::Out>;
-    /// The answer is one that counts against the upstream (502, 503, 504).
-    fn upstream_failed(out: &Self::Out) -> bool;
+    /// The answer's status, when it is an HTTP response.
+    fn status(out: &Self::Out) -> Option<u16>;
 }
 
-/// Whether the upstream answered with a status that counts against it.
-pub(crate) fn failing_status(status: u16) -> bool {
+/// Whether the upstream answered with a status that counts against it
+/// (502, 503, 504).
+fn failing_status(status: u16) -> bool {
     matches!(status, 502..=504)
 }
 
@@ -586,6 +588,8 @@ pub(crate) async fn try_upstreams<'p, E: Exchange>(
                                         crate::error::humanize(delay)
                                     );
                                     pool.failed(upstream, &why);
+                                    upstream.stats.attempt();
+                                    upstream.stats.failed(Failure::Connect);
                                     attempts.push(Attempt::new(upstream, started.elapsed()));
                                     failures.push(format!("{}: {why}", upstream.addr));
                                     i = j;
@@ -606,18 +610,24 @@ pub(crate) async fn try_upstreams<'p, E: Exchange>(
             Err(e) => {
                 if e.blames_upstream() {
                     pool.failed(upstream, &e.to_string());
+                    upstream.stats.failed(Failure::Connect);
                 }
                 Outcome::Next(e.to_string())
             }
         };
         let tried = Attempt::new(upstream, started.elapsed());
+        if !matches!(outcome, Outcome::Stale(_)) || stale_retry_used {
+            upstream.stats.attempt();
+        }
         match outcome {
             Outcome::Answered(out) => {
-                if E::upstream_failed(&out) {
+                let status = E::status(&out);
+                if status.is_some_and(failing_status) {
                     pool.failed(upstream, "it answered 502, 503 or 504");
                 } else {
                     upstream.health.success();
                 }
+                upstream.stats.answered(tried.took, status.unwrap_or(0));
                 attempts.push(tried);
                 let held = Held { admitted, busy };
                 return Ok((out, upstream, held));
@@ -626,6 +636,7 @@ pub(crate) async fn try_upstreams<'p, E: Exchange>(
             Outcome::Stale(why) | Outcome::Next(why) => {
                 if sent {
                     pool.failed(upstream, &why);
+                    upstream.stats.failed(Failure::Reset);
                 }
                 attempts.push(tried);
                 failures.push(format!("{}: {why}", upstream.addr));
@@ -633,6 +644,11 @@ pub(crate) async fn try_upstreams<'p, E: Exchange>(
                 i += 1;
             }
             Outcome::Fatal(e) => {
+                match e {
+                    ProxyError::Timeout { .. } => upstream.stats.failed(Failure::Timeout),
+                    ProxyError::BadGateway { .. } => upstream.stats.failed(Failure::Reset),
+                    _ => {}
+                }
                 if matches!(
                     e,
                     ProxyError::Timeout { .. } | ProxyError::BadGateway { .. }

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::context::{ConnInfo, TlsInfo};
 use crate::forward;
+use crate::metrics::{Listener, Protocol, TlsFailure};
 use crate::snapshot::Snapshot;
 use crate::Proxy;
 
@@ -207,10 +208,12 @@ async fn tls_connection(
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             tracing::debug!(client = %peer, error = %e, "TLS connection refused");
+            proxy.stats.tls_failed(TlsFailure::NoClientHello);
             return;
         }
         Err(_) => {
             tracing::debug!(client = %peer, "no ClientHello within client_header_timeout");
+            proxy.stats.tls_failed(TlsFailure::NoClientHello);
             return;
         }
     };
@@ -219,6 +222,7 @@ async fn tls_connection(
         // Validation keeps a passthrough site to one path: the connection's
         // bytes are never read, so no path could choose between several.
         if let (true, Some(&route)) = (site.passthrough, site.rules.last()) {
+            let _gauge = proxy.stats.open(Listener::Https, Protocol::Passthrough);
             tunnels
                 .track_future(passthrough(snap, route, stream, hello, peer))
                 .await;
@@ -231,6 +235,7 @@ async fn tls_connection(
             client = %peer,
             "no certificate for the requested name; handshake refused"
         );
+        proxy.stats.tls_failed(TlsFailure::UnknownName);
         let _ = stream.write_all(&UNRECOGNIZED_NAME_ALERT).await;
         return;
     }
@@ -244,17 +249,21 @@ async fn tls_connection(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(client = %peer, sni = hello.sni.as_deref().unwrap_or("-"), error = %e, "TLS handshake failed");
+            proxy.stats.tls_failed(TlsFailure::of(&e));
             return;
         }
         Err(_) => {
             tracing::debug!(client = %peer, "TLS handshake timed out");
+            proxy.stats.tls_failed(TlsFailure::Timeout);
             return;
         }
     };
-    let alpn = match tls.get_ref().1.alpn_protocol() {
-        Some(b"h2") => forward::Alpn::H2,
-        _ => forward::Alpn::Http1,
+    proxy.stats.tls_handshake();
+    let (alpn, protocol) = match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => (forward::Alpn::H2, Protocol::H2),
+        _ => (forward::Alpn::Http1, Protocol::Http1),
     };
+    let _gauge = proxy.stats.open(Listener::Https, protocol);
     let info = ConnInfo::new(proxy, peer, Some(TlsInfo { sni: hello.sni }));
     let io = crate::io::FirstReadDeadline {
         inner: tls,
@@ -373,8 +382,8 @@ impl crate::pipeline::Exchange for TunnelExchange<'_> {
         }
     }
 
-    fn upstream_failed(_: &TcpStream) -> bool {
-        false
+    fn status(_: &TcpStream) -> Option<u16> {
+        None
     }
 
     async fn send(

@@ -17,6 +17,7 @@ use rustls::pki_types::ServerName;
 use rustls::ServerConfig;
 
 use crate::health::{Guards, Outlier};
+use crate::metrics::ServiceStats;
 use crate::tls::{self, CertStore, CertStoreHandle, SessionState};
 use crate::upstream::{Transport, Upstream, UpstreamLimits};
 
@@ -58,6 +59,8 @@ pub struct Pool {
     /// The service's retry budget and request cap, shared by its routes
     /// and kept across reloads.
     pub guards: Arc<Guards>,
+    /// The service's request counters, shared and kept the same way.
+    pub stats: Arc<ServiceStats>,
     /// The service's cap on concurrent requests.
     pub max_requests: Option<u32>,
     /// Retries may add this percentage of recent requests, plus this many
@@ -115,67 +118,78 @@ impl Snapshot {
         {
             known.insert((u.addr, u.transport.options.clone()), u.clone());
         }
-        // A service's guards stay with it (by name) across versions.
-        let mut guards: HashMap<String, Arc<Guards>> = previous
+        // A service's guards and counters stay with it (by name) across
+        // versions.
+        let mut guards: HashMap<String, (Arc<Guards>, Arc<ServiceStats>)> = previous
             .into_iter()
             .flat_map(|s| s.pools.iter())
-            .map(|pool| (pool.label.clone(), pool.guards.clone()))
+            .map(|pool| {
+                (
+                    pool.label.clone(),
+                    (pool.guards.clone(), pool.stats.clone()),
+                )
+            })
             .collect();
         let mut transports: HashMap<UpstreamOptions, Transport> = HashMap::new();
         let table = RoutingTable::build(&config);
         let pools = table
             .routes()
             .iter()
-            .map(|route| Pool {
-                guards: guards
+            .map(|route| {
+                let (guards, stats) = guards
                     .entry(route.label())
-                    .or_insert_with(Guards::new)
-                    .clone(),
-                outlier: Outlier {
-                    consecutive_failures: p.outlier_consecutive_failures,
-                    base_ejection: p.outlier_base_ejection_time,
-                    max_ejection: p.outlier_max_ejection_time,
-                    max_ejected_percent: route.max_ejected_percent,
-                },
-                max_requests: route.max_requests,
-                retry_budget: (p.retry_budget_percent, p.retry_budget_min_per_second),
-                hedge_delay: p.hedge_delay,
-                label: route.label(),
-                upstream_timeout: route.upstream_timeout,
-                connect_timeout: route.connect_timeout,
-                least_request: route.balance == portico_model::Balance::LeastRequest,
-                plain_http1: route
-                    .upstream_options
-                    .iter()
-                    .all(|o| o.protocol == UpstreamProtocol::Http1 && o.tls.is_none()),
-                upstreams: route
-                    .upstreams
-                    .iter()
-                    .zip(&route.upstream_options)
-                    .map(|(addr, options)| {
-                        let transport = transports
-                            .entry(options.clone())
-                            .or_insert_with(|| transport(options, &config, provider));
-                        let key = (*addr, options.clone());
-                        match known.get(&key) {
-                            Some(u) if u.reusable_for(&limits, transport) => u.clone(),
-                            was => {
-                                // New settings, same upstream: what is known
-                                // of its health still holds.
-                                let health = was.map_or_else(Arc::default, |u| u.health.clone());
-                                let u = Arc::new(Upstream::new(
-                                    *addr,
-                                    limits,
-                                    transport.clone(),
-                                    health,
-                                ));
-                                known.insert(key, u.clone());
-                                u
+                    .or_insert_with(|| (Guards::new(), Arc::default()))
+                    .clone();
+                Pool {
+                    guards,
+                    stats,
+                    outlier: Outlier {
+                        consecutive_failures: p.outlier_consecutive_failures,
+                        base_ejection: p.outlier_base_ejection_time,
+                        max_ejection: p.outlier_max_ejection_time,
+                        max_ejected_percent: route.max_ejected_percent,
+                    },
+                    max_requests: route.max_requests,
+                    retry_budget: (p.retry_budget_percent, p.retry_budget_min_per_second),
+                    hedge_delay: p.hedge_delay,
+                    label: route.label(),
+                    upstream_timeout: route.upstream_timeout,
+                    connect_timeout: route.connect_timeout,
+                    least_request: route.balance == portico_model::Balance::LeastRequest,
+                    plain_http1: route
+                        .upstream_options
+                        .iter()
+                        .all(|o| o.protocol == UpstreamProtocol::Http1 && o.tls.is_none()),
+                    upstreams: route
+                        .upstreams
+                        .iter()
+                        .zip(&route.upstream_options)
+                        .map(|(addr, options)| {
+                            let transport = transports
+                                .entry(options.clone())
+                                .or_insert_with(|| transport(options, &config, provider));
+                            let key = (*addr, options.clone());
+                            match known.get(&key) {
+                                Some(u) if u.reusable_for(&limits, transport) => u.clone(),
+                                was => {
+                                    // New settings, same upstream: what is known
+                                    // of its health still holds.
+                                    let health =
+                                        was.map_or_else(Arc::default, |u| u.health.clone());
+                                    let mut u =
+                                        Upstream::new(*addr, limits, transport.clone(), health);
+                                    if let Some(was) = was {
+                                        u.stats = was.stats.clone();
+                                    }
+                                    let u = Arc::new(u);
+                                    known.insert(key, u.clone());
+                                    u
+                                }
                             }
-                        }
-                    })
-                    .collect(),
-                next: AtomicUsize::new(0),
+                        })
+                        .collect(),
+                    next: AtomicUsize::new(0),
+                }
             })
             .collect();
         let proxy_id = p.proxy_id.as_deref().unwrap_or(default_proxy_id);

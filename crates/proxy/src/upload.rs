@@ -15,6 +15,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
+
+use crate::metrics::ServiceStats;
 use tokio::time::{Instant, Sleep};
 
 /// A request body on its way upstream.
@@ -74,6 +76,14 @@ pub struct Upload {
     min_rate: Option<(u64, Duration)>,
     /// Its place under `max_bodies_per_client`, until the body has ended.
     slot: Option<BodySlot>,
+    /// The service's counters, which get `received` when the body is done.
+    stats: Arc<ServiceStats>,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        self.stats.add_request_bytes(self.received);
+    }
 }
 
 /// How an upload is bounded: the client's stall, its average rate, the
@@ -90,6 +100,7 @@ impl Upload {
         inner: Incoming,
         limits: UploadLimits,
         slot: Option<BodySlot>,
+        stats: Arc<ServiceStats>,
     ) -> (ProxyBody, oneshot::Receiver<()>) {
         let (done, sent) = oneshot::channel();
         let now = Instant::now();
@@ -104,6 +115,7 @@ impl Upload {
             last_data: now,
             min_rate: limits.min_rate,
             slot,
+            stats,
         };
         upload.rearm();
         (ProxyBody::Upload(Box::new(upload)), sent)

@@ -90,6 +90,8 @@ pub struct Upstream {
     /// What checks and failed requests say of it; carried over to the
     /// upstream that replaces it on a reload (same address and protocol).
     pub health: Arc<Health>,
+    /// Its counters for metrics, carried over like `health`.
+    pub stats: Arc<crate::metrics::UpstreamStats>,
 }
 
 /// A request in flight on an upstream (see [`Upstream::busy`]), until its
@@ -216,7 +218,15 @@ impl Upstream {
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
             health,
+            stats: Arc::default(),
         }
+    }
+
+    /// Connections open to it (busy and idle), and of those idle.
+    pub fn connections(&self) -> (usize, usize) {
+        let idle = lock(&self.idle).len();
+        let open = self.limits.max_connections - self.slots.available_permits();
+        (open.max(idle), idle)
     }
 
     /// Requests sent to it and not answered yet.

@@ -151,13 +151,215 @@ pub struct Probe {
 }
 
 /// The body of every admin error (4xx/5xx).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ApiError {
     pub error: String,
     /// For an unknown host: the configured hosts nearest to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nearest: Vec<NearHost>,
+    /// For an unknown config version: the versions the proxy keeps, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<String>,
 }
+
+/// `GET /config`: the config in force, every setting named as in the
+/// TOML file (durations as `"5s"`, sizes in bytes, unset as `null`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConfigDocument {
+    pub version: String,
+    pub version_full: String,
+    pub config: ConfigBody,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConfigBody {
+    pub proxy: ProxyConfig,
+    /// `null` without an `[admin]` table. The token itself is never shown.
+    pub admin: Option<AdminConfig>,
+    pub services: Vec<ServiceConfig>,
+}
+
+/// `[proxy]`. Fields after `max_header_bytes` were added with config
+/// history; a client reading an older proxy gets their defaults.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProxyConfig {
+    pub http_listen: SocketAddr,
+    pub proxy_id: Option<String>,
+    pub hide_info_headers: bool,
+    pub access_log: bool,
+    pub connect_timeout: String,
+    pub upstream_timeout: String,
+    pub client_header_timeout: String,
+    pub shutdown_grace: String,
+    pub max_connections_per_upstream: usize,
+    pub idle_connections_per_upstream: usize,
+    pub max_header_bytes: usize,
+    #[serde(default)]
+    pub tunnel_idle_timeout: String,
+    #[serde(default)]
+    pub client_body_timeout: String,
+    /// `"1KiB/s"`, or `"off"`.
+    #[serde(default)]
+    pub client_body_min_rate: String,
+    #[serde(default)]
+    pub client_body_grace: String,
+    #[serde(default)]
+    pub max_bodies_per_client: usize,
+    #[serde(default)]
+    pub https_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub default_tls_cert: Option<String>,
+    #[serde(default)]
+    pub default_tls_key: Option<String>,
+    #[serde(default)]
+    pub default_tls_ocsp: Option<String>,
+    #[serde(default)]
+    pub https_redirect_port: u16,
+    #[serde(default)]
+    pub max_body_size: Option<u64>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub http_proxy_protocol: bool,
+    #[serde(default)]
+    pub https_proxy_protocol: bool,
+    #[serde(default)]
+    pub outlier_consecutive_failures: u32,
+    #[serde(default)]
+    pub outlier_base_ejection_time: String,
+    #[serde(default)]
+    pub outlier_max_ejection_time: String,
+    #[serde(default)]
+    pub max_ejected_percent: u8,
+    #[serde(default)]
+    pub retry_budget_percent: u8,
+    #[serde(default)]
+    pub retry_budget_min_per_second: u32,
+    /// A duration, or `"off"`.
+    #[serde(default)]
+    pub hedge_delay: String,
+    #[serde(default)]
+    pub health_concurrency: usize,
+    #[serde(default)]
+    pub tls_profile: String,
+}
+
+/// `[admin]`, without the token.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token_set: bool,
+    #[serde(default)]
+    pub config_history: usize,
+}
+
+/// One `[[service]]` (or Docker service), every key as the file names it.
+/// Fields after `upstreams` were added with config history.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub upstreams: Vec<SocketAddr>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub tls_ocsp: Option<String>,
+    pub ssl_only: bool,
+    pub hsts_max_age: Option<String>,
+    pub passthrough: bool,
+    pub upstream_tls: bool,
+    /// `"required"` or `"none"` with `upstream_tls`.
+    pub upstream_tls_verify: Option<String>,
+    pub upstream_tls_ca: Option<String>,
+    pub upstream_tls_name: Option<String>,
+    /// `"http1"`, `"h2"` or `"h2c"`.
+    pub upstream_protocol: String,
+    /// `null`: every path.
+    pub context_root: Option<String>,
+    pub context_root_rewrite: bool,
+    pub redirects: Vec<RedirectConfig>,
+    pub sticky_session_cookie: Option<String>,
+    pub ip_hash: bool,
+    /// `"round_robin"` or `"least_request"`.
+    pub balance: String,
+    pub default_backend: bool,
+    pub max_body_size: Option<u64>,
+    pub connect_timeout: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub health_path: Option<String>,
+    pub health_interval: Option<String>,
+    pub health_timeout: Option<String>,
+    pub health_healthy: Option<u32>,
+    pub health_unhealthy: Option<u32>,
+    pub health_status: Option<String>,
+    pub health_host: Option<String>,
+    pub max_requests: Option<u32>,
+    pub max_ejected_percent: Option<u8>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RedirectConfig {
+    pub from: String,
+    pub to: String,
+}
+
+/// `GET /config/versions`: the versions the proxy keeps, newest first.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConfigVersions {
+    /// The version in force (12 hex digits).
+    pub current: String,
+    /// How many versions are kept (`[admin] config_history`).
+    pub kept: usize,
+    pub versions: Vec<VersionInfo>,
+}
+
+/// One applied version, as listed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VersionInfo {
+    /// 12 hex digits, as in the logs' `version=`.
+    pub version: String,
+    /// 6 hex digits, as in the logs' `updatedVersion=`.
+    pub short: String,
+    pub version_full: String,
+    /// When it was applied (RFC 3339, UTC).
+    pub applied: String,
+    /// Whose input changed to make it: `file`, `docker` or `file+docker`.
+    pub source: String,
+    /// What changed from the version before, in one line.
+    pub summary: String,
+    /// It is the version in force.
+    pub current: bool,
+}
+
+/// `GET /config/versions/{v}`: one version's config (the `/config`
+/// document's `version`, `version_full` and `config`, with the list's
+/// fields) and what changed from the version before it. `D` is the diff's
+/// type: `portico_model::ConfigDiff` on both sides; generic because this
+/// crate does not depend on the model.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConfigVersion<D> {
+    #[serde(flatten)]
+    pub info: VersionInfo,
+    pub config: ConfigBody,
+    /// The version applied before it (12 hex digits); `null` for the first.
+    pub previous: Option<String>,
+    /// What changed from `previous`, structured and as text.
+    pub diff: Option<D>,
+    pub diff_text: Option<String>,
+}
+
+/// `GET /config/diff?from=A&to=B`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConfigDiffDocument<D> {
+    pub from: VersionInfo,
+    pub to: VersionInfo,
+    pub diff: D,
+    /// The same, for a person: one line per change.
+    pub text: String,
+}
+
+/// What `GET /config/render?format=` offers.
+pub const RENDER_FORMATS: &[&str] = &["nginx"];
 
 /// The configured hosts nearest to `host` (at most 3, closest first), from
 /// `(pattern, services)` pairs; only those within a plausible typo
@@ -240,12 +442,72 @@ impl AdminClient {
         self.call(Method::POST, "/probe", Bytes::from(body)).await
     }
 
+    pub async fn config_versions(&self) -> Result<ConfigVersions, AdminError> {
+        self.call(Method::GET, "/config/versions", Bytes::new())
+            .await
+    }
+
+    /// One version by id (full, 12 or 6 hex digits, or a unique prefix of
+    /// at least 4).
+    pub async fn config_version<D: DeserializeOwned>(
+        &self,
+        version: &str,
+    ) -> Result<ConfigVersion<D>, AdminError> {
+        let path = format!("/config/versions/{}", encode_query(version));
+        self.call(Method::GET, &path, Bytes::new()).await
+    }
+
+    pub async fn config_diff<D: DeserializeOwned>(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<ConfigDiffDocument<D>, AdminError> {
+        let path = format!(
+            "/config/diff?from={}&to={}",
+            encode_query(from),
+            encode_query(to)
+        );
+        self.call(Method::GET, &path, Bytes::new()).await
+    }
+
+    /// A version (default: the one in force) rendered in `format`, as text.
+    pub async fn config_render(
+        &self,
+        format: &str,
+        version: Option<&str>,
+    ) -> Result<String, AdminError> {
+        let mut path = format!("/config/render?format={}", encode_query(format));
+        if let Some(v) = version {
+            path.push_str(&format!("&version={}", encode_query(v)));
+        }
+        let answer = self.send(Method::GET, &path, Bytes::new()).await?;
+        String::from_utf8(answer.body.to_vec()).map_err(|e| AdminError::Decode {
+            addr: self.addr,
+            error: e.to_string(),
+        })
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Bytes,
     ) -> Result<T, AdminError> {
+        let answer = self.send(method, path, body).await?;
+        serde_json::from_slice(&answer.body).map_err(|e| AdminError::Decode {
+            addr: self.addr,
+            error: e.to_string(),
+        })
+    }
+
+    /// One exchange; a 4xx/5xx answer is an error carrying the API's
+    /// error document when there is one.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<crate::http::Answer, AdminError> {
         let host = self.addr.to_string();
         let mut headers = vec![("accept", "application/json".to_owned())];
         if !body.is_empty() {
@@ -263,7 +525,8 @@ impl AdminClient {
             body,
             tls: None,
             timeout: self.timeout,
-            body_limit: 16 << 20,
+            // A rendered config of thousands of services runs to megabytes.
+            body_limit: 64 << 20,
         })
         .await;
         let answer = ex.result.map_err(|error| AdminError::Unreachable {
@@ -284,10 +547,7 @@ impl AdminClient {
                 body: parsed,
             });
         }
-        serde_json::from_slice(&answer.body).map_err(|e| AdminError::Decode {
-            addr: self.addr,
-            error: e.to_string(),
-        })
+        Ok(answer)
     }
 }
 
