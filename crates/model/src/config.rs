@@ -90,6 +90,12 @@ pub struct ProxySettings {
     /// every method): a vanished replica, which sends no reset, costs no
     /// one a whole `connect_timeout`. `None` (`"off"`): no hedging.
     pub hedge_delay: Option<Duration>,
+    /// When set, every upstream of every route is sent the route's request
+    /// (its host, its path, the upstream's TLS) once per interval, spread
+    /// over it: `portico trace`'s upstream hop, always on. Results are
+    /// metrics and status-page lines; they never take an upstream out.
+    /// `None` (`"off"`, the default): no probes.
+    pub probe_interval: Option<Duration>,
     /// Cap on active health checks in flight at once, over all services, so
     /// thousands of upstreams are never probed all at one moment.
     pub health_concurrency: usize,
@@ -338,6 +344,7 @@ impl Default for ProxySettings {
             retry_budget_percent: 20,
             retry_budget_min_per_second: 3,
             hedge_delay: Some(Duration::from_millis(200)),
+            probe_interval: None,
             health_concurrency: 64,
             tls_profile: TlsProfile::Intermediate,
             client_body_min_rate: Some(1024),
@@ -629,6 +636,7 @@ struct RawProxy {
     retry_budget_percent: Option<Spanned<i64>>,
     retry_budget_min_per_second: Option<Spanned<i64>>,
     hedge_delay: Option<Spanned<String>>,
+    probe_interval: Option<Spanned<String>>,
     health_concurrency: Option<Spanned<i64>>,
     tls_profile: Option<Spanned<String>>,
     client_body_min_rate: Option<Spanned<String>>,
@@ -1064,6 +1072,14 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
     if let Some(d) = read(&raw.hedge_delay, "proxy.hedge_delay", |t| hedge_delay(t), r) {
         p.hedge_delay = d;
     }
+    if let Some(d) = read(
+        &raw.probe_interval,
+        "proxy.probe_interval",
+        |t| probe_interval(t),
+        r,
+    ) {
+        p.probe_interval = d;
+    }
     if let Some(t) = read(&raw.tls_profile, "proxy.tls_profile", |t| tls_profile(t), r) {
         p.tls_profile = t;
     }
@@ -1249,6 +1265,20 @@ fn hedge_delay(text: &str) -> Result<Option<Duration>, String> {
     rules::parse_timeout(text)
         .map(Some)
         .map_err(|e| format!("{e} (or \"off\" for no hedging)"))
+}
+
+/// `probe_interval`: a duration of at least a second, or `"off"`.
+fn probe_interval(text: &str) -> Result<Option<Duration>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    let d = rules::parse_timeout(text).map_err(|e| format!("{e} (or \"off\" for no probes)"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!(
+            "{text:?} is under a second: probes that often would be load, not watch (or \"off\")"
+        ));
+    }
+    Ok(Some(d))
 }
 
 /// A size key (`"1MiB"` or bytes).
@@ -2438,6 +2468,27 @@ health_path = "/healthz"
         );
         let c = Config::parse("[proxy]\nhedge_delay = \"50ms\"\n", "p.toml").unwrap();
         assert_eq!(c.proxy.hedge_delay, Some(Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn probe_interval_is_off_or_a_second_or_more() {
+        let p = |text: &str| Config::parse(&format!("[proxy]\n{text}\n"), "p.toml");
+        assert_eq!(p("").unwrap().proxy.probe_interval, None);
+        assert_eq!(
+            p("probe_interval = \"off\"").unwrap().proxy.probe_interval,
+            None
+        );
+        assert_eq!(
+            p("probe_interval = \"15s\"").unwrap().proxy.probe_interval,
+            Some(Duration::from_secs(15))
+        );
+        let e = p("probe_interval = \"100ms\"").unwrap_err().to_string();
+        assert!(
+            e.contains("p.toml:2:18: proxy.probe_interval: \"100ms\" is under a second"),
+            "{e}"
+        );
+        let e = p("probe_interval = \"often\"").unwrap_err().to_string();
+        assert!(e.contains("(or \"off\" for no probes)"), "{e}");
     }
 
     #[test]

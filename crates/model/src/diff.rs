@@ -281,6 +281,9 @@ static PROXY_FIELDS: &[Field<ProxySettings>] = &[
     ("hedge_delay", |p| {
         p.hedge_delay.map_or_else(|| "off".to_owned(), dur)
     }),
+    ("probe_interval", |p| {
+        p.probe_interval.map_or_else(|| "off".to_owned(), dur)
+    }),
     ("health_concurrency", |p| p.health_concurrency.to_string()),
     ("tls_profile", |p| {
         tls_profile_name(p.tls_profile).to_owned()
@@ -371,6 +374,7 @@ fn every_field_is_listed(s: &Service, p: &ProxySettings, a: &AdminSettings, d: &
         retry_budget_percent: _,
         retry_budget_min_per_second: _,
         hedge_delay: _,
+        probe_interval: _,
         health_concurrency: _,
         tls_profile: _,
         client_body_min_rate: _,

@@ -393,6 +393,7 @@ fn config_body(c: &Config) -> ConfigBody {
         retry_budget_percent: p.retry_budget_percent,
         retry_budget_min_per_second: p.retry_budget_min_per_second,
         hedge_delay: p.hedge_delay.map_or_else(|| "off".to_owned(), d),
+        probe_interval: p.probe_interval.map_or_else(|| "off".to_owned(), d),
         health_concurrency: p.health_concurrency,
         tls_profile: tls_profile_name(p.tls_profile).to_owned(),
     };

@@ -370,6 +370,7 @@ mod tests {
             retry_budget_percent: 20,
             retry_budget_min_per_second: 3,
             hedge_delay: "200ms".into(),
+            probe_interval: "off".into(),
             health_concurrency: 64,
             tls_profile: "intermediate".into(),
         };

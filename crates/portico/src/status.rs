@@ -240,6 +240,18 @@ pub fn page(proxy: &Proxy, ctx: &Context) -> String {
             if let Some(until) = report.until {
                 let _ = write!(detail, " (until {})", relative(until));
             }
+            if let Some(p) = u.stats.last_probe() {
+                let _ = write!(
+                    detail,
+                    " · <span class={} data-probe=\"{}\" title=\"probed {}\">probe {}: {} in {} ms</span>",
+                    if p.ok { "up" } else { "down" },
+                    if p.ok { "ok" } else { "failing" },
+                    rfc3339(p.at),
+                    if p.ok { "ok" } else { "failing" },
+                    esc(&p.said),
+                    p.took.as_millis()
+                );
+            }
             let _ = write!(
                 h,
                 "<li data-upstream=\"{addr}\" data-state=\"{state}\"><code>{addr}</code> \

@@ -1,6 +1,9 @@
-//! The active health checks: one task per upstream and check, started and
-//! stopped as config versions come and go (see [`crate::health`] for what
-//! their results do).
+//! The active health checks, and the always-on probes (`probe_interval`):
+//! one task per upstream and check, started and stopped as config versions
+//! come and go. A check's results decide health (see [`crate::health`]);
+//! a probe's only report: it sends what a client's request would be (the
+//! route's host and path), as `portico trace` does, and its outcome is a
+//! metric and a status-page line, and a log line when it changes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +37,8 @@ struct CheckKey {
     upstream: usize,
     check: HealthCheck,
     host: String,
+    /// A probe, not a health check.
+    probe: bool,
 }
 
 impl Checkers {
@@ -55,17 +60,25 @@ impl Checkers {
                 s
             }
         };
-        let mut wanted: HashMap<CheckKey, (Arc<Upstream>, HealthCheck, String)> = HashMap::new();
+        let mut wanted: HashMap<CheckKey, Arc<Upstream>> = HashMap::new();
+        let probes = snap.config.proxy.probe_interval;
         for (route, pool) in snap.table.routes().iter().zip(&snap.pools) {
-            let Some(check) = &route.health else { continue };
-            let host = check.host.clone().unwrap_or_else(|| check_host(route));
-            for u in &pool.upstreams {
-                let key = CheckKey {
-                    upstream: Arc::as_ptr(u) as usize,
-                    check: check.clone(),
-                    host: host.clone(),
-                };
-                wanted.insert(key, (u.clone(), check.clone(), host.clone()));
+            let checks = route
+                .health
+                .iter()
+                .map(|c| (c.clone(), false))
+                .chain(probes.map(|every| (probe(route, every), true)));
+            for (check, probe) in checks {
+                let host = check.host.clone().unwrap_or_else(|| check_host(route));
+                for u in &pool.upstreams {
+                    let key = CheckKey {
+                        upstream: Arc::as_ptr(u) as usize,
+                        check: check.clone(),
+                        host: host.clone(),
+                        probe,
+                    };
+                    wanted.insert(key, u.clone());
+                }
             }
         }
         let before: Vec<Arc<Upstream>> = running.tasks.values().map(|(u, _)| u.clone()).collect();
@@ -76,17 +89,25 @@ impl Checkers {
             }
             keep
         });
-        for (key, (upstream, check, host)) in wanted {
+        for (key, upstream) in wanted {
             if running.tasks.contains_key(&key) {
                 continue;
             }
-            let task = tokio::spawn(check_loop(upstream.clone(), check, host, limit.clone()));
+            let task = tokio::spawn(check_loop(upstream.clone(), key.clone(), limit.clone()));
             running.tasks.insert(key, (upstream, task));
         }
         for u in before {
-            let still = running.tasks.values().any(|(v, _)| Arc::ptr_eq(v, &u));
-            if !still {
+            let kept = |probe: bool| {
+                running
+                    .tasks
+                    .iter()
+                    .any(|(k, (v, _))| k.probe == probe && Arc::ptr_eq(v, &u))
+            };
+            if !kept(false) {
                 u.health.forget_checks();
+            }
+            if !kept(true) {
+                u.stats.forget_probe();
             }
         }
     }
@@ -110,12 +131,28 @@ fn check_host(route: &portico_model::Route) -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-async fn check_loop(
-    upstream: Arc<Upstream>,
-    check: HealthCheck,
-    host: String,
-    limit: Arc<Semaphore>,
-) {
+/// A probe of `route`'s upstreams: its request as a client would send it
+/// (the path prefix as the upstream sees it), any answer under 500 a pass.
+fn probe(route: &portico_model::Route, every: std::time::Duration) -> HealthCheck {
+    let path = match (&route.path, route.rewrite) {
+        (Some(prefix), false) => prefix.clone(),
+        _ => "/".to_owned(),
+    };
+    HealthCheck {
+        path,
+        interval: every,
+        timeout: every.min(std::time::Duration::from_secs(5)),
+        healthy: 1,
+        unhealthy: 1,
+        status: vec![(100, 499)],
+        host: None,
+    }
+}
+
+async fn check_loop(upstream: Arc<Upstream>, key: CheckKey, limit: Arc<Semaphore>) {
+    let CheckKey {
+        check, host, probe, ..
+    } = key;
     let host =
         HeaderValue::from_str(&host).unwrap_or_else(|_| HeaderValue::from_static("localhost"));
     // The first check at a random point of the interval, so that checks
@@ -123,13 +160,21 @@ async fn check_loop(
     tokio::time::sleep(check.interval.mul_f64(fastrand::f64())).await;
     let mut kept = None;
     loop {
+        let started = std::time::Instant::now();
         let result = {
             let _permit = limit.acquire().await;
             upstream
                 .probe(&mut kept, &host, &check.path, check.timeout)
                 .await
         };
-        upstream.health.record_check(upstream.addr, &check, result);
+        if probe {
+            let ok = matches!(result, Ok(status) if check.accepts(status));
+            upstream
+                .stats
+                .record_probe(upstream.addr, &host, ok, result, started.elapsed());
+        } else {
+            upstream.health.record_check(upstream.addr, &check, result);
+        }
         // ±10 %: checks that started together drift apart.
         let jitter = 0.9 + fastrand::f64() * 0.2;
         tokio::time::sleep(check.interval.mul_f64(jitter)).await;

@@ -204,9 +204,63 @@ pub struct UpstreamStats {
     failures: [AtomicU64; FAILURES.len()],
     /// Time to the response head.
     response_time: Histogram,
+    /// The last probe's outcome, while probes run (`probe_interval`).
+    probe: Mutex<Option<ProbeResult>>,
+}
+
+/// What the last probe of an upstream found.
+#[derive(Clone, Debug)]
+pub struct ProbeResult {
+    pub at: SystemTime,
+    pub ok: bool,
+    /// `status 200`, or why there was no answer.
+    pub said: String,
+    pub took: Duration,
 }
 
 impl UpstreamStats {
+    /// Records a probe's outcome; a change between passing and failing is
+    /// one log line.
+    pub(crate) fn record_probe(
+        &self,
+        addr: std::net::SocketAddr,
+        host: &http::HeaderValue,
+        ok: bool,
+        result: Result<u16, String>,
+        took: Duration,
+    ) {
+        let said = match result {
+            Ok(status) => format!("status {status}"),
+            Err(e) => e,
+        };
+        let host = host.to_str().unwrap_or("-");
+        let mut last = crate::health::lock(&self.probe);
+        match (last.as_ref().map(|p| p.ok), ok) {
+            (Some(true) | None, false) => {
+                tracing::warn!(upstream = %addr, host, result = %said, "probe failing")
+            }
+            (Some(false), true) => {
+                tracing::info!(upstream = %addr, host, result = %said, "probe passing again")
+            }
+            _ => {}
+        }
+        *last = Some(ProbeResult {
+            at: SystemTime::now(),
+            ok,
+            said,
+            took,
+        });
+    }
+
+    pub(crate) fn forget_probe(&self) {
+        *crate::health::lock(&self.probe) = None;
+    }
+
+    /// The last probe's outcome, if probes run.
+    pub fn last_probe(&self) -> Option<ProbeResult> {
+        crate::health::lock(&self.probe).clone()
+    }
+
     pub fn attempt(&self) {
         self.requests.fetch_add(1, Relaxed);
     }
@@ -591,6 +645,36 @@ impl Collector for ProxyCollector {
                 (
                     vec![("service", *service), ("upstream", addr.as_str())],
                     Value::Gauge(i64::from(!u.health.is_down())),
+                )
+            }),
+        )?;
+        let probes: Vec<_> = upstreams
+            .iter()
+            .filter_map(|(service, u, addr)| Some((*service, addr, u.stats.last_probe()?)))
+            .collect();
+        family(
+            &mut encoder,
+            "portico_probe_success",
+            "1 if the last probe of the upstream (the route's request, sent every probe_interval) got an answer under 500",
+            None,
+            MetricType::Gauge,
+            probes.iter().map(|(service, addr, p)| {
+                (
+                    vec![("service", *service), ("upstream", addr.as_str())],
+                    Value::Gauge(i64::from(p.ok)),
+                )
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "portico_probe_duration",
+            "How long the last probe of the upstream took",
+            Some(&seconds),
+            MetricType::Gauge,
+            probes.iter().map(|(service, addr, p)| {
+                (
+                    vec![("service", *service), ("upstream", addr.as_str())],
+                    Value::GaugeF(p.took.as_secs_f64()),
                 )
             }),
         )?;

@@ -238,6 +238,9 @@ pub struct ProxyConfig {
     /// A duration, or `"off"`.
     #[serde(default)]
     pub hedge_delay: String,
+    /// `off`, or how often each upstream is probed.
+    #[serde(default)]
+    pub probe_interval: String,
     #[serde(default)]
     pub health_concurrency: usize,
     #[serde(default)]
