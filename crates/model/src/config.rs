@@ -26,6 +26,8 @@ pub struct ProxySettings {
     /// Drops `x-server-info`, `x-upstream-addr` and `x-upstream-response-time`.
     pub hide_info_headers: bool,
     pub access_log: bool,
+    /// How access-log lines are written.
+    pub access_log_format: AccessLogFormat,
     /// Limit for opening a TCP connection to one upstream; on expiry the next one is tried.
     pub connect_timeout: Duration,
     /// Limit between sending a request upstream and receiving its response head (504 after).
@@ -209,6 +211,18 @@ impl Cidr {
 }
 
 /// The TLS versions and cipher suites the HTTPS listener offers, after
+/// The shape of an access-log line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AccessLogFormat {
+    /// Interlock's fields (client, method, host, path, status, bytes,
+    /// upstream, times, request id), in logfmt or JSON like every other
+    /// line (`--log-format`).
+    #[default]
+    Interlock,
+    /// nginx's `combined` format, as is, for tools that parse it.
+    Combined,
+}
+
 /// Mozilla's server-side TLS profiles; the server's order of preference
 /// decides, not the client's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -321,6 +335,7 @@ impl Default for ProxySettings {
             proxy_id: None,
             hide_info_headers: false,
             access_log: true,
+            access_log_format: AccessLogFormat::Interlock,
             connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),
             client_header_timeout: Duration::from_secs(30),
@@ -611,6 +626,7 @@ struct RawProxy {
     proxy_id: Option<Spanned<String>>,
     hide_info_headers: Option<bool>,
     access_log: Option<bool>,
+    access_log_format: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     upstream_timeout: Option<Spanned<String>>,
     client_header_timeout: Option<Spanned<String>>,
@@ -919,6 +935,14 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
     }
     p.hide_info_headers = raw.hide_info_headers.unwrap_or(p.hide_info_headers);
     p.access_log = raw.access_log.unwrap_or(p.access_log);
+    if let Some(f) = read(
+        &raw.access_log_format,
+        "proxy.access_log_format",
+        |t| access_log_format(t),
+        r,
+    ) {
+        p.access_log_format = f;
+    }
     let durations = [
         (
             &raw.connect_timeout,
@@ -1247,6 +1271,16 @@ fn rate(text: &str) -> Result<Option<u64>, String> {
 }
 
 /// `tls_profile`: `"intermediate"` or `"modern"`.
+fn access_log_format(text: &str) -> Result<AccessLogFormat, String> {
+    match text {
+        "interlock" => Ok(AccessLogFormat::Interlock),
+        "combined" => Ok(AccessLogFormat::Combined),
+        other => Err(format!(
+            "{other:?} is not one of \"interlock\" (Interlock's fields, as logfmt or JSON by --log-format), \"combined\" (nginx's combined format)"
+        )),
+    }
+}
+
 fn tls_profile(text: &str) -> Result<TlsProfile, String> {
     match text {
         "intermediate" => Ok(TlsProfile::Intermediate),
@@ -2383,6 +2417,18 @@ default_backend = true
                 "p.toml:3:25: proxy.max_bodies_per_client: must be at least 0",
                 "p.toml:2:24: proxy.client_body_min_rate: \"1KiB\" is not a rate such as \"1KiB/s\" (a size a second), or \"off\"",
             ]
+        );
+    }
+
+    #[test]
+    fn access_log_formats_are_read_and_a_bad_one_named() {
+        let c = Config::parse("[proxy]\naccess_log_format = \"combined\"\n", "p.toml").unwrap();
+        assert_eq!(c.proxy.access_log_format, AccessLogFormat::Combined);
+        let c = Config::parse("", "p.toml").unwrap();
+        assert_eq!(c.proxy.access_log_format, AccessLogFormat::Interlock);
+        assert_eq!(
+            errors("[proxy]\naccess_log_format = \"apache\"\n"),
+            ["p.toml:2:21: proxy.access_log_format: \"apache\" is not one of \"interlock\" (Interlock's fields, as logfmt or JSON by --log-format), \"combined\" (nginx's combined format)"]
         );
     }
 

@@ -17,8 +17,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    AdminSettings, Balance, Config, DockerSettings, ProxySettings, Service, TlsProfile,
-    UpstreamProtocol,
+    AccessLogFormat, AdminSettings, Balance, Config, DockerSettings, ProxySettings, Service,
+    TlsProfile, UpstreamProtocol,
 };
 
 /// Everything that differs between an older and a newer config.
@@ -132,6 +132,13 @@ pub fn protocol_name(p: UpstreamProtocol) -> &'static str {
     }
 }
 
+pub fn access_log_format_name(f: AccessLogFormat) -> &'static str {
+    match f {
+        AccessLogFormat::Interlock => "interlock",
+        AccessLogFormat::Combined => "combined",
+    }
+}
+
 pub fn tls_profile_name(p: TlsProfile) -> &'static str {
     match p {
         TlsProfile::Intermediate => "intermediate",
@@ -224,6 +231,9 @@ static PROXY_FIELDS: &[Field<ProxySettings>] = &[
     ("proxy_id", |p| opt(p.proxy_id.as_ref())),
     ("hide_info_headers", |p| p.hide_info_headers.to_string()),
     ("access_log", |p| p.access_log.to_string()),
+    ("access_log_format", |p| {
+        access_log_format_name(p.access_log_format).to_owned()
+    }),
     ("connect_timeout", |p| dur(p.connect_timeout)),
     ("upstream_timeout", |p| dur(p.upstream_timeout)),
     ("client_header_timeout", |p| dur(p.client_header_timeout)),
@@ -351,6 +361,7 @@ fn every_field_is_listed(s: &Service, p: &ProxySettings, a: &AdminSettings, d: &
         proxy_id: _,
         hide_info_headers: _,
         access_log: _,
+        access_log_format: _,
         connect_timeout: _,
         upstream_timeout: _,
         client_header_timeout: _,

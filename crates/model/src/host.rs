@@ -128,7 +128,14 @@ pub fn normalize_request_host(raw: &str) -> Result<Cow<'_, str>, RequestHostErro
     }
     let name = &raw[..end];
     let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() || name.len() > MAX_NAME {
+    // Empty labels (`..`, `.x`, `x..`) name nothing; `..` would otherwise
+    // pass as `.` (found by the idempotence property).
+    if name.is_empty()
+        || name.len() > MAX_NAME
+        || name.starts_with('.')
+        || name.ends_with('.')
+        || name.contains("..")
+    {
         return Err(RequestHostError::Invalid);
     }
     Ok(if upper {
@@ -187,7 +194,20 @@ mod tests {
         assert_eq!(normalize_request_host("[::1]:80").unwrap(), "[::1]");
         assert_eq!(normalize_request_host(""), Err(RequestHostError::Missing));
         for bad in [
-            "foo bar", "foo:", "foo:abc", "foo/bar", "[::1", "[zz]", ":80", "a:1:2",
+            "foo bar",
+            "foo:",
+            "foo:abc",
+            "foo/bar",
+            "[::1",
+            "[zz]",
+            ":80",
+            "a:1:2",
+            "..",
+            ".",
+            ".foo.test",
+            "foo..test",
+            "foo.test..",
+            "..:80",
         ] {
             assert_eq!(
                 normalize_request_host(bad),

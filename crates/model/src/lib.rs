@@ -33,9 +33,9 @@ pub mod table;
 pub mod version;
 
 pub use config::{
-    AdminSettings, Balance, Cidr, Config, ConfigError, ConfigErrors, DockerSettings, FileData,
-    HealthCheck, ProxySettings, Redirect, Service, TlsFiles, TlsProfile, UpstreamOptions,
-    UpstreamProtocol, UpstreamTls,
+    AccessLogFormat, AdminSettings, Balance, Cidr, Config, ConfigError, ConfigErrors,
+    DockerSettings, FileData, HealthCheck, ProxySettings, Redirect, Service, TlsFiles, TlsProfile,
+    UpstreamOptions, UpstreamProtocol, UpstreamTls,
 };
 pub use diff::{Change, ConfigDiff, ServiceDiff};
 pub use host::{normalize_request_host, HostPattern, RequestHostError};

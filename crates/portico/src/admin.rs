@@ -31,7 +31,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use portico_model::diff::{balance_name, protocol_name, size, statuses, tls_profile_name};
+use portico_model::diff::{
+    access_log_format_name, balance_name, protocol_name, size, statuses, tls_profile_name,
+};
 use portico_model::{normalize_request_host, AdminSettings, Config, ConfigDiff, Version};
 use portico_proxy::{Proxy, Snapshot};
 use portico_trace::api::{
@@ -363,6 +365,7 @@ fn config_body(c: &Config) -> ConfigBody {
         proxy_id: p.proxy_id.clone(),
         hide_info_headers: p.hide_info_headers,
         access_log: p.access_log,
+        access_log_format: access_log_format_name(p.access_log_format).to_owned(),
         connect_timeout: d(p.connect_timeout),
         upstream_timeout: d(p.upstream_timeout),
         client_header_timeout: d(p.client_header_timeout),

@@ -342,6 +342,7 @@ mod tests {
             proxy_id: None,
             hide_info_headers: false,
             access_log: true,
+            access_log_format: "interlock".into(),
             connect_timeout: "5s".into(),
             upstream_timeout: "1m".into(),
             client_header_timeout: "30s".into(),

@@ -85,6 +85,15 @@ where
     ) -> fmt::Result {
         let mut fields = Fields::default();
         event.record(&mut fields);
+        // An access line in nginx's combined format is written as it is
+        // (escaped where it was made): tools that parse it expect nothing else.
+        if event.metadata().target() == portico_proxy::access_log::TARGET
+            && fields.msg == portico_proxy::access_log::COMBINED
+        {
+            if let Some((_, Value::Str(line))) = fields.rest.iter().find(|(k, _)| *k == "line") {
+                return writeln!(w, "{line}");
+            }
+        }
         let time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let level = event.metadata().level().as_str().to_ascii_lowercase();
         match self.0 {

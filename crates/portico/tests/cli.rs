@@ -689,6 +689,91 @@ async fn access_log_can_be_turned_off() {
     );
 }
 
+/// `access_log_format = "combined"`: nginx's combined line, as is, for
+/// both request paths (a GET on the fast path, a POST on hyper's, an h2c
+/// request, an unknown host), what the client sent escaped as nginx does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_in_nginx_combined_format() {
+    let backend = Backend::echo("web-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        "access_log_format = \"combined\"",
+        &[service("web", &["web.test"], &[backend.addr])],
+    );
+    let (mut portico, addr, _) = run_config(dir.path(), &text, &[]).await;
+    let base = format!("http://{addr}");
+    let r = curl(&[
+        "-H",
+        "Host: web.test",
+        "-H",
+        "Referer: http://ref.test/page",
+        "-A",
+        "ua \"quoted\"",
+        &format!("{base}/get?x=1"),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = curl(&[
+        "-H",
+        "Host: web.test",
+        "-A",
+        "poster",
+        "--data-binary",
+        "hello",
+        &format!("{base}/post"),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "Host: web.test",
+        "-A",
+        "h2c",
+        &format!("{base}/h2"),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = curl(&["-H", "Host: nobody.test", "-A", "lost", &format!("{base}/")]).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    portico.signal("TERM");
+    assert!(portico.wait_exit(WAIT).await.success());
+    let lines: Vec<String> = portico
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("127.0.0.1 - - ["))
+        .collect();
+    // `[02/Dec/2026:10:44:53 +0000] "REQUEST" STATUS BYTES "REFERER" "UA"`
+    let tail = |l: &String| {
+        let time = &l["127.0.0.1 - - [".len()..l.find(']').unwrap()];
+        assert_eq!(time.len(), "02/Dec/2026:10:44:53 +0000".len(), "{l}");
+        assert!(
+            time.ends_with(" +0000") && time.as_bytes()[2] == b'/',
+            "{l}"
+        );
+        l[l.find(']').unwrap() + 2..].to_owned()
+    };
+    let tails: Vec<String> = lines.iter().map(tail).collect();
+    let body_of = |t: &str| -> u64 { t.split(' ').nth(4).unwrap().parse().unwrap() };
+    let expect = [
+        (
+            "\"GET /get?x=1 HTTP/1.1\" 200 ",
+            "\"http://ref.test/page\" \"ua \\x22quoted\\x22\"",
+        ),
+        ("\"POST /post HTTP/1.1\" 200 ", "\"-\" \"poster\""),
+        ("\"GET /h2 HTTP/2.0\" 200 ", "\"-\" \"h2c\""),
+        ("\"GET / HTTP/1.1\" 503 ", "\"-\" \"lost\""),
+    ];
+    assert_eq!(tails.len(), expect.len(), "{lines:#?}");
+    for (t, (start, end)) in tails.iter().zip(expect) {
+        assert!(
+            t.starts_with(start) && t.ends_with(end),
+            "{t:?} is not {start}… {end}"
+        );
+        assert!(body_of(t) > 0, "{t}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_format_prints_one_object_per_line() {
     let backend = Backend::echo("web-1").await;

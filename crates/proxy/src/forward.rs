@@ -19,7 +19,7 @@ use portico_model::UpstreamProtocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, CombinedExtra};
 use crate::answer::Answer;
 use crate::balance;
 use crate::body::ResponseBody;
@@ -33,6 +33,7 @@ use crate::upload::{
     BodyTooLarge, ClientBodyBroken, ClientStalled, ClientTooSlow, ProxyBody, Upload, UploadLimits,
 };
 use crate::upstream::{Conn, ConnectError, Upstream};
+use portico_model::AccessLogFormat;
 
 /// What the connection's protocol is known to be.
 pub(crate) enum Alpn {
@@ -209,6 +210,15 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
             request_id.clone(),
         )
     });
+    if let Some(log) = &mut log {
+        if snap.config.proxy.access_log_format == AccessLogFormat::Combined {
+            log.combined = Some(Box::new(CombinedExtra {
+                version: req.version(),
+                referer: req.headers().get(header::REFERER).cloned(),
+                user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            }));
+        }
+    }
 
     let http1 = req.version() < HttpVersion::HTTP_2;
     let method = crate::metrics::method_class(req.method().as_str());

@@ -34,7 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, CombinedExtra};
 use crate::answer::Answer;
 use crate::balance;
 use crate::body::InFlight;
@@ -49,6 +49,7 @@ use crate::pipeline::Attempts;
 use crate::pipeline::{self, Outcome, RequestHead};
 use crate::snapshot::{Pool, Snapshot};
 use crate::upstream::{lock, readable_now, ConnectError, RawConn, Upstream};
+use portico_model::AccessLogFormat;
 
 /// Headers parsed per message; a message with more goes to hyper (which
 /// allows 100) or, from an upstream, is a 502.
@@ -736,15 +737,30 @@ async fn exchange(
             }
         };
         let client_addr = SocketAddr::new(client_ip, conn.client.port());
+        let p = &snap.config.proxy;
+        let combined =
+            (p.access_log && p.access_log_format == AccessLogFormat::Combined).then(|| {
+                let value = |name| {
+                    named(name)
+                        .next()
+                        .and_then(|v| HeaderValue::from_bytes(v).ok())
+                };
+                Box::new(CombinedExtra {
+                    version: http::Version::HTTP_11,
+                    referer: value("referer"),
+                    user_agent: value("user-agent"),
+                })
+            });
         (
             method,
             path,
             host_text.as_bytes(),
             scan.close,
             client_addr,
-            plan,
+            (plan, combined),
         )
     };
+    let (plan, combined) = plan;
     let _in_flight = InFlight::enter(&conn.proxy.in_flight);
     let tally = match &plan {
         Plan::Forward { route, .. } => {
@@ -755,11 +771,11 @@ async fn exchange(
             None
         }
     };
-    let mut log = snap
-        .config
-        .proxy
-        .access_log
-        .then(|| access_log(start, client_addr, method, path, host, &id));
+    let mut log = snap.config.proxy.access_log.then(|| {
+        let mut log = access_log(start, client_addr, method, path, host, &id);
+        log.combined = combined;
+        log
+    });
 
     let mut attempts = Attempts::default();
     let mut from_upstream: Vec<u8> = match plan {

@@ -187,6 +187,9 @@ pub struct ProxyConfig {
     pub proxy_id: Option<String>,
     pub hide_info_headers: bool,
     pub access_log: bool,
+    /// `interlock` or `combined`.
+    #[serde(default)]
+    pub access_log_format: String,
     pub connect_timeout: String,
     pub upstream_timeout: String,
     pub client_header_timeout: String,
