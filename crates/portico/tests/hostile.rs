@@ -524,18 +524,22 @@ async fn one_address_may_send_only_so_many_bodies_at_once() {
         c.send(post).await.unwrap();
         held.push(c);
     }
-    // Wait until the proxy counts all three (each has begun its upload).
+    // Wait until all three are forwarded (each holds its place from then
+    // on); a fourth sent earlier could itself take the third place.
     let start = std::time::Instant::now();
-    let refused = loop {
-        let mut c = Wire::connect(proxy.addr).await;
-        c.send(post).await.unwrap();
-        c.send("body").await.unwrap();
-        let r = c.read_response("POST").await.unwrap();
-        if r.status == 429 {
-            break r;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "never refused");
-    };
+    while app.hits() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the held uploads were not forwarded: {} of 3",
+            app.hits()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut c = Wire::connect(proxy.addr).await;
+    c.send(post).await.unwrap();
+    c.send("body").await.unwrap();
+    let refused = c.read_response("POST").await.unwrap();
+    assert_eq!(refused.status, 429, "{}", refused.body_text());
     assert_eq!(refused.header("retry-after"), Some("1"));
     assert!(
         refused.body_text().contains("max_bodies_per_client"),
