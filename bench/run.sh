@@ -2,7 +2,7 @@
 # The side-by-side benchmark: Portico, nginx, HAProxy, Traefik and Caddy in
 # front of the same two backends, one at a time, on this machine. One command:
 #
-#   bash bench/run.sh            # everything (about 15 minutes on 2 cores, plus the first build)
+#   bash bench/run.sh            # everything (about 14 minutes on 2 cores, plus the first build)
 #   BENCH_QUICK=1 bash bench/run.sh   # 1 repetition, short runs: a smoke test of the script
 #   BENCH_PORTICO=path/to/portico bash bench/run.sh   # that binary, no cargo build
 #
@@ -12,7 +12,7 @@
 # looks first), builds Portico in release mode, then hands over to
 # bench/bench.py, which
 # starts the backends and the proxies, runs the scenarios interleaved and
-# prints the tables and the `portico/nginx …` summary lines.
+# prints the tables and the summary lines (`portico/nginx …`, every proxy's cpu/req).
 # Results are also written to bench/results/ (ignored by git); BENCH_KEEP=1
 # keeps the generated configs and logs (in /tmp/portico-bench.*).
 # Every byte of traffic stays on 127.0.0.1. wrk takes the TLS server name
