@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use portico_testkit::process::parse_logfmt;
 use portico_testkit::raw::Wire;
 use portico_testkit::{curl, dead_addr, wait_until, Backend, Portico, TestCa};
 
@@ -153,15 +152,9 @@ async fn metrics_count_what_was_sent() {
     let path = setup.dir.path().join("portico.toml");
     std::fs::write(&path, setup.config(true)).unwrap();
     let portico = Portico::spawn(bin(), &["run", "--config", path.to_str().unwrap()]);
-    let line = portico
-        .wait_for_line(|l| l.contains(r#"msg="starting admin server""#), WAIT)
-        .await;
-    let admin: SocketAddr = parse_logfmt(&line)["listen"].parse().unwrap();
+    let admin = portico.admin_addr().await;
     let http = portico.listen_addr().await;
-    let line = portico
-        .wait_for_line(|l| l.contains(r#"msg="starting HTTPS server""#), WAIT)
-        .await;
-    let https: SocketAddr = parse_logfmt(&line)["listen"].parse().unwrap();
+    let https = portico.https_addr().await;
 
     // Known traffic.
     let get = |host: &'static str, path: &'static str| async move {
@@ -392,10 +385,7 @@ async fn openmetrics_on_request() {
     )
     .unwrap();
     let portico = Portico::spawn(bin(), &["run", "--config", path.to_str().unwrap()]);
-    let line = portico
-        .wait_for_line(|l| l.contains(r#"msg="starting admin server""#), WAIT)
-        .await;
-    let admin: SocketAddr = parse_logfmt(&line)["listen"].parse().unwrap();
+    let admin = portico.admin_addr().await;
     let r = curl(&[
         "-H",
         "Accept: application/openmetrics-text; version=1.0.0",

@@ -86,10 +86,7 @@ async fn a_failing_upstream_shows_in_its_probe_within_two_intervals() {
     )
     .unwrap();
     let portico = Portico::spawn(bin(), &["run", "--config", path.to_str().unwrap()]);
-    let line = portico
-        .wait_for_line(|l| l.contains(r#"msg="starting admin server""#), WAIT)
-        .await;
-    let admin: SocketAddr = parse_logfmt(&line)["listen"].parse().unwrap();
+    let admin = portico.admin_addr().await;
     let http = portico.listen_addr().await;
 
     await_probe(admin, backend.addr, 1.0, WAIT).await;

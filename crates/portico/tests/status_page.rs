@@ -4,11 +4,9 @@
 //! screenshots at laptop and phone sizes are left in the target directory
 //! (`target/tmp/status-page*.png`) for a person to look at.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portico_testkit::process::parse_logfmt;
 use portico_testkit::{curl, dead_addr, wait_until, Backend, Portico};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -102,10 +100,7 @@ async fn the_status_page_shows_routes_health_errors_and_versions() {
     };
     std::fs::write(&path, config("")).unwrap();
     let portico = Portico::spawn(bin(), &["run", "--config", path.to_str().unwrap()]);
-    let line = portico
-        .wait_for_line(|l| l.contains(r#"msg="starting admin server""#), WAIT)
-        .await;
-    let admin: SocketAddr = parse_logfmt(&line)["listen"].parse().unwrap();
+    let admin = portico.admin_addr().await;
     let http = portico.listen_addr().await;
 
     for _ in 0..3 {

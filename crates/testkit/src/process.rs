@@ -248,8 +248,29 @@ impl Portico {
     /// The address the proxy listens on, from its
     /// `msg="starting server" listen=IP:PORT` line (logfmt or JSON).
     pub async fn listen_addr(&self) -> SocketAddr {
+        self.started("starting server").await
+    }
+
+    /// The HTTPS listener's address (`msg="starting HTTPS server"`).
+    pub async fn https_addr(&self) -> SocketAddr {
+        self.started("starting HTTPS server").await
+    }
+
+    /// The admin API's address (`msg="starting admin server"`), reached
+    /// through loopback when it listens on every address.
+    pub async fn admin_addr(&self) -> SocketAddr {
+        let addr = self.started("starting admin server").await;
+        if addr.ip().is_unspecified() {
+            SocketAddr::new([127, 0, 0, 1].into(), addr.port())
+        } else {
+            addr
+        }
+    }
+
+    /// The `listen=` of the line whose message is `msg`.
+    async fn started(&self, msg: &str) -> SocketAddr {
         let line = self
-            .wait_for_line(is_starting_server, Duration::from_secs(10))
+            .wait_for_line(|l| is_message(l, msg), Duration::from_secs(10))
             .await;
         let value = if line.starts_with('{') {
             let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
@@ -314,19 +335,15 @@ impl Portico {
     }
 }
 
-/// Whether a log line (logfmt or JSON) is the `starting server` line.
-fn is_starting_server(line: &str) -> bool {
+/// Whether a log line (logfmt or JSON) has the message `msg`.
+fn is_message(line: &str, msg: &str) -> bool {
     if line.starts_with('{') {
         serde_json::from_str::<serde_json::Value>(line)
             .ok()
-            .and_then(|v| {
-                v.get("msg")
-                    .and_then(|m| m.as_str())
-                    .map(|m| m == "starting server")
-            })
+            .and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(|m| m == msg))
             .unwrap_or(false)
     } else {
-        line.contains(r#"msg="starting server""#)
+        line.contains(&format!("msg=\"{msg}\""))
     }
 }
 
