@@ -10,14 +10,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::host::HostPattern;
 use crate::rules;
 
 /// Proxy-wide settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProxySettings {
     /// Where plain HTTP is served. Changing it needs a restart.
     pub http_listen: SocketAddr,
@@ -164,6 +165,20 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// On the wire, the written form (`10.0.0.0/8`), read back by
+/// [`FromStr`](std::str::FromStr): the same checks as the config file's.
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::wire::parse_str(d, "a network such as \"10.0.0.0/8\"", str::parse)
+    }
+}
+
 impl Cidr {
     /// The address with every bit beyond the prefix cleared.
     pub fn network(&self) -> std::net::IpAddr {
@@ -210,9 +225,9 @@ impl Cidr {
     }
 }
 
-/// The TLS versions and cipher suites the HTTPS listener offers, after
 /// The shape of an access-log line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AccessLogFormat {
     /// Interlock's fields (client, method, host, path, status, bytes,
     /// upstream, times, request id), in logfmt or JSON like every other
@@ -225,7 +240,8 @@ pub enum AccessLogFormat {
 
 /// Mozilla's server-side TLS profiles; the server's order of preference
 /// decides, not the client's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TlsProfile {
     /// TLS 1.3 and 1.2, AEAD suites with forward secrecy only (Mozilla's
     /// "intermediate": every client of the last decade or so).
@@ -237,7 +253,8 @@ pub enum TlsProfile {
 
 /// How a pool's upstreams are chosen for requests that no hash (sticky
 /// cookie, client address) decides.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Balance {
     #[default]
     RoundRobin,
@@ -248,7 +265,8 @@ pub enum Balance {
 /// Interlock's `redirects`: requests for `from` (a scheme and one of the
 /// service's hosts) get a 302 to `to` with the request's path and query
 /// appended.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Redirect {
     /// `"http"` or `"https"`.
     pub from_scheme: String,
@@ -264,7 +282,8 @@ pub struct Redirect {
 /// of its pools, `healthy` successes in a row bring it back. A check fails
 /// when no response head arrives within `timeout`, or its status is not
 /// one of `status`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// Path (and optional query) to request, as written: starts with `/`.
     pub path: String,
@@ -293,7 +312,8 @@ impl HealthCheck {
 /// PEM files of a certificate chain and its private key, and optionally a
 /// DER OCSP response to staple. Paths as written in the config; their
 /// contents travel in [`Config::files`].
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     pub cert: String,
     pub key: String,
@@ -301,14 +321,16 @@ pub struct TlsFiles {
 }
 
 /// How the proxy talks to a service's upstreams.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpstreamOptions {
     pub protocol: UpstreamProtocol,
     /// TLS to the upstream (Interlock's `ssl_backend`); `None` is cleartext.
     pub tls: Option<UpstreamTls>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
     #[default]
     Http1,
@@ -318,7 +340,8 @@ pub enum UpstreamProtocol {
     H2c,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// Verify the upstream's certificate (against `ca`, else the system's roots).
     pub verify: bool,
@@ -370,7 +393,8 @@ impl Default for ProxySettings {
 }
 
 /// One routed service: the hosts it answers for and the replicas behind it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Service {
     pub name: String,
     pub hosts: Vec<HostPattern>,
@@ -420,7 +444,12 @@ pub struct Service {
 }
 
 /// A validated config.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// It crosses the wire (a cluster controller's snapshots) as JSON: see
+/// [`crate::wire`] for the form. Deserializing it checks what the TOML path
+/// checks, so no deserializer can build one the file could not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "crate::wire::Unchecked")]
 pub struct Config {
     pub proxy: ProxySettings,
     /// The admin API; `None` (no `[admin]` table) means it is not served.
@@ -432,6 +461,10 @@ pub struct Config {
     /// CAs), read by the provider, keyed by path as written. Part of the
     /// config so that a changed certificate is a new version like any other
     /// change. An `Err` holds why the file could not be read.
+    ///
+    /// On the wire: `{"ok": BASE64}` or `{"error": WHY}` per path. These
+    /// are private keys too: the wire form is a secret.
+    #[serde(with = "crate::wire::files")]
     pub files: BTreeMap<String, FileData>,
 }
 
@@ -469,7 +502,8 @@ impl Config {
 }
 
 /// How the Docker provider reaches the engine and paces its updates.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DockerSettings {
     /// `unix:///var/run/docker.sock`, `tcp://host:2376`, ...; `None` means
     /// `DOCKER_HOST`, else the local socket.
@@ -522,12 +556,21 @@ impl Default for DockerSettings {
 }
 
 /// Where the admin API listens and how it is protected.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     pub listen: SocketAddr,
     /// Bearer token required on every admin request. Mandatory when
     /// `listen` is not a loopback address: the admin API shows routes and
     /// can make the proxy send probes, so it is never open to the world.
+    ///
+    /// Never serialized: the wire form (a controller's snapshots for its
+    /// proxies) leaves it out and reads back `None`, and refuses a
+    /// snapshot that carries one. A proxy's admin token comes from its own
+    /// config, never from the controller; so a config with a token does
+    /// not come back equal (nor with an equal [`Version`](crate::Version),
+    /// which counts the token) until its token is cleared.
+    #[serde(skip)]
     pub token: Option<String>,
     /// How many applied versions the proxy keeps in memory (with their
     /// configs and diffs) for `portico config` and `/config/versions`.
@@ -922,15 +965,9 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
         }
     }
     if let Some(id) = &raw.proxy_id {
-        let v = id.get_ref();
-        if v.is_empty() || v.len() > 255 || !v.bytes().all(|b| b.is_ascii_graphic()) {
-            r.at(
-                id.span().start,
-                "proxy.proxy_id",
-                "must be 1 to 255 printable ASCII characters without spaces (it is sent as a header)",
-            );
-        } else {
-            p.proxy_id = Some(v.clone());
+        match check_proxy_id(id.get_ref()) {
+            Ok(()) => p.proxy_id = Some(id.get_ref().clone()),
+            Err(e) => r.at(id.span().start, "proxy.proxy_id", e),
         }
     }
     p.hide_info_headers = raw.hide_info_headers.unwrap_or(p.hide_info_headers);
@@ -1173,7 +1210,57 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
     p
 }
 
-/// A certificate/key pair from two optional keys: both or neither.
+/// `proxy_id`: sent as a header, so printable ASCII without spaces.
+pub(crate) fn check_proxy_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() || id.len() > 255 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "must be 1 to 255 printable ASCII characters without spaces (it is sent as a header)",
+        );
+    }
+    Ok(())
+}
+
+/// A service's name: it names the service in logs, metrics and the
+/// admin API.
+pub(crate) fn check_service_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err("must be non-empty and use only letters, digits, '_', '-' and '.'");
+    }
+    Ok(())
+}
+
+/// An upstream must be an address a connection can be made to.
+pub(crate) fn check_upstream(a: SocketAddr) -> Result<(), String> {
+    if a.ip().is_unspecified()
+        || a.ip().is_multicast()
+        || a.ip() == std::net::IpAddr::from([255, 255, 255, 255])
+    {
+        return Err(format!("{a}: not an address a connection can be made to"));
+    }
+    if a.port() == 0 {
+        return Err(format!("{a}: port 0 cannot be connected to"));
+    }
+    Ok(())
+}
+
+/// `[docker] endpoint`: a URL of one of the schemes the provider dials.
+pub(crate) fn check_docker_endpoint(endpoint: &str) -> Result<(), String> {
+    if ["unix://", "tcp://", "http://", "https://"]
+        .iter()
+        .any(|p| endpoint.starts_with(p))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{endpoint:?} is not unix:///path/to/docker.sock or tcp://host:port"
+        ))
+    }
+}
+
 /// The optional certificate, key and OCSP path keys of one table.
 type TlsKeys<'a> = (
     &'a Option<Spanned<String>>,
@@ -1181,6 +1268,7 @@ type TlsKeys<'a> = (
     &'a Option<Spanned<String>>,
 );
 
+/// A certificate/key pair from two optional keys: both or neither.
 fn tls_files(
     (cert, key, ocsp): TlsKeys<'_>,
     cert_field: &str,
@@ -1406,18 +1494,9 @@ fn check_services_agree(
 fn validate_docker(raw: &RawDocker, r: &mut Reporter<'_>) -> DockerSettings {
     let mut d = DockerSettings::default();
     if let Some(e) = &raw.endpoint {
-        let v = e.get_ref();
-        if ["unix://", "tcp://", "http://", "https://"]
-            .iter()
-            .any(|p| v.starts_with(p))
-        {
-            d.endpoint = Some(v.clone());
-        } else {
-            r.at(
-                e.span().start,
-                "docker.endpoint",
-                format!("{v:?} is not unix:///path/to/docker.sock or tcp://host:port"),
-            );
+        match check_docker_endpoint(e.get_ref()) {
+            Ok(()) => d.endpoint = Some(e.get_ref().clone()),
+            Err(message) => r.at(e.span().start, "docker.endpoint", message),
         }
     }
     for (value, field, slot) in [
@@ -1554,16 +1633,8 @@ fn validate_service(
     } else {
         format!("service[{index}] ({name})")
     };
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    {
-        r.at(
-            svc.name.span().start,
-            format!("{label}.name"),
-            "must be non-empty and use only letters, digits, '_', '-' and '.'",
-        );
+    if let Err(e) = check_service_name(&name) {
+        r.at(svc.name.span().start, format!("{label}.name"), e);
     } else if let Some(first) = names.get(&name) {
         let (line, _) = line_col(r.text, *first);
         r.at(
@@ -1616,23 +1687,10 @@ fn validate_service(
                 format!("{label}.upstreams"),
                 format!("{a} is listed twice"),
             ),
-            Ok(a)
-                if a.ip().is_unspecified()
-                    || a.ip().is_multicast()
-                    || a.ip() == std::net::IpAddr::from([255, 255, 255, 255]) =>
-            {
-                r.at(
-                    u.span().start,
-                    format!("{label}.upstreams"),
-                    format!("{a}: not an address a connection can be made to"),
-                )
-            }
-            Ok(a) if a.port() == 0 => r.at(
-                u.span().start,
-                format!("{label}.upstreams"),
-                format!("{a}: port 0 cannot be connected to"),
-            ),
-            Ok(a) => upstreams.push(a),
+            Ok(a) => match check_upstream(a) {
+                Ok(()) => upstreams.push(a),
+                Err(e) => r.at(u.span().start, format!("{label}.upstreams"), e),
+            },
             Err(_) => r.at(
                 u.span().start,
                 format!("{label}.upstreams"),

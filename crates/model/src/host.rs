@@ -50,6 +50,36 @@ impl fmt::Display for HostPattern {
     }
 }
 
+/// On the wire (a controller's snapshots), a pattern is its written form,
+/// `*.example.com` or `a.example.com`, and is read back by
+/// [`HostPattern::parse`]: a snapshot cannot hold a pattern the config
+/// file would refuse.
+impl serde::Serialize for HostPattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HostPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::wire::parse_str(
+            d,
+            "a host such as \"a.example.com\" or \"*.example.com\"",
+            |text| {
+                HostPattern::parse(text).map_err(|e| {
+                    // Exact names' messages quote the text already; wildcards' don't.
+                    let quoted = format!("{text:?}");
+                    if e.starts_with(&quoted) {
+                        e
+                    } else {
+                        format!("{quoted}: {e}")
+                    }
+                })
+            },
+        )
+    }
+}
+
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("empty host name".into());

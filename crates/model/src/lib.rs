@@ -22,6 +22,8 @@
 //!   matching path rule → route (the pool of the services on that host and
 //!   path), and the default backend for hosts nobody claims.
 //! - [`version`]: content digests, so unchanged configs are recognised.
+//! - [`wire`]: a config as JSON and back (a cluster controller's snapshots
+//!   for its proxies), checked on arrival as the file is.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -31,6 +33,7 @@ pub mod labels;
 pub mod rules;
 pub mod table;
 pub mod version;
+pub mod wire;
 
 pub use config::{
     AccessLogFormat, AdminSettings, Balance, Cidr, Config, ConfigError, ConfigErrors,

@@ -13,6 +13,16 @@ use crate::config::Config;
 pub struct Version([u8; 32]);
 
 impl Version {
+    /// The digest of `config`'s canonical form (see `canonical` below).
+    ///
+    /// A config read back from its wire form ([`crate::wire`]) has the
+    /// version it was sent with: the form carries everything hashed here
+    /// except the admin token, which it never carries (so a config with a
+    /// token matches only once its token is cleared). The form also keeps
+    /// what is not hashed, the order of services and of each service's
+    /// hosts: two snapshots that differ only in that order are one version
+    /// with different JSON bytes, so name snapshots by this version, never
+    /// by a digest of the bytes.
     pub fn of(config: &Config) -> Version {
         Version(Sha256::digest(canonical(config).as_bytes()).into())
     }
