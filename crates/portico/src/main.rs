@@ -16,10 +16,13 @@
 //! - `nginx`: a config version rendered as an nginx.conf.
 //! - `trace_cmd`: `portico trace`, the hop-by-hop functional test.
 //! - `config_cmd`: `portico config list|show|diff|render`, over the admin API.
+//! - `controller_cmd`: `portico controller init|token`, cluster mode's CA
+//!   and join token.
 #![forbid(unsafe_code)]
 
 mod admin;
 mod config_cmd;
+mod controller_cmd;
 mod demo;
 mod history;
 mod logging;
@@ -112,6 +115,9 @@ enum Command {
     Trace(Box<trace_cmd::TraceArgs>),
     /// The proxy's applied config versions: list, show, diff, render as nginx.conf.
     Config(config_cmd::ConfigArgs),
+    /// Cluster mode's credentials: `init` makes the cluster CA and a join token, `token` prints it.
+    #[command(subcommand)]
+    Controller(controller_cmd::ControllerCommand),
 }
 
 /// jemalloc, configured in `.cargo/config.toml` to hand freed memory back
@@ -166,6 +172,7 @@ fn main() -> ExitCode {
     let command = match command {
         Command::Trace(args) => return trace_cmd::run(*args),
         Command::Config(args) => return config_cmd::run(args),
+        Command::Controller(command) => return controller_cmd::run(command),
         other => other,
     };
     logging::init(cli.log_format);
@@ -200,7 +207,10 @@ fn main() -> ExitCode {
                 name,
                 exit_after,
             } => echo(listen, name, exit_after).await,
-            Command::Check { .. } | Command::Trace(_) | Command::Config(_) => {
+            Command::Check { .. }
+            | Command::Trace(_)
+            | Command::Config(_)
+            | Command::Controller(_) => {
                 unreachable!("handled above")
             }
         }

@@ -1158,3 +1158,67 @@ async fn run_refuses_a_config_that_does_not_parse() {
     assert!(log.contains("level=error"), "{log}");
     assert!(!log.contains("starting server"), "{log}");
 }
+
+/// `portico controller init` makes the cluster's CA and join token (private
+/// files 0600), refuses to replace them, and `portico controller token`
+/// prints a token naming that CA.
+#[test]
+fn controller_init_makes_the_cluster_credentials_once() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["controller", "init", "--state-dir", state_arg]);
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("docker secret create portico_join_token"),
+        "{printed}"
+    );
+    let mode = |f: &str| {
+        std::fs::metadata(state.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("ca.key"), 0o600);
+    assert_eq!(mode("join-token"), 0o600);
+
+    let out = run(&["controller", "token", "--state-dir", state_arg]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token: portico_cluster::JoinToken = text.trim().parse().unwrap();
+    let ca = portico_cluster::ClusterCa::load(&state).unwrap();
+    assert_eq!(token.ca_digest(), ca.digest());
+
+    let again = run(&["controller", "init", "--state-dir", state_arg]);
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("already holds a cluster's credentials"),
+        "{err}"
+    );
+    assert_eq!(
+        portico_cluster::ClusterCa::load(&state).unwrap().digest(),
+        ca.digest(),
+        "the CA was not replaced"
+    );
+    let missing = run(&[
+        "controller",
+        "token",
+        "--state-dir",
+        dir.path().join("nope").to_str().unwrap(),
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("join-token"),
+        "{missing:?}"
+    );
+}
