@@ -456,6 +456,11 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     /// The Docker provider; `None` (no `[docker]` table) means it is off.
     pub docker: Option<DockerSettings>,
+    /// Cluster mode's controller (`portico controller run`); `None` (no
+    /// `[controller]` table) elsewhere. The controller's own setting: never
+    /// on the wire (a snapshot for a proxy has none), not in the version.
+    #[serde(skip)]
+    pub controller: Option<ControllerSettings>,
     pub services: Vec<Service>,
     /// Contents of the files the config refers to (certificates, keys,
     /// CAs), read by the provider, keyed by path as written. Part of the
@@ -555,6 +560,20 @@ impl Default for DockerSettings {
     }
 }
 
+/// `[controller]`: where `portico controller run` serves its proxies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerSettings {
+    /// Where proxies dial in (the stream, TLS).
+    pub listen: SocketAddr,
+    /// Holds `ca.crt`, `ca.key` and `join-token` (`portico controller
+    /// init`); relative to the config file's directory. `None`: that
+    /// directory.
+    pub state_dir: Option<String>,
+    /// Names the controller's server certificate carries (what proxies
+    /// dial). Empty: the host's name.
+    pub server_names: Vec<String>,
+}
+
 /// Where the admin API listens and how it is protected.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -633,8 +652,17 @@ struct RawConfig {
     proxy: RawProxy,
     admin: Option<Spanned<RawAdmin>>,
     docker: Option<Spanned<RawDocker>>,
+    controller: Option<Spanned<RawController>>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawController {
+    listen: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
+    server_names: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -929,6 +957,10 @@ impl Config {
             .docker
             .as_ref()
             .map(|d| validate_docker(d.get_ref(), &mut r));
+        let controller = raw
+            .controller
+            .as_ref()
+            .and_then(|c| validate_controller(c, &mut r));
         let mut services = Vec::with_capacity(raw.service.len());
         let mut names: HashMap<String, usize> = HashMap::new();
         for (i, svc) in raw.service.iter().enumerate() {
@@ -943,6 +975,7 @@ impl Config {
                 proxy,
                 admin,
                 docker,
+                controller,
                 services,
                 files: BTreeMap::new(),
             })
@@ -1566,6 +1599,66 @@ fn validate_docker(raw: &RawDocker, r: &mut Reporter<'_>) -> DockerSettings {
     d
 }
 
+fn validate_controller(
+    raw: &Spanned<RawController>,
+    r: &mut Reporter<'_>,
+) -> Option<ControllerSettings> {
+    let c = raw.get_ref();
+    let mut ok = true;
+    let state_dir = match &c.state_dir {
+        Some(d) if d.get_ref().trim().is_empty() => {
+            r.at(d.span().start, "controller.state_dir", "must not be empty");
+            ok = false;
+            None
+        }
+        Some(d) => Some(d.get_ref().clone()),
+        None => None,
+    };
+    let mut server_names = Vec::new();
+    for name in c.server_names.iter().flat_map(|n| n.get_ref()) {
+        let n = name.get_ref();
+        if n.is_empty()
+            || n.bytes()
+                .any(|b| !(b.is_ascii_alphanumeric() || b"-.:".contains(&b)))
+        {
+            r.at(
+                name.span().start,
+                "controller.server_names",
+                format!("{n:?} is not a host name or IP address"),
+            );
+            ok = false;
+        } else {
+            server_names.push(n.clone());
+        }
+    }
+    let listen = match &c.listen {
+        None => {
+            r.at(
+                raw.span().start,
+                "controller.listen",
+                "is required in [controller] (an IP:PORT, e.g. \"0.0.0.0:7443\")",
+            );
+            return None;
+        }
+        Some(l) => match l.get_ref().parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                r.at(
+                    l.span().start,
+                    "controller.listen",
+                    format!("{:?} is not an IP:PORT address", l.get_ref()),
+                );
+                return None;
+            }
+        },
+    };
+    ok.then_some(ControllerSettings {
+        listen,
+        state_dir,
+        server_names,
+    })
+}
+
 fn validate_admin(raw: &Spanned<RawAdmin>, r: &mut Reporter<'_>) -> Option<AdminSettings> {
     let a = raw.get_ref();
     // Read first, so its problem is listed even when listen's is too.
@@ -2065,6 +2158,35 @@ upstreams = ["127.0.0.1:1", "nope:80", "127.0.0.1:1"]
         for (got, want) in e.iter().zip(expect) {
             assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
         }
+    }
+
+    #[test]
+    fn the_controller_table() {
+        let c = Config::parse(
+            "[controller]\nlisten = \"127.0.0.1:7443\"\nstate_dir = \"state\"\nserver_names = [\"lb.example\"]\n",
+            "p.toml",
+        )
+        .unwrap();
+        let c = c.controller.unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7443".parse().unwrap());
+        assert_eq!(c.state_dir.as_deref(), Some("state"));
+        assert_eq!(c.server_names, ["lb.example"]);
+        assert!(Config::parse("", "p.toml").unwrap().controller.is_none());
+        let e = errors("[controller]\nstate_dir = \"s\"\n");
+        assert!(
+            e[0].starts_with("p.toml:1:1: controller.listen: is required"),
+            "{e:?}"
+        );
+        let e = errors("[controller]\nlisten = \"nowhere\"\n");
+        assert!(
+            e[0].starts_with("p.toml:2:10: controller.listen: \"nowhere\" is not an IP:PORT"),
+            "{e:?}"
+        );
+        let e = errors("[controller]\nlisten = \"127.0.0.1:1\"\nserver_names = [\"a b\"]\n");
+        assert!(
+            e[0].starts_with("p.toml:3:17: controller.server_names:"),
+            "{e:?}"
+        );
     }
 
     #[test]

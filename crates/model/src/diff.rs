@@ -17,8 +17,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    AccessLogFormat, AdminSettings, Balance, Config, DockerSettings, ProxySettings, Service,
-    TlsProfile, UpstreamProtocol,
+    AccessLogFormat, AdminSettings, Balance, Config, ControllerSettings, DockerSettings,
+    ProxySettings, Service, TlsProfile, UpstreamProtocol,
 };
 
 /// Everything that differs between an older and a newer config.
@@ -327,12 +327,24 @@ static DOCKER_FIELDS: &[Field<DockerSettings>] = &[
     ("allow_shared_hosts", |d| d.allow_shared_hosts.to_string()),
 ];
 
+static CONTROLLER_FIELDS: &[Field<ControllerSettings>] = &[
+    ("listen", |c| c.listen.to_string()),
+    ("state_dir", |c| opt(c.state_dir.as_ref())),
+    ("server_names", |c| c.server_names.join(", ")),
+];
+
 /// Fails to compile when a field is added to one of the settings types
 /// without being added here, as a reminder to list it in its `*_FIELDS`
 /// table too: a diff that silently skips a field would tell an operator
 /// that nothing changed when something did.
 #[allow(dead_code)]
-fn every_field_is_listed(s: &Service, p: &ProxySettings, a: &AdminSettings, d: &DockerSettings) {
+fn every_field_is_listed(
+    s: &Service,
+    p: &ProxySettings,
+    a: &AdminSettings,
+    d: &DockerSettings,
+    c: &ControllerSettings,
+) {
     let Service {
         name: _,
         hosts: _,
@@ -411,6 +423,11 @@ fn every_field_is_listed(s: &Service, p: &ProxySettings, a: &AdminSettings, d: &
         constraints: _,
         allow_shared_hosts: _,
     } = d;
+    let ControllerSettings {
+        listen: _,
+        state_dir: _,
+        server_names: _,
+    } = c;
 }
 
 /// The fields of `fields` whose shown values differ, each named `prefix` + key.
@@ -552,6 +569,12 @@ impl ConfigDiff {
             DOCKER_FIELDS,
             old.docker.as_ref(),
             new.docker.as_ref(),
+        ));
+        settings.extend(compare_table(
+            "controller",
+            CONTROLLER_FIELDS,
+            old.controller.as_ref(),
+            new.controller.as_ref(),
         ));
         let files_changed = new
             .files

@@ -37,8 +37,8 @@ pub mod wire;
 
 pub use config::{
     AccessLogFormat, AdminSettings, Balance, Cidr, Config, ConfigError, ConfigErrors,
-    DockerSettings, FileData, HealthCheck, ProxySettings, Redirect, Service, TlsFiles, TlsProfile,
-    UpstreamOptions, UpstreamProtocol, UpstreamTls,
+    ControllerSettings, DockerSettings, FileData, HealthCheck, ProxySettings, Redirect, Service,
+    TlsFiles, TlsProfile, UpstreamOptions, UpstreamProtocol, UpstreamTls,
 };
 pub use diff::{Change, ConfigDiff, ServiceDiff};
 pub use host::{normalize_request_host, HostPattern, RequestHostError};

@@ -145,6 +145,8 @@ impl Unchecked {
             proxy: self.proxy,
             admin: self.admin,
             docker: self.docker,
+            // The controller's own setting: never on the wire.
+            controller: None,
             services: self.services,
             files: self.files,
         }

@@ -24,12 +24,19 @@ pub enum ControllerCommand {
         #[arg(long, value_name = "DIR")]
         state_dir: PathBuf,
     },
+    /// Run the controller: the config's providers (file, and Docker if
+    /// `[docker]` is set), published to the proxies on `[controller] listen`.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 pub fn run(command: ControllerCommand) -> ExitCode {
     let done = match command {
         ControllerCommand::Init { state_dir } => init(&state_dir),
         ControllerCommand::Token { state_dir } => token(&state_dir),
+        ControllerCommand::Run { .. } => unreachable!("run by main, in a runtime"),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,

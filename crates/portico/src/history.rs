@@ -21,6 +21,9 @@ pub enum Source {
     Docker,
     /// Both at once: the first version, when Docker is configured.
     FileAndDocker,
+    /// A cluster controller's snapshot (`portico proxy`), merged with the
+    /// proxy's own `[proxy]` and `[admin]`.
+    Controller,
 }
 
 impl Source {
@@ -29,6 +32,7 @@ impl Source {
             Source::File => "file",
             Source::Docker => "docker",
             Source::FileAndDocker => "file+docker",
+            Source::Controller => "controller",
         }
     }
 }

@@ -18,9 +18,12 @@
 //! - `config_cmd`: `portico config list|show|diff|render`, over the admin API.
 //! - `controller_cmd`: `portico controller init|token`, cluster mode's CA
 //!   and join token.
+//! - `cluster_cmd`: cluster mode's roles, `portico controller run` and
+//!   `portico proxy`.
 #![forbid(unsafe_code)]
 
 mod admin;
+mod cluster_cmd;
 mod config_cmd;
 mod controller_cmd;
 mod demo;
@@ -115,9 +118,11 @@ enum Command {
     Trace(Box<trace_cmd::TraceArgs>),
     /// The proxy's applied config versions: list, show, diff, render as nginx.conf.
     Config(config_cmd::ConfigArgs),
-    /// Cluster mode's credentials: `init` makes the cluster CA and a join token, `token` prints it.
+    /// Cluster mode's controller: `init` makes the cluster CA and a join token, `token` prints it, `run` runs it.
     #[command(subcommand)]
     Controller(controller_cmd::ControllerCommand),
+    /// Cluster mode's proxy: serves the routes a controller sends it.
+    Proxy(Box<cluster_cmd::ProxyArgs>),
 }
 
 /// jemalloc, configured in `.cargo/config.toml` to hand freed memory back
@@ -172,7 +177,11 @@ fn main() -> ExitCode {
     let command = match command {
         Command::Trace(args) => return trace_cmd::run(*args),
         Command::Config(args) => return config_cmd::run(args),
-        Command::Controller(command) => return controller_cmd::run(command),
+        Command::Controller(command)
+            if !matches!(command, controller_cmd::ControllerCommand::Run { .. }) =>
+        {
+            return controller_cmd::run(command)
+        }
         other => other,
     };
     logging::init(cli.log_format);
@@ -201,6 +210,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Run { config, .. } => run(config).await,
+            Command::Controller(controller_cmd::ControllerCommand::Run { config }) => {
+                cluster_cmd::controller_run(config).await
+            }
+            Command::Proxy(args) => cluster_cmd::proxy(*args).await,
             Command::Demo { listen, admin } => demo(listen, admin).await,
             Command::Echo {
                 listen,
@@ -306,6 +319,7 @@ async fn start(
     config: Config,
     config_dir: Option<PathBuf>,
     controller: &mut Controller,
+    source: Source,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     let listen = config.proxy.http_listen;
@@ -324,11 +338,6 @@ async fn start(
             .map_or(DEFAULT_CONFIG_HISTORY, |a| a.config_history),
         config_dir,
     ));
-    let source = if config.docker.is_some() {
-        Source::FileAndDocker
-    } else {
-        Source::File
-    };
     history.record(version, config.clone(), source);
     let proxy = Proxy::new(identity(), config, version);
     tracing::info!(version = %version, services, "configured proxy");
@@ -414,18 +423,21 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
     let config_dir = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()));
-    let running = start(first, config_dir, &mut controller, shutdown.clone()).await?;
+    let source = if file_config.docker.is_some() {
+        Source::FileAndDocker
+    } else {
+        Source::File
+    };
+    let running = start(first, config_dir, &mut controller, source, shutdown.clone()).await?;
     let watcher = providers::spawn(
         path,
         file_config,
         provider,
         docker_view,
-        controller,
-        running.proxy.clone(),
-        running.history.clone(),
-        running.metrics.clone(),
+        Some(running.metrics.clone()),
         reload,
         shutdown.clone(),
+        providers::apply_to_proxy(controller, running.proxy.clone(), running.history.clone()),
     );
     running.task.await.context("proxy task")??;
     shutdown.cancel();
@@ -476,7 +488,7 @@ async fn demo(listen: SocketAddr, admin: Option<SocketAddr>) -> anyhow::Result<(
         text.push_str(&format!("\n[admin]\nlisten = \"{admin}\"\n"));
     }
     let config = Config::parse(&text, "demo").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let running = start(config, None, &mut Controller::new(), shutdown).await?;
+    let running = start(config, None, &mut Controller::new(), Source::File, shutdown).await?;
     println!("{}", demo::instructions(running.local));
     running.task.await.context("proxy task")??;
     tracing::info!("stopped");

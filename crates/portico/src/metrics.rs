@@ -18,7 +18,12 @@ use crate::history::Source;
 use portico_proxy::metrics::ProxyCollector;
 use portico_proxy::Proxy;
 
-const SOURCES: [Source; 3] = [Source::File, Source::Docker, Source::FileAndDocker];
+const SOURCES: [Source; 4] = [
+    Source::File,
+    Source::Docker,
+    Source::FileAndDocker,
+    Source::Controller,
+];
 
 /// What became of a provider's report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -54,24 +54,28 @@ pub fn merged(file: &Config, docker: &DockerView, logged: &mut Vec<Finding>) -> 
     config
 }
 
-/// Runs the providers until `shutdown`, applying every change to `proxy`.
+/// Runs the providers until `shutdown`, handing every merged config to
+/// `apply` (which says what became of it: `portico run` versions and
+/// applies it to its proxy, `portico controller run` publishes it).
+/// `metrics`, when there are some, count the outcomes.
 #[allow(clippy::too_many_arguments)]
-pub fn spawn(
+pub fn spawn<F>(
     path: std::path::PathBuf,
     mut file_config: Config,
     provider: Option<DockerProvider>,
     mut docker_view: DockerView,
-    mut controller: Controller,
-    proxy: Arc<Proxy>,
-    history: Arc<History>,
-    metrics: Arc<Metrics>,
+    metrics: Option<Arc<Metrics>>,
     reload: Arc<Notify>,
     shutdown: CancellationToken,
-) -> JoinHandle<Result<(), notify::Error>> {
+    mut apply: F,
+) -> JoinHandle<Result<(), notify::Error>>
+where
+    F: FnMut(Config, Source) -> Outcome + Send + 'static,
+{
     let (tx, mut rx) = mpsc::unbounded_channel();
     if let Some(settings) = file_config.docker.clone() {
         let (tx, shutdown) = (tx.clone(), shutdown.clone());
-        let slot = metrics.docker.clone();
+        let slot = metrics.as_ref().map(|m| m.docker.clone());
         tokio::spawn(async move {
             let provider = match provider {
                 Some(p) => p,
@@ -85,7 +89,9 @@ pub fn spawn(
                     }
                 },
             };
-            slot.set(provider.stats());
+            if let Some(slot) = slot {
+                slot.set(provider.stats());
+            }
             docker::watch(provider, shutdown, move |view| {
                 let _ = tx.send(Update::Docker(view));
             })
@@ -113,7 +119,9 @@ pub fn spawn(
                     Source::File
                 }
                 Update::FileRejected => {
-                    metrics.reloads.record(Source::File, Outcome::Rejected);
+                    if let Some(m) = &metrics {
+                        m.reloads.record(Source::File, Outcome::Rejected);
+                    }
                     continue;
                 }
                 Update::Docker(v) => {
@@ -122,27 +130,42 @@ pub fn spawn(
                 }
             };
             let config = merged(&file_config, &docker_view, &mut logged);
-            metrics.docker.set_findings(
-                docker_view
-                    .findings
-                    .iter()
-                    .chain(&logged)
-                    .map(|f| format!("{}: {}: {}", f.workload, f.label, f.message))
-                    .collect(),
-            );
-            match controller.offer(config) {
-                Some((config, version)) => {
-                    // Recorded first, so every version the proxy serves can
-                    // be looked up in the history.
-                    history.record(version, config.clone(), source);
-                    proxy.apply(config, version);
-                    metrics.reloads.record(source, Outcome::Applied);
-                }
-                None => metrics.reloads.record(source, Outcome::Unchanged),
+            if let Some(m) = &metrics {
+                m.docker.set_findings(
+                    docker_view
+                        .findings
+                        .iter()
+                        .chain(&logged)
+                        .map(|f| format!("{}: {}: {}", f.workload, f.label, f.message))
+                        .collect(),
+                );
+            }
+            let outcome = apply(config, source);
+            if let Some(m) = &metrics {
+                m.reloads.record(source, outcome);
             }
         }
     });
     watcher
+}
+
+/// `portico run`'s way to apply a merged config: version it, record it in
+/// the history, and apply it to the proxy.
+pub fn apply_to_proxy(
+    mut controller: Controller,
+    proxy: Arc<Proxy>,
+    history: Arc<History>,
+) -> impl FnMut(Config, Source) -> Outcome + Send + 'static {
+    move |config, source| match controller.offer(config) {
+        Some((config, version)) => {
+            // Recorded first, so every version the proxy serves can be
+            // looked up in the history.
+            history.record(version, config.clone(), source);
+            proxy.apply(config, version);
+            Outcome::Applied
+        }
+        None => Outcome::Unchanged,
+    }
 }
 
 /// `portico check --docker`: every finding about the engine's labelled

@@ -1,0 +1,239 @@
+//! Cluster mode end to end, with the real binary: `portico controller
+//! init`, a `portico controller run` with the file provider, two
+//! `portico proxy` processes fed by it. A change to the controller's file
+//! reaches both; with the controller killed both keep serving, and a proxy
+//! restarted meanwhile serves its last good config at once.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use portico_testkit::process::parse_logfmt;
+use portico_testkit::{curl, service_toml, wait_until, Backend, Portico};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_portico"))
+}
+
+/// The echo replica that answered a request for `host` through `proxy`,
+/// or `None` if the proxy did not route it.
+async fn replica(proxy: SocketAddr, host: &str) -> Option<String> {
+    let r = curl(&["-H", &format!("Host: {host}"), &format!("http://{proxy}/")]).await;
+    if r.status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    v.get("replica").and_then(|r| r.as_str()).map(str::to_owned)
+}
+
+fn controller_config(services: &str) -> String {
+    format!(
+        "[controller]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"ctl\"\n\
+         server_names = [\"127.0.0.1\"]\n\n{services}"
+    )
+}
+
+fn spawn_proxy(dir: &Path, id: &str, controller: SocketAddr) -> Portico {
+    let state = dir.join(id);
+    let config = dir.join(format!("{id}.toml"));
+    std::fs::write(&config, "[proxy]\nhttp_listen = \"127.0.0.1:0\"\n").unwrap();
+    let token = dir.join("ctl").join("join-token");
+    let args: Vec<String> = vec![
+        "proxy".into(),
+        "--controller".into(),
+        controller.to_string(),
+        "--join-token-file".into(),
+        path(&token),
+        "--state-dir".into(),
+        path(&state),
+        "--config".into(),
+        path(&config),
+        "--proxy-id".into(),
+        id.into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Portico::spawn(bin(), &args)
+}
+
+fn path(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_feeds_two_proxies_that_outlive_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = std::process::Command::new(bin())
+        .args(["controller", "init", "--state-dir"])
+        .arg(dir.path().join("ctl"))
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+
+    let web = Backend::echo("web").await;
+    let api = Backend::echo("api").await;
+    let web_toml = service_toml("web", &["web.test"], &[web.addr], "");
+    let config = dir.path().join("controller.toml");
+    std::fs::write(&config, controller_config(&web_toml)).unwrap();
+    let mut controller = Portico::spawn(bin(), &["controller", "run", "--config", &path(&config)]);
+    let line = controller
+        .wait_for_line(|l| l.contains("starting controller"), WAIT)
+        .await;
+    let at: SocketAddr = parse_logfmt(&line)["listen"].parse().unwrap();
+
+    let p1 = spawn_proxy(dir.path(), "p1", at);
+    let mut p2 = spawn_proxy(dir.path(), "p2", at);
+    let (a1, a2) = (p1.listen_addr().await, p2.listen_addr().await);
+    for a in [a1, a2] {
+        wait_until(WAIT, &format!("{a} routes web.test"), || async move {
+            replica(a, "web.test").await.as_deref() == Some("web")
+        })
+        .await;
+    }
+
+    // A change to the controller's file reaches both proxies.
+    let api_toml = service_toml("api", &["api.test"], &[api.addr], "");
+    std::fs::write(
+        &config,
+        controller_config(&format!("{web_toml}\n{api_toml}")),
+    )
+    .unwrap();
+    for a in [a1, a2] {
+        wait_until(WAIT, &format!("{a} routes api.test"), || async move {
+            replica(a, "api.test").await.as_deref() == Some("api")
+        })
+        .await;
+    }
+    // p2's last good snapshot is on disk (written right after it applied).
+    let last_good = dir.path().join("p2").join("last-good.json");
+    wait_until(WAIT, "p2's last good snapshot holds api.test", || {
+        let last_good = last_good.clone();
+        async move { std::fs::read_to_string(&last_good).is_ok_and(|t| t.contains("api.test")) }
+    })
+    .await;
+
+    // The controller dies: both proxies keep serving.
+    controller.signal("KILL");
+    controller.wait_exit(WAIT).await;
+    for a in [a1, a2] {
+        assert_eq!(replica(a, "web.test").await.as_deref(), Some("web"));
+        assert_eq!(replica(a, "api.test").await.as_deref(), Some("api"));
+    }
+
+    // A proxy restarted while the controller is away serves its last good
+    // config from its first request.
+    p2.signal("TERM");
+    p2.wait_exit(WAIT).await;
+    let p2 = spawn_proxy(dir.path(), "p2", at);
+    let a2 = p2.listen_addr().await;
+    assert_eq!(replica(a2, "web.test").await.as_deref(), Some("web"));
+    assert_eq!(replica(a2, "api.test").await.as_deref(), Some("api"));
+    assert_eq!(
+        p2.count_lines(|l| l.contains("serving the last good snapshot")),
+        1
+    );
+    assert_eq!(replica(a1, "api.test").await.as_deref(), Some("api"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_without_credentials_says_how_to_make_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("controller.toml");
+    std::fs::write(&config, controller_config("")).unwrap();
+    let mut controller = Portico::spawn(bin(), &["controller", "run", "--config", &path(&config)]);
+    let status = controller.wait_exit(WAIT).await;
+    assert!(!status.success());
+    let log = controller.stderr_lines().join("\n") + &controller.stdout_lines().join("\n");
+    assert!(log.contains("ca.crt is missing"), "{log}");
+    assert!(log.contains("portico controller init"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_config_with_services_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    let web = service_toml("web", &["web.test"], &["127.0.0.1:9".parse().unwrap()], "");
+    std::fs::write(
+        &config,
+        format!("[proxy]\nhttp_listen = \"127.0.0.1:0\"\n\n{web}"),
+    )
+    .unwrap();
+    let token = dir.path().join("token");
+    let mut proxy = Portico::spawn(
+        bin(),
+        &[
+            "proxy",
+            "--controller",
+            "127.0.0.1:9",
+            "--join-token-file",
+            &path(&token),
+            "--state-dir",
+            &path(dir.path()),
+            "--config",
+            &path(&config),
+        ],
+    );
+    let status = proxy.wait_exit(WAIT).await;
+    assert!(!status.success());
+    let log = proxy.stderr_lines().join("\n") + &proxy.stdout_lines().join("\n");
+    assert!(
+        log.contains("a proxy's config holds only [proxy] and [admin]"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_whose_certificate_does_not_load_is_nacked() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = std::process::Command::new(bin())
+        .args(["controller", "init", "--state-dir"])
+        .arg(dir.path().join("ctl"))
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let web = Backend::echo("web").await;
+    let web_toml = service_toml("web", &["web.test"], &[web.addr], "");
+    let config = dir.path().join("controller.toml");
+    std::fs::write(&config, controller_config(&web_toml)).unwrap();
+    let controller = Portico::spawn(bin(), &["controller", "run", "--config", &path(&config)]);
+    let line = controller
+        .wait_for_line(|l| l.contains("starting controller"), WAIT)
+        .await;
+    let at: SocketAddr = parse_logfmt(&line)["listen"].parse().unwrap();
+    let p1 = spawn_proxy(dir.path(), "p1", at);
+    let a1 = p1.listen_addr().await;
+    wait_until(WAIT, "p1 routes web.test", || async move {
+        replica(a1, "web.test").await.as_deref() == Some("web")
+    })
+    .await;
+
+    // A certificate that is not one: the controller publishes it (its
+    // file provider reads files, the proxy loads them), the proxy refuses.
+    std::fs::write(dir.path().join("bad.crt"), "not a certificate").unwrap();
+    std::fs::write(dir.path().join("bad.key"), "not a key").unwrap();
+    let bad = service_toml(
+        "bad",
+        &["bad.test"],
+        &[web.addr],
+        "tls_cert = \"bad.crt\"\ntls_key = \"bad.key\"",
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nhttps_listen = \"127.0.0.1:0\"\n\n{}\n{bad}",
+            controller_config(&web_toml)
+        ),
+    )
+    .unwrap();
+    let rejected = p1
+        .wait_for_line(|l| l.contains("snapshot rejected"), WAIT)
+        .await;
+    assert!(rejected.contains("bad"), "{rejected}");
+    // It keeps its version: web.test still served, bad.test not routed,
+    // and its last good snapshot is the one before.
+    assert_eq!(replica(a1, "web.test").await.as_deref(), Some("web"));
+    assert_eq!(replica(a1, "bad.test").await, None);
+    let last_good = std::fs::read_to_string(dir.path().join("p1").join("last-good.json")).unwrap();
+    assert!(!last_good.contains("bad.test"));
+}
