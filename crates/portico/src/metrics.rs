@@ -8,14 +8,14 @@ use std::time::SystemTime;
 
 use portico_discovery::docker::DockerStats;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::history::Source;
-use portico_proxy::metrics::ProxyCollector;
+use portico_proxy::metrics::{Labels, ProxyCollector};
 use portico_proxy::Proxy;
 
 const SOURCES: [Source; 4] = [
@@ -73,7 +73,7 @@ impl Collector for ReloadCollector {
             for (o, outcome) in OUTCOMES.iter().enumerate() {
                 let labels = [("source", source.as_str()), ("outcome", *outcome)];
                 let n = self.0.counts[s][o].load(Relaxed);
-                ConstCounter::new(n).encode(m.encode_family(&Pairs(&labels))?)?;
+                ConstCounter::new(n).encode(m.encode_family(&Labels(&labels))?)?;
             }
         }
         let at = self.0.last_applied_unix.load(Relaxed);
@@ -85,21 +85,6 @@ impl Collector for ReloadCollector {
                 MetricType::Gauge,
             )?;
             ConstGauge::new(at as i64).encode(m)?;
-        }
-        Ok(())
-    }
-}
-
-struct Pairs<'a>(&'a [(&'static str, &'a str)]);
-
-impl EncodeLabelSet for Pairs<'_> {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeLabel as _;
-        for pair in self.0 {
-            pair.encode(encoder.encode_label())?;
         }
         Ok(())
     }

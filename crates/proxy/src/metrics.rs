@@ -66,10 +66,6 @@ impl Histogram {
         let count = buckets.iter().map(|(_, n)| n).sum();
         (self.sum_micros.load(Relaxed) as f64 / 1e6, count, buckets)
     }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Relaxed)).sum()
-    }
 }
 
 /// Method classes: the common methods by name, any other as `other`, so a
@@ -131,19 +127,14 @@ impl ServiceStats {
 
     /// Requests by status class (`1xx` … `5xx`), of every method.
     pub fn by_status(&self) -> [(&'static str, u64); 5] {
-        std::array::from_fn(|c| (STATUS_CLASSES[c], self.requests_with_status(c)))
+        std::array::from_fn(|c| {
+            let n = self.requests.iter().map(|m| m[c].load(Relaxed)).sum();
+            (STATUS_CLASSES[c], n)
+        })
     }
 
     pub fn add_request_bytes(&self, n: u64) {
         self.request_bytes.fetch_add(n, Relaxed);
-    }
-
-    /// Requests with this status, of every method.
-    pub fn requests_with_status(&self, status_class_index: usize) -> u64 {
-        self.requests
-            .iter()
-            .map(|m| m[status_class_index].load(Relaxed))
-            .sum()
     }
 }
 
@@ -427,9 +418,9 @@ impl Drop for OpenConn {
     }
 }
 
-/// Encodes a labelled value under `family`: labels are `(name, value)`
-/// pairs, owned, so they can be made per sample at scrape time.
-struct Labels<'a>(&'a [(&'static str, &'a str)]);
+/// A label set made at scrape time from `(name, value)` pairs (also used
+/// by the binary's collectors).
+pub struct Labels<'a>(pub &'a [(&'static str, &'a str)]);
 
 impl prometheus_client::encoding::EncodeLabelSet for Labels<'_> {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
