@@ -1945,7 +1945,6 @@ mod tests {
         assert_eq!(
             messages("fxl_all"),
             [
-                "warning fxl_all com.docker.lb.service_cluster: not implemented by Portico yet; the label is ignored",
                 "error fxl_all com.docker.lb.redirects: from http://a: host a is not one of the service's hosts (all.test, *.all.test)",
             ]
         );
@@ -1965,6 +1964,7 @@ mod tests {
         assert_eq!(all.context_root.as_deref(), Some("/app"));
         assert!(all.context_root_rewrite && all.ip_hash && all.default_backend);
         assert_eq!(all.sticky_session_cookie.as_deref(), Some("sid"));
+        assert_eq!(all.service_cluster.as_deref(), Some("us-east"));
         assert_eq!(all.redirects[0].to, "https://all.test");
         assert_eq!(
             all.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),

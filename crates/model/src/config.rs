@@ -4,7 +4,7 @@
 //! Every problem found is reported, each with the file, line, column and the
 //! field it concerns, so `portico check` can list them all at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -441,6 +441,14 @@ pub struct Service {
     pub max_requests: Option<u32>,
     /// Overrides `[proxy] max_ejected_percent` for this service.
     pub max_ejected_percent: Option<u8>,
+    /// Interlock's `service_cluster`: which proxies serve the service, in
+    /// cluster mode (those started with `--service-cluster NAME`); `None`:
+    /// the default cluster. `portico run` serves every cluster.
+    ///
+    /// Left out of the wire form when `None`, so that configs without
+    /// clusters keep the versions they had before clusters existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_cluster: Option<String>,
 }
 
 /// A validated config.
@@ -477,6 +485,52 @@ pub struct Config {
 pub type FileData = Result<Arc<[u8]>, String>;
 
 impl Config {
+    /// Every service cluster the services name, and the default one.
+    pub fn service_clusters(&self) -> BTreeSet<&str> {
+        let mut out: BTreeSet<&str> = self
+            .services
+            .iter()
+            .filter_map(|s| s.service_cluster.as_deref())
+            .collect();
+        out.insert(rules::DEFAULT_SERVICE_CLUSTER);
+        out
+    }
+
+    /// What the proxies of `cluster` serve: the same settings, the services
+    /// of that cluster only, and only the files those refer to (a proxy is
+    /// sent no other cluster's private keys).
+    pub fn for_service_cluster(&self, cluster: &str) -> Config {
+        let of = |s: &Service| {
+            s.service_cluster
+                .as_deref()
+                .unwrap_or(rules::DEFAULT_SERVICE_CLUSTER)
+                == cluster
+        };
+        let mut out = Config {
+            services: self.services.iter().filter(|s| of(s)).cloned().collect(),
+            files: BTreeMap::new(),
+            ..self.clone_settings()
+        };
+        for path in out.referenced_files() {
+            if let Some(data) = self.files.get(&path) {
+                out.files.insert(path, data.clone());
+            }
+        }
+        out
+    }
+
+    /// The config without services or files.
+    fn clone_settings(&self) -> Config {
+        Config {
+            proxy: self.proxy.clone(),
+            admin: self.admin.clone(),
+            docker: self.docker.clone(),
+            controller: self.controller.clone(),
+            services: Vec::new(),
+            files: BTreeMap::new(),
+        }
+    }
+
     /// Paths of every file the config refers to, each once.
     pub fn referenced_files(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
@@ -816,6 +870,7 @@ struct RawService {
     health_host: Option<Spanned<String>>,
     max_requests: Option<Spanned<i64>>,
     max_ejected_percent: Option<Spanned<i64>>,
+    service_cluster: Option<Spanned<String>>,
 }
 
 impl RawService {
@@ -2000,6 +2055,11 @@ fn validate_service(
         |&n| rules::percent(n),
         r,
     );
+    let service_cluster = svc.service_cluster.as_ref().and_then(|v| {
+        rules::parse_service_cluster(v.get_ref())
+            .map_err(|e| r.at(v.span().start, field("service_cluster"), e))
+            .ok()
+    });
     let service = Service {
         name,
         hosts,
@@ -2022,6 +2082,7 @@ fn validate_service(
         health,
         max_requests,
         max_ejected_percent,
+        service_cluster,
     };
     // Only a service whose values all read can be judged as a whole.
     if r.errors.len() != before {
@@ -2918,6 +2979,67 @@ max_requests = 10
         assert!(
             e[0].starts_with("p.toml:1:1: service[0] (a).hosts: missing: list the host names"),
             "{e:?}"
+        );
+    }
+
+    #[test]
+    fn each_service_cluster_gets_its_services_and_their_files_only() {
+        let mut c = Config::parse(
+            r#"
+[proxy]
+http_listen = "127.0.0.1:0"
+https_listen = "127.0.0.1:0"
+
+[[service]]
+name = "plain"
+hosts = ["plain.test"]
+upstreams = ["127.0.0.1:1"]
+
+[[service]]
+name = "east"
+hosts = ["east.test"]
+upstreams = ["127.0.0.1:2"]
+service_cluster = "us-east"
+tls_cert = "east.pem"
+tls_key = "east.key"
+
+[[service]]
+name = "west"
+hosts = ["west.test"]
+upstreams = ["127.0.0.1:3"]
+service_cluster = "us-west"
+tls_cert = "west.pem"
+tls_key = "west.key"
+"#,
+            "p.toml",
+        )
+        .unwrap();
+        for f in ["east.pem", "east.key", "west.pem", "west.key"] {
+            c.files.insert(f.into(), Ok(Arc::from(f.as_bytes())));
+        }
+        assert_eq!(
+            c.service_clusters().into_iter().collect::<Vec<_>>(),
+            ["default", "us-east", "us-west"]
+        );
+        let names = |c: &Config| {
+            c.services
+                .iter()
+                .map(|s| s.name.clone())
+                .collect::<Vec<_>>()
+        };
+        let east = c.for_service_cluster("us-east");
+        assert_eq!(names(&east), ["east"]);
+        assert_eq!(
+            east.files.keys().collect::<Vec<_>>(),
+            ["east.key", "east.pem"]
+        );
+        assert_eq!(east.proxy, c.proxy);
+        assert_eq!(names(&c.for_service_cluster("default")), ["plain"]);
+        let nobody = c.for_service_cluster("eu-north");
+        assert!(nobody.services.is_empty() && nobody.files.is_empty());
+        assert_eq!(
+            errors("[[service]]\nname = \"a\"\nhosts = [\"a.test\"]\nupstreams = [\"127.0.0.1:1\"]\nservice_cluster = \"-east\"\n"),
+            ["p.toml:5:19: service[0] (a).service_cluster: a service cluster name holds 1 to 63 ASCII letters, digits, '-', '_' or '.', starting with a letter or a digit; this one starts with \"-\""]
         );
     }
 }

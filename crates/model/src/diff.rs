@@ -20,6 +20,7 @@ use crate::config::{
     AccessLogFormat, AdminSettings, Balance, Config, ControllerSettings, DockerSettings,
     ProxySettings, Service, TlsProfile, UpstreamProtocol,
 };
+use crate::rules;
 
 /// Everything that differs between an older and a newer config.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +224,12 @@ static SERVICE_FIELDS: &[Field<Service>] = &[
     }),
     ("max_requests", |s| opt(s.max_requests)),
     ("max_ejected_percent", |s| opt(s.max_ejected_percent)),
+    ("service_cluster", |s| {
+        s.service_cluster
+            .as_deref()
+            .unwrap_or(rules::DEFAULT_SERVICE_CLUSTER)
+            .to_owned()
+    }),
 ];
 
 /// Every `[proxy]` setting, by its key.
@@ -367,6 +374,7 @@ fn every_field_is_listed(
         health: _,
         max_requests: _,
         max_ejected_percent: _,
+        service_cluster: _,
     } = s;
     let ProxySettings {
         http_listen: _,
@@ -810,7 +818,7 @@ mod tests {
              balance = \"least_request\"\ndefault_backend = true\nmax_body_size = \"1MiB\"\nconnect_timeout = \"1s\"\n\
              upstream_timeout = \"2s\"\nhealth_path = \"/h\"\nhealth_interval = \"3s\"\nhealth_timeout = \"1s\"\n\
              health_healthy = 4\nhealth_unhealthy = 5\nhealth_status = \"200,204\"\nhealth_host = \"h.test\"\n\
-             max_requests = 9\nmax_ejected_percent = 10\n",
+             max_requests = 9\nmax_ejected_percent = 10\nservice_cluster = \"edge\"\n",
         );
         let d = ConfigDiff::between(&a, &b);
         let fields: Vec<&str> = d.services_changed[0]

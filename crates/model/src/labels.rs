@@ -47,11 +47,8 @@ const SUPPORTED: &[&str] = &[
     "sticky_session_cookie",
     "ip_hash",
     "default_backend",
+    "service_cluster",
 ];
-
-/// Interlock labels Portico knows but does not implement yet: reported, never
-/// silently ignored.
-const NOT_YET: &[&str] = &["service_cluster"];
 
 /// Portico's own labels, after [`PORTICO_PREFIX`]: a setting's TOML key,
 /// with `health_` written `health.` (see [`portico_key`]).
@@ -494,15 +491,8 @@ pub fn translate(w: &Workload) -> Translation {
         };
         if SUPPORTED.contains(&key) {
             ours.insert(key, v.trim());
-        } else if NOT_YET.contains(&key) {
-            t.findings.push(Finding {
-                workload: w.name.clone(),
-                label: k.clone(),
-                severity: Severity::Warning,
-                message: "not implemented by Portico yet; the label is ignored".into(),
-            });
         } else {
-            let hint = nearest(key, &[SUPPORTED, NOT_YET].concat())
+            let hint = nearest(key, SUPPORTED)
                 .map(|s| format!(" (did you mean {PREFIX}{s}?)"))
                 .unwrap_or_default();
             error(&mut t, key, format!("unknown label{hint}"));
@@ -676,6 +666,13 @@ pub fn translate(w: &Workload) -> Translation {
         rules::parse_cookie_name,
     );
     let ip_hash = bools(&mut t, "ip_hash");
+    let service_cluster = read(
+        &mut t,
+        w,
+        &ours,
+        "service_cluster",
+        rules::parse_service_cluster,
+    );
     let default_backend = bools(&mut t, "default_backend");
     let balance = read(&mut t, w, &ours, "portico.balance", rules::parse_balance)
         .unwrap_or(Balance::RoundRobin);
@@ -824,6 +821,7 @@ pub fn translate(w: &Workload) -> Translation {
         health,
         max_requests,
         max_ejected_percent,
+        service_cluster,
     };
     let problems = rules::service_problems(&service);
     if problems.is_empty() {
@@ -1115,16 +1113,28 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_labels_are_warned_about_and_the_service_kept() {
+    fn a_service_cluster_label_names_the_proxies_that_serve_it() {
         let t = translate(&workload(&[
             ("hosts", "a.test"),
             ("port", "80"),
             ("service_cluster", "us-east"),
         ]));
-        assert!(t.service.is_some());
+        assert!(messages(&t).is_empty(), "{:?}", messages(&t));
+        assert_eq!(
+            t.service.unwrap().service_cluster.as_deref(),
+            Some("us-east")
+        );
+        let t = translate(&workload(&[("hosts", "a.test"), ("port", "80")]));
+        assert_eq!(t.service.unwrap().service_cluster, None);
+        let t = translate(&workload(&[
+            ("hosts", "a.test"),
+            ("port", "80"),
+            ("service_cluster", "us east"),
+        ]));
+        assert!(t.service.is_none());
         assert_eq!(
             messages(&t),
-            ["warning demo_foo com.docker.lb.service_cluster: not implemented by Portico yet; the label is ignored"]
+            ["error demo_foo com.docker.lb.service_cluster: a service cluster name holds 1 to 63 ASCII letters, digits, '-', '_' or '.', starting with a letter or a digit; found ' ' at position 2"]
         );
     }
 

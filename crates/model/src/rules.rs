@@ -73,6 +73,37 @@ pub fn size_from_int(n: i64) -> Result<u64, String> {
     }
 }
 
+/// The service cluster every service without one belongs to, and the one
+/// a proxy that names none serves.
+pub const DEFAULT_SERVICE_CLUSTER: &str = "default";
+
+/// A service cluster's name (Interlock's `service_cluster`): 1 to 63
+/// ASCII letters, digits, `-`, `_` or `.`, starting with a letter or a
+/// digit. The same shape as a proxy id, for the same reason: names end up
+/// in file names, metrics labels and command lines.
+pub fn parse_service_cluster(text: &str) -> Result<String, String> {
+    let what = "a service cluster name holds 1 to 63 ASCII letters, digits, '-', '_' or '.', \
+                starting with a letter or a digit";
+    let length = text.chars().count();
+    if length == 0 {
+        return Err(format!("{what}; this one is empty"));
+    }
+    if length > 63 {
+        return Err(format!("{what}; this one has {length} characters"));
+    }
+    if let Some((position, c)) = text
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!("{what}; found {c:?} at position {position}"));
+    }
+    if !text.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!("{what}; this one starts with {:?}", &text[..1]));
+    }
+    Ok(text.to_owned())
+}
+
 /// A whole number written as text (a label's value), such as `"3"`;
 /// its range is checked by [`number_in`].
 pub fn parse_number(text: &str) -> Result<i64, String> {

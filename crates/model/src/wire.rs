@@ -733,6 +733,13 @@ fn service<'a>(i: usize, s: &'a Service, names: &mut HashSet<&'a str>, out: &mut
             rules::parse_cookie_name(cookie).map(drop),
         );
     }
+    if let Some(cluster) = &s.service_cluster {
+        out.check(
+            at,
+            "service_cluster",
+            rules::parse_service_cluster(cluster).map(drop),
+        );
+    }
     if let Some(n) = s.max_body_size {
         out.check(at, "max_body_size", size(n));
     }
@@ -893,6 +900,7 @@ context_root = "/app/"
 context_root_rewrite = true
 redirects = [{ from = "http://old.test", to = "https://a.test/" }]
 sticky_session_cookie = "session"
+service_cluster = "edge"
 balance = "least_request"
 max_body_size = 2048
 connect_timeout = "2s"
@@ -1452,6 +1460,7 @@ default_backend = true
                             health,
                             max_requests,
                             max_ejected_percent: ejected,
+                            service_cluster: (i % 3 == 1).then(|| format!("c{}", i % 2)),
                         }
                     },
                 )

@@ -15,6 +15,7 @@ use portico_cluster::{
     ProxyClient, ProxyId,
 };
 use portico_discovery::{file, Controller};
+use portico_model::rules::DEFAULT_SERVICE_CLUSTER;
 use portico_model::{Config, Version};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -23,11 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::controller_cmd::TOKEN_FILE;
 use crate::history::Source;
 use crate::metrics::Outcome;
+use crate::publish::Publisher;
 use crate::{handle_signals, providers, start, SERVER_INFO};
-
-/// The service cluster of proxies that announce none (and, until labels
-/// choose one, of every service).
-pub const DEFAULT_CLUSTER: &str = "default";
 
 /// `portico proxy`'s arguments.
 #[derive(clap::Args, Debug)]
@@ -46,7 +44,7 @@ pub struct ProxyArgs {
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The service cluster whose routes this proxy serves.
-    #[arg(long, value_name = "NAME", default_value = DEFAULT_CLUSTER)]
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_SERVICE_CLUSTER)]
     service_cluster: String,
     /// The proxy's id (default: `[proxy] proxy_id`, else the host name).
     #[arg(long, value_name = "ID")]
@@ -118,16 +116,16 @@ pub async fn controller_run(path: PathBuf) -> anyhow::Result<()> {
     };
     let cluster = ClusterController::new(ControllerOptions::default());
     let first = providers::merged(&file_config, &docker_view, &mut Vec::new());
-    let version = cluster
-        .publish(DEFAULT_CLUSTER, Arc::new(first))
-        .map_err(|e| anyhow!("{e}"))?;
+    let publisher = Publisher::new(cluster.clone());
+    if publisher.publish(first, Source::File) == Outcome::Rejected {
+        bail!("the first config could not be published (see the error above)");
+    }
     tracing::info!(
         listen = %listener.local_addr()?,
-        version = %version,
         server_names = %server_names.join(","),
         "starting controller"
     );
-    let publisher = cluster.clone();
+    tokio::spawn(publisher.clone().serve_newcomers(shutdown.clone()));
     let watcher = providers::spawn(
         path,
         file_config,
@@ -136,20 +134,7 @@ pub async fn controller_run(path: PathBuf) -> anyhow::Result<()> {
         None,
         reload,
         shutdown.clone(),
-        move |config, source| {
-            let before = publisher.current(DEFAULT_CLUSTER);
-            match publisher.publish(DEFAULT_CLUSTER, Arc::new(config)) {
-                Ok(v) if Some(v) == before => Outcome::Unchanged,
-                Ok(v) => {
-                    tracing::info!(version = %v, source = source.as_str(), "new version");
-                    Outcome::Applied
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "not published; the proxies keep the version in force");
-                    Outcome::Rejected
-                }
-            }
-        },
+        move |config, source| publisher.publish(config, source),
     );
     cluster.serve(listener, state, shutdown.clone()).await?;
     shutdown.cancel();

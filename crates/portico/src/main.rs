@@ -32,6 +32,7 @@ mod logging;
 mod metrics;
 mod nginx;
 mod providers;
+mod publish;
 mod status;
 mod trace_cmd;
 

@@ -36,6 +36,10 @@ fn controller_config(services: &str) -> String {
 }
 
 fn spawn_proxy(dir: &Path, id: &str, controller: SocketAddr) -> Portico {
+    spawn_proxy_in(dir, id, controller, "default")
+}
+
+fn spawn_proxy_in(dir: &Path, id: &str, controller: SocketAddr, cluster: &str) -> Portico {
     let state = dir.join(id);
     let config = dir.join(format!("{id}.toml"));
     std::fs::write(&config, "[proxy]\nhttp_listen = \"127.0.0.1:0\"\n").unwrap();
@@ -52,6 +56,8 @@ fn spawn_proxy(dir: &Path, id: &str, controller: SocketAddr) -> Portico {
         path(&config),
         "--proxy-id".into(),
         id.into(),
+        "--service-cluster".into(),
+        cluster.into(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Portico::spawn(bin(), &args)
@@ -236,4 +242,89 @@ async fn a_snapshot_whose_certificate_does_not_load_is_nacked() {
     assert_eq!(replica(a1, "bad.test").await, None);
     let last_good = std::fs::read_to_string(dir.path().join("p1").join("last-good.json")).unwrap();
     assert!(!last_good.contains("bad.test"));
+}
+
+/// Interlock's service clusters: each proxy serves only the services of
+/// the cluster it announces; a proxy of a cluster no service names yet is
+/// given the global settings and no routes; a change in one cluster sends
+/// nothing to the proxies of another.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_service_cluster_is_served_by_its_own_proxies_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = std::process::Command::new(bin())
+        .args(["controller", "init", "--state-dir"])
+        .arg(dir.path().join("ctl"))
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let web = Backend::echo("web").await;
+    let east = Backend::echo("east").await;
+    let east2 = Backend::echo("east2").await;
+    let web_toml = service_toml("web", &["web.test"], &[web.addr], "");
+    let east_toml = |upstream: SocketAddr| {
+        service_toml(
+            "east",
+            &["east.test"],
+            &[upstream],
+            "service_cluster = \"us-east\"",
+        )
+    };
+    let config = dir.path().join("controller.toml");
+    let write = |east: &str| {
+        std::fs::write(&config, controller_config(&format!("{web_toml}\n{east}"))).unwrap()
+    };
+    write(&east_toml(east.addr));
+    let controller = Portico::spawn(bin(), &["controller", "run", "--config", &path(&config)]);
+    let line = controller
+        .wait_for_line(|l| l.contains("starting controller"), WAIT)
+        .await;
+    let at: SocketAddr = parse_logfmt(&line)["listen"].parse().unwrap();
+
+    let plain = spawn_proxy(dir.path(), "plain", at);
+    let east_proxy = spawn_proxy_in(dir.path(), "east", at, "us-east");
+    let north = spawn_proxy_in(dir.path(), "north", at, "eu-north");
+    let (a_plain, a_east, a_north) = (
+        plain.listen_addr().await,
+        east_proxy.listen_addr().await,
+        north.listen_addr().await,
+    );
+    wait_until(
+        WAIT,
+        "the default cluster's proxy routes web.test",
+        || async move { replica(a_plain, "web.test").await.as_deref() == Some("web") },
+    )
+    .await;
+    wait_until(WAIT, "the us-east proxy routes east.test", || async move {
+        replica(a_east, "east.test").await.as_deref() == Some("east")
+    })
+    .await;
+    north
+        .wait_for_line(|l| l.contains("applied the controller's snapshot"), WAIT)
+        .await;
+    assert_eq!(replica(a_plain, "east.test").await, None);
+    assert_eq!(replica(a_east, "web.test").await, None);
+    for host in ["web.test", "east.test"] {
+        assert_eq!(replica(a_north, host).await, None);
+    }
+    // No private key or route of another cluster is on a proxy's disk.
+    let last_good =
+        std::fs::read_to_string(dir.path().join("plain").join("last-good.json")).unwrap();
+    assert!(!last_good.contains("east.test"), "{last_good}");
+
+    // A change in us-east reaches its proxy and sends nothing to the others.
+    write(&east_toml(east2.addr));
+    wait_until(
+        WAIT,
+        "the us-east proxy follows the change",
+        || async move { replica(a_east, "east.test").await.as_deref() == Some("east2") },
+    )
+    .await;
+    assert_eq!(replica(a_plain, "web.test").await.as_deref(), Some("web"));
+    for p in [&plain, &north] {
+        assert_eq!(
+            p.count_lines(|l| l.contains("applied the controller's snapshot")),
+            1,
+            "a proxy of another cluster was sent the us-east change"
+        );
+    }
 }
