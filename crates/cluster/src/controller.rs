@@ -10,6 +10,12 @@
 //!   ([`Peer::Proxy`]) only; anyone else gets a 401, logged with its
 //!   address. See [`crate::stream`] for the messages.
 //!
+//! [`Controller::proxies`] lists the connected proxies (who, from where,
+//! serving what, the last NACK, where they serve traffic), and
+//! [`Controller::departed`] those that left lately and why: what the
+//! binary's admin API, status page and metrics show, serializable as they
+//! are.
+//!
 //! [`Controller::publish`] sets a service cluster's config. Each cluster
 //! has its own `watch` channel holding the snapshot line, encoded once for
 //! all its proxies: a publish wakes that cluster's streams and no other's,
@@ -18,7 +24,7 @@
 //! wake-ups send only the newest: a proxy wants the current state, not
 //! the history.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +39,7 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portico_model::{Config, Version};
+use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -45,8 +52,9 @@ use crate::ca::{CaError, ClusterCa, Credentials};
 use crate::id::ProxyId;
 use crate::join::{verify_join, JoinError, JoinRequest, JoinResponse};
 use crate::stream::{
-    self, bounded_reason, check_cluster_name, encode, is_version, Down, Heartbeat, LineReader,
-    Lines, Up, ALPN_H2, JOIN_PATH, MAX_SMALL_MESSAGE, MAX_SNAPSHOT_LINE, STREAM_PATH,
+    self, bounded_reason, check_cluster_name, encode, is_version, Down, Endpoint, Heartbeat,
+    LineReader, Lines, Up, ALPN_H2, JOIN_PATH, MAX_LISTENERS, MAX_SMALL_MESSAGE, MAX_SNAPSHOT_LINE,
+    STREAM_PATH,
 };
 use crate::tls::{self, Peer, TlsError};
 use crate::token::JoinToken;
@@ -130,16 +138,25 @@ pub enum PublishError {
     },
 }
 
+/// How long a departed proxy stays listed by [`Controller::departed`]:
+/// long enough to notice it is gone, not so long that a Swarm replacing
+/// its tasks (a new id each) fills the listing with the dead.
+pub const DEPARTED_FOR: Duration = Duration::from_secs(3600);
+/// At most this many departed proxies are listed, the latest.
+pub const DEPARTED_KEPT: usize = 64;
+
 /// A proxy's last refusal.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Nack {
     pub version: String,
     pub reason: String,
+    #[serde(with = "rfc3339")]
     pub at: SystemTime,
 }
 
-/// One connected proxy, as [`Controller::proxies`] lists it.
-#[derive(Clone, Debug)]
+/// One connected proxy, as [`Controller::proxies`] lists it. Times are
+/// serialized as RFC 3339 (UTC, seconds), versions as 64 hex digits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyStatus {
     pub id: ProxyId,
     /// The address its stream comes from (a NAT's, behind one).
@@ -149,13 +166,103 @@ pub struct ProxyStatus {
     /// connected; `None` before either.
     pub applied_version: Option<String>,
     pub last_nack: Option<Nack>,
+    /// NACKs on this stream.
+    #[serde(default)]
+    pub nacks: u64,
+    #[serde(with = "rfc3339")]
     pub connected_since: SystemTime,
     /// When anything last came up its stream (heartbeats, ACKs, NACKs all
     /// show it alive).
+    #[serde(with = "rfc3339")]
     pub last_heartbeat: SystemTime,
     /// Snapshots sent on this stream: lets a test (or an operator) see
     /// that a publish sent nothing to a proxy.
     pub snapshots_sent: u64,
+    /// Where it serves traffic, as its hello announced, a listener on
+    /// every address given the stream's address instead (see
+    /// [`Endpoint::reachable`]). Empty for a proxy that announces none.
+    #[serde(default)]
+    pub listeners: Vec<Endpoint>,
+    /// Its admin API, the same way, if it serves one.
+    #[serde(default)]
+    pub admin: Option<Endpoint>,
+}
+
+/// Where a proxy stands against the version published to its service
+/// cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncState {
+    /// It has applied the published version.
+    Current,
+    /// It serves another version and has not refused the published one:
+    /// still applying it, or its stream is stuck.
+    Behind,
+    /// Its last NACK refused the published version: it keeps serving the
+    /// one before, until the config changes.
+    Nacking,
+    /// Nothing is published to its service cluster (a cluster no service
+    /// names yet).
+    Unpublished,
+}
+
+impl SyncState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Current => "current",
+            SyncState::Behind => "behind",
+            SyncState::Nacking => "nacking",
+            SyncState::Unpublished => "unpublished",
+        }
+    }
+}
+
+impl ProxyStatus {
+    /// Where it stands against `published`, its cluster's version.
+    pub fn sync(&self, published: Option<&Version>) -> SyncState {
+        let Some(published) = published.map(stream::version_text) else {
+            return SyncState::Unpublished;
+        };
+        if self.applied_version.as_deref() == Some(published.as_str()) {
+            SyncState::Current
+        } else if self
+            .last_nack
+            .as_ref()
+            .is_some_and(|n| n.version == published)
+        {
+            SyncState::Nacking
+        } else {
+            SyncState::Behind
+        }
+    }
+}
+
+/// A proxy whose stream ended (not replaced by a newer one of its own, not
+/// at the controller's shutdown), as it was last listed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepartedProxy {
+    #[serde(flatten)]
+    pub status: ProxyStatus,
+    #[serde(with = "rfc3339")]
+    pub departed_at: SystemTime,
+    /// Why its stream ended: it closed it, went silent, or it broke.
+    pub reason: String,
+}
+
+/// Times as the admin API writes them elsewhere: RFC 3339, UTC, seconds.
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_seconds(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
+    }
 }
 
 /// The controller: publish configs, serve streams, list proxies. Cheap to
@@ -169,6 +276,11 @@ struct Inner {
     options: ControllerOptions,
     clusters: Mutex<HashMap<String, watch::Sender<Option<Arc<Snapshot>>>>>,
     proxies: Mutex<BTreeMap<u64, Entry>>,
+    /// Oldest first.
+    departed: Mutex<VecDeque<DepartedProxy>>,
+    /// NACKs received per service cluster since the controller started
+    /// (a proxy's own count restarts with its stream).
+    nacks: Mutex<BTreeMap<String, u64>>,
     next_stream: AtomicU64,
     /// Bumped at every change to `proxies`, so that callers can wait for a
     /// condition instead of polling.
@@ -201,6 +313,8 @@ impl Controller {
                 options,
                 clusters: Mutex::new(HashMap::new()),
                 proxies: Mutex::new(BTreeMap::new()),
+                departed: Mutex::new(VecDeque::new()),
+                nacks: Mutex::new(BTreeMap::new()),
                 next_stream: AtomicU64::new(0),
                 changes: watch::channel(0).0,
             }),
@@ -254,6 +368,30 @@ impl Controller {
         lock(&self.inner.clusters)
             .get(cluster)
             .and_then(|tx| tx.borrow().as_ref().map(|s| s.version))
+    }
+
+    /// Every service cluster with a published config, and its version, by
+    /// name.
+    pub fn published(&self) -> Vec<(String, Version)> {
+        let mut list: Vec<(String, Version)> = lock(&self.inner.clusters)
+            .iter()
+            .filter_map(|(name, tx)| Some((name.clone(), tx.borrow().as_ref()?.version)))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+
+    /// Proxies whose stream ended within [`DEPARTED_FOR`] and that have not
+    /// come back since (at most [`DEPARTED_KEPT`]), the latest first.
+    pub fn departed(&self) -> Vec<DepartedProxy> {
+        let mut departed = lock(&self.inner.departed);
+        prune(&mut departed, SystemTime::now());
+        departed.iter().rev().cloned().collect()
+    }
+
+    /// NACKs received per service cluster since the controller started.
+    pub fn nacks_total(&self) -> BTreeMap<String, u64> {
+        lock(&self.inner.nacks).clone()
     }
 
     /// Every connected proxy, by id (then by connection order).
@@ -333,6 +471,19 @@ impl Controller {
         }
         info!("controller stopped");
         Ok(())
+    }
+}
+
+/// Drops departed proxies listed for longer than [`DEPARTED_FOR`] (or
+/// beyond the [`DEPARTED_KEPT`] latest).
+fn prune(departed: &mut VecDeque<DepartedProxy>, now: SystemTime) {
+    while departed.len() > DEPARTED_KEPT
+        || departed.front().is_some_and(|d| {
+            now.duration_since(d.departed_at)
+                .is_ok_and(|age| age > DEPARTED_FOR)
+        })
+    {
+        departed.pop_front();
     }
 }
 
@@ -544,6 +695,31 @@ impl Inner {
         self.changes.send_modify(|n| *n += 1);
     }
 
+    /// Lists the proxy of stream `key` as departed, for `reason`.
+    fn depart(&self, key: u64, reason: String) {
+        let status = {
+            let proxies = lock(&self.proxies);
+            let Some(status) = proxies.get(&key).map(|e| e.status.clone()) else {
+                return;
+            };
+            // Its old stream may end after its new one began.
+            if proxies
+                .iter()
+                .any(|(k, e)| *k != key && e.status.id == status.id)
+            {
+                return;
+            }
+            status
+        };
+        let mut departed = lock(&self.departed);
+        departed.push_back(DepartedProxy {
+            status,
+            departed_at: SystemTime::now(),
+            reason,
+        });
+        prune(&mut departed, SystemTime::now());
+    }
+
     fn subscribe(&self, cluster: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
         lock(&self.clusters)
             .entry(cluster.to_owned())
@@ -576,7 +752,9 @@ async fn proxy_stream(
             proxy_id,
             service_cluster,
             applied_version,
-        }))) => (proxy_id, service_cluster, applied_version),
+            listeners,
+            admin,
+        }))) => (proxy_id, service_cluster, applied_version, listeners, admin),
         Ok(Ok(Some(_))) => {
             warn!(peer = %addr, proxy = %id, "stream refused: it did not start with a hello");
             return;
@@ -591,7 +769,7 @@ async fn proxy_stream(
             return;
         }
     };
-    let (claimed, cluster, applied) = hello;
+    let (claimed, cluster, applied, listeners, admin) = hello;
     if claimed != id.as_str() {
         // Its certificate says who it is; a hello naming someone else is a
         // misconfigured proxy (or a copied key), not to be listed as either.
@@ -603,6 +781,7 @@ async fn proxy_stream(
         return;
     }
     let applied = applied.filter(|v| is_version(v));
+    let (listeners, admin) = announced(&id, addr, &listeners, admin.as_deref());
 
     let key = inner.next_stream.fetch_add(1, Ordering::Relaxed);
     let cancel = shutdown.child_token();
@@ -612,6 +791,8 @@ async fn proxy_stream(
         for entry in proxies.values().filter(|e| e.status.id == id) {
             entry.cancel.cancel();
         }
+        // Back: no longer departed.
+        lock(&inner.departed).retain(|d| d.status.id != id);
         proxies.insert(
             key,
             Entry {
@@ -621,9 +802,12 @@ async fn proxy_stream(
                     service_cluster: cluster.clone(),
                     applied_version: applied.clone(),
                     last_nack: None,
+                    nacks: 0,
                     connected_since: now,
                     last_heartbeat: now,
                     snapshots_sent: 0,
+                    listeners,
+                    admin,
                 },
                 cancel: cancel.clone(),
             },
@@ -637,6 +821,15 @@ async fn proxy_stream(
     info!(peer = %addr, proxy = %id, cluster, applied = applied.as_deref().map(short).unwrap_or("none"), "proxy connected");
 
     let end = stream_loop(&inner, key, &id, &cluster, applied, reader, &tx, &cancel).await;
+    let departure = match &end {
+        End::Shutdown | End::Replaced => None,
+        End::Silent(d) => Some(format!("silent for {d:?}")),
+        End::Closed => Some("it closed its stream".to_owned()),
+        End::Broken(e) => Some(e.clone()),
+    };
+    if let Some(reason) = departure.filter(|_| !shutdown.is_cancelled()) {
+        inner.depart(key, reason);
+    }
     match end {
         End::Shutdown => debug!(proxy = %id, "stream ended: shutting down"),
         End::Replaced if shutdown.is_cancelled() => {
@@ -649,6 +842,33 @@ async fn proxy_stream(
         End::Closed => info!(peer = %addr, proxy = %id, "proxy closed its stream"),
         End::Broken(e) => warn!(peer = %addr, proxy = %id, error = %e, "stream lost"),
     }
+}
+
+/// A hello's listeners and admin address as the controller lists them:
+/// readable ones only (at most [`MAX_LISTENERS`]), reachable from
+/// elsewhere. What cannot be read is logged, not refused: the listing is
+/// for people, and the stream is what matters.
+fn announced(
+    id: &ProxyId,
+    addr: SocketAddr,
+    listeners: &[String],
+    admin: Option<&str>,
+) -> (Vec<Endpoint>, Option<Endpoint>) {
+    let read = |text: &str| match text.parse::<Endpoint>() {
+        Ok(e) => Some(e.reachable(addr.ip())),
+        Err(e) => {
+            // Bounded: it comes from the peer.
+            let shown: String = text.chars().take(80).collect();
+            warn!(peer = %addr, proxy = %id, endpoint = shown, error = e, "unreadable endpoint in a hello; not listed");
+            None
+        }
+    };
+    let listeners = listeners
+        .iter()
+        .take(MAX_LISTENERS)
+        .filter_map(|l| read(l))
+        .collect();
+    (listeners, admin.and_then(read))
 }
 
 fn short(version: &str) -> &str {
@@ -733,8 +953,10 @@ async fn stream_loop(
                     Up::Nack { version, reason } if is_version(&version) => {
                         let reason = bounded_reason(&reason);
                         warn!(proxy = %id, cluster, version = short(&version), reason, "proxy refused a snapshot");
+                        *lock(&inner.nacks).entry(cluster.to_owned()).or_default() += 1;
                         inner.update(key, |s| {
                             s.last_heartbeat = now;
+                            s.nacks += 1;
                             s.last_nack = Some(Nack { version, reason, at: now });
                         });
                     }
@@ -745,5 +967,90 @@ async fn stream_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn departed(id: &str, at: SystemTime) -> DepartedProxy {
+        DepartedProxy {
+            status: ProxyStatus {
+                id: ProxyId::new(id).unwrap(),
+                address: "127.0.0.1:1".parse().unwrap(),
+                service_cluster: "default".into(),
+                applied_version: None,
+                last_nack: None,
+                nacks: 0,
+                connected_since: at,
+                last_heartbeat: at,
+                snapshots_sent: 0,
+                listeners: Vec::new(),
+                admin: None,
+            },
+            departed_at: at,
+            reason: "it closed its stream".into(),
+        }
+    }
+
+    #[test]
+    fn departed_proxies_are_kept_an_hour_and_the_latest_few() {
+        let now = SystemTime::now();
+        let mut list: VecDeque<DepartedProxy> = [
+            departed("old", now - DEPARTED_FOR - Duration::from_secs(1)),
+            departed("recent", now - Duration::from_secs(60)),
+        ]
+        .into();
+        prune(&mut list, now);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].status.id.as_str(), "recent");
+        for i in 0..DEPARTED_KEPT + 5 {
+            list.push_back(departed(&format!("p{i}"), now));
+        }
+        prune(&mut list, now);
+        assert_eq!(list.len(), DEPARTED_KEPT);
+        assert_eq!(list[0].status.id.as_str(), "p5");
+    }
+
+    #[test]
+    fn a_proxy_is_current_behind_or_nacking() {
+        let (v1, v2) = (
+            Version::of(&Config::default()),
+            Version::of(&Config {
+                services: vec![portico_model::Service {
+                    name: "web".into(),
+                    ..Default::default()
+                }],
+                ..Config::default()
+            }),
+        );
+        let mut p = departed("lb-1", SystemTime::now()).status;
+        assert_eq!(p.sync(None), SyncState::Unpublished);
+        assert_eq!(p.sync(Some(&v1)), SyncState::Behind);
+        p.applied_version = Some(v1.full());
+        assert_eq!(p.sync(Some(&v1)), SyncState::Current);
+        assert_eq!(p.sync(Some(&v2)), SyncState::Behind);
+        p.last_nack = Some(Nack {
+            version: v2.full(),
+            reason: "no".into(),
+            at: SystemTime::now(),
+        });
+        assert_eq!(p.sync(Some(&v2)), SyncState::Nacking);
+        // A NACK of an older version says nothing of the current one.
+        assert_eq!(p.sync(Some(&v1)), SyncState::Current);
+    }
+
+    #[test]
+    fn a_hello_s_endpoints_are_read_leniently_and_made_reachable() {
+        let id = ProxyId::new("lb-1").unwrap();
+        let peer: SocketAddr = "10.0.0.7:51234".parse().unwrap();
+        let many: Vec<String> = (0..40)
+            .map(|p| format!("http://0.0.0.0:{}", 8000 + p))
+            .collect();
+        let (listeners, admin) = announced(&id, peer, &many, Some("gopher://x"));
+        assert_eq!(listeners.len(), MAX_LISTENERS);
+        assert_eq!(listeners[0].to_string(), "http://10.0.0.7:8000");
+        assert_eq!(admin, None);
     }
 }

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
 /// The longest id: a DNS label's limit, so that a hostname (Portico's
 /// default proxy id) always fits and an id can become one.
 pub const MAX_LEN: usize = 63;
@@ -15,7 +17,11 @@ pub const MAX_LEN: usize = 63;
 /// fields and command lines, where `.`, `..` or `-rf` would be read as
 /// something else. Hostnames and Docker's container ids already start with
 /// a letter or a digit.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Serialized as its text; deserializing checks it (a listing read back
+/// from a controller's admin API holds ids by the same rules).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ProxyId(String);
 
 /// Why a string is not a proxy id. The offending id itself is not repeated
@@ -78,6 +84,20 @@ impl FromStr for ProxyId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         ProxyId::new(s)
+    }
+}
+
+impl TryFrom<String> for ProxyId {
+    type Error = ProxyIdError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        ProxyId::new(s)
+    }
+}
+
+impl From<ProxyId> for String {
+    fn from(id: ProxyId) -> String {
+        id.0
     }
 }
 

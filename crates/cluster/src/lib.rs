@@ -51,9 +51,10 @@
 //! - [`tls`]: the rustls configs (TLS 1.3, aws-lc-rs), the digest-pinning
 //!   verifier, what a client presented.
 //! - [`id`]: proxy ids and their rules.
-//! - [`stream`]: the stream's messages, framing and bounds.
+//! - [`stream`]: the stream's messages, framing and bounds, and the
+//!   endpoints a proxy announces.
 //! - [`controller`]: the controller's server, its published configs and
-//!   its list of connected proxies.
+//!   its list of connected (and lately departed) proxies.
 //! - [`proxy`]: a proxy's join, stream, state directory and backoff.
 //! - `base32` and `state` (private): the token's encoding; atomic, mode-setting
 //!   file writes.
@@ -74,10 +75,12 @@ pub mod tls;
 pub mod token;
 
 pub use ca::{CaDigest, CaError, ClusterCa, Credentials, CsrError, IssuedCert};
-pub use controller::{Controller, ControllerOptions, ControllerState, ProxyStatus};
+pub use controller::{
+    Controller, ControllerOptions, ControllerState, DepartedProxy, Nack, ProxyStatus, SyncState,
+};
 pub use id::{ProxyId, ProxyIdError};
 pub use join::{verify_join, JoinError, JoinRequest, JoinResponse, JoinedProxy, PendingJoin};
 pub use proxy::{Enrollment, LinkStatus, ProxyClient, ProxyOptions};
-pub use stream::Heartbeat;
+pub use stream::{Endpoint, Heartbeat};
 pub use tls::{Peer, TlsError};
 pub use token::{JoinToken, Secret, TokenError, TokenParseError};

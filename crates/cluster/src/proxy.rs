@@ -42,8 +42,8 @@ use crate::id::ProxyId;
 use crate::join::{JoinError, JoinResponse, JoinedProxy, PendingJoin};
 use crate::state;
 use crate::stream::{
-    self, bounded_reason, check_cluster_name, encode, Down, Heartbeat, LineReader, Lines, Up,
-    ALPN_H2, JOIN_PATH, MAX_SMALL_MESSAGE, MAX_SNAPSHOT_LINE, STREAM_PATH,
+    self, bounded_reason, check_cluster_name, encode, Down, Endpoint, Heartbeat, LineReader, Lines,
+    Up, ALPN_H2, JOIN_PATH, MAX_SMALL_MESSAGE, MAX_SNAPSHOT_LINE, STREAM_PATH,
 };
 use crate::tls::{self, TlsError};
 use crate::token::JoinToken;
@@ -158,6 +158,11 @@ pub struct ProxyClient {
     /// say): sent in the hello so that a controller with the same sends
     /// nothing. `None`: the controller sends its current snapshot.
     pub applied: Option<Version>,
+    /// Where the proxy serves traffic, announced in every hello so that
+    /// the controller can list it (the controller never dials proxies).
+    pub listeners: Vec<Endpoint>,
+    /// Its admin API, announced the same way.
+    pub admin: Option<Endpoint>,
     pub options: ProxyOptions,
     status: watch::Sender<LinkStatus>,
 }
@@ -179,6 +184,8 @@ impl ProxyClient {
             proxy_id,
             service_cluster: service_cluster.into(),
             applied: None,
+            listeners: Vec::new(),
+            admin: None,
             options: ProxyOptions::default(),
             status: watch::channel(LinkStatus::default()).0,
         }
@@ -191,6 +198,13 @@ impl ProxyClient {
 
     pub fn with_applied(mut self, applied: Option<Version>) -> Self {
         self.applied = applied;
+        self
+    }
+
+    /// Announces where the proxy serves traffic and its admin API.
+    pub fn with_endpoints(mut self, listeners: Vec<Endpoint>, admin: Option<Endpoint>) -> Self {
+        self.listeners = listeners;
+        self.admin = admin;
         self
     }
 
@@ -512,6 +526,8 @@ impl ProxyClient {
                 .applied
                 .as_ref()
                 .map(stream::version_text),
+            listeners: self.listeners.iter().map(ToString::to_string).collect(),
+            admin: self.admin.map(|a| a.to_string()),
         });
         // The channel is empty: this cannot wait.
         let _ = tx.try_send(hello);

@@ -6,7 +6,8 @@
 //! ```text
 //! proxy                                          controller
 //!   POST /v1/stream (request body, up):
-//!     {"type":"hello","proxy_id":"lb-1","service_cluster":"default","applied_version":null}
+//!     {"type":"hello","proxy_id":"lb-1","service_cluster":"default","applied_version":null,
+//!      "listeners":["http://0.0.0.0:80","https://0.0.0.0:443"],"admin":"http://10.0.0.5:9090"}
 //!     {"type":"heartbeat"}
 //!     {"type":"ack","version":"3edc6f…"}
 //!     {"type":"nack","version":"6e1626…","reason":"…"}
@@ -23,7 +24,9 @@
 
 use std::convert::Infallible;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::str::FromStr;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -53,12 +56,6 @@ pub const MAX_SMALL_MESSAGE: usize = 64 << 10;
 /// A NACK's reason is cut to this many bytes: it is logged and listed by
 /// the controller, not a transport for whole error reports.
 pub const MAX_REASON: usize = 4096;
-/// Service cluster names follow proxy ids' rules and length: they end up in
-/// the same logs and listings.
-pub const MAX_CLUSTER_NAME: usize = crate::id::MAX_LEN;
-/// The cluster a proxy belongs to when it names none
-/// (`com.docker.lb.service_cluster` unset).
-pub const DEFAULT_CLUSTER: &str = "default";
 
 /// How often each side sends a heartbeat, and how many it may miss before
 /// the other side gives up on it. Both sides must use the same values (the
@@ -101,6 +98,17 @@ pub enum Up {
         proxy_id: String,
         service_cluster: String,
         applied_version: Option<String>,
+        /// Where it serves traffic, as [`Endpoint`]s (`http://0.0.0.0:80`),
+        /// so that the controller can say where each proxy is reached (a
+        /// proxy dials out: the controller learns no address otherwise
+        /// but the stream's). Strings, not endpoints, on the wire: one the
+        /// controller cannot read is left out of its listing, not a reason
+        /// to refuse the stream. Absent from older proxies' hellos.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        listeners: Vec<String>,
+        /// Its admin API (`http://IP:PORT`), if it serves one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        admin: Option<String>,
     },
     /// The snapshot of `version` is applied (and persisted).
     Ack {
@@ -127,6 +135,81 @@ pub enum Down {
     Heartbeat,
 }
 
+/// The most listeners a hello's are read for: a proxy has two (HTTP and
+/// HTTPS); the bound keeps a peer from growing the controller's listing.
+pub const MAX_LISTENERS: usize = 16;
+
+/// A listener a proxy announces: `http://IP:PORT` or `https://IP:PORT`.
+/// The admin API is always `http`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Endpoint {
+    pub https: bool,
+    pub addr: SocketAddr,
+}
+
+impl Endpoint {
+    pub fn http(addr: SocketAddr) -> Endpoint {
+        Endpoint { https: false, addr }
+    }
+
+    pub fn https(addr: SocketAddr) -> Endpoint {
+        Endpoint { https: true, addr }
+    }
+
+    /// The endpoint as reached from elsewhere: a listener on every address
+    /// (`0.0.0.0`, `::`) is reached at the address its stream came from.
+    /// An IPv4 peer seen through an IPv6 socket is written as IPv4.
+    pub fn reachable(self, peer: IpAddr) -> Endpoint {
+        if !self.addr.ip().is_unspecified() {
+            return self;
+        }
+        Endpoint {
+            addr: SocketAddr::new(peer.to_canonical(), self.addr.port()),
+            ..self
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.addr)
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Endpoint, String> {
+        let (https, rest) = if let Some(rest) = s.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = s.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err("expected http://IP:PORT or https://IP:PORT".to_owned());
+        };
+        let addr = rest
+            .parse()
+            .map_err(|_| "expected http://IP:PORT or https://IP:PORT".to_owned())?;
+        Ok(Endpoint { https, addr })
+    }
+}
+
+impl TryFrom<String> for Endpoint {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Endpoint, String> {
+        s.parse()
+    }
+}
+
+impl From<Endpoint> for String {
+    fn from(e: Endpoint) -> String {
+        e.to_string()
+    }
+}
+
 /// One message as a line: its JSON and a `\n`.
 pub fn encode<T: Serialize>(message: &T) -> Bytes {
     let mut line = serde_json::to_vec(message).expect("stream messages always serialize");
@@ -149,9 +232,8 @@ pub fn version_text(version: &Version) -> String {
 /// letters, digits, `-`, `_`, `.`, starting with a letter or digit), for
 /// the same reasons.
 pub fn check_cluster_name(name: &str) -> Result<(), String> {
-    crate::id::ProxyId::new(name)
-        .map(|_| ())
-        .map_err(|e| e.to_string().replace("proxy id", "service cluster name"))
+    // The services' `service_cluster` is read by the same rule.
+    portico_model::rules::parse_service_cluster(name).map(drop)
 }
 
 /// `reason` cut to at most [`MAX_REASON`] bytes, on a character boundary.
@@ -332,10 +414,25 @@ mod tests {
             encode(&Up::Hello {
                 proxy_id: "lb-1".into(),
                 service_cluster: "default".into(),
-                applied_version: None
+                applied_version: None,
+                listeners: Vec::new(),
+                admin: None,
             }),
             "{\"type\":\"hello\",\"proxy_id\":\"lb-1\",\"service_cluster\":\"default\",\"applied_version\":null}\n"
         );
+        // What the proxy serves on, when it says (older proxies do not).
+        let hello: Up = serde_json::from_str(
+            r#"{"type":"hello","proxy_id":"lb-1","service_cluster":"default","applied_version":null,"listeners":["http://0.0.0.0:80"],"admin":"http://10.0.0.5:9090"}"#,
+        )
+        .unwrap();
+        let Up::Hello {
+            listeners, admin, ..
+        } = hello
+        else {
+            panic!("a hello")
+        };
+        assert_eq!(listeners, ["http://0.0.0.0:80"]);
+        assert_eq!(admin.as_deref(), Some("http://10.0.0.5:9090"));
         // A newer peer's extra field is ignored.
         let down: Down = serde_json::from_str(
             r#"{"type":"snapshot","version":"v","config_json":"{}","compressed":false}"#,
@@ -347,6 +444,33 @@ mod tests {
                 version: "v".into(),
                 config_json: "{}".into()
             }
+        );
+    }
+
+    #[test]
+    fn endpoints_read_back_and_are_reachable_at_the_peer() {
+        let any: Endpoint = "https://0.0.0.0:8443".parse().unwrap();
+        assert_eq!(any, Endpoint::https("0.0.0.0:8443".parse().unwrap()));
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        assert_eq!(any.reachable(peer).to_string(), "https://10.0.0.5:8443");
+        // Seen through a dual-stack socket, the peer is written as IPv4.
+        let mapped: IpAddr = "::ffff:10.0.0.5".parse().unwrap();
+        let v6: Endpoint = "http://[::]:80".parse().unwrap();
+        assert_eq!(v6.reachable(mapped).to_string(), "http://10.0.0.5:80");
+        // A listener on one address is reached there.
+        let one: Endpoint = "http://192.168.1.2:80".parse().unwrap();
+        assert_eq!(one.reachable(peer), one);
+        for bad in [
+            "0.0.0.0:80",
+            "ftp://1.2.3.4:21",
+            "http://host:80",
+            "http://1.2.3.4",
+        ] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            serde_json::to_string(&one).unwrap(),
+            "\"http://192.168.1.2:80\""
         );
     }
 

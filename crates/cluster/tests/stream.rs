@@ -14,8 +14,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portico_cluster::proxy::{CLIENT_CERT_FILE, CLIENT_KEY_FILE, LAST_GOOD_FILE};
 use portico_cluster::{
-    tls, ClusterCa, Controller, ControllerOptions, ControllerState, Enrollment, Heartbeat,
-    JoinToken, JoinedProxy, LinkStatus, ProxyClient, ProxyId, ProxyOptions, ProxyStatus,
+    tls, ClusterCa, Controller, ControllerOptions, ControllerState, Endpoint, Enrollment,
+    Heartbeat, JoinToken, JoinedProxy, LinkStatus, ProxyClient, ProxyId, ProxyOptions, ProxyStatus,
 };
 use portico_model::{Config, HostPattern, Service, Version};
 use rustls::pki_types::ServerName;
@@ -203,6 +203,11 @@ struct ProxySpec<'a> {
 
 impl RunningProxy {
     fn start(spec: ProxySpec<'_>) -> Self {
+        RunningProxy::announcing(spec, Vec::new(), None)
+    }
+
+    /// A proxy that announces `listeners` and `admin` in its hello.
+    fn announcing(spec: ProxySpec<'_>, listeners: Vec<Endpoint>, admin: Option<Endpoint>) -> Self {
         let client = ProxyClient::new(
             spec.controller.to_string(),
             SERVER_NAME,
@@ -212,7 +217,8 @@ impl RunningProxy {
             spec.cluster,
         )
         .with_options(proxy_options())
-        .with_applied(spec.applied);
+        .with_applied(spec.applied)
+        .with_endpoints(listeners, admin);
         let status = client.status();
         let (record, applied) = watch::channel(Vec::new());
         let apply = move |config: Config, version: Version| {
@@ -416,6 +422,81 @@ async fn each_service_cluster_receives_only_its_own_config() {
 }
 
 #[tokio::test]
+async fn the_listing_says_where_proxies_serve_and_who_left_and_why() {
+    let secrets = Secrets::init();
+    let c = RunningController::start(&secrets).await;
+    let v1 = c.publish("default", &config(&["web"]));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = || ProxySpec {
+        controller: c.addr,
+        id: "lb-1",
+        cluster: "default",
+        state_dir: dir.path(),
+        enrollment: Enrollment::Token(secrets.token()),
+        applied: None,
+    };
+    let any = |port| Endpoint::http(SocketAddr::from(([0, 0, 0, 0], port)));
+    let mut p = RunningProxy::announcing(
+        spec(),
+        vec![
+            any(8080),
+            Endpoint::https("127.0.0.2:8443".parse().unwrap()),
+        ],
+        Some(any(9090)),
+    );
+    p.until_applied("v1", |l| l == &[v1]).await;
+    c.until("v1 acked", |l| applied_everywhere(l, 1, &v1)).await;
+    let status = c.proxy("lb-1");
+    // Every address is reached where the stream came from; a given one
+    // stays as it is.
+    let listed: Vec<String> = status.listeners.iter().map(ToString::to_string).collect();
+    assert_eq!(listed, ["http://127.0.0.1:8080", "https://127.0.0.2:8443"]);
+    assert_eq!(
+        status.admin.map(|a| a.to_string()).as_deref(),
+        Some("http://127.0.0.1:9090")
+    );
+    assert_eq!(c.controller.published(), [("default".to_owned(), v1)]);
+
+    // The listing reads back as it was (times to the second, as written).
+    let json = serde_json::to_value(&status).unwrap();
+    let since = json["connected_since"].as_str().unwrap();
+    assert!(since.ends_with('Z') && since.len() == 20, "{since}");
+    assert_eq!(json["listeners"][0], "http://127.0.0.1:8080");
+    let back: ProxyStatus = serde_json::from_value(json).unwrap();
+    assert_eq!(back.id, status.id);
+    assert_eq!(back.listeners, status.listeners);
+    assert_eq!(
+        back.connected_since
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+        status
+            .connected_since
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    );
+
+    // It leaves: listed as departed, with why.
+    p.stop().await;
+    c.until("lb-1 gone", |l| l.is_empty()).await;
+    let departed = c.controller.departed();
+    assert_eq!(departed.len(), 1, "{departed:#?}");
+    assert_eq!(departed[0].status.id.as_str(), "lb-1");
+    assert_eq!(
+        departed[0].status.applied_version.as_deref(),
+        Some(v1.full().as_str())
+    );
+    assert!(!departed[0].reason.is_empty());
+    // It comes back: no longer departed.
+    let p = RunningProxy::start(spec());
+    c.until("lb-1 back", |l| l.len() == 1).await;
+    assert!(c.controller.departed().is_empty());
+    p.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test]
 async fn a_snapshot_the_proxy_cannot_apply_is_nacked_and_it_keeps_its_version() {
     let secrets = Secrets::init();
     let c = RunningController::start(&secrets).await;
@@ -437,6 +518,8 @@ async fn a_snapshot_the_proxy_cannot_apply_is_nacked_and_it_keeps_its_version() 
         "service unloadable: its certificate cannot be loaded"
     );
     assert_eq!(status.applied_version, Some(v1.full()));
+    assert_eq!(status.nacks, 1);
+    assert_eq!(c.controller.nacks_total().get("default"), Some(&1));
     assert_eq!(p.applied(), [v1]);
     assert_eq!(p.last_good(), Some(v1));
     assert_eq!(p.status.borrow().applied, Some(v1));

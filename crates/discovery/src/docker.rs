@@ -522,10 +522,28 @@ struct Flaps {
     failed: HashMap<String, std::time::SystemTime>,
 }
 
+/// Where the proxies that will route the provider's services run, for the
+/// check that each service's network is one they reach.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ProxyNetworks {
+    /// In this process (`portico run`): its own container must be on the
+    /// network (attaching itself when `attach_networks` allows); outside
+    /// a container, the network must not be an overlay.
+    #[default]
+    Own,
+    /// Elsewhere (cluster mode's proxies), on these networks (`[controller]
+    /// proxy_networks`, the stack's list): a service on another one is
+    /// reported with the remedy, and not routed.
+    Declared(BTreeSet<String>),
+    /// Elsewhere, on networks nobody declared: not checked.
+    Unknown,
+}
+
 pub struct DockerProvider {
     engine: Engine,
     settings: DockerSettings,
     own: Option<SelfContainer>,
+    proxies: ProxyNetworks,
     flaps: HashMap<String, Flaps>,
     /// Set by the last sync: tasks are on their way to running.
     converging: bool,
@@ -591,6 +609,7 @@ impl DockerProvider {
             engine,
             settings,
             own,
+            proxies: ProxyNetworks::Own,
             flaps: HashMap::new(),
             converging: false,
             dead: HashSet::new(),
@@ -601,6 +620,17 @@ impl DockerProvider {
 
     /// Its activity counters, shared: they stay readable while
     /// [`watch`] owns the provider.
+    /// Says where the proxies run (by default, in this process).
+    pub fn set_proxy_networks(&mut self, proxies: ProxyNetworks) {
+        self.proxies = proxies;
+    }
+
+    /// Whether this process runs in a container (the engine knows its
+    /// hostname as one).
+    pub fn in_container(&self) -> bool {
+        self.own.is_some()
+    }
+
     pub fn stats(&self) -> Arc<DockerStats> {
         self.stats.clone()
     }
@@ -758,6 +788,18 @@ impl DockerProvider {
     /// Makes sure the proxy can reach `network`, attaching its own container
     /// when it runs in one; says why not otherwise.
     async fn reach(&mut self, network: &str, net: Option<&NetworkObj>) -> Result<(), String> {
+        match &self.proxies {
+            ProxyNetworks::Own => {}
+            ProxyNetworks::Unknown => return Ok(()),
+            ProxyNetworks::Declared(networks) if networks.contains(network) => return Ok(()),
+            ProxyNetworks::Declared(networks) => {
+                let list: Vec<&str> = networks.iter().map(String::as_str).collect();
+                return Err(format!(
+                    "no proxy is on network {network:?} (the proxies' networks, [controller] proxy_networks: {}): add it to the proxy service's networks in the stack and to proxy_networks, and redeploy (Swarm restarts the proxies, one node at a time); or attach this service to one of those networks and name it with com.docker.lb.network",
+                    list.join(", ")
+                ));
+            }
+        }
         let Some(own) = &mut self.own else {
             // On the host: local bridge networks are routed to; overlays are not.
             return match net {
@@ -1552,12 +1594,33 @@ mod tests {
             engine: Engine::from_settings(&settings).unwrap(),
             settings,
             own: None,
+            proxies: ProxyNetworks::Own,
             flaps: HashMap::new(),
             converging: false,
             dead: HashSet::new(),
             routed: HashMap::new(),
             stats: Arc::default(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_service_must_share_a_network_with_proxies_elsewhere() {
+        let mut p = provider(5, Duration::from_secs(1));
+        p.set_proxy_networks(ProxyNetworks::Declared(
+            ["apps".to_owned(), "web".to_owned()].into(),
+        ));
+        assert_eq!(p.reach("apps", None).await, Ok(()));
+        let e = p.reach("shop_net", None).await.unwrap_err();
+        assert!(
+            e.starts_with(
+                "no proxy is on network \"shop_net\" (the proxies' networks, [controller] proxy_networks: apps, web): add it to the proxy service's networks"
+            ),
+            "{e}"
+        );
+        // Undeclared: nothing to check against, and nothing attached (the
+        // engine here is never called).
+        p.set_proxy_networks(ProxyNetworks::Unknown);
+        assert_eq!(p.reach("shop_net", None).await, Ok(()));
     }
 
     fn addrs(ports: &[u16]) -> Vec<SocketAddr> {

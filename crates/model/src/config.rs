@@ -37,6 +37,16 @@ pub struct ProxySettings {
     pub client_header_timeout: Duration,
     /// How long in-flight requests may run on after SIGTERM.
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the proxy keeps accepting and serving, with
+    /// `health_uri` answering 503, before it stops listening and drains:
+    /// the time an external load balancer's health checks need to take it
+    /// out, so that no request is sent to a port that is closing. Zero:
+    /// drain at once.
+    pub drain_delay: Duration,
+    /// A path the proxy answers itself on its data listeners, for every
+    /// host and before routing (HAProxy's `monitor-uri`, Traefik's ping):
+    /// 200 while it serves, 503 from the moment it starts draining.
+    pub health_uri: Option<String>,
     /// A passthrough tunnel with no bytes either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
     /// A request body that brings no data for this long is abandoned (408).
@@ -363,6 +373,8 @@ impl Default for ProxySettings {
             upstream_timeout: Duration::from_secs(60),
             client_header_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
+            health_uri: None,
             tunnel_idle_timeout: Duration::from_secs(600),
             client_body_timeout: Duration::from_secs(60),
             max_connections_per_upstream: 1024,
@@ -626,6 +638,11 @@ pub struct ControllerSettings {
     /// Names the controller's server certificate carries (what proxies
     /// dial). Empty: the host's name.
     pub server_names: Vec<String>,
+    /// The Docker networks the proxies are attached to (the stack's list):
+    /// a labelled service on none of them could not be reached by any
+    /// proxy, so it is reported, with the remedy, and not routed. Empty:
+    /// not checked.
+    pub proxy_networks: Vec<String>,
 }
 
 /// Where the admin API listens and how it is protected.
@@ -717,6 +734,7 @@ struct RawController {
     listen: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
     server_names: Option<Spanned<Vec<Spanned<String>>>>,
+    proxy_networks: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -756,6 +774,8 @@ struct RawProxy {
     upstream_timeout: Option<Spanned<String>>,
     client_header_timeout: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    drain_delay: Option<Spanned<String>>,
+    health_uri: Option<Spanned<String>>,
     tunnel_idle_timeout: Option<Spanned<String>>,
     client_body_timeout: Option<Spanned<String>>,
     max_connections_per_upstream: Option<Spanned<i64>>,
@@ -1229,6 +1249,17 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
     ) {
         p.probe_interval = d;
     }
+    if let Some(d) = read(&raw.drain_delay, "proxy.drain_delay", |t| drain_delay(t), r) {
+        p.drain_delay = d;
+    }
+    if let Some(u) = read(
+        &raw.health_uri,
+        "proxy.health_uri",
+        |u| check_health_uri(u),
+        r,
+    ) {
+        p.health_uri = Some(u);
+    }
     if let Some(t) = read(&raw.tls_profile, "proxy.tls_profile", |t| tls_profile(t), r) {
         p.tls_profile = t;
     }
@@ -1477,6 +1508,39 @@ fn hedge_delay(text: &str) -> Result<Option<Duration>, String> {
         .map_err(|e| format!("{e} (or \"off\" for no hedging)"))
 }
 
+/// `drain_delay`: a duration, zero included (no delay).
+fn drain_delay(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d > Duration::from_secs(3600) => Err(format!(
+            "{text:?} is over an hour: a load balancer takes a proxy out within seconds"
+        )),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "{text:?} is not a duration such as \"10s\" (\"0s\": none): {e}"
+        )),
+    }
+}
+
+/// `health_uri`: an absolute path, without query or fragment, written
+/// as a request target would carry it (so that it can match one).
+pub fn check_health_uri(uri: &str) -> Result<String, String> {
+    let path_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b);
+    if !uri.starts_with('/') {
+        Err(format!(
+            "{uri:?} must be a path starting with '/', e.g. \"/healthz\""
+        ))
+    } else if uri.len() > 1024 {
+        Err("must be at most 1024 characters".into())
+    } else if let Some(c) = uri.bytes().find(|&b| !path_char(b)) {
+        Err(format!(
+            "{uri:?}: {:?} is not allowed in a path (no query, fragment or spaces)",
+            char::from(c)
+        ))
+    } else {
+        Ok(uri.to_owned())
+    }
+}
+
 /// `probe_interval`: a duration of at least a second, or `"off"`.
 fn probe_interval(text: &str) -> Result<Option<Duration>, String> {
     if text == "off" {
@@ -1707,10 +1771,33 @@ fn validate_controller(
             }
         },
     };
+    let mut proxy_networks: Vec<String> = Vec::new();
+    for name in c.proxy_networks.iter().flatten() {
+        let n = name.get_ref();
+        // Docker's own rule for network names.
+        let valid = n.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        let problem = if !valid {
+            Some(format!("{n:?} is not a Docker network name"))
+        } else if proxy_networks.contains(n) {
+            Some(format!("{n:?} is listed twice"))
+        } else {
+            None
+        };
+        match problem {
+            Some(p) => {
+                r.at(name.span().start, "controller.proxy_networks", p);
+                ok = false;
+            }
+            None => proxy_networks.push(n.clone()),
+        }
+    }
     ok.then_some(ControllerSettings {
         listen,
         state_dir,
         server_names,
+        proxy_networks,
     })
 }
 
@@ -2248,6 +2335,26 @@ upstreams = ["127.0.0.1:1", "nope:80", "127.0.0.1:1"]
             e[0].starts_with("p.toml:3:17: controller.server_names:"),
             "{e:?}"
         );
+        let c = Config::parse(
+            "[controller]\nlisten = \"127.0.0.1:1\"\nproxy_networks = [\"web\", \"shop_default\"]\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.controller.unwrap().proxy_networks,
+            ["web", "shop_default"]
+        );
+        let e = errors(
+            "[controller]\nlisten = \"127.0.0.1:1\"\nproxy_networks = [\"web\", \"web\", \"-x\"]\n",
+        );
+        assert_eq!(
+            e,
+            [
+                "p.toml:3:26: controller.proxy_networks: \"web\" is listed twice",
+                "p.toml:3:33: controller.proxy_networks: \"-x\" is not a Docker network name",
+            ],
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -2776,6 +2883,47 @@ health_path = "/healthz"
         );
         let e = p("probe_interval = \"often\"").unwrap_err().to_string();
         assert!(e.contains("(or \"off\" for no probes)"), "{e}");
+    }
+
+    #[test]
+    fn drain_delay_and_health_uri() {
+        let p = |text: &str| Config::parse(&format!("[proxy]\n{text}\n"), "p.toml");
+        let defaults = p("").unwrap().proxy;
+        assert_eq!(
+            (defaults.drain_delay, defaults.health_uri),
+            (Duration::ZERO, None)
+        );
+        let set = p("drain_delay = \"10s\"\nhealth_uri = \"/healthz\"")
+            .unwrap()
+            .proxy;
+        assert_eq!(set.drain_delay, Duration::from_secs(10));
+        assert_eq!(set.health_uri.as_deref(), Some("/healthz"));
+        assert_eq!(
+            p("drain_delay = \"0s\"").unwrap().proxy.drain_delay,
+            Duration::ZERO
+        );
+        for (text, want) in [
+            (
+                "drain_delay = \"soon\"",
+                "p.toml:2:15: proxy.drain_delay: \"soon\" is not a duration",
+            ),
+            (
+                "drain_delay = \"2h\"",
+                "p.toml:2:15: proxy.drain_delay: \"2h\" is over an hour",
+            ),
+            (
+                "health_uri = \"healthz\"",
+                "p.toml:2:14: proxy.health_uri: \"healthz\" must be a path starting with '/'",
+            ),
+            (
+                "health_uri = \"/health?x=1\"",
+                "proxy.health_uri: \"/health?x=1\": '?' is not allowed in a path",
+            ),
+            ("health_uri = \"/a b\"", "' ' is not allowed"),
+        ] {
+            let e = p(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -245,6 +245,8 @@ static PROXY_FIELDS: &[Field<ProxySettings>] = &[
     ("upstream_timeout", |p| dur(p.upstream_timeout)),
     ("client_header_timeout", |p| dur(p.client_header_timeout)),
     ("shutdown_grace", |p| dur(p.shutdown_grace)),
+    ("drain_delay", |p| dur(p.drain_delay)),
+    ("health_uri", |p| opt(p.health_uri.as_ref())),
     ("tunnel_idle_timeout", |p| dur(p.tunnel_idle_timeout)),
     ("client_body_timeout", |p| dur(p.client_body_timeout)),
     ("client_body_min_rate", |p| {
@@ -338,6 +340,7 @@ static CONTROLLER_FIELDS: &[Field<ControllerSettings>] = &[
     ("listen", |c| c.listen.to_string()),
     ("state_dir", |c| opt(c.state_dir.as_ref())),
     ("server_names", |c| c.server_names.join(", ")),
+    ("proxy_networks", |c| c.proxy_networks.join(", ")),
 ];
 
 /// Fails to compile when a field is added to one of the settings types
@@ -386,6 +389,8 @@ fn every_field_is_listed(
         upstream_timeout: _,
         client_header_timeout: _,
         shutdown_grace: _,
+        drain_delay: _,
+        health_uri: _,
         tunnel_idle_timeout: _,
         client_body_timeout: _,
         max_connections_per_upstream: _,
@@ -435,6 +440,7 @@ fn every_field_is_listed(
         listen: _,
         state_dir: _,
         server_names: _,
+        proxy_networks: _,
     } = c;
 }
 

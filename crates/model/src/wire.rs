@@ -542,6 +542,12 @@ fn proxy(p: &ProxySettings, out: &mut Problems) {
     for (key, n, min) in counts {
         out.check(at, key, count(n, min));
     }
+    if let Some(uri) = &p.health_uri {
+        out.check(at, "health_uri", config::check_health_uri(uri).map(drop));
+    }
+    if p.drain_delay > Duration::from_secs(3600) {
+        out.add(at, "drain_delay", "must be at most an hour");
+    }
     out.check(at, "max_ejected_percent", percent(p.max_ejected_percent));
     out.check(at, "retry_budget_percent", percent(p.retry_budget_percent));
     if let Some(d) = p.hedge_delay {
@@ -836,6 +842,8 @@ connect_timeout = "1500us"
 upstream_timeout = "1m 1ns"
 client_header_timeout = "31s"
 shutdown_grace = "5s"
+drain_delay = "7s 5ms"
+health_uri = "/-/healthz"
 tunnel_idle_timeout = "1h"
 client_body_timeout = "61s"
 max_connections_per_upstream = 10

@@ -17,8 +17,13 @@
 //!
 //! The documents are the types of `portico_trace::api`, shared with the
 //! tracer's client.
+//!
+//! The listener, the token check and the response helpers are shared with
+//! the controller's admin API (`controller_admin`): each answers through
+//! [`Api`], behind the same [`serve`].
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,9 +67,23 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
 }
 
+/// What an admin listener answers once [`serve`] has checked the token:
+/// the proxy's API ([`Admin`]) or the controller's.
+pub trait Api: Send + Sync + 'static {
+    /// `started`: when the listener started, for uptimes.
+    fn handle(&self, req: Request<Incoming>, started: Instant)
+        -> impl Future<Output = Resp> + Send;
+}
+
+impl Api for Admin {
+    async fn handle(&self, req: Request<Incoming>, started: Instant) -> Resp {
+        handle(self, started, req).await
+    }
+}
+
 /// Binds `settings.listen` and serves the admin API until `shutdown`.
-pub async fn start(
-    admin: Arc<Admin>,
+pub async fn start<A: Api>(
+    admin: Arc<A>,
     settings: &AdminSettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
@@ -83,8 +102,8 @@ pub async fn start(
 /// a reload that removed `[admin]` or its token must never leave a socket
 /// bound to a public address without authentication. Changes to `[admin]`
 /// take effect on restart (and a reload says so).
-pub async fn serve(
-    admin: Arc<Admin>,
+pub async fn serve<A: Api>(
+    admin: Arc<A>,
     listener: TcpListener,
     token: Option<String>,
     shutdown: CancellationToken,
@@ -110,7 +129,14 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let (admin, token) = (admin.clone(), token.clone());
-                async move { Ok::<_, Infallible>(handle(&admin, token.as_deref(), started, req).await) }
+                async move {
+                    if let Some(token) = token.as_deref() {
+                        if !authorized(req.headers().get(header::AUTHORIZATION), token) {
+                            return Ok::<_, Infallible>(unauthorized());
+                        }
+                    }
+                    Ok(admin.handle(req, started).await)
+                }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
@@ -128,46 +154,33 @@ pub async fn serve(
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+pub type Resp = Response<Full<Bytes>>;
 
-async fn handle(
-    admin: &Admin,
-    token: Option<&str>,
-    started: Instant,
-    req: Request<Incoming>,
-) -> Resp {
+fn unauthorized() -> Resp {
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "a valid token is required: Authorization: Bearer TOKEN (or, from a browser, \
+         any user name with the token as password)",
+    );
+    // Programs use the bearer token; a browser shows its login prompt for
+    // Basic and sends the token as the password.
+    let h = r.headers_mut();
+    h.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    h.append(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"portico admin\", charset=\"UTF-8\""),
+    );
+    r
+}
+
+async fn handle(admin: &Admin, started: Instant, req: Request<Incoming>) -> Resp {
     let (proxy, history) = (&*admin.proxy, &*admin.history);
     let snap = proxy.snapshot();
-    if let Some(token) = token {
-        if !authorized(req.headers().get(header::AUTHORIZATION), token) {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "a valid token is required: Authorization: Bearer TOKEN (or, from a browser, \
-                 any user name with the token as password)",
-            );
-            // Programs use the bearer token; a browser shows its login
-            // prompt for Basic and sends the token as the password.
-            let h = r.headers_mut();
-            h.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            h.append(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"portico admin\", charset=\"UTF-8\""),
-            );
-            return r;
-        }
-    }
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     match (req.method().clone(), path.as_str()) {
         (Method::GET | Method::HEAD, "/") => status_page(admin, started),
-        (Method::GET | Method::HEAD, "/metrics") => {
-            let accept = req
-                .headers()
-                .get(header::ACCEPT)
-                .and_then(|a| a.to_str().ok());
-            let (body, content_type) = admin.metrics.render(accept);
-            text(content_type, body)
-        }
+        (Method::GET | Method::HEAD, "/metrics") => metrics(&admin.metrics, &req),
         (Method::GET | Method::HEAD, "/health") => ok(&health(proxy, &snap, started)),
         (Method::GET | Method::HEAD, "/routes") => routes(&snap, &query),
         (Method::GET | Method::HEAD, "/config") => ok(&config(&snap)),
@@ -619,8 +632,18 @@ fn render(proxy: &Proxy, snap: &Snapshot, history: &History, query: &str) -> Res
     self::text("text/plain; charset=utf-8", text)
 }
 
+/// `GET /metrics`, in the format the scraper asks for.
+pub fn metrics(metrics: &Metrics, req: &Request<Incoming>) -> Resp {
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok());
+    let (body, content_type) = metrics.render(accept);
+    text(content_type, body)
+}
+
 /// A text document that is never cached (it describes the moment).
-fn text(content_type: &'static str, body: String) -> Resp {
+pub fn text(content_type: &'static str, body: String) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -651,14 +674,18 @@ fn status_page(admin: &Admin, started: Instant) -> Resp {
             stats: admin.metrics.docker.get(),
             findings: admin.metrics.docker.findings(),
         });
-    let page = status::page(
+    html(status::page(
         &admin.proxy,
         &status::Context {
             started,
             history: &history,
             docker,
         },
-    );
+    ))
+}
+
+/// A status page.
+pub fn html(page: String) -> Resp {
     let mut r = text("text/html; charset=utf-8", page);
     // Its own inline style only: nothing else may load, and no other site
     // may frame it.
@@ -754,11 +781,11 @@ async fn probe(snap: &Snapshot, req: Request<Incoming>) -> Resp {
     })
 }
 
-fn ok<T: Serialize>(body: &T) -> Resp {
+pub fn ok<T: Serialize>(body: &T) -> Resp {
     json_response(StatusCode::OK, body)
 }
 
-fn error(status: StatusCode, message: &str) -> Resp {
+pub fn error(status: StatusCode, message: &str) -> Resp {
     json_response(
         status,
         &ApiError {
@@ -768,7 +795,7 @@ fn error(status: StatusCode, message: &str) -> Resp {
     )
 }
 
-fn not_allowed(allow: &'static str) -> Resp {
+pub fn not_allowed(allow: &'static str) -> Resp {
     let mut r = error(StatusCode::METHOD_NOT_ALLOWED, &format!("use {allow}"));
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));

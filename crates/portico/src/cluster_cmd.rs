@@ -1,9 +1,11 @@
 //! Cluster mode's two roles in the binary: `portico controller run` (the
 //! providers, publishing each merged config to its proxies; no data-plane
-//! listener) and `portico proxy` (serves traffic with the controller's
-//! snapshots, merged with its own `[proxy]` and `[admin]`; boots from its
-//! last good snapshot when the controller is away). The work is done by
-//! `portico_cluster`; this is wiring.
+//! listener; with `[admin]`, an admin API listing its proxies, see
+//! `controller_admin`) and `portico proxy` (serves traffic with the
+//! controller's snapshots, merged with its own `[proxy]` and `[admin]`;
+//! boots from its last good snapshot when the controller is away; tells
+//! the controller where it serves traffic and its admin API). The work is
+//! done by `portico_cluster`; this is wiring.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,8 +13,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context as _};
 use portico_cluster::ca::{ClusterCa, CA_CERT_FILE, CA_KEY_FILE};
 use portico_cluster::{
-    Controller as ClusterController, ControllerOptions, ControllerState, Enrollment, JoinToken,
-    ProxyClient, ProxyId,
+    Controller as ClusterController, ControllerOptions, ControllerState, Endpoint, Enrollment,
+    JoinToken, ProxyClient, ProxyId,
 };
 use portico_discovery::{file, Controller};
 use portico_model::rules::DEFAULT_SERVICE_CLUSTER;
@@ -21,9 +23,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin;
+use crate::controller_admin::ControllerAdmin;
 use crate::controller_cmd::TOKEN_FILE;
 use crate::history::Source;
-use crate::metrics::Outcome;
+use crate::metrics::{Metrics, Outcome};
 use crate::publish::Publisher;
 use crate::{handle_signals, providers, start, SERVER_INFO};
 
@@ -125,13 +129,25 @@ pub async fn controller_run(path: PathBuf) -> anyhow::Result<()> {
         server_names = %server_names.join(","),
         "starting controller"
     );
+    // The controller's own admin API: who has what. The table is the
+    // controller's (never sent to proxies), its token checked as a proxy's.
+    let metrics = Arc::new(Metrics::controller(cluster.clone()));
+    if let Some(admin_settings) = &file_config.admin {
+        let api = Arc::new(ControllerAdmin {
+            cluster: cluster.clone(),
+            metrics: metrics.clone(),
+            listen: listener.local_addr()?,
+            docker: file_config.docker.is_some(),
+        });
+        admin::start(api, admin_settings, shutdown.clone()).await?;
+    }
     tokio::spawn(publisher.clone().serve_newcomers(shutdown.clone()));
     let watcher = providers::spawn(
         path,
         file_config,
         provider,
         docker_view,
-        None,
+        Some(metrics),
         reload,
         shutdown.clone(),
         move |config, source| publisher.publish(config, source),
@@ -203,7 +219,7 @@ fn controller_address(arg: &str) -> anyhow::Result<(String, String)> {
 /// `portico proxy`.
 pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     tracing::info!(version = SERVER_INFO, "portico proxy");
-    let (local, config_dir) = match &args.config {
+    let (mut local, config_dir) = match &args.config {
         Some(path) => {
             let c = file::load(path).map_err(|e| anyhow!("{e}"))?;
             if !c.services.is_empty() {
@@ -239,6 +255,9 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         .or_else(|| local.proxy.proxy_id.clone())
         .unwrap_or_else(hostname);
     let proxy_id = ProxyId::new(id.clone()).map_err(|e| anyhow!("proxy id {id:?}: {e}"))?;
+    // The id the controller lists is the one `x-proxy-id` says, so that a
+    // trace through this proxy can tell it answered.
+    local.proxy.proxy_id = Some(id);
 
     let last_good = match ProxyClient::last_good(&args.state_dir) {
         Ok(last) => last,
@@ -288,7 +307,13 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         proxy_id,
         args.service_cluster.clone(),
     )
-    .with_applied(applied);
+    .with_applied(applied)
+    .with_endpoints(
+        std::iter::once(Endpoint::http(running.local))
+            .chain(running.https.map(Endpoint::https))
+            .collect(),
+        running.admin.map(Endpoint::http),
+    );
     let mut apply_to_proxy =
         providers::apply_to_proxy(controller, running.proxy.clone(), running.history.clone());
     let metrics = running.metrics.clone();

@@ -20,11 +20,15 @@
 //!   and join token.
 //! - `cluster_cmd`: cluster mode's roles, `portico controller run` and
 //!   `portico proxy`.
+//! - `controller_admin`: the controller's admin API (`[admin]` in its
+//!   config): its proxies, their versions and NACKs, as JSON, metrics and
+//!   a page.
 #![forbid(unsafe_code)]
 
 mod admin;
 mod cluster_cmd;
 mod config_cmd;
+mod controller_admin;
 mod controller_cmd;
 mod demo;
 mod history;
@@ -310,6 +314,10 @@ struct Running {
     history: Arc<History>,
     metrics: Arc<Metrics>,
     local: SocketAddr,
+    /// The HTTPS listener's address, if it serves HTTPS.
+    https: Option<SocketAddr>,
+    /// The admin API's address, if it serves one.
+    admin: Option<SocketAddr>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -344,13 +352,14 @@ async fn start(
     tracing::info!(version = %version, services, "configured proxy");
     let metrics = Arc::new(Metrics::new(Arc::downgrade(&proxy)));
     let local = listener.local_addr()?;
+    let mut admin_addr = None;
     if let Some(settings) = proxy.snapshot().config.admin.clone() {
         let state = Arc::new(admin::Admin {
             proxy: proxy.clone(),
             history: history.clone(),
             metrics: metrics.clone(),
         });
-        admin::start(state, &settings, shutdown.clone()).await?;
+        admin_addr = Some(admin::start(state, &settings, shutdown.clone()).await?);
     }
     let https = match proxy.snapshot().config.proxy.https_listen {
         Some(addr) => Some(
@@ -358,6 +367,10 @@ async fn start(
                 .await
                 .with_context(|| format!("cannot listen on {addr} (https_listen)"))?,
         ),
+        None => None,
+    };
+    let https_addr = match &https {
+        Some(listener) => Some(listener.local_addr()?),
         None => None,
     };
     tracing::info!(listen = %local, "starting server");
@@ -402,6 +415,8 @@ async fn start(
         history,
         metrics,
         local,
+        https: https_addr,
+        admin: admin_addr,
         task,
     })
 }

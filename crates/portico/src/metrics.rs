@@ -1,6 +1,7 @@
 //! `GET /metrics`: the proxy's counters (see `portico_proxy::metrics`), the
 //! providers' and the process's, in the Prometheus text format (or
-//! OpenMetrics when the scraper asks for it).
+//! OpenMetrics when the scraper asks for it). A controller's show its
+//! proxies and published versions instead of a proxy's counters.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
@@ -15,6 +16,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::history::Source;
+use portico_cluster::{Controller as ClusterController, ProxyStatus, SyncState};
 use portico_proxy::metrics::{Labels, ProxyCollector};
 use portico_proxy::Proxy;
 
@@ -293,6 +295,152 @@ impl Collector for DockerCollector {
     }
 }
 
+/// A controller's view of its proxies: how many per service cluster, what
+/// each has applied and whether that is the version in force, its NACKs,
+/// its heartbeats. One series per connected proxy: as many as the
+/// deployment has proxies, gone when a proxy leaves.
+struct ClusterCollector(ClusterController);
+
+impl std::fmt::Debug for ClusterCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCollector").finish_non_exhaustive()
+    }
+}
+
+/// Seconds since the Unix epoch, for timestamp gauges.
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Collector for ClusterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let published = self.0.published();
+        let proxies = self.0.proxies();
+        let sync = |p: &ProxyStatus| {
+            p.sync(
+                published
+                    .iter()
+                    .find(|(name, _)| *name == p.service_cluster)
+                    .map(|(_, v)| v),
+            )
+        };
+
+        let mut m = encoder.encode_descriptor(
+            "portico_controller_published",
+            "The config version published to each service cluster",
+            None,
+            MetricType::Info,
+        )?;
+        for (cluster, version) in &published {
+            let version = version.to_string();
+            let labels = [("service_cluster", cluster.as_str()), ("version", &version)];
+            m.encode_family(&Labels(&labels))?
+                .encode_info(&Labels(&[]))?;
+        }
+
+        // Every cluster with a published config or a proxy, so that a
+        // cluster left without proxies reads 0 rather than vanishing.
+        let mut counts: std::collections::BTreeMap<&str, i64> =
+            published.iter().map(|(c, _)| (c.as_str(), 0)).collect();
+        for p in &proxies {
+            *counts.entry(p.service_cluster.as_str()).or_default() += 1;
+        }
+        let mut m = encoder.encode_descriptor(
+            "portico_controller_proxies",
+            "Proxies connected, by service cluster",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (cluster, n) in &counts {
+            ConstGauge::new(*n)
+                .encode(m.encode_family(&Labels(&[("service_cluster", cluster)]))?)?;
+        }
+
+        let nacks = self.0.nacks_total();
+        let mut m = encoder.encode_descriptor(
+            "portico_controller_nacks",
+            "Snapshots proxies refused, by service cluster, since the controller started",
+            None,
+            MetricType::Counter,
+        )?;
+        for cluster in counts.keys() {
+            let n = nacks.get(*cluster).copied().unwrap_or(0);
+            ConstCounter::new(n)
+                .encode(m.encode_family(&Labels(&[("service_cluster", cluster)]))?)?;
+        }
+
+        let m = encoder.encode_descriptor(
+            "portico_controller_departed_proxies",
+            "Proxies whose stream ended in the last hour and that have not come back",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.0.departed().len() as i64).encode(m)?;
+
+        let mut m = encoder.encode_descriptor(
+            "portico_controller_proxy",
+            "Each connected proxy: where its stream comes from and the version it has applied \
+             (12 hex digits; none before its first)",
+            None,
+            MetricType::Info,
+        )?;
+        for p in &proxies {
+            let address = p.address.to_string();
+            let applied = p
+                .applied_version
+                .as_deref()
+                .map_or("none", |v| v.get(..12).unwrap_or(v));
+            let labels = [
+                ("proxy_id", p.id.as_str()),
+                ("service_cluster", p.service_cluster.as_str()),
+                ("address", address.as_str()),
+                ("applied_version", applied),
+            ];
+            m.encode_family(&Labels(&labels))?
+                .encode_info(&Labels(&[]))?;
+        }
+        type PerProxy = fn(&ProxyStatus, SyncState) -> f64;
+        let per_proxy: [(&str, &str, Option<Unit>, PerProxy); 4] = [
+            (
+                "portico_controller_proxy_current",
+                "1 when the proxy has applied the version published to its service cluster",
+                None,
+                |_, sync| f64::from(u8::from(sync == SyncState::Current)),
+            ),
+            (
+                "portico_controller_proxy_nacking",
+                "1 when the proxy's last NACK refused the version published to its service cluster",
+                None,
+                |_, sync| f64::from(u8::from(sync == SyncState::Nacking)),
+            ),
+            (
+                "portico_controller_proxy_last_heartbeat_timestamp",
+                "When anything last came up the proxy's stream (Unix time)",
+                Some(Unit::Seconds),
+                |p, _| unix(p.last_heartbeat),
+            ),
+            (
+                "portico_controller_proxy_connected_timestamp",
+                "When the proxy's stream began (Unix time)",
+                Some(Unit::Seconds),
+                |p, _| unix(p.connected_since),
+            ),
+        ];
+        for (name, help, unit, value) in per_proxy {
+            let mut m = encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Gauge)?;
+            for p in &proxies {
+                let labels = [
+                    ("proxy_id", p.id.as_str()),
+                    ("service_cluster", p.service_cluster.as_str()),
+                ];
+                ConstGauge::new(value(p, sync(p))).encode(m.encode_family(&Labels(&labels))?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything `/metrics` shows, built once at startup.
 pub struct Metrics {
     registry: Registry,
@@ -307,10 +455,21 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// A proxy's: its own counters, the providers' and the process's.
     pub fn new(proxy: Weak<Proxy>) -> Metrics {
+        Metrics::with(Box::new(ProxyCollector(proxy)))
+    }
+
+    /// A controller's: its proxies, the providers' and the process's.
+    pub fn controller(cluster: ClusterController) -> Metrics {
+        Metrics::with(Box::new(ClusterCollector(cluster)))
+    }
+
+    /// `role`'s figures first, then what every role has.
+    fn with(role: Box<dyn Collector>) -> Metrics {
         let mut registry = Registry::default();
         let reloads = Arc::new(Reloads::default());
-        registry.register_collector(Box::new(ProxyCollector(proxy)));
+        registry.register_collector(role);
         registry.register_collector(Box::new(ReloadCollector(reloads.clone())));
         registry.register_collector(Box::new(ProcessCollector));
         let docker = Arc::new(DockerSlot::default());

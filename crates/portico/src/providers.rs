@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use portico_discovery::docker::{self, DockerProvider, DockerView};
+use portico_discovery::docker::{self, DockerProvider, DockerView, ProxyNetworks};
 use portico_discovery::{file, Controller};
 use portico_model::labels::{Finding, Severity};
-use portico_model::{Config, DockerSettings};
+use portico_model::{Config, ControllerSettings, DockerSettings};
 use portico_proxy::Proxy;
 use tokio::sync::{mpsc, Notify};
 
@@ -26,20 +26,37 @@ enum Update {
 
 /// The first Docker view, read before the proxy starts so that it serves
 /// Docker routes from its first request. A missing engine is not fatal:
-/// the provider keeps trying in the background.
-pub async fn first_docker_view(settings: &DockerSettings) -> (Option<DockerProvider>, DockerView) {
+/// the provider keeps trying in the background. `proxies`: where the
+/// proxies that route its services run.
+pub async fn first_docker_view(
+    settings: &DockerSettings,
+    proxies: &ProxyNetworks,
+) -> (Option<DockerProvider>, DockerView) {
     match DockerProvider::connect(settings.clone()).await {
-        Ok(mut provider) => match provider.sync().await {
-            Ok(view) => (Some(provider), view),
-            Err(e) => {
-                tracing::warn!(error = %e, "first Docker sync failed; retrying");
-                (Some(provider), DockerView::default())
+        Ok(mut provider) => {
+            provider.set_proxy_networks(proxies.clone());
+            match provider.sync().await {
+                Ok(view) => (Some(provider), view),
+                Err(e) => {
+                    tracing::warn!(error = %e, "first Docker sync failed; retrying");
+                    (Some(provider), DockerView::default())
+                }
             }
-        },
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot reach the Docker engine; serving the file's routes and retrying");
             (None, DockerView::default())
         }
+    }
+}
+
+/// Where a controller's proxies are, by its `[controller]` table: the
+/// controller routes nothing itself, so its own networks say nothing.
+pub fn controller_proxy_networks(settings: &ControllerSettings) -> ProxyNetworks {
+    if settings.proxy_networks.is_empty() {
+        ProxyNetworks::Unknown
+    } else {
+        ProxyNetworks::Declared(settings.proxy_networks.iter().cloned().collect())
     }
 }
 
@@ -57,12 +74,13 @@ pub fn merged(file: &Config, docker: &DockerView, logged: &mut Vec<Finding>) -> 
 /// Runs the providers until `shutdown`, handing every merged config to
 /// `apply` (which says what became of it: `portico run` versions and
 /// applies it to its proxy, `portico controller run` publishes it).
-/// `metrics`, when there are some, count the outcomes.
+/// `metrics`, when there are some, count the outcomes. `proxies` is as
+/// for [`first_docker_view`], for a provider connected later.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn<F>(
     path: std::path::PathBuf,
     mut file_config: Config,
-    provider: Option<DockerProvider>,
+    (provider, proxies): (Option<DockerProvider>, ProxyNetworks),
     mut docker_view: DockerView,
     metrics: Option<Arc<Metrics>>,
     reload: Arc<Notify>,
@@ -84,7 +102,8 @@ where
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(settings.poll_interval) => {}
                     }
-                    if let Ok(p) = DockerProvider::connect(settings.clone()).await {
+                    if let Ok(mut p) = DockerProvider::connect(settings.clone()).await {
+                        p.set_proxy_networks(proxies);
                         break p;
                     }
                 },
@@ -170,14 +189,20 @@ pub fn apply_to_proxy(
 
 /// `portico check --docker`: every finding about the engine's labelled
 /// services and containers, as a table. Returns whether there were none.
-pub async fn check_docker(settings: DockerSettings) -> anyhow::Result<bool> {
+pub async fn check_docker(
+    settings: DockerSettings,
+    proxies: ProxyNetworks,
+) -> anyhow::Result<bool> {
     let mut provider = DockerProvider::connect(DockerSettings {
         // A check only reads: it never attaches networks.
         attach_networks: false,
         ..settings
     })
     .await?;
+    let declared = proxies != ProxyNetworks::Own;
+    provider.set_proxy_networks(proxies);
     let view = provider.sync().await?;
+    let outside = !declared && !provider.in_container();
     let findings = &view.findings;
     let routed: Vec<&str> = view.services.iter().map(|s| s.name.as_str()).collect();
     println!("{} service(s) routed: {}", routed.len(), routed.join(", "));
@@ -225,5 +250,16 @@ pub async fn check_docker(settings: DockerSettings) -> anyhow::Result<bool> {
         findings.len(),
         findings.len() - errors
     );
+    let network = format!("{}network", portico_model::labels::PREFIX);
+    if outside && findings.iter().any(|f| f.label == network) {
+        // Reachability is the checking process's own: from the host,
+        // overlay networks are out of reach however well the proxy does.
+        println!(
+            "note: this check ran outside Portico's container, so it could not reach overlay \
+             networks, and says so of every service on one; run it where Portico runs: \
+             docker exec $(docker ps -q -f label=com.docker.swarm.service.name=portico_portico \
+             | head -n1) /portico check --docker --config /etc/portico/portico.toml"
+        );
+    }
     Ok(false)
 }

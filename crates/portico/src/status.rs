@@ -6,15 +6,22 @@
 //! their expiry, and the Docker provider's state. It refreshes itself every
 //! 10 s (`<meta http-equiv=refresh>`), and its tables scroll sideways on a
 //! phone rather than squeezing.
+//!
+//! A controller's page ([`controller_page`]) has the same look and shows
+//! who has what: each service cluster's published version, every proxy
+//! with the version it serves (those behind or refusing it marked), where
+//! it serves traffic, its last NACK, and the proxies that left lately.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use portico_cluster::{DepartedProxy, SyncState};
 use portico_discovery::docker::DockerStats;
 use portico_proxy::metrics::ServiceStats;
 use portico_proxy::Proxy;
+use portico_trace::api::ListedProxy;
 
 /// One applied config version, as the page lists it.
 pub struct Change {
@@ -124,19 +131,28 @@ ul.upstreams code, .nowrap { white-space: nowrap; }
 @media (max-width: 600px) { header, main { padding-left: 10px; padding-right: 10px; } .tile { min-width: 44%; } }
 "#;
 
+/// The document's head, up to `<body>`: the style, and a refresh every 10 s.
+fn head(h: &mut String, title: &str) {
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=en><head><meta charset=utf-8>\
+         <meta name=viewport content=\"width=device-width, initial-scale=1\">\
+         <meta http-equiv=refresh content=10>\
+         <title>Portico · {}</title><style>{STYLE}</style></head><body>",
+        esc(title)
+    );
+}
+
 /// Renders the page.
 pub fn page(proxy: &Proxy, ctx: &Context) -> String {
     let snap = proxy.snapshot();
     let identity = proxy.identity();
     let proxy_id = snap.proxy_id.to_str().unwrap_or("-").to_owned();
     let mut h = String::with_capacity(32 * 1024);
+    head(&mut h, &proxy_id);
     let _ = write!(
         h,
-        "<!doctype html><html lang=en><head><meta charset=utf-8>\
-         <meta name=viewport content=\"width=device-width, initial-scale=1\">\
-         <meta http-equiv=refresh content=10>\
-         <title>Portico · {id}</title><style>{STYLE}</style></head><body>\
-         <header><h1>Portico · <span id=proxy-id>{id}</span></h1>\
+        "<header><h1>Portico · <span id=proxy-id>{id}</span></h1>\
          <span class=meta>{info}</span>\
          <span class=meta>config <code id=version>{version}</code></span>\
          <span class=meta>up {up}</span>\
@@ -372,9 +388,18 @@ pub fn page(proxy: &Proxy, ctx: &Context) -> String {
         h.push_str("</tbody></table></div>");
     }
 
-    // Docker.
+    docker_section(&mut h, ctx.docker.as_ref());
+    h.push_str(
+        "<p class=mute>Also: <a href=\"/metrics\">/metrics</a> · <a href=\"/routes\">/routes</a> · \
+         <a href=\"/config/versions\">/config/versions</a> · refreshes every 10 s</p></main></body></html>",
+    );
+    h
+}
+
+/// The Docker provider's state: connected, its activity, its findings.
+fn docker_section(h: &mut String, docker: Option<&DockerState>) {
     h.push_str("<h2>Docker provider</h2>");
-    match &ctx.docker {
+    match docker {
         None => h.push_str("<p class=mute>not configured (no <code>[docker]</code> table)</p>"),
         Some(d) => {
             h.push_str("<div id=docker>");
@@ -417,11 +442,232 @@ pub fn page(proxy: &Proxy, ctx: &Context) -> String {
             h.push_str("</div>");
         }
     }
+}
+
+/// What the controller's page shows: the `/proxies` document and the
+/// controller's own state.
+pub struct ControllerContext<'a> {
+    pub started: Instant,
+    pub server_info: &'a str,
+    /// The controller's host name, as the page's title.
+    pub name: &'a str,
+    /// Where proxies hold their streams.
+    pub listen: std::net::SocketAddr,
+    pub proxies: &'a portico_trace::api::Proxies,
+    /// `None`: the Docker provider is not configured.
+    pub docker: Option<DockerState>,
+}
+
+/// The first 12 hex digits of a version as the stream writes it, as the
+/// logs and the proxies' pages show versions.
+fn short(version: &str) -> &str {
+    version.get(..12).unwrap_or(version)
+}
+
+/// What a proxy's state cell says, and its class.
+fn sync_cell(p: &ListedProxy, published: Option<&str>) -> (String, &'static str) {
+    let applied = p.status.applied_version.as_deref().map_or("none", short);
+    match p.state {
+        SyncState::Current => ("current".to_owned(), "up"),
+        SyncState::Behind => (
+            format!(
+                "behind: serves {applied}, published {}",
+                published.map_or("-", short)
+            ),
+            "warn",
+        ),
+        SyncState::Nacking => (
+            format!(
+                "refuses {} (NACK); serves {applied}",
+                published.map_or("-", short)
+            ),
+            "down",
+        ),
+        SyncState::Unpublished => ("nothing published to its cluster".to_owned(), "mute"),
+    }
+}
+
+/// Renders the controller's page.
+pub fn controller_page(ctx: &ControllerContext) -> String {
+    let doc = ctx.proxies;
+    let mut h = String::with_capacity(16 * 1024);
+    head(&mut h, &format!("controller {}", ctx.name));
+    let _ = write!(
+        h,
+        "<header><h1>Portico controller · <span id=controller>{name}</span></h1>\
+         <span class=meta>{info}</span>\
+         <span class=meta>streams on <code>{listen}</code></span>\
+         <span class=meta>up {up}</span>\
+         <span class=meta>as of {now}</span></header><main>",
+        name = esc(ctx.name),
+        info = esc(ctx.server_info),
+        listen = ctx.listen,
+        up = uptime(ctx.started.elapsed()),
+        now = rfc3339(SystemTime::now()),
+    );
+    let count = |state| doc.proxies.iter().filter(|p| p.state == state).count();
+    let (current, behind, nacking) = (
+        count(SyncState::Current),
+        count(SyncState::Behind),
+        count(SyncState::Nacking),
+    );
+    let tiles = [
+        ("proxies", doc.proxies.len().to_string(), ""),
+        (
+            "serve the published version",
+            format!("{current} / {}", doc.proxies.len()),
+            if current == doc.proxies.len() {
+                "up"
+            } else {
+                "warn"
+            },
+        ),
+        (
+            "behind",
+            behind.to_string(),
+            if behind > 0 { "warn" } else { "" },
+        ),
+        (
+            "refusing (NACK)",
+            nacking.to_string(),
+            if nacking > 0 { "down" } else { "" },
+        ),
+        (
+            "left in the last hour",
+            doc.departed.len().to_string(),
+            if doc.departed.is_empty() { "" } else { "warn" },
+        ),
+    ];
+    h.push_str("<div class=tiles>");
+    for (label, value, class) in tiles {
+        let _ = write!(
+            h,
+            "<div class=tile><b class=\"{class}\">{}</b><span>{label}</span></div>",
+            esc(&value)
+        );
+    }
+    h.push_str("</div>");
+
     h.push_str(
-        "<p class=mute>Also: <a href=\"/metrics\">/metrics</a> · <a href=\"/routes\">/routes</a> · \
-         <a href=\"/config/versions\">/config/versions</a> · refreshes every 10 s</p></main></body></html>",
+        "<h2>Service clusters</h2><div class=scroll><table id=clusters><thead><tr>\
+         <th>service cluster</th><th>published version</th><th class=num>proxies</th>\
+         <th class=num>current</th></tr></thead><tbody>",
+    );
+    if doc.clusters.is_empty() {
+        h.push_str("<tr><td colspan=4 class=mute>nothing published yet</td></tr>");
+    }
+    for c in &doc.clusters {
+        let class = if c.current == c.proxies { "up" } else { "warn" };
+        let _ = write!(
+            h,
+            "<tr data-cluster=\"{name}\"><td>{name}</td><td><code>{}</code></td>\
+             <td class=num>{}</td><td class=\"num {class}\">{}</td></tr>",
+            esc(&c.version),
+            c.proxies,
+            c.current,
+            name = esc(&c.service_cluster),
+        );
+    }
+    h.push_str("</tbody></table></div>");
+
+    h.push_str(
+        "<h2>Proxies</h2><div class=scroll><table id=proxies><thead><tr>\
+         <th>proxy</th><th>service cluster</th><th>version</th><th>state</th>\
+         <th>serves traffic at</th><th>admin</th><th>last NACK</th><th>connected</th>\
+         <th>last heartbeat</th><th>stream from</th></tr></thead><tbody>",
+    );
+    if doc.proxies.is_empty() {
+        h.push_str("<tr><td colspan=10 class=mute>no proxy is connected</td></tr>");
+    }
+    for p in &doc.proxies {
+        let s = &p.status;
+        let published = doc
+            .clusters
+            .iter()
+            .find(|c| c.service_cluster == s.service_cluster)
+            .map(|c| c.version_full.as_str());
+        let (state, class) = sync_cell(p, published);
+        let listeners: Vec<String> = s
+            .listeners
+            .iter()
+            .map(|l| format!("<code>{}</code>", esc(&l.to_string())))
+            .collect();
+        let nack = match &s.last_nack {
+            None => "<span class=mute>none</span>".to_owned(),
+            Some(n) => format!(
+                "<code>{}</code> <span title=\"{}\">{}</span>: {}",
+                esc(short(&n.version)),
+                rfc3339(n.at),
+                relative(n.at),
+                esc(&n.reason)
+            ),
+        };
+        let _ = write!(
+            h,
+            "<tr data-proxy=\"{id}\" data-state=\"{sync}\"><td>{id}</td><td>{cluster}</td>\
+             <td><code>{version}</code></td><td class={class}>{state}</td><td>{listeners}</td>\
+             <td>{admin}</td><td>{nack}</td><td title=\"{since}\">{since_rel}</td>\
+             <td title=\"{beat}\">{beat_rel}</td><td><code>{from}</code></td></tr>",
+            id = esc(s.id.as_str()),
+            sync = p.state.as_str(),
+            cluster = esc(&s.service_cluster),
+            version = s.applied_version.as_deref().map_or("none", short),
+            state = esc(&state),
+            listeners = if listeners.is_empty() {
+                "<span class=mute>not announced</span>".to_owned()
+            } else {
+                listeners.join("<br>")
+            },
+            admin = s.admin.map_or_else(
+                || "<span class=mute>none</span>".to_owned(),
+                |a| format!("<code>{a}</code>")
+            ),
+            since = rfc3339(s.connected_since),
+            since_rel = relative(s.connected_since),
+            beat = rfc3339(s.last_heartbeat),
+            beat_rel = relative(s.last_heartbeat),
+            from = s.address,
+        );
+    }
+    h.push_str("</tbody></table></div>");
+
+    h.push_str("<h2>Left in the last hour</h2>");
+    if doc.departed.is_empty() {
+        h.push_str("<p class=mute>none</p>");
+    } else {
+        h.push_str(
+            "<div class=scroll><table id=departed><thead><tr><th>proxy</th>\
+             <th>service cluster</th><th>last version</th><th>left</th><th>why</th>\
+             <th>stream from</th></tr></thead><tbody>",
+        );
+        for d in &doc.departed {
+            departed_row(&mut h, d);
+        }
+        h.push_str("</tbody></table></div>");
+    }
+
+    docker_section(&mut h, ctx.docker.as_ref());
+    h.push_str(
+        "<p class=mute>Also: <a href=\"/proxies\">/proxies</a> · <a href=\"/metrics\">/metrics</a> · \
+         <a href=\"/health\">/health</a> · refreshes every 10 s</p></main></body></html>",
     );
     h
+}
+
+fn departed_row(h: &mut String, d: &DepartedProxy) {
+    let s = &d.status;
+    let _ = write!(
+        h,
+        "<tr data-proxy=\"{id}\"><td>{id}</td><td>{cluster}</td><td><code>{version}</code></td>\
+         <td title=\"{at}\" class=warn>{at_rel}</td><td>{why}</td><td><code>{from}</code></td></tr>",
+        id = esc(s.id.as_str()),
+        cluster = esc(&s.service_cluster),
+        version = s.applied_version.as_deref().map_or("none", short),
+        at = rfc3339(d.departed_at),
+        at_rel = relative(d.departed_at),
+        why = esc(&d.reason),
+        from = s.address,
+    );
 }
 
 #[cfg(test)]

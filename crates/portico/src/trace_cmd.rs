@@ -7,17 +7,21 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use portico_trace::options::{parse_addr, parse_admin};
+use portico_trace::options::{parse_addr, parse_admin, parse_admin_url};
 use portico_trace::{Options, Resolve, Target};
 
 #[derive(clap::Args)]
 #[command(
     about = "Check each hop to a service, innermost first, and name the first that fails",
-    after_help = "Hops, innermost first: route and upstream (needs --admin), proxy (each --proxy, \
-                  with a crafted Host and SNI), lb (each --lb), dns, client (the request by name).\n\
+    after_help = "Hops, innermost first: route and upstream (needs --admin, or a controller's \
+                  proxy), version (each proxy's config version, with --controller-admin), proxy \
+                  (each --proxy and each proxy the controller lists, with a crafted Host and SNI), \
+                  lb (each --lb), dns, client (the request by name).\n\
                   Exit status: 0 every checked hop passed, 1 a hop failed, 2 bad usage.\n\n\
                   Example: portico trace http://foo.app.test:8080/ --admin http://127.0.0.1:9090 \\\n\
-                  \x20   --proxy 10.0.0.5:8080 --lb 10.0.0.2:80 --dns 10.0.0.53"
+                  \x20   --proxy 10.0.0.5:8080 --lb 10.0.0.2:80 --dns 10.0.0.53\n\
+                  In a cluster: portico trace http://foo.app.test/ --controller-admin \
+                  http://10.0.0.1:9090 --admin-token-file /run/secrets/admin-token"
 )]
 pub struct TraceArgs {
     /// The host name or URL to trace: foo.app.test, http://foo.app.test:8080/path, https://…
@@ -38,7 +42,11 @@ pub struct TraceArgs {
     /// The proxy's admin API, http://IP:PORT: enables the route and upstream hops.
     #[arg(long, value_name = "URL", value_parser = admin_addr)]
     admin: Option<SocketAddr>,
-    /// Bearer token for the admin API.
+    /// A cluster's controller's admin API, http://IP:PORT: checks every
+    /// proxy it lists, and which serve the published version.
+    #[arg(long, value_name = "URL", value_parser = controller_admin_addr)]
+    controller_admin: Option<SocketAddr>,
+    /// Bearer token for the admin APIs (the proxy's and the controller's).
     #[arg(
         long,
         value_name = "TOKEN",
@@ -46,6 +54,10 @@ pub struct TraceArgs {
         hide_env_values = true
     )]
     admin_token: Option<String>,
+    /// Read the admin token from FILE (e.g. a Docker secret) instead: a
+    /// token on the command line shows in `ps`.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Request path (default: the URL's, else /).
     #[arg(long)]
     path: Option<String>,
@@ -77,6 +89,10 @@ fn dns_addr(s: &str) -> Result<SocketAddr, String> {
 
 fn admin_addr(s: &str) -> Result<SocketAddr, String> {
     parse_admin(s).map_err(|e| e.to_string())
+}
+
+fn controller_admin_addr(s: &str) -> Result<SocketAddr, String> {
+    parse_admin_url("--controller-admin", s).map_err(|e| e.to_string())
 }
 
 fn resolve(s: &str) -> Result<Resolve, String> {
@@ -114,7 +130,14 @@ pub fn run(args: TraceArgs) -> ExitCode {
     opts.resolve = args.resolve;
     opts.dns = args.dns;
     opts.admin = args.admin;
+    opts.controller_admin = args.controller_admin;
     opts.admin_token = args.admin_token;
+    if let Some(path) = &args.admin_token_file {
+        match std::fs::read_to_string(path) {
+            Ok(token) => opts.admin_token = Some(token.trim().to_owned()),
+            Err(e) => return usage(format!("--admin-token-file {}: {e}", path.display())),
+        }
+    }
     opts.timeout = args.timeout;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use portico_testkit::cluster::{controller_config, path, replica, ProxySpec};
 use portico_testkit::process::parse_logfmt;
-use portico_testkit::{curl, service_toml, wait_until, Backend, Portico};
+use portico_testkit::{service_toml, wait_until, Backend, Portico};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -17,54 +18,16 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_portico"))
 }
 
-/// The echo replica that answered a request for `host` through `proxy`,
-/// or `None` if the proxy did not route it.
-async fn replica(proxy: SocketAddr, host: &str) -> Option<String> {
-    let r = curl(&["-H", &format!("Host: {host}"), &format!("http://{proxy}/")]).await;
-    if r.status != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
-    v.get("replica").and_then(|r| r.as_str()).map(str::to_owned)
-}
-
-fn controller_config(services: &str) -> String {
-    format!(
-        "[controller]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"ctl\"\n\
-         server_names = [\"127.0.0.1\"]\n\n{services}"
-    )
-}
-
 fn spawn_proxy(dir: &Path, id: &str, controller: SocketAddr) -> Portico {
     spawn_proxy_in(dir, id, controller, "default")
 }
 
 fn spawn_proxy_in(dir: &Path, id: &str, controller: SocketAddr, cluster: &str) -> Portico {
-    let state = dir.join(id);
-    let config = dir.join(format!("{id}.toml"));
-    std::fs::write(&config, "[proxy]\nhttp_listen = \"127.0.0.1:0\"\n").unwrap();
-    let token = dir.join("ctl").join("join-token");
-    let args: Vec<String> = vec![
-        "proxy".into(),
-        "--controller".into(),
-        controller.to_string(),
-        "--join-token-file".into(),
-        path(&token),
-        "--state-dir".into(),
-        path(&state),
-        "--config".into(),
-        path(&config),
-        "--proxy-id".into(),
-        id.into(),
-        "--service-cluster".into(),
-        cluster.into(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Portico::spawn(bin(), &args)
-}
-
-fn path(p: &Path) -> String {
-    p.to_str().unwrap().to_owned()
+    let spec = ProxySpec {
+        service_cluster: cluster,
+        ..ProxySpec::new(id, controller)
+    };
+    portico_testkit::cluster::spawn_proxy(bin(), dir, &spec)
 }
 
 #[tokio::test(flavor = "multi_thread")]

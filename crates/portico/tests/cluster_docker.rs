@@ -11,7 +11,8 @@
 //! the default bridge, which no test cuts), kill the controller with
 //! `docker kill`, and read what each side logged. Everything created is
 //! removed at the end, failed or not. The image, the swarm and the
-//! networks are made per test, so no test depends on another.
+//! networks are made per test, so no test depends on another; one swarm
+//! test runs at a time on the machine (`Cleanup::ensure_swarm` waits).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,11 +32,6 @@ const CONVERGE: Duration = Duration::from_secs(60);
 const STREAM_PORT: u16 = 7443;
 /// Where a proxy container finds its join token (a secret, in a stack).
 const TOKEN_IN_CONTAINER: &str = "/run/secrets/portico_join_token";
-
-/// Under `cargo test` the tests of this file share one process and would
-/// share the engine's swarm (one leaving it under another); nextest runs
-/// them one at a time already (the `docker` test group).
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Polls `check` until it gives a value; panics naming `what` after
 /// [`CONVERGE`]. (`wait_until`, for a check that finds something.)
@@ -522,7 +518,6 @@ async fn a_controller_feeds_two_proxies_from_swarm_labels() {
     if !dk::available() {
         return;
     }
-    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start().await;
     let svc = dk::unique("ptc-web");
     let host = format!("{svc}.test");
@@ -610,7 +605,6 @@ async fn proxies_outlive_a_killed_controller_and_converge_when_it_returns() {
     if !dk::available() {
         return;
     }
-    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start().await;
     let svc = dk::unique("ptc-web");
     let host = format!("{svc}.test");
@@ -706,7 +700,6 @@ async fn a_partitioned_proxy_keeps_serving_and_converges_after_the_heal() {
     if !dk::available() {
         return;
     }
-    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start().await;
     let svc = dk::unique("ptc-web");
     let host = format!("{svc}.test");
@@ -780,7 +773,6 @@ async fn proxies_without_valid_credentials_are_refused_and_logged() {
     if !dk::available() {
         return;
     }
-    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start().await;
     let svc = dk::unique("ptc-web");
     let host = format!("{svc}.test");

@@ -7,6 +7,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::ResponseBody;
 use crate::error::ProxyError;
+use crate::metrics::ProxyStats;
 
 /// Boxed where it is made: it travels in the `Err` side of results whose
 /// `Ok` side is the common, small case.
@@ -23,6 +24,10 @@ pub(crate) struct Answer {
     /// `Retry-After: 1`: the refusal is momentary (a service at its
     /// `max_requests`).
     pub retry_after: bool,
+    /// The answer to `health_uri`: a load balancer's check, every second or
+    /// two from each balancer, which would drown the access log (HAProxy
+    /// does not log `monitor-uri` requests either).
+    pub health: bool,
 }
 
 impl Answer {
@@ -49,6 +54,30 @@ impl Answer {
                 ProxyError::Overloaded { .. } | ProxyError::TooManyBodies { .. }
             ),
             error: Some(e),
+            health: false,
+        })
+    }
+
+    /// The answer to `health_uri`: 200 while the proxy serves, 503 once it
+    /// drains (and then the connection closes, so a balancer's next check
+    /// is not held on a connection about to go).
+    pub fn health(draining: bool) -> Box<Answer> {
+        let (status, body) = if draining {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503 Service Unavailable\ndraining: this proxy is shutting down\n",
+            )
+        } else {
+            (StatusCode::OK, "ok\n")
+        };
+        Box::new(Answer {
+            status,
+            location: None,
+            body: Bytes::from_static(body.as_bytes()),
+            close: draining,
+            error: None,
+            retry_after: false,
+            health: true,
         })
     }
 
@@ -65,7 +94,17 @@ impl Answer {
             close: false,
             error: None,
             retry_after: false,
+            health: false,
         })
+    }
+
+    /// Counts the answer among the requests no service was chosen for.
+    pub fn count(&self, stats: &ProxyStats) {
+        if self.health {
+            stats.health_checked();
+        } else {
+            stats.unforwarded(self.error.as_ref());
+        }
     }
 
     /// For hyper: the proxy's headers are added by the caller. `Connection`

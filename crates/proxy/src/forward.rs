@@ -234,7 +234,10 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
     )
     .await;
     if let (None, Err(answer)) = (&service, &forwarded) {
-        proxy.stats.unforwarded(answer.error.as_ref());
+        answer.count(&proxy.stats);
+        if answer.health {
+            log = None;
+        }
     }
     let mut resp = match forwarded {
         Ok(resp) => resp,
@@ -260,6 +263,11 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
         (request_id.as_bytes(), Some(&request_id)),
         &attempts,
     );
+    if http1 && proxy.is_draining() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Its client reconnects, through the balancer, to a proxy that stays.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(stats) = service {
         let status = resp.status().as_u16();
         resp.body_mut()
@@ -311,12 +319,13 @@ async fn forward(
     // The decision's temporaries stay in this block, out of the request's
     // future (which an HTTP/2 stream spawns as a task of its own).
     let (host_value, route_id, first) = {
-        let host_value = request_host(&req).map_err(Answer::error)?;
-        let host = host_value.to_str().map_err(|_| {
-            Answer::error(ProxyError::BadRequest(
-                "the Host header is not a valid host name".into(),
-            ))
-        })?;
+        let host_value = request_host(&req);
+        let host = match &host_value {
+            Ok(v) => v
+                .to_str()
+                .map_err(|_| "the Host header is not a valid host name"),
+            Err(why) => Err(*why),
+        };
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let declared = req.body().size_hint().exact().filter(|n| *n > 0);
         let decision = pipeline::decide(
@@ -328,6 +337,7 @@ async fn forward(
                 tls: conn.tls.as_ref(),
                 content_length: declared,
             },
+            conn.proxy.is_draining(),
         )?;
         let route_id = decision.route;
         let rewritten = (decision.target.len() != target.len()).then(|| {
@@ -352,6 +362,9 @@ async fn forward(
         if let Some(uri) = rewritten {
             *req.uri_mut() = uri;
         }
+        // `decide` forwards only requests whose host it could read.
+        let host_value =
+            host_value.map_err(|why| Answer::error(ProxyError::BadRequest(why.into())))?;
         (host_value, route_id, first)
     };
     let route = snap.table.route(route_id);
@@ -506,18 +519,18 @@ async fn join_upgraded(
 
 /// The host a request names: the `:authority` (HTTP/2, or an absolute-form
 /// URI) or else its one `Host` header.
-fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
+/// An error is why there is none, for a 400.
+fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("more than one Host header".into()));
+        return Err("more than one Host header");
     }
     match req.uri().authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str())
-            .map_err(|_| ProxyError::BadRequest("invalid authority".into())),
-        None => host_header
-            .cloned()
-            .ok_or_else(|| ProxyError::BadRequest("the request has no Host header".into())),
+        Some(authority) => {
+            HeaderValue::from_str(authority.as_str()).map_err(|_| "invalid authority")
+        }
+        None => host_header.cloned().ok_or("the request has no Host header"),
     }
 }
 

@@ -700,12 +700,12 @@ async fn exchange(
         );
         let request = RequestHead {
             method,
-            host: host_text,
+            host: Ok(host_text),
             target: path,
             tls: None,
             content_length: None,
         };
-        let plan = match pipeline::decide(&snap, &request) {
+        let plan = match pipeline::decide(&snap, &request, conn.proxy.is_draining()) {
             Err(answer) => Plan::Answer(answer),
             Ok(forward) => {
                 let pool = &snap.pools[forward.route];
@@ -767,11 +767,12 @@ async fn exchange(
             Some(Tally::new(snap.pools[*route].stats.clone(), method, start))
         }
         Plan::Answer(answer) => {
-            conn.proxy.stats.unforwarded(answer.error.as_ref());
+            answer.count(&conn.proxy.stats);
             None
         }
     };
-    let mut log = snap.config.proxy.access_log.then(|| {
+    let quiet = matches!(&plan, Plan::Answer(a) if a.health);
+    let mut log = (snap.config.proxy.access_log && !quiet).then(|| {
         let mut log = access_log(start, client_addr, method, path, host, &id);
         log.combined = combined;
         log
@@ -808,7 +809,7 @@ async fn exchange(
             if let Some(e) = &answer.error {
                 pipeline::log_failure(e, client_addr, &request_id, &attempts);
             }
-            let close = close || answer.close || shared.stopping();
+            let close = close || answer.close || shared.stopping() || conn.proxy.is_draining();
             out.clear();
             answer.write_head(
                 &mut out,
@@ -851,7 +852,8 @@ async fn exchange(
     } else {
         resp.framing
     };
-    let close = close || framing == Framing::UntilClose || shared.stopping();
+    let close =
+        close || framing == Framing::UntilClose || shared.stopping() || conn.proxy.is_draining();
     finish_client_head(&mut out, &snap, conn, &id, &attempts, close);
 
     let lease = Lease {

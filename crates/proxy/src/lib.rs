@@ -100,6 +100,8 @@ pub struct Proxy {
     pub(crate) bodies: Arc<upload::BodySlots>,
     /// Connections, handshakes and unrouted requests, for metrics.
     pub(crate) stats: Arc<metrics::ProxyStats>,
+    /// Set by [`Proxy::start_draining`]; never cleared.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
@@ -128,6 +130,7 @@ impl Proxy {
             checks: Default::default(),
             bodies: Arc::default(),
             stats: Arc::default(),
+            draining: Default::default(),
         })
     }
 
@@ -167,6 +170,21 @@ impl Proxy {
 
     pub(crate) fn general_path_forced(&self) -> bool {
         self.general_only.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The proxy is about to stop: from now on `health_uri` answers 503 so
+    /// that load balancers take it out, and HTTP/1 connections close after
+    /// their current response so that their clients reconnect (through
+    /// the balancer, to another proxy). Requests are still served until
+    /// the listeners are shut down.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`Proxy::start_draining`] has been called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Requests received whose responses are not finished.

@@ -329,7 +329,7 @@ impl TlsFailure {
 }
 
 /// Requests Portico answered itself before choosing a service's upstreams.
-const UNFORWARDED: [&str; 9] = [
+const UNFORWARDED: [&str; 10] = [
     "bad_request",
     "no_route",
     "no_path",
@@ -339,7 +339,11 @@ const UNFORWARDED: [&str; 9] = [
     "no_upstreams",
     "redirect",
     "other",
+    "health",
 ];
+
+/// `health_uri` requests, in [`UNFORWARDED`].
+const HEALTH: usize = 9;
 
 pub(crate) fn unforwarded_reason(error: Option<&ProxyError>) -> usize {
     match error {
@@ -388,6 +392,11 @@ impl ProxyStats {
 
     pub(crate) fn unforwarded(&self, error: Option<&ProxyError>) {
         self.unforwarded[unforwarded_reason(error)].fetch_add(1, Relaxed);
+    }
+
+    /// A load balancer's check of `health_uri`.
+    pub(crate) fn health_checked(&self) {
+        self.unforwarded[HEALTH].fetch_add(1, Relaxed);
     }
 }
 

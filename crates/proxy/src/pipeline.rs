@@ -33,8 +33,10 @@ use crate::upstream::{ConnectError, Upstream};
 /// What the pipeline needs of a request head, as either codec read it.
 pub(crate) struct RequestHead<'a> {
     pub method: &'a str,
-    /// The `Host` header or `:authority`, as sent.
-    pub host: &'a str,
+    /// The `Host` header or `:authority`, as sent; or why the request has
+    /// no usable one (a 400, unless Portico answers the request itself
+    /// first: a load balancer's HTTP/1.0 health check sends no Host).
+    pub host: Result<&'a str, &'static str>,
     /// The request target in origin form: path and query.
     pub target: &'a str,
     /// Set on connections that came in over TLS.
@@ -51,18 +53,30 @@ pub(crate) struct Forward<'a> {
     pub target: Cow<'a, str>,
 }
 
-/// Routes a request, or says what Portico answers instead.
+/// Routes a request, or says what Portico answers instead. `draining`:
+/// the proxy is shutting down (see `Proxy::start_draining`).
 pub(crate) fn decide<'a>(
     snap: &Snapshot,
     req: &RequestHead<'a>,
+    draining: bool,
 ) -> Result<Forward<'a>, Box<Answer>> {
+    if let Some(uri) = &snap.config.proxy.health_uri {
+        // Before the host is looked at: a balancer checks the proxy, not a
+        // site, with whatever Host it has (an address, or none).
+        if req.target.split('?').next() == Some(uri.as_str()) {
+            return Err(Answer::health(draining));
+        }
+    }
+    let req_host = req
+        .host
+        .map_err(|why| Answer::error(ProxyError::BadRequest(why.into())))?;
     if req.method == "CONNECT" {
         return Err(Answer::error(ProxyError::MethodNotAllowed(
             "CONNECT is not supported: Portico routes by host name and is not a forward proxy"
                 .into(),
         )));
     }
-    let host = normalize_request_host(req.host)
+    let host = normalize_request_host(req_host)
         .map_err(|e| Answer::error(ProxyError::BadRequest(e.to_string())))?;
     // Origin form, or `*` (OPTIONS); anything else would make a redirect's
     // Location name another authority.
@@ -90,7 +104,7 @@ pub(crate) fn decide<'a>(
         };
         if misdirected {
             return Err(Answer::error(ProxyError::Misdirected {
-                host: req.host.to_owned(),
+                host: req_host.to_owned(),
                 sni: tls.sni.clone().unwrap_or_else(|| "(none)".into()),
             }));
         }
@@ -138,7 +152,7 @@ pub(crate) fn decide<'a>(
     };
     let route = table.route(route_id);
     if route.ssl_only && req.tls.is_none() {
-        return Err(redirect_to_https(snap, req.host, req.target));
+        return Err(redirect_to_https(snap, req_host, req.target));
     }
     let target = match (&route.path, route.rewrite) {
         (Some(prefix), true) => {

@@ -105,12 +105,61 @@ pub struct Cleanup {
     pub left_swarm_on_drop: bool,
     /// The swarm's docker_gwbridge network was made by `ensure_swarm`.
     pub remove_gwbridge_on_drop: bool,
+    /// Taken by `ensure_swarm`, released after everything is removed.
+    swarm_lock: Option<std::fs::File>,
+}
+
+/// One swarm test at a time on this machine, across processes: nextest's
+/// test group serialises one run, but two runs (two people, or `cargo
+/// test`'s threads) on one engine tear down each other's swarm (`swarm
+/// leave --force` by whichever made it), and a Portico under test with the
+/// socket attaches itself to the other run's networks, which then cannot
+/// be removed. An flock, so a run that dies releases it.
+fn swarm_lock() -> Result<std::fs::File, String> {
+    let path = std::env::temp_dir().join("portico-docker-tests.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // `flock N` locks the open file behind its descriptor N, here its
+    // stdin, which is ours: the lock outlives the command until `file`
+    // is closed (std has File::lock only from Rust 1.89, above our MSRV).
+    let flock = |args: &[&str]| -> Result<bool, String> {
+        let stdin = file.try_clone().map_err(|e| e.to_string())?;
+        Command::new("flock")
+            .args(args)
+            .stdin(stdin)
+            .status()
+            .map(|s| s.success())
+            .map_err(|e| format!("flock: {e}"))
+    };
+    if flock(&["-x", "-n", "0"])? {
+        return Ok(file);
+    }
+    eprintln!(
+        "waiting for another Docker test run to finish (it holds {})",
+        path.display()
+    );
+    if flock(&["-x", "-w", "900", "0"])? {
+        Ok(file)
+    } else {
+        Err(format!(
+            "another Docker test run held {} for 15 minutes",
+            path.display()
+        ))
+    }
 }
 
 impl Cleanup {
     /// Makes sure the engine is a swarm manager; remembers to leave the
-    /// swarm afterwards if it wasn't one.
+    /// swarm afterwards if it wasn't one. Waits first for any other
+    /// process's swarm test to finish (see `swarm_lock`).
     pub fn ensure_swarm(&mut self) -> Result<(), String> {
+        if self.swarm_lock.is_none() {
+            self.swarm_lock = Some(swarm_lock()?);
+        }
         let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
         if state == "active" {
             return Ok(());

@@ -12,10 +12,12 @@
 //! - [`dns`]: a tiny DNS server answering from a fixed table.
 //! - [`raw`]: HTTP/1.x at the byte level: a strict wire reader and scripted raw upstreams.
 //! - [`forwarder`]: a TCP forwarder standing in for an external load balancer.
+//! - [`cluster`]: cluster mode with the real binary: secrets, a controller, proxies.
 //! - [`wait_until`]: bounded waiting on a condition instead of sleeping.
 
 pub mod backend;
 pub mod client;
+pub mod cluster;
 pub mod dns;
 pub mod docker;
 pub mod forwarder;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
+use portico_cluster::{DepartedProxy, ProxyStatus, SyncState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -104,6 +105,62 @@ impl UpstreamHealth {
         }
         out
     }
+}
+
+/// `GET /health` on a controller's admin API.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ControllerHealth {
+    /// Always `"ok"`.
+    pub status: String,
+    /// Always `"controller"`: tells it from a proxy's `/health`.
+    pub role: String,
+    pub server_info: String,
+    /// Where proxies hold their streams (`[controller] listen`).
+    pub listen: SocketAddr,
+    /// Proxies connected now.
+    pub proxies: usize,
+    /// Service clusters with a published config.
+    pub service_clusters: usize,
+    pub uptime_seconds: u64,
+}
+
+/// `GET /proxies` on a controller's admin API: who has what.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Proxies {
+    /// Each service cluster with a published config, by name.
+    pub clusters: Vec<PublishedCluster>,
+    /// Every connected proxy, by id.
+    pub proxies: Vec<ListedProxy>,
+    /// Proxies whose stream ended in the last hour and that have not come
+    /// back, the latest first.
+    #[serde(default)]
+    pub departed: Vec<DepartedProxy>,
+}
+
+/// A service cluster's published config, and how many of its proxies
+/// serve it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PublishedCluster {
+    pub service_cluster: String,
+    /// 12 hex digits, as in the logs.
+    pub version: String,
+    /// 64 hex digits, as proxies' `applied_version`.
+    pub version_full: String,
+    /// Its connected proxies.
+    pub proxies: usize,
+    /// Those of them that have applied `version`.
+    pub current: usize,
+}
+
+/// A connected proxy as the controller lists it (times RFC 3339,
+/// versions 64 hex digits), with where it stands.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ListedProxy {
+    #[serde(flatten)]
+    pub status: ProxyStatus,
+    /// Against its cluster's published version: `current`, `behind`,
+    /// `nacking` (its last NACK refused it) or `unpublished`.
+    pub state: SyncState,
 }
 
 /// A configured host close to one that is not configured.
@@ -425,7 +482,7 @@ pub enum AdminError {
     Decode { addr: SocketAddr, error: String },
 }
 
-/// A client for one proxy's admin API.
+/// A client for one proxy's (or a controller's) admin API.
 #[derive(Clone, Debug)]
 pub struct AdminClient {
     pub addr: SocketAddr,
@@ -446,6 +503,11 @@ impl AdminClient {
     pub async fn probe(&self, req: &ProbeRequest) -> Result<ProbeResponse, AdminError> {
         let body = serde_json::to_vec(req).expect("a probe request serialises");
         self.call(Method::POST, "/probe", Bytes::from(body)).await
+    }
+
+    /// A controller's listing of its proxies.
+    pub async fn proxies(&self) -> Result<Proxies, AdminError> {
+        self.call(Method::GET, "/proxies", Bytes::new()).await
     }
 
     pub async fn config_versions(&self) -> Result<ConfigVersions, AdminError> {

@@ -6,13 +6,18 @@
 //!    host (the proxy's admin API), or the nearest configured host names;
 //! 2. **upstream**: each task, probed by the proxy itself (`POST /probe`),
 //!    since only the proxy is sure to reach the service's network;
-//! 3. **proxy**: each proxy node with the crafted `Host` header (and, for
-//!    HTTPS, SNI = host, as `curl --resolve` does): status, `x-upstream-addr`
-//!    among the route's upstreams, `x-proxy-id`, certificate names, chain and
-//!    expiry;
-//! 4. **lb**: the same through each external load balancer address;
-//! 5. **dns**: what the name resolves to, and whether that is the LB;
-//! 6. **client**: the request by name, as a client sends it.
+//! 3. **version**: with a cluster's controller (`--controller-admin`), each
+//!    proxy's config version as the controller sees it: the one published
+//!    to its service cluster, behind it, refusing it (NACK, with the
+//!    reason), or gone from the controller;
+//! 4. **proxy**: each proxy node (each `--proxy`, and every proxy the
+//!    controller lists, at the listener it announced) with the crafted
+//!    `Host` header (and, for HTTPS, SNI = host, as `curl --resolve` does):
+//!    status, `x-upstream-addr` among the route's upstreams, `x-proxy-id`,
+//!    certificate names, chain and expiry;
+//! 5. **lb**: the same through each external load balancer address;
+//! 6. **dns**: what the name resolves to, and whether that is the LB;
+//! 7. **client**: the request by name, as a client sends it.
 //!
 //! Every hop is bounded by the timeout, so a trace always ends. Without an
 //! admin API (a proxy that isn't Portico) the route and upstream hops are
@@ -39,5 +44,5 @@ pub mod run;
 pub mod tls;
 
 pub use options::{Options, Resolve, Target, UsageError};
-pub use report::{Hop, HopResult, Outcome, Report, Verdict};
+pub use report::{Hop, HopResult, Outcome, ProxySummary, Report, Verdict};
 pub use run::trace;

@@ -23,8 +23,8 @@ pub enum UsageError {
         value: String,
         hint: &'static str,
     },
-    #[error("--admin {0:?}: expected http://IP:PORT (the admin API serves plain HTTP)")]
-    Admin(String),
+    #[error("{what} {value:?}: expected http://IP:PORT (the admin API serves plain HTTP)")]
+    Admin { what: &'static str, value: String },
     #[error("--timeout must be greater than zero")]
     Timeout,
     #[error(transparent)]
@@ -170,15 +170,24 @@ pub fn parse_addr(
 
 /// Parses `--admin`: `http://IP:PORT[/]` or `IP:PORT`.
 pub fn parse_admin(value: &str) -> Result<SocketAddr, UsageError> {
+    parse_admin_url("--admin", value)
+}
+
+/// Parses an admin API's address given as `what`: `http://IP:PORT[/]` or
+/// `IP:PORT`.
+pub fn parse_admin_url(what: &'static str, value: &str) -> Result<SocketAddr, UsageError> {
+    let bad = || UsageError::Admin {
+        what,
+        value: value.to_owned(),
+    };
     let bare = value
         .strip_prefix("http://")
         .unwrap_or(value)
         .trim_end_matches('/');
     if value.starts_with("https://") {
-        return Err(UsageError::Admin(value.to_owned()));
+        return Err(bad());
     }
-    bare.parse()
-        .map_err(|_| UsageError::Admin(value.to_owned()))
+    bare.parse().map_err(|_| bad())
 }
 
 /// Everything one trace run needs.
@@ -193,6 +202,10 @@ pub struct Options {
     /// Ask this DNS server instead of the system resolver.
     pub dns: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// A cluster's controller's admin API: its proxies are checked too,
+    /// and whether each serves the published version.
+    pub controller_admin: Option<SocketAddr>,
+    /// For every admin API asked (the proxy's and the controller's).
     pub admin_token: Option<String>,
     /// Bound on each hop.
     pub timeout: Duration,
@@ -216,6 +229,7 @@ impl Options {
             resolve: Vec::new(),
             dns: None,
             admin: None,
+            controller_admin: None,
             admin_token: None,
             timeout: Duration::from_secs(5),
             tls,

@@ -1,6 +1,8 @@
 //! The trace's result: one row per hop checked (or not), innermost first,
-//! and a verdict naming the first failing hop. Rendered as a table a person
-//! reads at a glance, or as JSON (the same content) for machines.
+//! and a verdict naming the first failing hop; with a controller, a table
+//! of its proxies too (did the request through each work, and does each
+//! serve the published version). Rendered as tables a person reads at a
+//! glance, or as JSON (the same content) for machines.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -19,6 +21,9 @@ pub enum Hop {
     Route,
     /// Each task, probed by the proxy itself (admin API).
     Upstream,
+    /// Each proxy's config version, as the controller sees it: the one
+    /// published to its service cluster, behind it, or refusing it.
+    Version,
     /// Each proxy node, with the crafted `Host` (and SNI).
     Proxy,
     /// Each external load balancer address.
@@ -34,6 +39,7 @@ impl Hop {
         match self {
             Hop::Route => "route",
             Hop::Upstream => "upstream",
+            Hop::Version => "version",
             Hop::Proxy => "proxy",
             Hop::Lb => "lb",
             Hop::Dns => "dns",
@@ -122,6 +128,32 @@ pub struct Verdict {
     pub line: String,
 }
 
+/// One proxy as the controller lists it (or as `--proxy` names it), and
+/// what the trace found through it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProxySummary {
+    /// Its id: the controller's, else the `x-proxy-id` it answered with,
+    /// else `-`.
+    pub id: String,
+    pub service_cluster: Option<String>,
+    /// The data-plane address the request was sent to (`http://IP:PORT`);
+    /// `None` when it announces no listener for the target's scheme.
+    pub address: Option<String>,
+    /// The request through it: passed, failed, or not sent.
+    pub request: Outcome,
+    pub status: Option<u16>,
+    /// Against its cluster's published version: `current`, `behind`,
+    /// `nacking`, `unpublished`; `departed` (its stream ended lately);
+    /// `unlisted` (the controller does not know it); `unknown` (no
+    /// controller asked).
+    pub state: String,
+    /// The version it serves (12 hex digits), as the controller knows it.
+    pub applied_version: Option<String>,
+    /// For any state but `current`: why, in words (a NACK's reason, when
+    /// it left).
+    pub detail: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     pub target: Target,
@@ -129,6 +161,9 @@ pub struct Report {
     /// The config version the admin API reported, if asked.
     pub config_version: Option<String>,
     pub hops: Vec<HopResult>,
+    /// With `--controller-admin`: every proxy it lists or `--proxy` names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxies: Vec<ProxySummary>,
     pub verdict: Verdict,
 }
 
@@ -140,8 +175,14 @@ impl Report {
             target,
             config_version,
             hops,
+            proxies: Vec::new(),
             verdict,
         }
+    }
+
+    pub fn with_proxies(mut self, proxies: Vec<ProxySummary>) -> Report {
+        self.proxies = proxies;
+        self
     }
 
     /// 0 when no hop failed, 1 otherwise.
@@ -153,7 +194,8 @@ impl Report {
         serde_json::to_string_pretty(self).expect("a report serialises")
     }
 
-    /// The table, then the verdict line.
+    /// The hop table, the proxies' table if there is one, then the verdict
+    /// line.
     pub fn render(&self) -> String {
         let header = [
             "HOP", "TARGET", "RESULT", "STATUS", "DNS", "CONNECT", "TLS", "1ST BYTE", "EVIDENCE",
@@ -209,9 +251,67 @@ impl Report {
         for row in &rows {
             line(row);
         }
+        if !self.proxies.is_empty() {
+            out.push('\n');
+            out.push_str(&self.render_proxies());
+        }
         out.push('\n');
         out.push_str(&self.verdict.line);
         out.push('\n');
+        out
+    }
+}
+
+impl Report {
+    fn render_proxies(&self) -> String {
+        let header = ["PROXY", "CLUSTER", "ADDRESS", "REQUEST", "VERSION", "STATE"];
+        let rows: Vec<[String; 6]> = self
+            .proxies
+            .iter()
+            .map(|p| {
+                let request = match (p.request, p.status) {
+                    (Outcome::Pass, Some(s)) => format!("ok {s}"),
+                    (Outcome::Fail, Some(s)) => format!("FAIL {s}"),
+                    (Outcome::Pass, None) => "ok".to_owned(),
+                    (Outcome::Fail, None) => "FAIL".to_owned(),
+                    (Outcome::Skip, _) => "-".to_owned(),
+                };
+                let state = match &p.detail {
+                    Some(d) => format!("{}: {d}", p.state),
+                    None => p.state.clone(),
+                };
+                [
+                    p.id.clone(),
+                    p.service_cluster.clone().unwrap_or_else(|| "-".to_owned()),
+                    p.address.clone().unwrap_or_else(|| "-".to_owned()),
+                    request,
+                    p.applied_version.clone().unwrap_or_else(|| "-".to_owned()),
+                    state,
+                ]
+            })
+            .collect();
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row.iter()) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let current = self.proxies.iter().filter(|p| p.state == "current").count();
+        let mut out = format!(
+            "proxies: {current} of {} serve the published version\n",
+            self.proxies.len()
+        );
+        for cells in std::iter::once(header.map(str::to_owned)).chain(rows) {
+            let mut l = String::new();
+            for (i, cell) in cells.iter().enumerate() {
+                l.push_str(cell);
+                if i + 1 < cells.len() {
+                    l.push_str(&" ".repeat(widths[i] - cell.chars().count() + 2));
+                }
+            }
+            out.push_str(l.trim_end());
+            out.push('\n');
+        }
         out
     }
 }

@@ -1,18 +1,23 @@
 //! The walk itself, innermost first, as the functional-test article does it
 //! by hand: the route in the active config, each task (probed by the proxy),
-//! each proxy with a crafted `Host`/SNI, each load balancer, DNS, and the
-//! request by name. Each hop is judged on what it alone adds, so a failure
-//! further in is not blamed on the hops around it.
+//! each proxy's config version (from a cluster's controller), each proxy
+//! with a crafted `Host`/SNI, each load balancer, DNS, and the request by
+//! name. Each hop is judged on what it alone adds, so a failure further in
+//! is not blamed on the hops around it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::api::{AdminClient, AdminError, Health, NearHost, ProbeRequest, RouteInfo};
+use portico_cluster::{DepartedProxy, ProxyStatus, SyncState};
+
+use crate::api::{
+    AdminClient, AdminError, Health, ListedProxy, NearHost, ProbeRequest, Proxies, RouteInfo,
+};
 use crate::dns::{self, DnsError};
 use crate::http::{fetch, Exchange, Fetch, FetchError};
 use crate::options::Options;
-use crate::report::{Hop, HopResult, Outcome, Report};
+use crate::report::{Hop, HopResult, Outcome, ProxySummary, Report};
 
 /// What the inner hops learnt, for judging the outer ones.
 #[derive(Default)]
@@ -29,60 +34,531 @@ struct Context {
     proxy_ids: Vec<String>,
 }
 
+/// What the controller says of a proxy.
+enum Listed<'a> {
+    Connected {
+        proxy: &'a ListedProxy,
+        /// Its cluster's published version (64 hex digits).
+        published: Option<&'a str>,
+    },
+    Departed(&'a DepartedProxy),
+    /// A `--proxy` the controller does not list.
+    Unlisted,
+}
+
+impl Listed<'_> {
+    fn status(&self) -> Option<&ProxyStatus> {
+        match self {
+            Listed::Connected { proxy, .. } => Some(&proxy.status),
+            Listed::Departed(d) => Some(&d.status),
+            Listed::Unlisted => None,
+        }
+    }
+}
+
+/// One proxy to send the request through, and what is known of it.
+struct ProxyCheck<'a> {
+    /// `None`: it announces no listener for the target's scheme.
+    addr: Option<SocketAddr>,
+    /// `None` without a controller.
+    listed: Option<Listed<'a>>,
+}
+
+/// The first 12 hex digits of a version, as the logs show it.
+fn short(version: &str) -> &str {
+    version.get(..12).unwrap_or(version)
+}
+
+/// The listener of `status` for the target's scheme.
+fn data_addr(status: &ProxyStatus, https: bool) -> Option<SocketAddr> {
+    status
+        .listeners
+        .iter()
+        .find(|l| l.https == https)
+        .map(|l| l.addr)
+}
+
+/// Without `--admin`: the admin API the route and upstream hops ask (one
+/// a listed proxy announced), and the service cluster whose proxies serve the target's
+/// host: with several clusters, the first whose proxy has a route for it
+/// (`None`: every cluster's proxies are checked).
+async fn host_cluster(opts: &Options, fleet: &Proxies) -> (Option<SocketAddr>, Option<String>) {
+    // One admin API per service cluster, in the listing's order, a
+    // proxy's that serves the published version first.
+    let mut candidates: Vec<(&str, SocketAddr)> = Vec::new();
+    for current in [true, false] {
+        for p in &fleet.proxies {
+            let cluster = p.status.service_cluster.as_str();
+            let Some(admin) = p.status.admin else {
+                continue;
+            };
+            if (p.state == SyncState::Current) == current
+                && !candidates.iter().any(|(c, _)| *c == cluster)
+            {
+                candidates.push((cluster, admin.addr));
+            }
+        }
+    }
+    let Some(first) = candidates.first().map(|(_, a)| *a) else {
+        return (None, None);
+    };
+    let several = fleet
+        .proxies
+        .iter()
+        .map(|p| p.status.service_cluster.as_str())
+        .chain(
+            fleet
+                .departed
+                .iter()
+                .map(|d| d.status.service_cluster.as_str()),
+        )
+        .any(|c| c != candidates[0].0);
+    if !several {
+        return (Some(first), None);
+    }
+    for (cluster, admin) in &candidates {
+        let client = AdminClient {
+            addr: *admin,
+            token: opts.admin_token.clone(),
+            timeout: opts.timeout,
+        };
+        if client
+            .routes_for(&opts.target.host)
+            .await
+            .is_ok_and(|r| !r.routes.is_empty())
+        {
+            return (Some(*admin), Some((*cluster).to_owned()));
+        }
+    }
+    (Some(first), None)
+}
+
+/// The proxies to check: every `--proxy`, then every proxy the controller
+/// lists (connected, then departed; of `cluster` only, if given) not among
+/// them.
+fn proxy_checks<'a>(
+    opts: &Options,
+    fleet: Option<&'a Proxies>,
+    cluster: Option<&str>,
+) -> Vec<ProxyCheck<'a>> {
+    let in_cluster = |s: &ProxyStatus| cluster.is_none_or(|c| s.service_cluster == c);
+    let https = opts.target.https;
+    let published = |cluster: &str| {
+        fleet?
+            .clusters
+            .iter()
+            .find(|c| c.service_cluster == cluster)
+            .map(|c| c.version_full.as_str())
+    };
+    let connected = |p: &'a ListedProxy| Listed::Connected {
+        proxy: p,
+        published: published(&p.status.service_cluster),
+    };
+    let mut checks: Vec<ProxyCheck<'a>> = Vec::new();
+    for addr in &opts.proxies {
+        let listed = fleet.map(|f| {
+            let at = |s: &ProxyStatus| s.listeners.iter().any(|l| l.addr == *addr);
+            if let Some(p) = f.proxies.iter().find(|p| at(&p.status)) {
+                connected(p)
+            } else if let Some(d) = f.departed.iter().find(|d| at(&d.status)) {
+                Listed::Departed(d)
+            } else {
+                Listed::Unlisted
+            }
+        });
+        checks.push(ProxyCheck {
+            addr: Some(*addr),
+            listed,
+        });
+    }
+    let Some(fleet) = fleet else {
+        return checks;
+    };
+    let known = |checks: &[ProxyCheck], id: &str| {
+        checks.iter().any(|c| {
+            c.listed
+                .as_ref()
+                .and_then(Listed::status)
+                .is_some_and(|s| s.id.as_str() == id)
+        })
+    };
+    for p in &fleet.proxies {
+        if in_cluster(&p.status) && !known(&checks, p.status.id.as_str()) {
+            checks.push(ProxyCheck {
+                addr: data_addr(&p.status, https),
+                listed: Some(connected(p)),
+            });
+        }
+    }
+    for d in &fleet.departed {
+        if in_cluster(&d.status) && !known(&checks, d.status.id.as_str()) {
+            checks.push(ProxyCheck {
+                addr: data_addr(&d.status, https),
+                listed: Some(Listed::Departed(d)),
+            });
+        }
+    }
+    checks
+}
+
+/// Asks the controller's admin API for its proxies; a failure is the
+/// version hop's row.
+async fn fleet(opts: &Options, addr: SocketAddr) -> Result<Proxies, HopResult> {
+    let client = AdminClient {
+        addr,
+        token: opts.admin_token.clone(),
+        timeout: opts.timeout,
+    };
+    client.proxies().await.map_err(|e| {
+        let (cause, remedy) = match &e {
+            AdminError::Unauthorized { .. } => (
+                "the controller's admin API requires its token".to_owned(),
+                "pass its [admin] token with --admin-token-file (or --admin-token, PORTICO_ADMIN_TOKEN)"
+                    .to_owned(),
+            ),
+            AdminError::Unreachable { .. } => (
+                format!("nothing answers on {addr}: the controller is not running there, or its config has no [admin]"),
+                "check the [admin] listen address in the controller's config".to_owned(),
+            ),
+            _ => (
+                format!("{addr} is not a controller's admin API (a proxy's has no /proxies)"),
+                "give --controller-admin the controller's [admin] address, and a proxy's to --admin".to_owned(),
+            ),
+        };
+        HopResult::new(
+            Hop::Version,
+            format!("controller admin {addr}"),
+            Outcome::Fail,
+            e.to_string(),
+        )
+        .failed(cause, remedy)
+    })
+}
+
+/// The version row of a listed proxy; `answered`: the `x-proxy-id` that
+/// answered at its address, if any did.
+fn version_row(
+    listed: &Listed,
+    addr: Option<SocketAddr>,
+    answered: Option<&str>,
+) -> Option<HopResult> {
+    let row = |id: &str, result, evidence: String| {
+        HopResult::new(Hop::Version, id.to_owned(), result, evidence)
+    };
+    Some(match listed {
+        Listed::Connected { proxy, published } => {
+            let s = &proxy.status;
+            let id = s.id.as_str();
+            let cluster = &s.service_cluster;
+            let applied = s.applied_version.as_deref().map_or("nothing yet", short);
+            let published_short = published.map_or("-", short);
+            match proxy.state {
+                SyncState::Current => row(
+                    id,
+                    Outcome::Pass,
+                    format!("serves {applied}, the version published to service cluster {cluster}"),
+                ),
+                SyncState::Unpublished => HopResult::skip(
+                    Hop::Version,
+                    id,
+                    format!("not checked: nothing is published to service cluster {cluster}"),
+                ),
+                SyncState::Behind => {
+                    let heartbeat = humantime::format_rfc3339_seconds(s.last_heartbeat);
+                    row(
+                        id,
+                        Outcome::Fail,
+                        format!("serves {applied}; {cluster}'s published version is {published_short} (last heartbeat {heartbeat})"),
+                    )
+                    .failed(
+                        format!("{id} has not applied {published_short}: it is still applying it, or its stream is stuck"),
+                        format!("check {id}'s log ('applied the controller's snapshot', 'snapshot rejected') and its link to the controller"),
+                    )
+                }
+                SyncState::Nacking => {
+                    let (reason, at) =
+                        s.last_nack
+                            .as_ref()
+                            .map_or(("?".to_owned(), String::new()), |n| {
+                                (
+                                    n.reason.clone(),
+                                    format!(" at {}", humantime::format_rfc3339_seconds(n.at)),
+                                )
+                            });
+                    row(
+                        id,
+                        Outcome::Fail,
+                        format!("refused {published_short}{at} (NACK): {reason}; it serves {applied}"),
+                    )
+                    .failed(
+                        format!("{id} cannot apply {cluster}'s published config: {reason}"),
+                        format!("fix what the reason names in the controller's config (a service, its files); {id} keeps serving {applied} meanwhile"),
+                    )
+                }
+            }
+        }
+        Listed::Departed(d) => {
+            let s = &d.status;
+            let id = s.id.as_str();
+            let left = format!(
+                "left the controller at {} ({})",
+                humantime::format_rfc3339_seconds(d.departed_at),
+                d.reason
+            );
+            let applied = s.applied_version.as_deref().map_or("nothing", short);
+            match (answered, addr) {
+                (Some(answered), Some(addr)) if answered == id => row(
+                    id,
+                    Outcome::Fail,
+                    format!("{left}, but still answers at {addr}, serving {applied}"),
+                )
+                .failed(
+                    format!("{id} serves traffic without a stream to the controller: it keeps {applied} and misses every change"),
+                    format!("check the network between {id} and the controller ({id}'s log says 'lost the controller stream'), or take it out of the load balancer"),
+                ),
+                (Some(other), Some(addr)) => HopResult::skip(
+                    Hop::Version,
+                    id,
+                    format!("not checked: {left}; {other} answers at {addr} now"),
+                ),
+                _ => HopResult::skip(
+                    Hop::Version,
+                    id,
+                    format!("not checked: {left}; it no longer answers (stopped)"),
+                ),
+            }
+        }
+        Listed::Unlisted => {
+            let (Some(answered), Some(addr)) = (answered, addr) else {
+                return None;
+            };
+            row(
+                answered,
+                Outcome::Fail,
+                format!("answers at {addr}, but the controller lists no proxy there"),
+            )
+            .failed(
+                format!("{answered} at {addr} has no stream to the controller (not joined, partitioned, or another cluster's): its routes may be stale"),
+                format!("check {answered}'s log and its --controller address"),
+            )
+        }
+    })
+}
+
 /// Runs every hop the options allow and returns the report.
 pub async fn trace(opts: &Options) -> Report {
     let mut hops = Vec::new();
     let mut ctx = Context::default();
-    admin_hops(opts, &mut ctx, &mut hops).await;
+    let mut fleet_failure = None;
+    let fleet = match opts.controller_admin {
+        Some(addr) => fleet(opts, addr)
+            .await
+            .map_err(|row| fleet_failure = Some(row))
+            .ok(),
+        None => None,
+    };
+    let (admin, cluster) = match (opts.admin, &fleet) {
+        (None, Some(fleet)) => host_cluster(opts, fleet).await,
+        (admin, _) => (admin, None),
+    };
+    admin_hops(opts, admin, &mut ctx, &mut hops).await;
+    hops.extend(fleet_failure);
 
-    let mut proxies = opts.proxies.clone();
-    if proxies.is_empty() {
+    let mut checks = proxy_checks(opts, fleet.as_ref(), cluster.as_deref());
+    if checks.is_empty() {
         // The admin API knows where its own proxy listens.
-        if let (Some(h), Some(admin)) = (&ctx.health, opts.admin) {
-            let listen = if opts.target.https {
-                h.https_listen
-            } else {
-                Some(h.http_listen)
-            };
-            if let Some(listen) = listen.filter(|l| l.port() != 0) {
-                let ip = if listen.ip().is_unspecified() {
-                    admin.ip()
-                } else {
-                    listen.ip()
-                };
-                proxies.push(SocketAddr::new(ip, listen.port()));
-            }
+        if let Some(addr) = own_listener(opts, &ctx, admin) {
+            checks.push(ProxyCheck {
+                addr: Some(addr),
+                listed: None,
+            });
         }
     }
-    if proxies.is_empty() {
-        hops.push(HopResult::skip(
-            Hop::Proxy,
-            "-",
-            "not checked: no --proxy given",
-        ));
-    }
-    for addr in &proxies {
-        let ex = fetch(request(opts, *addr, &opts.target.host)).await;
-        let row = judge(Hop::Proxy, addr.to_string(), ex, opts, &ctx, *addr);
-        if let Some(id) = &row.proxy_id {
-            if row.result == Outcome::Pass && !ctx.proxy_ids.contains(id) {
-                ctx.proxy_ids.push(id.clone());
-            }
-        }
-        hops.push(row);
-    }
+    let summary = proxy_hops(opts, &mut ctx, &checks, &mut hops).await;
 
     if opts.lbs.is_empty() {
         hops.push(HopResult::skip(Hop::Lb, "-", "not checked: no --lb given"));
     }
     for addr in &opts.lbs {
         let ex = fetch(request(opts, *addr, &opts.target.host)).await;
-        hops.push(judge(Hop::Lb, addr.to_string(), ex, opts, &ctx, *addr));
+        hops.push(judge(
+            Hop::Lb,
+            addr.to_string(),
+            ex,
+            opts,
+            &ctx,
+            *addr,
+            None,
+        ));
     }
 
     let addresses = dns_hop(opts, &mut hops).await;
     client_hops(opts, &ctx, addresses, &mut hops).await;
-    Report::new(opts.target.clone(), ctx.version.clone(), hops)
+    let report = Report::new(opts.target.clone(), ctx.version.clone(), hops);
+    if opts.controller_admin.is_some() {
+        report.with_proxies(summary)
+    } else {
+        report
+    }
+}
+
+/// Where the admin API's own proxy serves the target's scheme.
+fn own_listener(opts: &Options, ctx: &Context, admin: Option<SocketAddr>) -> Option<SocketAddr> {
+    let (h, admin) = (ctx.health.as_ref()?, admin?);
+    let listen = if opts.target.https {
+        h.https_listen
+    } else {
+        Some(h.http_listen)
+    };
+    let listen = listen.filter(|l| l.port() != 0)?;
+    let ip = if listen.ip().is_unspecified() {
+        admin.ip()
+    } else {
+        listen.ip()
+    };
+    Some(SocketAddr::new(ip, listen.port()))
+}
+
+/// The request through each proxy, and (with a controller) each proxy's
+/// version: the version rows first, as the hop order says, though they
+/// depend on who answered. Returns the proxies' summary.
+async fn proxy_hops(
+    opts: &Options,
+    ctx: &mut Context,
+    checks: &[ProxyCheck<'_>],
+    hops: &mut Vec<HopResult>,
+) -> Vec<ProxySummary> {
+    if checks.is_empty() {
+        hops.push(HopResult::skip(
+            Hop::Proxy,
+            "-",
+            "not checked: no --proxy given",
+        ));
+        return Vec::new();
+    }
+    let mut rows = Vec::with_capacity(checks.len());
+    for c in checks {
+        let expected = c
+            .listed
+            .as_ref()
+            .and_then(Listed::status)
+            .map(|s| s.id.as_str());
+        let row = match c.addr {
+            Some(addr) => {
+                let ex = fetch(request(opts, addr, &opts.target.host)).await;
+                let target = match expected {
+                    Some(id) => format!("{addr} ({id})"),
+                    None => addr.to_string(),
+                };
+                Some(judge(Hop::Proxy, target, ex, opts, ctx, addr, expected))
+            }
+            None => None,
+        };
+        rows.push(row);
+    }
+    for (c, row) in checks.iter().zip(&rows) {
+        let answered = row
+            .as_ref()
+            .filter(|r| r.status.is_some())
+            .and_then(|r| r.proxy_id.as_deref());
+        if let Some(v) = c
+            .listed
+            .as_ref()
+            .and_then(|l| version_row(l, c.addr, answered))
+        {
+            hops.push(v);
+        }
+    }
+    let scheme = if opts.target.https { "https" } else { "http" };
+    let mut summary = Vec::with_capacity(checks.len());
+    for (c, row) in checks.iter().zip(rows) {
+        let status = c.listed.as_ref().and_then(Listed::status);
+        let id = status.map(|s| s.id.as_str()).unwrap_or("-");
+        let row = match row {
+            // Gone from the controller and from its address: stopped,
+            // which the version row says; nothing to blame on this hop.
+            Some(r) if matches!(c.listed, Some(Listed::Departed(_))) && r.status.is_none() => {
+                HopResult::skip(
+                    Hop::Proxy,
+                    r.target,
+                    format!(
+                        "not checked: {id} left the controller and nothing answers ({})",
+                        r.evidence
+                    ),
+                )
+            }
+            Some(r) => r,
+            None => HopResult::skip(
+                Hop::Proxy,
+                id,
+                format!("not checked: {id} announces no {scheme} listener"),
+            ),
+        };
+        if let Some(answered) = &row.proxy_id {
+            if row.result == Outcome::Pass && !ctx.proxy_ids.contains(answered) {
+                ctx.proxy_ids.push(answered.clone());
+            }
+        }
+        summary.push(summarize(c, &row, scheme));
+        hops.push(row);
+    }
+    summary
+}
+
+fn summarize(c: &ProxyCheck, row: &HopResult, scheme: &str) -> ProxySummary {
+    let status = c.listed.as_ref().and_then(Listed::status);
+    let (state, detail) = match &c.listed {
+        None => ("unknown", None),
+        Some(Listed::Unlisted) => (
+            "unlisted",
+            Some("the controller lists no proxy at this address".to_owned()),
+        ),
+        Some(Listed::Departed(d)) => (
+            "departed",
+            Some(format!(
+                "left at {} ({})",
+                humantime::format_rfc3339_seconds(d.departed_at),
+                d.reason
+            )),
+        ),
+        Some(Listed::Connected { proxy, published }) => {
+            let published = published.map_or("-", short);
+            match proxy.state {
+                SyncState::Current => ("current", None),
+                SyncState::Behind => ("behind", Some(format!("published is {published}"))),
+                SyncState::Nacking => (
+                    "nacking",
+                    Some(format!(
+                        "refuses {published}: {}",
+                        proxy
+                            .status
+                            .last_nack
+                            .as_ref()
+                            .map_or("?", |n| n.reason.as_str())
+                    )),
+                ),
+                SyncState::Unpublished => (
+                    "unpublished",
+                    Some("nothing is published to its service cluster".to_owned()),
+                ),
+            }
+        }
+    };
+    ProxySummary {
+        id: status
+            .map(|s| s.id.to_string())
+            .or_else(|| row.proxy_id.clone())
+            .unwrap_or_else(|| "-".to_owned()),
+        service_cluster: status.map(|s| s.service_cluster.clone()),
+        address: c.addr.map(|a| format!("{scheme}://{a}")),
+        request: row.result,
+        status: row.status,
+        state: state.to_owned(),
+        applied_version: status
+            .and_then(|s| s.applied_version.as_deref())
+            .map(|v| short(v).to_owned()),
+        detail,
+    }
 }
 
 fn request<'a>(opts: &'a Options, addr: SocketAddr, host: &'a str) -> Fetch<'a> {
@@ -91,9 +567,14 @@ fn request<'a>(opts: &'a Options, addr: SocketAddr, host: &'a str) -> Fetch<'a> 
     f
 }
 
-async fn admin_hops(opts: &Options, ctx: &mut Context, hops: &mut Vec<HopResult>) {
+async fn admin_hops(
+    opts: &Options,
+    admin: Option<SocketAddr>,
+    ctx: &mut Context,
+    hops: &mut Vec<HopResult>,
+) {
     let host = &opts.target.host;
-    let Some(admin) = opts.admin else {
+    let Some(admin) = admin else {
         let why = "not checked: no --admin (only the proxy's admin API knows the route and can reach the tasks)";
         hops.push(HopResult::skip(Hop::Route, "-", why));
         hops.push(HopResult::skip(Hop::Upstream, "-", why));
@@ -433,13 +914,14 @@ async fn client_hops(
         seen.push(ip);
         let addr = SocketAddr::new(ip, opts.target.port);
         let ex = fetch(request(opts, addr, &host_header)).await;
-        let mut row = judge(Hop::Client, addr.to_string(), ex, opts, ctx, addr);
+        let mut row = judge(Hop::Client, addr.to_string(), ex, opts, ctx, addr, None);
         row.timings.dns_ms = dns_ms;
         hops.push(row);
     }
 }
 
 /// Judges an answer (or its absence) at a proxy, LB or client hop.
+/// `expected_id`: the proxy the controller lists at `addr`.
 fn judge(
     hop: Hop,
     target: String,
@@ -447,6 +929,7 @@ fn judge(
     opts: &Options,
     ctx: &Context,
     addr: SocketAddr,
+    expected_id: Option<&str>,
 ) -> HopResult {
     let host = &opts.target.host;
     let mut row = HopResult::new(hop, target, Outcome::Pass, "");
@@ -614,7 +1097,15 @@ fn judge(
             );
         }
     }
-    if let (Hop::Proxy, Some(h), Some(id)) = (hop, &ctx.health, &row.proxy_id) {
+    if let (Hop::Proxy, Some(expected), Some(id)) = (hop, expected_id, &row.proxy_id) {
+        if id != expected {
+            row.evidence = format!("{}: x-proxy-id is {id}, expected {expected}", answer.status);
+            return row.failed(
+                format!("another proxy than the controller's {expected} answers on {addr}"),
+                "check which process listens on that address (a proxy restarted with another id?)",
+            );
+        }
+    } else if let (Hop::Proxy, Some(h), Some(id)) = (hop, &ctx.health, &row.proxy_id) {
         let listen = if opts.target.https {
             h.https_listen
         } else {
