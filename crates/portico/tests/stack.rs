@@ -201,7 +201,7 @@ async fn all_in_one_stack_routes_and_rolls_an_edited_config() {
     let apps = dk::unique("pst-apps");
     d(&["network", "create", "-d", "overlay", "--attachable", &apps]).await;
     cleanup.networks.push(apps.clone());
-    echo_service(&mut cleanup, &image, &apps, "app.stack.test").await;
+    let app = echo_service(&mut cleanup, &image, &apps, "app.stack.test").await;
 
     let stack = dk::unique("pst");
     let port = free_port();
@@ -251,6 +251,48 @@ async fn all_in_one_stack_routes_and_rolls_an_edited_config() {
     let health = curl(&[&format!("http://{addr}/healthz")]).await;
     assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
     wait_healthy(&service).await;
+
+    // `portico check --docker` where the README says to run it, in the
+    // proxy's task: the service is reachable there. On the host it is not
+    // (an overlay network), and the command says where to run it instead.
+    let task = d(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={service}"),
+    ])
+    .await;
+    let inside = docker_env(
+        &[
+            "exec",
+            task.lines().next().unwrap(),
+            "/portico",
+            "check",
+            "--docker",
+            "--config",
+            "/etc/portico/portico.toml",
+        ],
+        &[],
+    )
+    .await;
+    let inside = inside.unwrap_or_else(|e| panic!("check --docker in the task failed: {e}"));
+    assert!(
+        inside.contains(&app) && !inside.contains("note:"),
+        "{inside}"
+    );
+    let outside = std::process::Command::new(BIN)
+        .args(["check", "--docker"])
+        .env_remove("HOSTNAME")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&outside.stdout);
+    assert!(!outside.status.success(), "{said}");
+    assert!(
+        said.contains(&app)
+            && said.contains("note: this check ran outside Portico's container")
+            && said.contains("docker exec"),
+        "{said}"
+    );
 
     // An edited config is a new config object: the redeploy rolls the
     // proxy, stop-first, and the new one serves the new settings.
