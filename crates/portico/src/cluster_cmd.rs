@@ -114,8 +114,9 @@ pub async fn controller_run(path: PathBuf) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let reload = Arc::new(Notify::new());
     handle_signals(shutdown.clone(), reload.clone())?;
+    let proxy_networks = providers::controller_proxy_networks(&settings);
     let (provider, docker_view) = match &file_config.docker {
-        Some(d) => providers::first_docker_view(d).await,
+        Some(d) => providers::first_docker_view(d, &proxy_networks).await,
         None => (None, Default::default()),
     };
     let cluster = ClusterController::new(ControllerOptions::default());
@@ -145,7 +146,7 @@ pub async fn controller_run(path: PathBuf) -> anyhow::Result<()> {
     let watcher = providers::spawn(
         path,
         file_config,
-        provider,
+        (provider, proxy_networks),
         docker_view,
         Some(metrics),
         reload,

@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use portico_discovery::{file, Controller};
+use portico_discovery::{docker, file, Controller};
 use portico_model::Config;
 use portico_proxy::{Identity, Proxy};
 use tokio::net::TcpListener;
@@ -119,6 +119,16 @@ enum Command {
         #[arg(long)]
         docker: bool,
     },
+    /// Ask the proxy's own health URI (`[proxy] health_uri`) on its HTTP
+    /// listener; exit 0 on 200. For Docker's HEALTHCHECK: the image has no curl.
+    Health {
+        /// The proxy's config, for `http_listen` and `health_uri`.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// How long the whole check may take.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Check each hop to a service (route, tasks, proxies, LB, DNS, client) and name the first that fails.
     Trace(Box<trace_cmd::TraceArgs>),
     /// The proxy's applied config versions: list, show, diff, render as nginx.conf.
@@ -152,19 +162,27 @@ fn main() -> ExitCode {
     if let Command::Check { config, docker } = &command {
         let mut ok = true;
         let mut settings = None;
+        let mut proxies = docker::ProxyNetworks::Own;
         if let Some(config) = config {
             if check(config) != ExitCode::SUCCESS {
                 ok = false;
             }
-            settings = file::load(config).ok().and_then(|c| c.docker);
+            let loaded = file::load(config).ok();
+            if let Some(c) = loaded.as_ref().and_then(|c| c.controller.as_ref()) {
+                proxies = providers::controller_proxy_networks(c);
+            }
+            settings = loaded.and_then(|c| c.docker);
         }
         if *docker {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
-            let checked = runtime
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(providers::check_docker(settings.unwrap_or_default())));
+            let checked = runtime.map_err(anyhow::Error::from).and_then(|rt| {
+                rt.block_on(providers::check_docker(
+                    settings.unwrap_or_default(),
+                    proxies,
+                ))
+            });
             match checked {
                 Ok(clean) => ok &= clean,
                 Err(e) => {
@@ -180,6 +198,7 @@ fn main() -> ExitCode {
         };
     }
     let command = match command {
+        Command::Health { config, timeout } => return health(&config, timeout),
         Command::Trace(args) => return trace_cmd::run(*args),
         Command::Config(args) => return config_cmd::run(args),
         Command::Controller(command)
@@ -226,6 +245,7 @@ fn main() -> ExitCode {
                 exit_after,
             } => echo(listen, name, exit_after).await,
             Command::Check { .. }
+            | Command::Health { .. }
             | Command::Trace(_)
             | Command::Config(_)
             | Command::Controller(_) => {
@@ -284,6 +304,93 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `portico health`: one GET of `health_uri` on the HTTP listener, as a
+/// load balancer would send it.
+fn health(path: &std::path::Path, timeout: std::time::Duration) -> ExitCode {
+    let proxy = match file::load(path) {
+        Ok(c) => c.proxy,
+        Err(e) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(uri) = proxy.health_uri else {
+        println!(
+            "{}: no [proxy] health_uri to ask; set one, e.g. health_uri = \"/healthz\"",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let mut addr = proxy.http_listen;
+    if addr.ip().is_unspecified() {
+        // Listening everywhere: loopback is one of them.
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    match health_status(addr, &uri, proxy.http_proxy_protocol, timeout) {
+        Ok(200) => {
+            println!("healthy: http://{addr}{uri} answered 200");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            println!("unhealthy: http://{addr}{uri} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("unhealthy: http://{addr}{uri}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The status a GET of `uri` gets from `addr`, within `timeout`.
+fn health_status(
+    addr: SocketAddr,
+    uri: &str,
+    proxy_protocol: bool,
+    timeout: std::time::Duration,
+) -> std::io::Result<u16> {
+    use std::io::{Read as _, Write as _};
+    let deadline = std::time::Instant::now() + timeout;
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))
+    };
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, left()?)?;
+    // UNKNOWN: a balancer's own check, which names no client.
+    let preamble = if proxy_protocol {
+        "PROXY UNKNOWN\r\n"
+    } else {
+        ""
+    };
+    stream.set_write_timeout(Some(left()?))?;
+    write!(
+        stream,
+        "{preamble}GET {uri} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: portico-health\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        stream.set_read_timeout(Some(left()?))?;
+        let n = stream.read(&mut buf)?;
+        if n == 0 || head.len() > 8192 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    // "HTTP/1.1 200 OK"
+    std::str::from_utf8(&head)
+        .ok()
+        .and_then(|h| h.strip_prefix("HTTP/1."))
+        .and_then(|h| h.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no HTTP response"))
+}
+
 fn identity() -> Identity {
     Identity {
         server_info: SERVER_INFO.to_owned(),
@@ -307,6 +414,35 @@ fn handle_signals(shutdown: CancellationToken, reload: Arc<Notify>) -> anyhow::R
         shutdown.cancel();
     });
     Ok(())
+}
+
+/// The first step of a stop: when `shutdown` is cancelled (SIGTERM), the
+/// proxy starts draining (its health URI answers 503) but keeps listening
+/// for `drain_delay`, so that a load balancer's health checks take it out
+/// before its ports close; the token returned is cancelled after that, and
+/// the listeners then stop accepting and let in-flight requests finish.
+fn drain_gate(proxy: Arc<Proxy>, shutdown: CancellationToken) -> CancellationToken {
+    let serving = CancellationToken::new();
+    let gate = serving.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        proxy.start_draining();
+        let (delay, uri) = {
+            let snap = proxy.snapshot();
+            let p = &snap.config.proxy;
+            (p.drain_delay, p.health_uri.clone())
+        };
+        if !delay.is_zero() {
+            tracing::info!(
+                drain_delay = %humantime::format_duration(delay),
+                health_uri = uri.as_deref().unwrap_or("-"),
+                "draining: the health URI answers 503; serving until drain_delay is over"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        gate.cancel();
+    });
+    serving
 }
 
 struct Running {
@@ -352,6 +488,7 @@ async fn start(
     tracing::info!(version = %version, services, "configured proxy");
     let metrics = Arc::new(Metrics::new(Arc::downgrade(&proxy)));
     let local = listener.local_addr()?;
+    let serving = drain_gate(proxy.clone(), shutdown.clone());
     let mut admin_addr = None;
     if let Some(settings) = proxy.snapshot().config.admin.clone() {
         let state = Arc::new(admin::Admin {
@@ -377,7 +514,7 @@ async fn start(
     let plain = tokio::spawn(portico_proxy::serve(
         proxy.clone(),
         listener,
-        shutdown.clone(),
+        serving.clone(),
     ));
     let secure = match https {
         Some(listener) => {
@@ -385,7 +522,7 @@ async fn start(
             Some(tokio::spawn(portico_proxy::serve_https(
                 proxy.clone(),
                 listener,
-                shutdown.clone(),
+                serving,
             )))
         }
         None => None,
@@ -428,7 +565,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let reload = Arc::new(Notify::new());
     handle_signals(shutdown.clone(), reload.clone())?;
     let (provider, docker_view) = match &file_config.docker {
-        Some(settings) => providers::first_docker_view(settings).await,
+        Some(settings) => providers::first_docker_view(settings, &docker::ProxyNetworks::Own).await,
         None => (None, Default::default()),
     };
     let first = providers::merged(&file_config, &docker_view, &mut Vec::new());
@@ -448,7 +585,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let watcher = providers::spawn(
         path,
         file_config,
-        provider,
+        (provider, docker::ProxyNetworks::Own),
         docker_view,
         Some(running.metrics.clone()),
         reload,

@@ -97,10 +97,14 @@ pub fn build_image(binary: &Path, tag: &str) {
 /// leaves the swarm if the test had to create it.
 #[derive(Default)]
 pub struct Cleanup {
+    /// Removed first (`docker stack rm`), and waited for until their
+    /// containers and networks are gone; then their volumes.
+    pub stacks: Vec<String>,
     pub services: Vec<String>,
     pub containers: Vec<String>,
     pub networks: Vec<String>,
     pub configs: Vec<String>,
+    pub secrets: Vec<String>,
     pub images: Vec<String>,
     pub left_swarm_on_drop: bool,
     /// The swarm's docker_gwbridge network was made by `ensure_swarm`.
@@ -177,6 +181,33 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        for stack in &self.stacks {
+            let _ = try_docker(&["stack", "rm", stack]);
+        }
+        for stack in &self.stacks {
+            let label = format!("label=com.docker.stack.namespace={stack}");
+            for _ in 0..300 {
+                let containers = try_docker(&["ps", "-aq", "--filter", &label]).unwrap_or_default();
+                let networks =
+                    try_docker(&["network", "ls", "-q", "--filter", &label]).unwrap_or_default();
+                if containers.is_empty() && networks.is_empty() {
+                    // Named volumes outlive `stack rm`; their containers are gone now.
+                    let volumes =
+                        try_docker(&["volume", "ls", "-q", "--filter", &label]).unwrap_or_default();
+                    for v in volumes.lines() {
+                        let _ = try_docker(&["volume", "rm", v]);
+                    }
+                    break;
+                }
+                if containers.is_empty() {
+                    // `stack rm` gives up on a network its tasks still held.
+                    for n in networks.lines() {
+                        let _ = try_docker(&["network", "rm", n]);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         for s in &self.services {
             let _ = try_docker(&["service", "rm", s]);
         }
@@ -202,6 +233,9 @@ impl Drop for Cleanup {
         }
         for c in &self.configs {
             let _ = try_docker(&["config", "rm", c]);
+        }
+        for s in &self.secrets {
+            let _ = try_docker(&["secret", "rm", s]);
         }
         for n in &self.networks {
             for _ in 0..50 {
