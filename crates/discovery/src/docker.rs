@@ -2043,7 +2043,7 @@ mod tests {
         // backend_mode=vip: the service's virtual IP, though no task runs.
         assert_eq!(all.upstreams.len(), 1);
         assert_eq!(all.upstreams[0].port(), 8443);
-        assert_eq!(t.findings.len(), 1, "{:?}", t.findings);
+        assert!(t.findings.is_empty(), "{:?}", t.findings);
         assert!(results["fxl_pass"].service.as_ref().unwrap().passthrough);
 
         let cases = [
