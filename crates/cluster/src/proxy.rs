@@ -235,10 +235,14 @@ impl ProxyClient {
     ///
     /// Returns `Ok` at shutdown, and an error only for what retrying cannot
     /// fix (a refused join, an unwritable state directory).
-    pub async fn run<F>(self, mut apply: F, shutdown: CancellationToken) -> Result<(), ProxyError>
+    pub async fn run<F>(self, apply: F, shutdown: CancellationToken) -> Result<(), ProxyError>
     where
-        F: FnMut(Config, Version) -> Result<(), String> + Send,
+        F: FnMut(Config, Version) -> Result<(), String> + Send + 'static,
     {
+        // Applying a snapshot is blocking work (parse, check, build the
+        // routing table, two fsyncs): it runs on the blocking pool, not on
+        // the runtime that also serves the proxy's traffic.
+        let apply = Arc::new(std::sync::Mutex::new(apply));
         check_cluster_name(&self.service_cluster).map_err(ProxyError::ClusterName)?;
         ServerName::try_from(self.server_name.clone())
             .map_err(|_| ProxyError::ServerName(self.server_name.clone()))?;
@@ -257,7 +261,7 @@ impl ProxyClient {
         let mut attempts = 0u32;
         loop {
             let outcome = self
-                .session(&connector, &mut apply, &shutdown, &mut away, &mut attempts)
+                .session(&connector, &apply, &shutdown, &mut away, &mut attempts)
                 .await;
             let (established, reason) = match outcome {
                 Session::Shutdown => return Ok(()),
@@ -500,13 +504,13 @@ impl ProxyClient {
     async fn session<F>(
         &self,
         connector: &TlsConnector,
-        apply: &mut F,
+        apply: &Arc<std::sync::Mutex<F>>,
         shutdown: &CancellationToken,
         away: &mut Option<(Instant, bool)>,
         attempts: &mut u32,
     ) -> Session
     where
-        F: FnMut(Config, Version) -> Result<(), String> + Send,
+        F: FnMut(Config, Version) -> Result<(), String> + Send + 'static,
     {
         let connect = tokio::select! {
             _ = shutdown.cancelled() => return Session::Shutdown,
@@ -544,6 +548,18 @@ impl ProxyClient {
         };
         let response = match response {
             Ok(Ok(r)) => r,
+            // TLS 1.3 lets the client finish its handshake before the
+            // server has checked its certificate: a refused certificate
+            // shows up here as a connection gone without a word.
+            Ok(Err(e)) if e.is_canceled() || e.is_closed() => {
+                return Session::Failed(format!(
+                    "the controller closed the connection before answering ({e}): if this \
+                     persists, it refuses this proxy's certificate (issued by another cluster's \
+                     CA?); its log says why; to join again with the token, remove \
+                     {CLIENT_CERT_FILE} and {CLIENT_KEY_FILE} from {}",
+                    self.state_dir.display()
+                ))
+            }
             Ok(Err(e)) => return Session::Failed(format!("the stream request failed: {e}")),
             Err(_) => return Session::Failed("no answer to the stream request in time".into()),
         };
@@ -605,7 +621,22 @@ impl ProxyClient {
                     match message {
                         Down::Heartbeat => {}
                         Down::Snapshot { version, config_json } => {
-                            let answer = self.snapshot(version, &config_json, apply);
+                            let job = {
+                                let (apply, dir) = (apply.clone(), self.state_dir.clone());
+                                move || {
+                                    // A panic inside `apply` leaves nothing
+                                    // half-done that the next call relies on.
+                                    let mut apply = apply.lock().unwrap_or_else(|p| p.into_inner());
+                                    apply_snapshot(&dir, version, &config_json, &mut *apply)
+                                }
+                            };
+                            let (answer, applied) = match tokio::task::spawn_blocking(job).await {
+                                Ok(done) => done,
+                                Err(e) => return Session::Lost(format!("applying a snapshot failed: {e}")),
+                            };
+                            if let Some(found) = applied {
+                                self.status.send_modify(|s| s.applied = Some(found));
+                            }
                             match timeout(patience, tx.send(encode(&answer))).await {
                                 Ok(Ok(())) => {}
                                 _ => return Session::Lost("the controller stopped reading".into()),
@@ -619,49 +650,53 @@ impl ProxyClient {
             }
         }
     }
+}
 
-    /// Applies one snapshot; the ACK or NACK to send.
-    fn snapshot<F>(&self, version: String, config_json: &str, apply: &mut F) -> Up
-    where
-        F: FnMut(Config, Version) -> Result<(), String>,
-    {
-        let nack = |reason: String| {
-            let reason = bounded_reason(&reason);
-            warn!(
-                version = version.get(..12).unwrap_or(&version),
-                reason, "refused a snapshot; keeping the current version"
-            );
-            Up::Nack {
-                version: version.clone(),
-                reason,
-            }
-        };
-        let config = match Config::from_json(config_json, "snapshot") {
-            Ok(c) => c,
-            Err(e) => return nack(format!("the snapshot does not parse: {e}")),
-        };
-        let found = Version::of(&config);
-        if stream::version_text(&found) != version {
-            return nack(format!(
-                "the snapshot's content is version {found}, not the version it was sent as"
-            ));
+/// Applies one snapshot and persists it as the last good one: the ACK or
+/// NACK to send, and the version now applied if it was.
+fn apply_snapshot<F>(
+    state_dir: &Path,
+    version: String,
+    config_json: &str,
+    apply: &mut F,
+) -> (Up, Option<Version>)
+where
+    F: FnMut(Config, Version) -> Result<(), String>,
+{
+    let nack = |reason: String| {
+        let reason = bounded_reason(&reason);
+        warn!(
+            version = version.get(..12).unwrap_or(&version),
+            reason, "refused a snapshot; keeping the current version"
+        );
+        Up::Nack {
+            version: version.clone(),
+            reason,
         }
-        if let Err(reason) = apply(config, found) {
-            return nack(reason);
-        }
-        // Applied: from here on this is the version to boot from. Should
-        // the write fail, the proxy still serves it: say so, and ACK what
-        // is true.
-        let path = self.state_dir.join(LAST_GOOD_FILE);
-        let persisted = state::create_dir(&self.state_dir)
-            .and_then(|()| state::write_atomic(&path, config_json.as_bytes(), state::PRIVATE));
-        if let Err(e) = persisted {
-            warn!(path = %path.display(), error = %e, "applied a snapshot but could not persist it: a restart would boot from an older one");
-        }
-        info!(%found, "applied a snapshot");
-        self.status.send_modify(|s| s.applied = Some(found));
-        Up::Ack { version }
+    };
+    let config = match Config::from_json(config_json, "snapshot") {
+        Ok(c) => c,
+        Err(e) => return (nack(format!("the snapshot does not parse: {e}")), None),
+    };
+    let found = Version::of(&config);
+    if stream::version_text(&found) != version {
+        let reason =
+            format!("the snapshot's content is version {found}, not the version it was sent as");
+        return (nack(reason), None);
     }
+    if let Err(reason) = apply(config, found) {
+        return (nack(reason), None);
+    }
+    // Applied: from here on this is the version to boot from. Should the
+    // write fail, the proxy still serves it: say so, and ACK what is true.
+    let path = state_dir.join(LAST_GOOD_FILE);
+    let persisted = state::create_dir(state_dir)
+        .and_then(|()| state::write_atomic(&path, config_json.as_bytes(), state::PRIVATE));
+    if let Err(e) = persisted {
+        warn!(path = %path.display(), error = %e, "applied a snapshot but could not persist it: a restart would boot from an older one");
+    }
+    info!(%found, "applied a snapshot");
+    (Up::Ack { version }, Some(found))
 }
 
 enum Session {

@@ -267,6 +267,11 @@ impl RunningProxy {
             "{what}: not in time; applied {:?}",
             self.applied.borrow()
         );
+        // The link reports a version applied once it is also persisted
+        // (the last good snapshot on disk): wait for that too.
+        let last = self.applied.borrow().last().copied();
+        self.until_status(&format!("{what}, persisted"), |s| s.applied == last)
+            .await;
     }
 
     async fn until_status(&mut self, what: &str, ok: impl FnMut(&LinkStatus) -> bool) {
