@@ -603,7 +603,17 @@ impl ProxyClient {
         let mut deadline = Instant::now() + patience;
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return Session::Shutdown,
+                _ = shutdown.cancelled() => {
+                    // End the request body and let the controller end its
+                    // side: it then lists a proxy that left, not a stream
+                    // that broke. Bounded: a shutdown does not wait on it.
+                    drop(tx);
+                    let _ = timeout(Duration::from_secs(1), async {
+                        while let Ok(Some(_)) = reader.next::<Down>().await {}
+                    })
+                    .await;
+                    return Session::Shutdown;
+                }
                 _ = beat.tick() => {
                     // A full channel means the controller is not reading:
                     // nothing to add to it; its silence will tell.

@@ -541,6 +541,9 @@ async fn a_nack_and_a_stopped_proxy_show_everywhere() {
     })
     .await;
     assert_eq!(doc.proxies[0].status.id.as_str(), "p1");
+    // A proxy stopped by its operator says goodbye: not a broken stream.
+    let gone = doc.departed.iter().find(|g| g.status.id.as_str() == "p2");
+    assert_eq!(gone.unwrap().reason, "it closed its stream");
     let page = get(admin, "/").await;
     assert!(page.body.contains("id=departed"), "{}", page.body);
     let (_, series) = metrics(admin).await;
