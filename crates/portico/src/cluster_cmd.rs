@@ -315,6 +315,7 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             .collect(),
         running.admin.map(Endpoint::http),
     );
+    running.metrics.link.set(client.status());
     let mut apply_to_proxy =
         providers::apply_to_proxy(controller, running.proxy.clone(), running.history.clone());
     let metrics = running.metrics.clone();

@@ -16,7 +16,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::history::Source;
-use portico_cluster::{Controller as ClusterController, ProxyStatus, SyncState};
+use portico_cluster::{Controller as ClusterController, LinkStatus, ProxyStatus, SyncState};
 use portico_proxy::metrics::{Labels, ProxyCollector};
 use portico_proxy::Proxy;
 
@@ -441,11 +441,70 @@ impl Collector for ClusterCollector {
     }
 }
 
+/// A cluster proxy's link to its controller, once it has one (`portico
+/// proxy`; empty in the other roles).
+#[derive(Debug, Default)]
+pub struct LinkSlot(Mutex<Option<tokio::sync::watch::Receiver<LinkStatus>>>);
+
+impl LinkSlot {
+    pub fn set(&self, status: tokio::sync::watch::Receiver<LinkStatus>) {
+        *lock(&self.0) = Some(status);
+    }
+}
+
+/// The proxy's side of the stream: what an alert on "this proxy lost its
+/// controller" or "this proxy is stuck on an old version" needs.
+#[derive(Debug)]
+struct LinkCollector(Arc<LinkSlot>);
+
+impl Collector for LinkCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(status) = lock(&self.0 .0).as_ref().map(|s| s.borrow().clone()) else {
+            return Ok(());
+        };
+        let m = encoder.encode_descriptor(
+            "portico_cluster_link_up",
+            "1 while the stream to the controller is established",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(status.connected)).encode(m)?;
+        let counters = [
+            (
+                "portico_cluster_link_connects",
+                "Streams to the controller established",
+                status.connects,
+            ),
+            (
+                "portico_cluster_link_losses",
+                "Established streams to the controller lost (the last version kept serving)",
+                status.losses,
+            ),
+        ];
+        for (name, help, n) in counters {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(n).encode(m)?;
+        }
+        if let Some(v) = status.applied {
+            let mut m = encoder.encode_descriptor(
+                "portico_cluster_applied_info",
+                "The controller's snapshot version this proxy serves (as the controller names it)",
+                None,
+                MetricType::Gauge,
+            )?;
+            let version = portico_cluster::stream::version_text(&v);
+            ConstGauge::new(1).encode(m.encode_family(&Labels(&[("version", &version)]))?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Everything `/metrics` shows, built once at startup.
 pub struct Metrics {
     registry: Registry,
     pub reloads: Arc<Reloads>,
     pub docker: Arc<DockerSlot>,
+    pub link: Arc<LinkSlot>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -474,10 +533,13 @@ impl Metrics {
         registry.register_collector(Box::new(ProcessCollector));
         let docker = Arc::new(DockerSlot::default());
         registry.register_collector(Box::new(DockerCollector(docker.clone())));
+        let link = Arc::new(LinkSlot::default());
+        registry.register_collector(Box::new(LinkCollector(link.clone())));
         Metrics {
             registry,
             reloads,
             docker,
+            link,
         }
     }
 

@@ -287,6 +287,25 @@ async fn the_controller_lists_its_proxies_and_their_versions() {
         ("controller", 2, 1)
     );
 
+    // Each proxy's own /metrics tells its side of the stream.
+    for (_, _, padmin) in &s.proxies {
+        let (_, series) = metrics(*padmin).await;
+        let applied = format!(
+            "portico_cluster_applied_info{{version=\"{}\"}}",
+            published.version_full
+        );
+        assert_eq!(value(&series, &applied), Some(1.0));
+        assert_eq!(value(&series, "portico_cluster_link_up"), Some(1.0));
+        assert_eq!(
+            value(&series, "portico_cluster_link_connects_total"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&series, "portico_cluster_link_losses_total"),
+            Some(0.0)
+        );
+    }
+
     let (body, series) = metrics(admin).await;
     let short = &published.version;
     assert_eq!(
