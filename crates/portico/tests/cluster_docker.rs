@@ -30,6 +30,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_portico");
 const CONVERGE: Duration = Duration::from_secs(60);
 /// The controller's stream port inside its container.
 const STREAM_PORT: u16 = 7443;
+/// The controller's admin API, in its container.
+const ADMIN_PORT: u16 = 9090;
+const ADMIN_TOKEN: &str = "cluster-docker-admin-token";
 /// Where a proxy container finds its join token (a secret, in a stack).
 const TOKEN_IN_CONTAINER: &str = "/run/secrets/portico_join_token";
 
@@ -200,6 +203,7 @@ impl Cluster {
             format!(
                 "[controller]\nlisten = \"0.0.0.0:{STREAM_PORT}\"\n\
                  state_dir = \"/run/secrets/portico\"\nserver_names = [\"{alias}\"]\n\n\
+                 [admin]\nlisten = \"0.0.0.0:{ADMIN_PORT}\"\ntoken = \"{ADMIN_TOKEN}\"\n\n\
                  [docker]\npoll_interval = \"2s\"\n"
             ),
         )
@@ -240,6 +244,37 @@ impl Cluster {
         };
         cluster.wait_for_controller(1).await;
         cluster
+    }
+
+    /// `portico trace --json` of `http://{host}:8080/` entering at
+    /// `entry`, with every proxy the controller's admin API lists.
+    async fn trace(&self, host: &str, entry: &Proxy) -> serde_json::Value {
+        let admin = ip_on(&self.controller, &self.control).await;
+        let entry_ip = ip_on(&entry.container, &self.control).await;
+        let token = self.dir.path().join("admin-token");
+        std::fs::write(&token, ADMIN_TOKEN).unwrap();
+        let out = tokio::process::Command::new(BIN)
+            .arg("trace")
+            .arg(format!("http://{host}:8080/"))
+            .args([
+                "--controller-admin",
+                &format!("http://{admin}:{ADMIN_PORT}"),
+            ])
+            .arg("--admin-token-file")
+            .arg(&token)
+            .args(["--resolve", &format!("{host}:8080:{entry_ip}")])
+            .args(["--timeout", "5s", "--json"])
+            .env_remove("PORTICO_ADMIN_TOKEN")
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "no trace report ({e}):\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
     }
 
     /// Waits for the controller's `n`th start to be logged.
@@ -587,6 +622,31 @@ async fn a_controller_feeds_two_proxies_from_swarm_labels() {
         })
     })
     .await;
+    // `portico trace` through p1, asking the controller for the rest:
+    // the request passes through both proxies, both on the published
+    // version.
+    let trace = cluster.trace(&host, &p1).await;
+    let proxies = trace["proxies"].as_array().expect("a proxies table");
+    let seen: BTreeMap<&str, (&str, &str)> = proxies
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap_or("-"),
+                (
+                    p["request"].as_str().unwrap_or("?"),
+                    p["state"].as_str().unwrap_or("?"),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        BTreeMap::from([
+            (p1.id.as_str(), ("pass", "current")),
+            (p2.id.as_str(), ("pass", "current"))
+        ]),
+        "{trace:#}"
+    );
     samples.sort();
     let median = (samples[4] + samples[5]) / 2;
     eprintln!(
