@@ -2,8 +2,8 @@
 //! controller and proxy. Thin by design: the work happens in the crates.
 //!
 //! # Layout
-//! - `main.rs`: the CLI (`run`, `demo`, `check`) and process lifecycle
-//!   (signals, reload, graceful shutdown).
+//! - `main.rs`: the CLI (`run`, `demo`, `check`, `health`) and process
+//!   lifecycle (signals, reload, draining, graceful shutdown).
 //! - `logging`: Interlock-style logfmt (or JSON) log lines.
 //! - `demo`: the built-in echo replicas behind `portico demo`.
 //! - `admin`: the admin API (`[admin]`): health, routes, config and its
@@ -23,6 +23,11 @@
 //! - `controller_admin`: the controller's admin API (`[admin]` in its
 //!   config): its proxies, their versions and NACKs, as JSON, metrics and
 //!   a page.
+//! - `publish`: the controller's publishing: each service cluster gets its
+//!   share of the merged config.
+//! - `providers`: the file and Docker providers wired to an apply callback
+//!   (the proxy's in `run`, the publisher's in `controller run`), and
+//!   `portico check --docker`.
 #![forbid(unsafe_code)]
 
 mod admin;
