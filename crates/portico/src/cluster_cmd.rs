@@ -316,6 +316,12 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         running.admin.map(Endpoint::http),
     );
     running.metrics.link.set(client.status());
+    if applied.is_none() {
+        // Nothing to route until the controller answers: `health_uri` says
+        // so, so that a load balancer does not send traffic here yet.
+        running.proxy.set_ready(false);
+    }
+    let ready = running.proxy.clone();
     let mut apply_to_proxy =
         providers::apply_to_proxy(controller, running.proxy.clone(), running.history.clone());
     let metrics = running.metrics.clone();
@@ -329,14 +335,19 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             return Err(reason);
         }
         let outcome = apply_to_proxy(merged, Source::Controller);
+        ready.set_ready(true);
         metrics.reloads.record(Source::Controller, outcome);
         tracing::info!(version = %version, "applied the controller's snapshot");
         Ok(())
     };
     tracing::info!(controller = %address, cluster = %args.service_cluster, "connecting to the controller");
     let link_shutdown = shutdown.clone();
+    // The stream lives while the proxy serves: through `drain_delay` too,
+    // so the controller does not list a draining proxy as gone (and it
+    // still gets changes meanwhile).
+    let link_stop = running.serving.clone();
     let link = tokio::spawn(async move {
-        let result = client.run(apply, link_shutdown.clone()).await;
+        let result = client.run(apply, link_stop).await;
         if let Err(e) = &result {
             // Retrying cannot fix it (a refused join, say): stop, loudly.
             tracing::error!(error = %e, "the link to the controller gave up");

@@ -409,16 +409,44 @@ fn handle_signals(shutdown: CancellationToken, reload: Arc<Notify>) -> anyhow::R
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
+        // The first SIGTERM or SIGINT starts a graceful stop; a second
+        // skips what is left of `drain_delay` (an operator at a terminal
+        // who does not want to wait); a third exits at once.
+        let mut stops = 0;
         loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!(signal = "SIGTERM", "shutting down"); break }
-                _ = int.recv() => { tracing::info!(signal = "SIGINT", "shutting down"); break }
-                _ = hup.recv() => reload.notify_one(),
+            let signal = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = hup.recv() => {
+                    reload.notify_one();
+                    continue;
+                }
+            };
+            stops += 1;
+            match stops {
+                1 => {
+                    tracing::info!(signal, "shutting down");
+                    shutdown.cancel();
+                }
+                2 => {
+                    tracing::warn!(signal, "second stop signal: not waiting out drain_delay");
+                    hurry().cancel();
+                }
+                _ => {
+                    tracing::warn!(signal, "third stop signal: exiting now");
+                    std::process::exit(130);
+                }
             }
         }
-        shutdown.cancel();
     });
     Ok(())
+}
+
+/// Cancelled by a second stop signal: the process-wide "stop waiting"
+/// (signals are process-wide too).
+fn hurry() -> &'static CancellationToken {
+    static HURRY: std::sync::OnceLock<CancellationToken> = std::sync::OnceLock::new();
+    HURRY.get_or_init(CancellationToken::new)
 }
 
 /// The first step of a stop: when `shutdown` is cancelled (SIGTERM), the
@@ -443,7 +471,10 @@ fn drain_gate(proxy: Arc<Proxy>, shutdown: CancellationToken) -> CancellationTok
                 health_uri = uri.as_deref().unwrap_or("-"),
                 "draining: the health URI answers 503; serving until drain_delay is over"
             );
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = hurry().cancelled() => {}
+            }
         }
         gate.cancel();
     });
@@ -452,6 +483,10 @@ fn drain_gate(proxy: Arc<Proxy>, shutdown: CancellationToken) -> CancellationTok
 
 struct Running {
     proxy: Arc<Proxy>,
+    /// Cancelled when the listeners stop (after `drain_delay`): what else
+    /// should live as long as the proxy serves (a cluster proxy's stream,
+    /// so that its controller does not list it as gone while it serves).
+    serving: CancellationToken,
     history: Arc<History>,
     metrics: Arc<Metrics>,
     local: SocketAddr,
@@ -527,7 +562,7 @@ async fn start(
             Some(tokio::spawn(portico_proxy::serve_https(
                 proxy.clone(),
                 listener,
-                serving,
+                serving.clone(),
             )))
         }
         None => None,
@@ -554,6 +589,7 @@ async fn start(
     });
     Ok(Running {
         proxy,
+        serving,
         history,
         metrics,
         local,

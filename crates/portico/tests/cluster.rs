@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use portico_testkit::cluster::{controller_config, path, replica, ProxySpec};
 use portico_testkit::process::parse_logfmt;
-use portico_testkit::{service_toml, wait_until, Backend, Portico};
+use portico_testkit::{curl, service_toml, wait_until, Backend, Portico};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -290,4 +290,64 @@ async fn each_service_cluster_is_served_by_its_own_proxies_only() {
             "a proxy of another cluster was sent the us-east change"
         );
     }
+}
+
+/// A cluster proxy's `health_uri` says 503 until it has routes (no last
+/// good snapshot, the controller not reached yet), then 200; on SIGTERM it
+/// says 503 while the proxy keeps serving for `drain_delay`, and keeps its
+/// stream meanwhile (the controller does not list it as gone while it
+/// serves); a second SIGTERM cuts the delay short.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_is_healthy_only_with_routes_and_stays_listed_while_it_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    portico_testkit::cluster::init(bin(), dir.path());
+    // The proxy dials the controller through a forwarder that leads
+    // nowhere until the controller is up.
+    let link =
+        portico_testkit::forwarder::Forwarder::start(portico_testkit::dead_addr().await).await;
+    let spec = ProxySpec {
+        config: "health_uri = \"/healthz\"\ndrain_delay = \"60s\"\n",
+        ..ProxySpec::new("lb", link.addr)
+    };
+    let mut proxy = portico_testkit::cluster::spawn_proxy(bin(), dir.path(), &spec);
+    let at = proxy.listen_addr().await;
+    let health = || async move {
+        let r = curl(&[&format!("http://{at}/healthz")]).await;
+        (r.status, r.body)
+    };
+    let (status, body) = health().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not ready"), "{body}");
+
+    let web = Backend::echo("web").await;
+    let config = dir.path().join("controller.toml");
+    let web_toml = service_toml("web", &["web.test"], &[web.addr], "");
+    std::fs::write(&config, controller_config(&web_toml)).unwrap();
+    let (controller, ctl) = portico_testkit::cluster::start_controller(bin(), &config).await;
+    link.set_target(ctl);
+    wait_until(WAIT, "the proxy routes web.test", || async move {
+        replica(at, "web.test").await.as_deref() == Some("web")
+    })
+    .await;
+    assert_eq!(health().await.0, 200);
+
+    proxy.signal("TERM");
+    wait_until(WAIT, "the health URI to say draining", || async move {
+        health().await.1.contains("draining")
+    })
+    .await;
+    assert_eq!(replica(at, "web.test").await.as_deref(), Some("web"));
+    assert_eq!(
+        controller.count_lines(|l| l.contains("proxy closed its stream")),
+        0,
+        "the controller lost a proxy that still serves"
+    );
+    // The second SIGTERM: no waiting out the 60 s.
+    proxy.signal("TERM");
+    let started = std::time::Instant::now();
+    proxy.wait_exit(WAIT).await;
+    assert!(started.elapsed() < WAIT);
+    controller
+        .wait_for_line(|l| l.contains("proxy closed its stream"), WAIT)
+        .await;
 }

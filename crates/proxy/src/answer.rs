@@ -9,6 +9,16 @@ use crate::body::ResponseBody;
 use crate::error::ProxyError;
 use crate::metrics::ProxyStats;
 
+/// What `health_uri` says of the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    Serving,
+    /// Stopping: load balancers should take it out.
+    Draining,
+    /// No routes yet: load balancers should not put it in.
+    NotReady,
+}
+
 /// Boxed where it is made: it travels in the `Err` side of results whose
 /// `Ok` side is the common, small case.
 pub(crate) struct Answer {
@@ -58,17 +68,21 @@ impl Answer {
         })
     }
 
-    /// The answer to `health_uri`: 200 while the proxy serves, 503 once it
-    /// drains (and then the connection closes, so a balancer's next check
-    /// is not held on a connection about to go).
-    pub fn health(draining: bool) -> Box<Answer> {
-        let (status, body) = if draining {
-            (
+    /// The answer to `health_uri`: 200 while the proxy serves, 503 before
+    /// it has routes or once it drains (and then the connection closes,
+    /// so a balancer's next check is not held on a connection about to go).
+    pub fn health(readiness: Readiness) -> Box<Answer> {
+        let draining = readiness == Readiness::Draining;
+        let (status, body) = match readiness {
+            Readiness::Serving => (StatusCode::OK, "ok\n"),
+            Readiness::Draining => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "503 Service Unavailable\ndraining: this proxy is shutting down\n",
-            )
-        } else {
-            (StatusCode::OK, "ok\n")
+            ),
+            Readiness::NotReady => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503 Service Unavailable\nnot ready: no routes yet (waiting for the controller's first snapshot)\n",
+            ),
         };
         Box::new(Answer {
             status,

@@ -337,7 +337,7 @@ async fn forward(
                 tls: conn.tls.as_ref(),
                 content_length: declared,
             },
-            conn.proxy.is_draining(),
+            conn.proxy.readiness(),
         )?;
         let route_id = decision.route;
         let rewritten = (decision.target.len() != target.len()).then(|| {

@@ -705,7 +705,7 @@ async fn exchange(
             tls: None,
             content_length: None,
         };
-        let plan = match pipeline::decide(&snap, &request, conn.proxy.is_draining()) {
+        let plan = match pipeline::decide(&snap, &request, conn.proxy.readiness()) {
             Err(answer) => Plan::Answer(answer),
             Ok(forward) => {
                 let pool = &snap.pools[forward.route];

@@ -102,6 +102,9 @@ pub struct Proxy {
     pub(crate) stats: Arc<metrics::ProxyStats>,
     /// Set by [`Proxy::start_draining`]; never cleared.
     draining: std::sync::atomic::AtomicBool,
+    /// Cleared by [`Proxy::set_ready`] while the proxy has no routes worth
+    /// sending traffic to (a cluster proxy before its first snapshot).
+    not_ready: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
@@ -131,6 +134,7 @@ impl Proxy {
             bodies: Arc::default(),
             stats: Arc::default(),
             draining: Default::default(),
+            not_ready: Default::default(),
         })
     }
 
@@ -185,6 +189,28 @@ impl Proxy {
     /// Whether [`Proxy::start_draining`] has been called.
     pub fn is_draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a load balancer should send this proxy traffic: `false`
+    /// makes `health_uri` answer 503 until it is set again. A proxy is
+    /// ready from the start unless told otherwise: a cluster proxy with
+    /// neither a snapshot nor a last good one has no routes, and a
+    /// balancer that believed it healthy would get 503 for every host.
+    pub fn set_ready(&self, ready: bool) {
+        self.not_ready
+            .store(!ready, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What `health_uri` answers.
+    pub(crate) fn readiness(&self) -> answer::Readiness {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.draining.load(Relaxed) {
+            answer::Readiness::Draining
+        } else if self.not_ready.load(Relaxed) {
+            answer::Readiness::NotReady
+        } else {
+            answer::Readiness::Serving
+        }
     }
 
     /// Requests received whose responses are not finished.

@@ -19,7 +19,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use portico_model::{normalize_request_host, Cidr, Route, RouteId};
 
 use crate::access_log::{seconds, AccessLog};
-use crate::answer::Answer;
+use crate::answer::{Answer, Readiness};
 use crate::body::Held;
 use crate::context::TlsInfo;
 use crate::error::ProxyError;
@@ -53,18 +53,18 @@ pub(crate) struct Forward<'a> {
     pub target: Cow<'a, str>,
 }
 
-/// Routes a request, or says what Portico answers instead. `draining`:
-/// the proxy is shutting down (see `Proxy::start_draining`).
+/// Routes a request, or says what Portico answers instead. `readiness`:
+/// what `health_uri` answers (see `Proxy::start_draining`, `set_ready`).
 pub(crate) fn decide<'a>(
     snap: &Snapshot,
     req: &RequestHead<'a>,
-    draining: bool,
+    readiness: Readiness,
 ) -> Result<Forward<'a>, Box<Answer>> {
     if let Some(uri) = &snap.config.proxy.health_uri {
         // Before the host is looked at: a balancer checks the proxy, not a
         // site, with whatever Host it has (an address, or none).
         if req.target.split('?').next() == Some(uri.as_str()) {
-            return Err(Answer::health(draining));
+            return Err(Answer::health(readiness));
         }
     }
     let req_host = req
