@@ -38,7 +38,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use portico_model::{Config, Version};
+use portico_model::{Config, ProxySettings, Version};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -325,15 +325,21 @@ impl Controller {
     /// proxy of that cluster whose version differs is sent the snapshot;
     /// publishing the version a cluster already has sends nothing.
     ///
-    /// The snapshot carries no `admin` or `docker` table: a proxy's admin
-    /// API is its own (its config file's), and a proxy has no Docker
-    /// socket. The version is that of what is sent.
+    /// The snapshot carries no `admin` or `docker` table, and `[proxy]` at
+    /// its defaults: a proxy's admin API and its listeners and limits are
+    /// its own (its config file's), and a proxy has no Docker socket; so
+    /// a change to the controller's own `[proxy]` sends nothing. The
+    /// version is that of what is sent.
     pub fn publish(&self, cluster: &str, config: Arc<Config>) -> Result<Version, PublishError> {
         check_cluster_name(cluster).map_err(PublishError::ClusterName)?;
-        let config = if config.admin.is_some() || config.docker.is_some() {
+        let own = |c: &Config| {
+            c.admin.is_some() || c.docker.is_some() || c.proxy != ProxySettings::default()
+        };
+        let config = if own(&config) {
             let mut c = Config::clone(&config);
             c.admin = None;
             c.docker = None;
+            c.proxy = ProxySettings::default();
             Arc::new(c)
         } else {
             config
@@ -697,20 +703,20 @@ impl Inner {
 
     /// Lists the proxy of stream `key` as departed, for `reason`.
     fn depart(&self, key: u64, reason: String) {
-        let status = {
-            let proxies = lock(&self.proxies);
-            let Some(status) = proxies.get(&key).map(|e| e.status.clone()) else {
-                return;
-            };
-            // Its old stream may end after its new one began.
-            if proxies
-                .iter()
-                .any(|(k, e)| *k != key && e.status.id == status.id)
-            {
-                return;
-            }
-            status
+        // `proxies` stays locked until the entry is listed: a registration
+        // (which takes `proxies`, then clears the id from `departed`) in
+        // between would leave the proxy both connected and departed.
+        let proxies = lock(&self.proxies);
+        let Some(status) = proxies.get(&key).map(|e| e.status.clone()) else {
+            return;
         };
+        // Its old stream may end after its new one began.
+        if proxies
+            .iter()
+            .any(|(k, e)| *k != key && e.status.id == status.id)
+        {
+            return;
+        }
         let mut departed = lock(&self.departed);
         departed.push_back(DepartedProxy {
             status,

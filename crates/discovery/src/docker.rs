@@ -1132,7 +1132,9 @@ pub fn merge(file: &Config, docker: &DockerView) -> (Config, Vec<Finding>) {
         .iter()
         .flat_map(|s| s.hosts.iter().map(move |h| (h.clone(), s.name.as_str())))
         .collect();
-    let https = file.proxy.https_listen.is_some();
+    // A controller's proxies decide, with their own https_listen (one
+    // without refuses such a snapshot, saying so).
+    let https = file.proxy.https_listen.is_some() || file.controller.is_some();
     let error = |workload: &str, label: &str, message: String| Finding {
         workload: workload.to_owned(),
         label: label.to_owned(),

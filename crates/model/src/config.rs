@@ -1615,8 +1615,12 @@ fn check_services_agree(
             .or_insert(name.span().start);
     }
     let span_of = |name: &str| spans.get(name).copied().unwrap_or(0);
+    // A controller serves no traffic: its proxies' own https_listen is
+    // what HTTPS services need, and a proxy without one refuses (NACKs)
+    // the snapshot saying so.
+    let serves = raw.controller.is_none();
     for s in services {
-        if proxy.https_listen.is_none() {
+        if serves && proxy.https_listen.is_none() {
             let needs = [
                 (s.tls.is_some(), "tls_cert"),
                 (s.ssl_only, "ssl_only"),
@@ -3128,6 +3132,22 @@ max_requests = 10
             e[0].starts_with("p.toml:1:1: service[0] (a).hosts: missing: list the host names"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn a_controller_leaves_https_listen_to_its_proxies() {
+        let services = "[[service]]\nname = \"b\"\nhosts = [\"b.test\"]\nupstreams = [\"127.0.0.1:1\"]\n\
+                        ssl_only = true\ntls_cert = \"b.crt\"\ntls_key = \"b.key\"\n";
+        assert_eq!(
+            errors(services),
+            [
+                "p.toml:2:8: service (b).tls_cert: needs [proxy] https_listen",
+                "p.toml:2:8: service (b).ssl_only: needs [proxy] https_listen"
+            ]
+        );
+        let controller = format!("[controller]\nlisten = \"127.0.0.1:7443\"\n\n{services}");
+        let c = Config::parse(&controller, "p.toml").unwrap();
+        assert!(c.services[0].ssl_only);
     }
 
     #[test]

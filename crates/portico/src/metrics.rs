@@ -386,7 +386,9 @@ impl Collector for ClusterCollector {
             MetricType::Info,
         )?;
         for p in &proxies {
-            let address = p.address.to_string();
+            // The IP only: the port is the stream's ephemeral one, a new series
+            // at every reconnect.
+            let address = p.address.ip().to_string();
             let applied = p
                 .applied_version
                 .as_deref()

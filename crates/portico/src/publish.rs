@@ -129,9 +129,11 @@ impl Publisher {
             if !new.is_empty() {
                 let mut state = self.lock();
                 for name in new {
-                    tracing::info!(
+                    // Often a typo in --service-cluster: such a proxy
+                    // routes nothing.
+                    tracing::warn!(
                         service_cluster = %name,
-                        "a proxy serves a service cluster no service names yet"
+                        "a proxy serves a service cluster no service names (yet): it gets no routes"
                     );
                     self.publish_one(&mut state, &name, "proxy");
                 }
