@@ -171,6 +171,27 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// The endpoint as the controller lists it for a peer whose stream
+    /// comes from `peer`: [`reachable`](Endpoint::reachable), except that
+    /// one on a loopback address (127.0.0.0/8, `::1`) is dropped unless the
+    /// stream itself comes from loopback. From elsewhere it names the
+    /// machine of whoever reads the listing (`portico trace` would talk to
+    /// its own 127.0.0.1), not the peer's; logged at debug.
+    pub fn listed_for(self, peer: IpAddr) -> Option<Endpoint> {
+        let loopback = |ip: IpAddr| ip.to_canonical().is_loopback();
+        if loopback(self.addr.ip()) && !loopback(peer) {
+            tracing::debug!(
+                peer = %peer,
+                endpoint = %self,
+                "a loopback endpoint announced from another machine; not listed"
+            );
+            return None;
+        }
+        Some(self.reachable(peer))
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.https { "https" } else { "http" };
@@ -472,6 +493,38 @@ mod tests {
             serde_json::to_string(&one).unwrap(),
             "\"http://192.168.1.2:80\""
         );
+    }
+
+    #[test]
+    fn loopback_endpoints_are_listed_only_for_a_peer_on_loopback() {
+        let remote: IpAddr = "10.0.0.5".parse().unwrap();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let local_v6: IpAddr = "::1".parse().unwrap();
+        let mapped_local: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        for text in [
+            "http://127.0.0.1:9090",
+            "http://127.1.2.3:9090",
+            "http://[::1]:9090",
+            "http://[::ffff:127.0.0.1]:9090",
+        ] {
+            let e: Endpoint = text.parse().unwrap();
+            assert_eq!(e.listed_for(remote), None, "{text}");
+            for peer in [local, local_v6, mapped_local] {
+                assert_eq!(e.listed_for(peer), Some(e), "{text} from {peer}");
+            }
+        }
+        // Anything else is listed as reachable() has it.
+        let any: Endpoint = "https://0.0.0.0:8443".parse().unwrap();
+        assert_eq!(
+            any.listed_for(remote).unwrap().to_string(),
+            "https://10.0.0.5:8443"
+        );
+        assert_eq!(
+            any.listed_for(local).unwrap().to_string(),
+            "https://127.0.0.1:8443"
+        );
+        let one: Endpoint = "http://192.168.1.2:80".parse().unwrap();
+        assert_eq!(one.listed_for(remote), Some(one));
     }
 
     #[test]

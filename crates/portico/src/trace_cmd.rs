@@ -15,13 +15,18 @@ use portico_trace::{Options, Resolve, Target};
     about = "Check each hop to a service, innermost first, and name the first that fails",
     after_help = "Hops, innermost first: route and upstream (needs --admin, or a controller's \
                   proxy), version (each proxy's config version, with --controller-admin), proxy \
-                  (each --proxy and each proxy the controller lists, with a crafted Host and SNI), \
+                  (each --proxy and each proxy the controller lists, with a crafted Host and SNI; \
+                  those it lists as departed are shown, not tried), \
                   lb (each --lb), dns, client (the request by name).\n\
                   Exit status: 0 every checked hop passed, 1 a hop failed, 2 bad usage.\n\n\
                   Example: portico trace http://foo.app.test:8080/ --admin http://127.0.0.1:9090 \\\n\
                   \x20   --proxy 10.0.0.5:8080 --lb 10.0.0.2:80 --dns 10.0.0.53\n\
                   In a cluster: portico trace http://foo.app.test/ --controller-admin \
-                  http://10.0.0.1:9090 --admin-token-file /run/secrets/admin-token"
+                  http://10.0.0.1:9090 --admin-token-file /run/secrets/admin-token \\\n\
+                  \x20   --proxy-admin-token-file /run/secrets/proxy-admin-token\n\
+                  The --admin-token(-file) token goes only to --controller-admin and --admin; \
+                  the admin APIs the proxies announce get the --proxy-admin-token-file token, \
+                  or none."
 )]
 pub struct TraceArgs {
     /// The host name or URL to trace: foo.app.test, http://foo.app.test:8080/path, https://…
@@ -46,7 +51,8 @@ pub struct TraceArgs {
     /// proxy it lists, and which serve the published version.
     #[arg(long, value_name = "URL", value_parser = controller_admin_addr)]
     controller_admin: Option<SocketAddr>,
-    /// Bearer token for the admin APIs (the proxy's and the controller's).
+    /// Bearer token for --admin and --controller-admin (never sent to the
+    /// admin APIs the proxies announce).
     #[arg(
         long,
         value_name = "TOKEN",
@@ -58,6 +64,12 @@ pub struct TraceArgs {
     /// token on the command line shows in `ps`.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// With --controller-admin and no --admin: the token (in FILE) for the
+    /// admin APIs its proxies announce, asked for the route and upstream
+    /// hops. Without it they are asked without a token, and skipped if
+    /// they require one.
+    #[arg(long, value_name = "FILE")]
+    proxy_admin_token_file: Option<PathBuf>,
     /// Request path (default: the URL's, else /).
     #[arg(long)]
     path: Option<String>,
@@ -136,6 +148,12 @@ pub fn run(args: TraceArgs) -> ExitCode {
         match std::fs::read_to_string(path) {
             Ok(token) => opts.admin_token = Some(token.trim().to_owned()),
             Err(e) => return usage(format!("--admin-token-file {}: {e}", path.display())),
+        }
+    }
+    if let Some(path) = &args.proxy_admin_token_file {
+        match std::fs::read_to_string(path) {
+            Ok(token) => opts.proxy_admin_token = Some(token.trim().to_owned()),
+            Err(e) => return usage(format!("--proxy-admin-token-file {}: {e}", path.display())),
         }
     }
     opts.timeout = args.timeout;

@@ -131,9 +131,20 @@ async fn trace_host(
     host: &str,
     via: SocketAddr,
 ) -> (i32, Report, String) {
+    trace_with(dir, admin, host, via, &[]).await
+}
+
+/// [`trace_host`] with more arguments.
+async fn trace_with(
+    dir: &Path,
+    admin: SocketAddr,
+    host: &str,
+    via: SocketAddr,
+    extra: &[String],
+) -> (i32, Report, String) {
     let token = dir.join("admin-token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    let args = vec![
+    let mut args = vec![
         format!("http://{host}:{}/", via.port()),
         "--controller-admin".to_owned(),
         format!("http://{admin}"),
@@ -144,6 +155,7 @@ async fn trace_host(
         "--timeout".to_owned(),
         "2s".to_owned(),
     ];
+    args.extend_from_slice(extra);
     let run = |json: bool| {
         let mut cmd = tokio::process::Command::new(bin());
         cmd.arg("trace").args(&args);
@@ -339,7 +351,7 @@ async fn the_controller_lists_its_proxies_and_their_versions() {
             );
         }
         assert!(
-            body.contains(&format!("portico_controller_proxy_info{{proxy_id=\"{id}\",service_cluster=\"default\",address=\"127.0.0.1:")),
+            body.contains(&format!("portico_controller_proxy_info{{proxy_id=\"{id}\",service_cluster=\"default\",address=\"127.0.0.1\",applied_version=")),
             "{body}"
         );
         assert!(
@@ -588,7 +600,83 @@ async fn a_nack_and_a_stopped_proxy_show_everywhere() {
     assert_eq!(states, [("p1", "current"), ("p2", "departed")], "{table}");
     assert_eq!(report.proxies[1].request, Outcome::Skip, "{table}");
     assert!(table.contains("left the controller"), "{table}");
+    // Listed, not tried, and not counted among those that serve (or not)
+    // the published version.
+    assert!(
+        table.contains("proxies: 1 of 1 serve the published version (1 departed, not checked)"),
+        "{table}"
+    );
+    let p2_hop = report
+        .hops
+        .iter()
+        .find(|h| h.hop == Hop::Proxy && h.target.contains("(p2)"))
+        .unwrap();
+    assert_eq!(p2_hop.result, Outcome::Skip, "{table}");
+    assert!(
+        p2_hop
+            .evidence
+            .contains("not sent through departed proxies"),
+        "{table}"
+    );
     drop(s.controller);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_controller_s_token_goes_to_the_controller_only() {
+    let dir = tempfile::tempdir().unwrap();
+    init(bin(), dir.path());
+    let web = Backend::echo("web").await;
+    let config = dir.path().join("controller.toml");
+    std::fs::write(
+        &config,
+        controller_config(&format!(
+            "{}\n{}",
+            admin_table(),
+            service_toml("web", &["web.test"], &[web.addr], "")
+        )),
+    )
+    .unwrap();
+    let (controller, at) = start_controller(bin(), &config).await;
+    let admin = controller.admin_addr().await;
+    // The proxy's admin API takes the very token the controller's does: a
+    // trace that sent it there would get in.
+    let own_admin = format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n");
+    let spec = ProxySpec {
+        config: &own_admin,
+        ..ProxySpec::new("p1", at)
+    };
+    let p1 = spawn_proxy(bin(), dir.path(), &spec);
+    let listen = p1.listen_addr().await;
+    wait_until(WAIT, "p1 routes web.test", || async move {
+        replica(listen, "web.test").await.as_deref() == Some("web")
+    })
+    .await;
+    until_listed(admin, "p1 current", |d| all_current(d, 1)).await;
+
+    // --admin-token-file is for the controller: p1's admin API is asked
+    // without it, wants a token, and the route and upstream hops are
+    // skipped, naming the option that would give it.
+    let (exit, report, table) = trace(dir.path(), admin, listen).await;
+    assert_eq!(exit, 0, "{table}");
+    for hop in [Hop::Route, Hop::Upstream] {
+        let row = report.hops.iter().find(|h| h.hop == hop).unwrap();
+        assert_eq!(row.result, Outcome::Skip, "{table}");
+        assert!(row.evidence.contains("--proxy-admin-token-file"), "{table}");
+    }
+    assert_eq!(report.proxies[0].request, Outcome::Pass, "{table}");
+
+    // With the proxies' own token, they are checked.
+    let proxy_token = dir.path().join("proxy-admin-token");
+    std::fs::write(&proxy_token, format!("{TOKEN}\n")).unwrap();
+    let extra = ["--proxy-admin-token-file".to_owned(), path(&proxy_token)];
+    let (exit, report, table) = trace_with(dir.path(), admin, "web.test", listen, &extra).await;
+    assert_eq!(exit, 0, "{table}");
+    for hop in [Hop::Route, Hop::Upstream] {
+        let row = report.hops.iter().find(|h| h.hop == hop).unwrap();
+        assert_eq!(row.result, Outcome::Pass, "{table}");
+    }
+    drop(p1);
+    drop(controller);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -205,8 +205,12 @@ pub struct Options {
     /// A cluster's controller's admin API: its proxies are checked too,
     /// and whether each serves the published version.
     pub controller_admin: Option<SocketAddr>,
-    /// For every admin API asked (the proxy's and the controller's).
+    /// For the admin APIs given by hand: `admin` and `controller_admin`.
+    /// Never sent to an admin API a proxy announces.
     pub admin_token: Option<String>,
+    /// For the admin APIs the controller's proxies announce (they have
+    /// tokens of their own). Without it they are asked without a token.
+    pub proxy_admin_token: Option<String>,
     /// Bound on each hop.
     pub timeout: Duration,
     /// Trust anchors, for HTTPS targets.
@@ -231,6 +235,7 @@ impl Options {
             admin: None,
             controller_admin: None,
             admin_token: None,
+            proxy_admin_token: None,
             timeout: Duration::from_secs(5),
             tls,
         })

@@ -296,11 +296,22 @@ impl Report {
                 *w = (*w).max(cell.chars().count());
             }
         }
+        // Departed proxies are listed, not counted: the request is not
+        // sent through them.
         let current = self.proxies.iter().filter(|p| p.state == "current").count();
+        let departed = self
+            .proxies
+            .iter()
+            .filter(|p| p.state == "departed")
+            .count();
         let mut out = format!(
-            "proxies: {current} of {} serve the published version\n",
-            self.proxies.len()
+            "proxies: {current} of {} serve the published version",
+            self.proxies.len() - departed
         );
+        if departed > 0 {
+            out.push_str(&format!(" ({departed} departed, not checked)"));
+        }
+        out.push('\n');
         for cells in std::iter::once(header.map(str::to_owned)).chain(rows) {
             let mut l = String::new();
             for (i, cell) in cells.iter().enumerate() {

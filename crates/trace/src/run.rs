@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use futures_util::stream::{self, StreamExt};
 use portico_cluster::{DepartedProxy, ProxyStatus, SyncState};
 
 use crate::api::{
@@ -18,6 +19,9 @@ use crate::dns::{self, DnsError};
 use crate::http::{fetch, Exchange, Fetch, FetchError};
 use crate::options::Options;
 use crate::report::{Hop, HopResult, Outcome, ProxySummary, Report};
+
+/// How many proxies the request is sent through at a time.
+const PROXIES_AT_ONCE: usize = 16;
 
 /// What the inner hops learnt, for judging the outer ones.
 #[derive(Default)]
@@ -62,6 +66,9 @@ struct ProxyCheck<'a> {
     addr: Option<SocketAddr>,
     /// `None` without a controller.
     listed: Option<Listed<'a>>,
+    /// Whether the request is sent through it: not for a proxy the
+    /// controller lists as departed (unless `--proxy` names it).
+    probe: bool,
 }
 
 /// The first 12 hex digits of a version, as the logs show it.
@@ -78,28 +85,62 @@ fn data_addr(status: &ProxyStatus, https: bool) -> Option<SocketAddr> {
         .map(|l| l.addr)
 }
 
+/// The admin API the route and upstream hops ask, and with which token.
+#[derive(Clone, Debug)]
+struct AdminAt {
+    addr: SocketAddr,
+    token: Option<String>,
+    /// The proxy that announced it (`None`: `--admin`).
+    announced_by: Option<String>,
+}
+
+impl AdminAt {
+    fn client(&self, opts: &Options) -> AdminClient {
+        AdminClient {
+            addr: self.addr,
+            token: self.token.clone(),
+            timeout: opts.timeout,
+        }
+    }
+}
+
+/// Whether the trace may ask an admin API a proxy announced at `addr`: one
+/// on loopback is this machine's, not the proxy's, unless the controller
+/// itself is asked on loopback (all on one machine).
+fn usable_announced(opts: &Options, addr: SocketAddr) -> bool {
+    !addr.ip().is_loopback() || opts.controller_admin.is_some_and(|c| c.ip().is_loopback())
+}
+
 /// Without `--admin`: the admin API the route and upstream hops ask (one
-/// a listed proxy announced), and the service cluster whose proxies serve the target's
-/// host: with several clusters, the first whose proxy has a route for it
-/// (`None`: every cluster's proxies are checked).
-async fn host_cluster(opts: &Options, fleet: &Proxies) -> (Option<SocketAddr>, Option<String>) {
+/// a listed proxy announced, asked with `--proxy-admin-token-file`'s token
+/// only, never `--admin-token-file`'s), and the service cluster whose
+/// proxies serve the target's host: with several clusters, the first whose
+/// proxy has a route for it (`None`: every cluster's proxies are checked).
+async fn host_cluster(opts: &Options, fleet: &Proxies) -> (Option<AdminAt>, Option<String>) {
     // One admin API per service cluster, in the listing's order, a
     // proxy's that serves the published version first.
-    let mut candidates: Vec<(&str, SocketAddr)> = Vec::new();
+    let mut candidates: Vec<(&str, AdminAt)> = Vec::new();
     for current in [true, false] {
         for p in &fleet.proxies {
             let cluster = p.status.service_cluster.as_str();
-            let Some(admin) = p.status.admin else {
+            let Some(admin) = p.status.admin.filter(|a| usable_announced(opts, a.addr)) else {
                 continue;
             };
             if (p.state == SyncState::Current) == current
                 && !candidates.iter().any(|(c, _)| *c == cluster)
             {
-                candidates.push((cluster, admin.addr));
+                candidates.push((
+                    cluster,
+                    AdminAt {
+                        addr: admin.addr,
+                        token: opts.proxy_admin_token.clone(),
+                        announced_by: Some(p.status.id.to_string()),
+                    },
+                ));
             }
         }
     }
-    let Some(first) = candidates.first().map(|(_, a)| *a) else {
+    let Some(first) = candidates.first().map(|(_, a)| a.clone()) else {
         return (None, None);
     };
     let several = fleet
@@ -117,17 +158,13 @@ async fn host_cluster(opts: &Options, fleet: &Proxies) -> (Option<SocketAddr>, O
         return (Some(first), None);
     }
     for (cluster, admin) in &candidates {
-        let client = AdminClient {
-            addr: *admin,
-            token: opts.admin_token.clone(),
-            timeout: opts.timeout,
-        };
-        if client
+        if admin
+            .client(opts)
             .routes_for(&opts.target.host)
             .await
             .is_ok_and(|r| !r.routes.is_empty())
         {
-            return (Some(*admin), Some((*cluster).to_owned()));
+            return (Some(admin.clone()), Some((*cluster).to_owned()));
         }
     }
     (Some(first), None)
@@ -169,6 +206,7 @@ fn proxy_checks<'a>(
         checks.push(ProxyCheck {
             addr: Some(*addr),
             listed,
+            probe: true,
         });
     }
     let Some(fleet) = fleet else {
@@ -187,14 +225,18 @@ fn proxy_checks<'a>(
             checks.push(ProxyCheck {
                 addr: data_addr(&p.status, https),
                 listed: Some(connected(p)),
+                probe: true,
             });
         }
     }
     for d in &fleet.departed {
         if in_cluster(&d.status) && !known(&checks, d.status.id.as_str()) {
+            // Listed, not probed: a departed proxy is most likely
+            // stopped, and each would cost a whole --timeout.
             checks.push(ProxyCheck {
                 addr: data_addr(&d.status, https),
                 listed: Some(Listed::Departed(d)),
+                probe: false,
             });
         }
     }
@@ -235,11 +277,13 @@ async fn fleet(opts: &Options, addr: SocketAddr) -> Result<Proxies, HopResult> {
     })
 }
 
-/// The version row of a listed proxy; `answered`: the `x-proxy-id` that
-/// answered at its address, if any did.
+/// The version row of a listed proxy; `probed`: whether the request was
+/// sent to its address; `answered`: the `x-proxy-id` that answered there,
+/// if any did.
 fn version_row(
     listed: &Listed,
     addr: Option<SocketAddr>,
+    probed: bool,
     answered: Option<&str>,
 ) -> Option<HopResult> {
     let row = |id: &str, result, evidence: String| {
@@ -307,6 +351,11 @@ fn version_row(
             );
             let applied = s.applied_version.as_deref().map_or("nothing", short);
             match (answered, addr) {
+                _ if !probed => HopResult::skip(
+                    Hop::Version,
+                    id,
+                    format!("not checked: {left}"),
+                ),
                 (Some(answered), Some(addr)) if answered == id => row(
                     id,
                     Outcome::Fail,
@@ -359,18 +408,26 @@ pub async fn trace(opts: &Options) -> Report {
     };
     let (admin, cluster) = match (opts.admin, &fleet) {
         (None, Some(fleet)) => host_cluster(opts, fleet).await,
-        (admin, _) => (admin, None),
+        (admin, _) => (
+            admin.map(|addr| AdminAt {
+                addr,
+                token: opts.admin_token.clone(),
+                announced_by: None,
+            }),
+            None,
+        ),
     };
-    admin_hops(opts, admin, &mut ctx, &mut hops).await;
+    admin_hops(opts, admin.as_ref(), &mut ctx, &mut hops).await;
     hops.extend(fleet_failure);
 
     let mut checks = proxy_checks(opts, fleet.as_ref(), cluster.as_deref());
     if checks.is_empty() {
         // The admin API knows where its own proxy listens.
-        if let Some(addr) = own_listener(opts, &ctx, admin) {
+        if let Some(addr) = own_listener(opts, &ctx, admin.as_ref().map(|a| a.addr)) {
             checks.push(ProxyCheck {
                 addr: Some(addr),
                 listed: None,
+                probe: true,
             });
         }
     }
@@ -436,26 +493,26 @@ async fn proxy_hops(
         ));
         return Vec::new();
     }
-    let mut rows = Vec::with_capacity(checks.len());
-    for c in checks {
+    // Concurrently, a bounded number at a time, so that a trace over many
+    // proxies takes about one --timeout; in the checks' order.
+    let shared: &Context = ctx;
+    let rows: Vec<Option<HopResult>> = stream::iter(checks.iter().map(|c| async move {
         let expected = c
             .listed
             .as_ref()
             .and_then(Listed::status)
             .map(|s| s.id.as_str());
-        let row = match c.addr {
-            Some(addr) => {
-                let ex = fetch(request(opts, addr, &opts.target.host)).await;
-                let target = match expected {
-                    Some(id) => format!("{addr} ({id})"),
-                    None => addr.to_string(),
-                };
-                Some(judge(Hop::Proxy, target, ex, opts, ctx, addr, expected))
-            }
-            None => None,
+        let addr = c.addr.filter(|_| c.probe)?;
+        let ex = fetch(request(opts, addr, &opts.target.host)).await;
+        let target = match expected {
+            Some(id) => format!("{addr} ({id})"),
+            None => addr.to_string(),
         };
-        rows.push(row);
-    }
+        Some(judge(Hop::Proxy, target, ex, opts, shared, addr, expected))
+    }))
+    .buffered(PROXIES_AT_ONCE)
+    .collect()
+    .await;
     for (c, row) in checks.iter().zip(&rows) {
         let answered = row
             .as_ref()
@@ -464,7 +521,7 @@ async fn proxy_hops(
         if let Some(v) = c
             .listed
             .as_ref()
-            .and_then(|l| version_row(l, c.addr, answered))
+            .and_then(|l| version_row(l, c.addr, c.probe, answered))
         {
             hops.push(v);
         }
@@ -488,6 +545,11 @@ async fn proxy_hops(
                 )
             }
             Some(r) => r,
+            None if !c.probe => HopResult::skip(
+                Hop::Proxy,
+                c.addr.map_or_else(|| id.to_owned(), |a| format!("{a} ({id})")),
+                format!("not checked: {id} left the controller; the request is not sent through departed proxies (name one with --proxy to try it)"),
+            ),
             None => HopResult::skip(
                 Hop::Proxy,
                 id,
@@ -569,30 +631,47 @@ fn request<'a>(opts: &'a Options, addr: SocketAddr, host: &'a str) -> Fetch<'a> 
 
 async fn admin_hops(
     opts: &Options,
-    admin: Option<SocketAddr>,
+    admin: Option<&AdminAt>,
     ctx: &mut Context,
     hops: &mut Vec<HopResult>,
 ) {
     let host = &opts.target.host;
-    let Some(admin) = admin else {
+    let Some(at) = admin else {
         let why = "not checked: no --admin (only the proxy's admin API knows the route and can reach the tasks)";
         hops.push(HopResult::skip(Hop::Route, "-", why));
         hops.push(HopResult::skip(Hop::Upstream, "-", why));
         return;
     };
-    let client = AdminClient {
-        addr: admin,
-        token: opts.admin_token.clone(),
-        timeout: opts.timeout,
+    let admin = at.addr;
+    let client = at.client(opts);
+    let target = match &at.announced_by {
+        Some(id) => format!("admin {admin} ({id})"),
+        None => format!("admin {admin}"),
     };
-    let target = format!("admin {admin}");
+    // A proxy's announced admin API that wants a token it was not given:
+    // not a failure of the path, a question the trace may not ask.
+    let health = client.health().await;
+    if let (Some(id), None, Err(AdminError::Unauthorized { .. })) =
+        (&at.announced_by, &at.token, &health)
+    {
+        let why = format!(
+            "not checked: {id}'s admin API at {admin} requires its token; give the proxies' [admin] token with --proxy-admin-token-file (or a proxy's admin API with --admin and --admin-token-file)"
+        );
+        hops.push(HopResult::skip(Hop::Route, target, why.clone()));
+        hops.push(HopResult::skip(Hop::Upstream, "-", why));
+        return;
+    }
     let admin_failed = |e: AdminError, target: &str| {
-        let (cause, remedy) = match &e {
-            AdminError::Unauthorized { .. } => (
-                "the admin API requires a bearer token".to_owned(),
-                "pass the [admin] token with --admin-token (or PORTICO_ADMIN_TOKEN)".to_owned(),
+        let (cause, remedy) = match (&e, &at.announced_by) {
+            (AdminError::Unauthorized { .. }, Some(id)) => (
+                format!("{id}'s admin API refuses the token from --proxy-admin-token-file"),
+                format!("pass {id}'s [admin] token with --proxy-admin-token-file"),
             ),
-            AdminError::Unreachable { .. } => (
+            (AdminError::Unauthorized { .. }, None) => (
+                "the admin API requires a bearer token".to_owned(),
+                "pass its [admin] token with --admin-token-file (or --admin-token, PORTICO_ADMIN_TOKEN)".to_owned(),
+            ),
+            (AdminError::Unreachable { .. }, _) => (
                 format!("nothing answers on {admin}: portico is not running there, or [admin] is not configured"),
                 "check the [admin] listen address in portico's config".to_owned(),
             ),
@@ -603,7 +682,7 @@ async fn admin_hops(
         };
         HopResult::new(Hop::Route, target, Outcome::Fail, e.to_string()).failed(cause, remedy)
     };
-    let health = match client.health().await {
+    let health = match health {
         Ok(h) => h,
         Err(e) => {
             hops.push(admin_failed(e, &target));
@@ -695,7 +774,7 @@ async fn admin_hops(
     };
     hops.push(HopResult::new(
         Hop::Route,
-        target,
+        target.clone(),
         Outcome::Pass,
         format!(
             "{host}{via} → {label} → {} upstream(s){}; config {version}",
@@ -782,7 +861,7 @@ async fn admin_hops(
             }
         }
         Err(e) => {
-            let mut row = admin_failed(e, &format!("admin {admin}"));
+            let mut row = admin_failed(e, &target);
             row.hop = Hop::Upstream;
             hops.push(row);
         }
@@ -1183,5 +1262,26 @@ fn tls_diagnosis(tls: &crate::tls::TlsReport, host: &str, opts: &Options) -> (St
             format!("the certificate chain does not verify against {trust}"),
             "serve the full chain (leaf and intermediates), or pass --cacert with the CA that signed it".to_owned(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Target;
+
+    #[test]
+    fn an_announced_loopback_admin_api_is_used_only_with_a_controller_on_loopback() {
+        let target = Target::parse("web.test", false, None).unwrap();
+        let mut opts = Options::new(target, None).unwrap();
+        let local: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let remote: SocketAddr = "10.0.0.5:9090".parse().unwrap();
+        opts.controller_admin = Some("10.0.0.1:9090".parse().unwrap());
+        assert!(!usable_announced(&opts, local));
+        assert!(!usable_announced(&opts, "[::1]:9090".parse().unwrap()));
+        assert!(usable_announced(&opts, remote));
+        opts.controller_admin = Some("127.0.0.1:9091".parse().unwrap());
+        assert!(usable_announced(&opts, local));
+        assert!(usable_announced(&opts, remote));
     }
 }
