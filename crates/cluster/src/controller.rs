@@ -179,8 +179,9 @@ pub struct ProxyStatus {
     /// that a publish sent nothing to a proxy.
     pub snapshots_sent: u64,
     /// Where it serves traffic, as its hello announced, a listener on
-    /// every address given the stream's address instead (see
-    /// [`Endpoint::reachable`]). Empty for a proxy that announces none.
+    /// every address given the stream's address instead, and one on
+    /// loopback dropped unless the stream comes from loopback too (see
+    /// [`Endpoint::listed_for`]). Empty for a proxy that announces none.
     #[serde(default)]
     pub listeners: Vec<Endpoint>,
     /// Its admin API, the same way, if it serves one.
@@ -861,7 +862,7 @@ fn announced(
     admin: Option<&str>,
 ) -> (Vec<Endpoint>, Option<Endpoint>) {
     let read = |text: &str| match text.parse::<Endpoint>() {
-        Ok(e) => Some(e.reachable(addr.ip())),
+        Ok(e) => e.listed_for(addr.ip()),
         Err(e) => {
             // Bounded: it comes from the peer.
             let shown: String = text.chars().take(80).collect();

@@ -1249,13 +1249,18 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
     ) {
         p.probe_interval = d;
     }
-    if let Some(d) = read(&raw.drain_delay, "proxy.drain_delay", |t| drain_delay(t), r) {
+    if let Some(d) = read(
+        &raw.drain_delay,
+        "proxy.drain_delay",
+        |t| rules::parse_drain_delay(t),
+        r,
+    ) {
         p.drain_delay = d;
     }
     if let Some(u) = read(
         &raw.health_uri,
         "proxy.health_uri",
-        |u| check_health_uri(u),
+        |u| rules::parse_health_uri(u),
         r,
     ) {
         p.health_uri = Some(u);
@@ -1506,39 +1511,6 @@ fn hedge_delay(text: &str) -> Result<Option<Duration>, String> {
     rules::parse_timeout(text)
         .map(Some)
         .map_err(|e| format!("{e} (or \"off\" for no hedging)"))
-}
-
-/// `drain_delay`: a duration, zero included (no delay).
-fn drain_delay(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(d) if d > Duration::from_secs(3600) => Err(format!(
-            "{text:?} is over an hour: a load balancer takes a proxy out within seconds"
-        )),
-        Ok(d) => Ok(d),
-        Err(e) => Err(format!(
-            "{text:?} is not a duration such as \"10s\" (\"0s\": none): {e}"
-        )),
-    }
-}
-
-/// `health_uri`: an absolute path, without query or fragment, written
-/// as a request target would carry it (so that it can match one).
-pub fn check_health_uri(uri: &str) -> Result<String, String> {
-    let path_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b);
-    if !uri.starts_with('/') {
-        Err(format!(
-            "{uri:?} must be a path starting with '/', e.g. \"/healthz\""
-        ))
-    } else if uri.len() > 1024 {
-        Err("must be at most 1024 characters".into())
-    } else if let Some(c) = uri.bytes().find(|&b| !path_char(b)) {
-        Err(format!(
-            "{uri:?}: {:?} is not allowed in a path (no query, fragment or spaces)",
-            char::from(c)
-        ))
-    } else {
-        Ok(uri.to_owned())
-    }
 }
 
 /// `probe_interval`: a duration of at least a second, or `"off"`.
@@ -2913,7 +2885,11 @@ health_path = "/healthz"
             ),
             (
                 "drain_delay = \"2h\"",
-                "p.toml:2:15: proxy.drain_delay: \"2h\" is over an hour",
+                "p.toml:2:15: proxy.drain_delay: \"2h\" must be at most an hour",
+            ),
+            (
+                "health_uri = \"/\"",
+                "proxy.health_uri: \"/\" would answer every site's root page",
             ),
             (
                 "health_uri = \"healthz\"",
@@ -3136,7 +3112,8 @@ max_requests = 10
 
     #[test]
     fn a_controller_leaves_https_listen_to_its_proxies() {
-        let services = "[[service]]\nname = \"b\"\nhosts = [\"b.test\"]\nupstreams = [\"127.0.0.1:1\"]\n\
+        let services =
+            "[[service]]\nname = \"b\"\nhosts = [\"b.test\"]\nupstreams = [\"127.0.0.1:1\"]\n\
                         ssl_only = true\ntls_cert = \"b.crt\"\ntls_key = \"b.key\"\n";
         assert_eq!(
             errors(services),

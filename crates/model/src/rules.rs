@@ -104,6 +104,50 @@ pub fn parse_service_cluster(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// The longest `drain_delay`: a load balancer takes a proxy out within
+/// seconds; an hour is surely a typo.
+pub const MAX_DRAIN_DELAY: Duration = Duration::from_secs(3600);
+
+/// `drain_delay` as read: at most [`MAX_DRAIN_DELAY`].
+pub fn drain_delay_in_range(d: Duration) -> Result<(), String> {
+    if d > MAX_DRAIN_DELAY {
+        Err("must be at most an hour: a load balancer takes a proxy out within seconds".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// `drain_delay`: a duration, zero included (no delay).
+pub fn parse_drain_delay(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration such as \"10s\" (\"0s\": none): {e}"))?;
+    drain_delay_in_range(d).map_err(|e| format!("{text:?} {e}"))?;
+    Ok(d)
+}
+
+/// `health_uri`: an absolute path other than `/` (which would hide every
+/// site's root), without query or fragment, written as a request target
+/// would carry it (so that it can match one).
+pub fn parse_health_uri(uri: &str) -> Result<String, String> {
+    let path_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b);
+    if !uri.starts_with('/') {
+        Err(format!(
+            "{uri:?} must be a path starting with '/', e.g. \"/healthz\""
+        ))
+    } else if uri == "/" {
+        Err("\"/\" would answer every site's root page: choose a path of its own, e.g. \"/healthz\"".into())
+    } else if uri.len() > 1024 {
+        Err("must be at most 1024 characters".into())
+    } else if let Some(c) = uri.bytes().find(|&b| !path_char(b)) {
+        Err(format!(
+            "{uri:?}: {:?} is not allowed in a path (no query, fragment or spaces)",
+            char::from(c)
+        ))
+    } else {
+        Ok(uri.to_owned())
+    }
+}
+
 /// A whole number written as text (a label's value), such as `"3"`;
 /// its range is checked by [`number_in`].
 pub fn parse_number(text: &str) -> Result<i64, String> {

@@ -543,11 +543,13 @@ fn proxy(p: &ProxySettings, out: &mut Problems) {
         out.check(at, key, count(n, min));
     }
     if let Some(uri) = &p.health_uri {
-        out.check(at, "health_uri", config::check_health_uri(uri).map(drop));
+        out.check(at, "health_uri", rules::parse_health_uri(uri).map(drop));
     }
-    if p.drain_delay > Duration::from_secs(3600) {
-        out.add(at, "drain_delay", "must be at most an hour");
-    }
+    out.check(
+        at,
+        "drain_delay",
+        rules::drain_delay_in_range(p.drain_delay),
+    );
     out.check(at, "max_ejected_percent", percent(p.max_ejected_percent));
     out.check(at, "retry_budget_percent", percent(p.retry_budget_percent));
     if let Some(d) = p.hedge_delay {
