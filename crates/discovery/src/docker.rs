@@ -618,8 +618,6 @@ impl DockerProvider {
         })
     }
 
-    /// Its activity counters, shared: they stay readable while
-    /// [`watch`] owns the provider.
     /// Says where the proxies run (by default, in this process).
     pub fn set_proxy_networks(&mut self, proxies: ProxyNetworks) {
         self.proxies = proxies;
@@ -631,6 +629,8 @@ impl DockerProvider {
         self.own.is_some()
     }
 
+    /// Its activity counters, shared: they stay readable while
+    /// [`watch`] owns the provider.
     pub fn stats(&self) -> Arc<DockerStats> {
         self.stats.clone()
     }
