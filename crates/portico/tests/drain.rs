@@ -238,7 +238,10 @@ async fn portico_health_asks_the_health_uri() {
     };
     std::fs::write(
         &config,
-        format!("[proxy]\nhttp_listen = \"0.0.0.0:{port}\"\nhealth_uri = \"/healthz\"\n"),
+        format!(
+            "[proxy]\nhttp_listen = \"0.0.0.0:{port}\"\nhealth_uri = \"/healthz\"\n\
+             drain_delay = \"60s\"\n"
+        ),
     )
     .unwrap();
     let config = config.to_str().unwrap();
@@ -262,6 +265,20 @@ async fn portico_health_asks_the_health_uri() {
         said.trim(),
         format!("healthy: http://127.0.0.1:{port}/healthz answered 200")
     );
+    // Draining: the check fails (what Docker's HEALTHCHECK and a balancer
+    // act on) while the proxy still listens.
+    portico.signal("TERM");
+    wait_until(
+        Duration::from_secs(10),
+        "portico health to fail",
+        || async {
+            let draining = check();
+            !draining.status.success()
+                && String::from_utf8_lossy(&draining.stdout).contains("answered 503")
+        },
+    )
+    .await;
+    // A second SIGTERM does not wait out the 60 s.
     portico.signal("TERM");
     portico.wait_exit(Duration::from_secs(10)).await;
 

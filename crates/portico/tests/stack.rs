@@ -438,9 +438,8 @@ async fn cluster_stack_routes_reports_stray_networks_and_rolls_the_proxies() {
         get(addr, "app.cluster.test").await.0 == 200
     })
     .await;
-    // The stray service shares no network with the proxies: not routed,
-    // and the controller says why and what to do.
-    assert_eq!(get(addr, "stray.cluster.test").await.0, 503);
+    // The stray service shares no network with the proxies: the
+    // controller says why and what to do, and it is not routed.
     wait_until(
         CONVERGE,
         "the controller to report the stray service",
@@ -455,6 +454,7 @@ async fn cluster_stack_routes_reports_stray_networks_and_rolls_the_proxies() {
         },
     )
     .await;
+    assert_eq!(get(addr, "stray.cluster.test").await.0, 503);
     wait_healthy(&proxy).await;
 
     let edited = work.path().join("proxy.toml");
