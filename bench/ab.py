@@ -59,7 +59,10 @@ def main():
     bench.PORTS["before"] = bench.PORTS["portico"]
     work = tempfile.mkdtemp(prefix="portico-ab.")
     www = bench.setup_files(work)
-    conf = open(bench.portico_conf(work)).read()
+    # The scenario's routing table (50 path rules, 10,000 hosts), if it has one.
+    conf = open(bench.portico_conf(work, scenario[4].get("table", "base"))).read()
+    bench.PACED = os.environ.get("BENCH_PACED") or os.path.join(
+        os.path.dirname(bench.HERE), "target", "release", "bench-paced")
     http, https = bench.PORTS["portico"]
 
     def start(name, binary):

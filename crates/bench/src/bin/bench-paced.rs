@@ -13,14 +13,16 @@
 //! ```text
 //! bench-paced --connect 127.0.0.1:18380 --host foo.app.test --path /100.bin \
 //!     --connections 18000 --requests 7 [--interval-ms 1000] [--ramp-ms 1000] \
-//!     [--sources 64] [--timeout-ms 5000] [--threads 1] [--log FILE]
+//!     [--sources 64] [--timeout-ms 5000] [--grace-ms 2000] [--threads 1] [--log FILE]
 //! ```
 //!
 //! The log (`--log`) has one line per request, as h2load's `--log-file`:
 //! start time in microseconds since the epoch, status (-1: no answer) and
 //! microseconds until the end of the answer, tab-separated. The summary on
 //! stdout ends with `requests: T total, S sent, K ok, E errors`. Bounded in
-//! time: a connection that fails or times out stops there.
+//! time: a connection that fails or times out stops there, and nothing is
+//! sent or waited for past the deadline (`--grace-ms`, 2 s by default, after
+//! the last request is due): what is left counts as errors.
 #![forbid(unsafe_code)]
 
 use std::io::{Error, ErrorKind, Write};
@@ -42,12 +44,14 @@ struct Args {
     ramp: Duration,
     sources: usize,
     timeout: Duration,
+    grace: Duration,
     threads: usize,
     log: Option<String>,
 }
 
 const USAGE: &str = "usage: bench-paced --connect IP:PORT --host HOST --path PATH --connections N \
---requests R [--interval-ms 1000] [--ramp-ms 1000] [--sources 64] [--timeout-ms 5000] [--threads 1] [--log FILE]";
+--requests R [--interval-ms 1000] [--ramp-ms 1000] [--sources 64] [--timeout-ms 5000] [--grace-ms 2000] \
+[--threads 1] [--log FILE]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -60,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
         ramp: Duration::from_secs(1),
         sources: 64,
         timeout: Duration::from_secs(5),
+        grace: Duration::from_secs(2),
         threads: 1,
         log: None,
     };
@@ -78,6 +83,7 @@ fn parse_args() -> Result<Args, String> {
             "--ramp-ms" => args.ramp = millis(&value).map_err(|e| bad(&e))?,
             "--sources" => args.sources = value.parse().map_err(|e| bad(&e))?,
             "--timeout-ms" => args.timeout = millis(&value).map_err(|e| bad(&e))?,
+            "--grace-ms" => args.grace = millis(&value).map_err(|e| bad(&e))?,
             "--threads" => args.threads = value.parse().map_err(|e| bad(&e))?,
             "--log" => args.log = Some(value),
             _ => return Err(format!("unknown flag {flag}")),
@@ -218,11 +224,18 @@ async fn exchange(
     Ok(status)
 }
 
+/// How long to wait for something: `--timeout-ms`, or less near the deadline.
+fn limit(args: &Args, deadline: Instant) -> Duration {
+    args.timeout
+        .min(deadline.saturating_duration_since(Instant::now()))
+}
+
 async fn connection(args: Arc<Args>, i: usize, start: Instant) -> Tally {
     let mut tally = Tally::default();
     let offset = args.ramp.mul_f64(i as f64 / args.connections as f64);
+    let deadline = start + args.ramp + args.interval * (args.requests as u32 - 1) + args.grace;
     sleep_until(start + offset).await;
-    let mut stream = match timeout(args.timeout, open(&args, i)).await {
+    let mut stream = match timeout(limit(&args, deadline), open(&args, i)).await {
         Ok(Ok(s)) => s,
         _ => {
             tally.connect_failed = 1;
@@ -236,11 +249,15 @@ async fn connection(args: Arc<Args>, i: usize, start: Instant) -> Tally {
     let mut buf = Vec::with_capacity(4096);
     for k in 0..args.requests {
         // On schedule; right away when the answer before came late.
-        sleep_until(start + offset + args.interval * k as u32).await;
+        let due = start + offset + args.interval * k as u32;
+        if due >= deadline || Instant::now() >= deadline {
+            break;
+        }
+        sleep_until(due).await;
         let (wall, t0) = (epoch_us(), Instant::now());
         tally.sent += 1;
         let outcome = timeout(
-            args.timeout,
+            limit(&args, deadline),
             exchange(&mut stream, request.as_bytes(), &mut buf),
         )
         .await;
