@@ -14,7 +14,9 @@ use std::time::Duration;
 use portico_testkit::cluster::{
     controller_config, init, path, replica, spawn_proxy, start_controller, ProxySpec,
 };
-use portico_testkit::{curl, service_toml, wait_until, Backend, CurlResponse, Portico};
+use portico_testkit::{
+    curl, promtool_accepts, service_toml, wait_until, Backend, CurlResponse, Portico,
+};
 use portico_trace::api::Proxies;
 use portico_trace::{Hop, Outcome, Report};
 
@@ -80,41 +82,6 @@ async fn metrics(admin: SocketAddr) -> (String, Vec<(String, f64)>) {
 
 fn value(series: &[(String, f64)], name: &str) -> Option<f64> {
     series.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
-}
-
-/// `promtool check metrics` accepts `body`; skipped when promtool is not
-/// installed, unless PORTICO_REQUIRE_PROMTOOL is set.
-async fn promtool_accepts(body: &str) {
-    let have = std::process::Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !have {
-        assert!(
-            std::env::var_os("PORTICO_REQUIRE_PROMTOOL").is_none(),
-            "promtool is required (apt-get install prometheus)"
-        );
-        eprintln!("promtool not installed: `promtool check metrics` skipped");
-        return;
-    }
-    let mut child = tokio::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncWriteExt;
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(body.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{body}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `portico trace URL --controller-admin ADMIN --admin-token-file F --json`

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use portico_testkit::raw::Wire;
-use portico_testkit::{curl, dead_addr, wait_until, Backend, Portico, TestCa};
+use portico_testkit::{curl, dead_addr, promtool_accepts, wait_until, Backend, Portico, TestCa};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -101,40 +101,6 @@ fn value(samples: &BTreeMap<String, f64>, key: &str) -> f64 {
 
 fn keys(samples: &BTreeMap<String, f64>) -> Vec<String> {
     samples.keys().cloned().collect()
-}
-
-/// The exposition passes Prometheus' own linter.
-async fn promtool_accepts(body: &str) {
-    let have = std::process::Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !have {
-        assert!(
-            std::env::var_os("PORTICO_REQUIRE_PROMTOOL").is_none(),
-            "promtool is required (apt-get install prometheus)"
-        );
-        eprintln!("promtool not installed: `promtool check metrics` skipped");
-        return;
-    }
-    let mut child = tokio::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncWriteExt;
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(body.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{body}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test]
