@@ -202,15 +202,7 @@ pub fn page(proxy: &Proxy, ctx: &Context) -> String {
         ),
         ("in flight", proxy.requests_in_flight().to_string(), ""),
     ];
-    h.push_str("<div class=tiles>");
-    for (label, value, class) in tiles {
-        let _ = write!(
-            h,
-            "<div class=tile><b class=\"{class}\">{}</b><span>{label}</span></div>",
-            esc(&value)
-        );
-    }
-    h.push_str("</div>");
+    tile_row(&mut h, tiles);
 
     // Routes: host and path → services → upstreams.
     h.push_str(
@@ -538,15 +530,7 @@ pub fn controller_page(ctx: &ControllerContext) -> String {
             if doc.departed.is_empty() { "" } else { "warn" },
         ),
     ];
-    h.push_str("<div class=tiles>");
-    for (label, value, class) in tiles {
-        let _ = write!(
-            h,
-            "<div class=tile><b class=\"{class}\">{}</b><span>{label}</span></div>",
-            esc(&value)
-        );
-    }
-    h.push_str("</div>");
+    tile_row(&mut h, tiles);
 
     h.push_str(
         "<h2>Service clusters</h2><div class=scroll><table id=clusters><thead><tr>\
@@ -668,6 +652,19 @@ fn departed_row(h: &mut String, d: &DepartedProxy) {
         why = esc(&d.reason),
         from = s.address,
     );
+}
+
+/// A row of figures: (label, value, CSS class) each.
+fn tile_row<const N: usize>(h: &mut String, tiles: [(&str, String, &str); N]) {
+    h.push_str("<div class=tiles>");
+    for (label, value, class) in tiles {
+        let _ = write!(
+            h,
+            "<div class=tile><b class=\"{class}\">{}</b><span>{label}</span></div>",
+            esc(&value)
+        );
+    }
+    h.push_str("</div>");
 }
 
 #[cfg(test)]
