@@ -53,6 +53,8 @@ pub struct ProxyArgs {
     /// The proxy's id (default: `[proxy] proxy_id`, else the host name).
     #[arg(long, value_name = "ID")]
     proxy_id: Option<String>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), help = crate::WORKERS_HELP)]
+    pub workers: Option<u16>,
 }
 
 fn hostname() -> String {
@@ -218,7 +220,7 @@ fn controller_address(arg: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// `portico proxy`.
-pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+pub async fn proxy(args: ProxyArgs, workers: usize) -> anyhow::Result<()> {
     tracing::info!(version = SERVER_INFO, "portico proxy");
     let (mut local, config_dir) = match &args.config {
         Some(path) => {
@@ -297,6 +299,7 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         &mut controller,
         Source::Controller,
         shutdown.clone(),
+        workers,
     )
     .await?;
 

@@ -85,14 +85,17 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// `--workers`, for both commands that serve traffic.
+pub(crate) const WORKERS_HELP: &str =
+    "Worker threads serving connections, each with its own listeners (default: one per CPU)";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy with a config file, reloading it when it changes or on SIGHUP.
     Run {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
-        /// Worker threads serving connections (default: one per CPU).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), help = WORKERS_HELP)]
         workers: Option<u16>,
     },
     /// Run two built-in demo replicas behind the proxy, routing foo.app.test.
@@ -214,21 +217,22 @@ fn main() -> ExitCode {
         other => other,
     };
     logging::init(cli.log_format);
-    let mut builder = match &command {
-        // One worker: a runtime on this one thread, with no cross-thread
-        // hand-offs between the tasks of a request.
-        Command::Run {
-            workers: Some(1), ..
-        } => tokio::runtime::Builder::new_current_thread(),
-        Command::Run {
-            workers: Some(n), ..
-        } => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(usize::from(*n));
-            b
-        }
-        _ => tokio::runtime::Builder::new_multi_thread(),
+    // The proxies' data plane runs on worker threads of its own (see
+    // `portico_proxy::workers`); this thread's runtime is the control
+    // plane's: providers, reloads, the admin API, signals.
+    let workers = match &command {
+        Command::Run { workers, .. } => Some(*workers),
+        Command::Proxy(args) => Some(args.workers),
+        _ => None,
     };
+    let mut builder = match workers {
+        Some(_) => tokio::runtime::Builder::new_current_thread(),
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let workers = workers.flatten().map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -238,11 +242,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match command {
-            Command::Run { config, .. } => run(config).await,
+            Command::Run { config, .. } => run(config, workers).await,
             Command::Controller(controller_cmd::ControllerCommand::Run { config }) => {
                 cluster_cmd::controller_run(config).await
             }
-            Command::Proxy(args) => cluster_cmd::proxy(*args).await,
+            Command::Proxy(args) => cluster_cmd::proxy(*args, workers).await,
             Command::Demo { listen, admin } => demo(listen, admin).await,
             Command::Echo {
                 listen,
@@ -497,20 +501,21 @@ struct Running {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// Binds the listener and starts the proxy for `config`; it serves until
-/// `shutdown` is cancelled and then drains. `config_dir` is what relative
-/// paths in it are relative to.
+/// Binds the listeners and starts the proxy for `config` on `workers`
+/// worker threads; it serves until `shutdown` is cancelled and then
+/// drains. `config_dir` is what relative paths in it are relative to.
 async fn start(
     config: Config,
     config_dir: Option<PathBuf>,
     controller: &mut Controller,
     source: Source,
     shutdown: CancellationToken,
+    workers: usize,
 ) -> anyhow::Result<Running> {
     let listen = config.proxy.http_listen;
-    let listener = TcpListener::bind(listen)
-        .await
+    let plain = portico_proxy::workers::bind(listen, workers)
         .with_context(|| format!("cannot listen on {listen}"))?;
+    portico_proxy::workers::set_count(workers);
     let (config, version) = controller
         .offer(config)
         .context("a first config is always an update")?;
@@ -527,7 +532,7 @@ async fn start(
     let proxy = Proxy::new(identity(), config, version);
     tracing::info!(version = %version, services, "configured proxy");
     let metrics = Arc::new(Metrics::new(Arc::downgrade(&proxy)));
-    let local = listener.local_addr()?;
+    let local = plain[0].local_addr()?;
     let serving = drain_gate(proxy.clone(), shutdown.clone());
     let mut admin_addr = None;
     if let Some(settings) = proxy.snapshot().config.admin.clone() {
@@ -539,34 +544,19 @@ async fn start(
         admin_addr = Some(admin::start(state, &settings, shutdown.clone()).await?);
     }
     let https = match proxy.snapshot().config.proxy.https_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (https_listen)"))?,
-        ),
-        None => None,
+        Some(addr) => portico_proxy::workers::bind(addr, workers)
+            .with_context(|| format!("cannot listen on {addr} (https_listen)"))?,
+        None => Vec::new(),
     };
-    let https_addr = match &https {
+    let https_addr = match https.first() {
         Some(listener) => Some(listener.local_addr()?),
         None => None,
     };
-    tracing::info!(listen = %local, "starting server");
-    let plain = tokio::spawn(portico_proxy::serve(
-        proxy.clone(),
-        listener,
-        serving.clone(),
-    ));
-    let secure = match https {
-        Some(listener) => {
-            tracing::info!(listen = %listener.local_addr()?, "starting HTTPS server");
-            Some(tokio::spawn(portico_proxy::serve_https(
-                proxy.clone(),
-                listener,
-                serving.clone(),
-            )))
-        }
-        None => None,
-    };
+    tracing::info!(listen = %local, workers, "starting server");
+    if let Some(addr) = https_addr {
+        tracing::info!(listen = %addr, "starting HTTPS server");
+    }
+    let served = portico_proxy::workers::spawn(proxy.clone(), plain, https, serving.clone())?;
     let expiry_watch = proxy.clone();
     tokio::spawn(async move {
         // Certificates are checked when loaded; this repeats the expiry
@@ -580,13 +570,7 @@ async fn start(
             }
         }
     });
-    let task = tokio::spawn(async move {
-        let plain = plain.await.map_err(std::io::Error::other)?;
-        if let Some(secure) = secure {
-            secure.await.map_err(std::io::Error::other)??;
-        }
-        plain
-    });
+    let task = tokio::spawn(served);
     Ok(Running {
         proxy,
         serving,
@@ -599,7 +583,7 @@ async fn start(
     })
 }
 
-async fn run(path: PathBuf) -> anyhow::Result<()> {
+async fn run(path: PathBuf, workers: usize) -> anyhow::Result<()> {
     tracing::info!(version = SERVER_INFO, "portico");
     let file_config = file::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = CancellationToken::new();
@@ -622,7 +606,15 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     } else {
         Source::File
     };
-    let running = start(first, config_dir, &mut controller, source, shutdown.clone()).await?;
+    let running = start(
+        first,
+        config_dir,
+        &mut controller,
+        source,
+        shutdown.clone(),
+        workers,
+    )
+    .await?;
     let watcher = providers::spawn(
         path,
         file_config,
@@ -682,7 +674,15 @@ async fn demo(listen: SocketAddr, admin: Option<SocketAddr>) -> anyhow::Result<(
         text.push_str(&format!("\n[admin]\nlisten = \"{admin}\"\n"));
     }
     let config = Config::parse(&text, "demo").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let running = start(config, None, &mut Controller::new(), Source::File, shutdown).await?;
+    let running = start(
+        config,
+        None,
+        &mut Controller::new(),
+        Source::File,
+        shutdown,
+        1,
+    )
+    .await?;
     println!("{}", demo::instructions(running.local));
     running.task.await.context("proxy task")??;
     tracing::info!("stopped");

@@ -539,6 +539,75 @@ async fn run_routes_by_host_and_adds_interlock_headers() {
     assert_eq!(backend.hits(), 1);
 }
 
+/// Listening sockets on `port` (TCP state 0A) in this network namespace.
+fn listeners_on(port: u16) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&format!(":{port:04X}")) && f[3] == "0A"
+        })
+        .count()
+}
+
+/// `--workers 3`: three threads, each with its own listener on the one
+/// port (`SO_REUSEPORT`; `:0` resolved once), and requests over many
+/// connections (spread over the listeners by the kernel) all answered;
+/// SIGTERM drains every worker and the process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_each_listen_on_the_port_and_all_serve() {
+    let backend = Backend::echo("web-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portico.toml");
+    write_atomic(
+        &path,
+        &config("", &[service("web", &["web.test"], &[backend.addr])]),
+    );
+    let mut portico = Portico::spawn(
+        bin(),
+        &["run", "--config", path.to_str().unwrap(), "--workers", "3"],
+    );
+    let addr = portico.listen_addr().await;
+    let starting = portico.wait_for_line(msg_is("starting server"), WAIT).await;
+    assert_eq!(parse_logfmt(&starting)["workers"], "3", "{starting:?}");
+    assert_eq!(listeners_on(addr.port()), 3);
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", portico.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .filter(|c| c.starts_with("portico-w"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["portico-w0", "portico-w1", "portico-w2"]);
+
+    // A client per connection: each request opens its own.
+    let mut answered = 0;
+    for _ in 0..48 {
+        let client = HttpClient::new(addr);
+        let (status, _, body) = client.get("web.test", "/w").await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let echo: Echo = serde_json::from_slice(&body).unwrap();
+        assert_eq!(echo.replica, "web-1");
+        answered += 1;
+    }
+    assert_eq!(answered, 48);
+
+    portico.signal("TERM");
+    let status = portico.wait_exit(WAIT).await;
+    assert!(
+        status.success(),
+        "{status:?}\n{}",
+        portico.stderr_lines().join("\n")
+    );
+    assert_eq!(
+        portico.count_lines(msg_is("stopped accepting; draining")),
+        3,
+        "each worker drains its own listener"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_logs_startup_updates_and_one_access_line_per_request() {
     let backend = Backend::echo("web-1").await;
@@ -557,7 +626,9 @@ async fn run_logs_startup_updates_and_one_access_line_per_request() {
     }
     let starting = portico.wait_for_line(msg_is("starting server"), WAIT).await;
     assert!(
-        starting.ends_with(&format!("level=info msg=\"starting server\" listen={addr}")),
+        starting.contains(&format!(
+            "level=info msg=\"starting server\" listen={addr} workers="
+        )),
         "{starting:?}"
     );
 

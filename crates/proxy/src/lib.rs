@@ -10,6 +10,8 @@
 //! Data flows one way: listener → codec → pipeline → balance → upstream, and
 //! back through the same codec. Modules, from the top of that graph down
 //! (each uses only modules below it, and the crate root's `Proxy`):
+//! - [`workers`]: worker threads, each a single-threaded runtime serving
+//!   its own `SO_REUSEPORT` listeners.
 //! - [`server`]: the accept loops over already-bound listeners (PROXY
 //!   protocol, TLS by SNI, passthrough), graceful drain.
 //! - `h1`: the HTTP/1.1 byte codec, for body-less idempotent requests to
@@ -64,6 +66,7 @@ pub mod snapshot;
 pub mod tls;
 pub mod upload;
 pub mod upstream;
+pub mod workers;
 
 use std::sync::Arc;
 

@@ -82,16 +82,25 @@ pub struct Upstream {
     pub transport: Transport,
     /// Counts open connections, busy and idle, against `max_connections`.
     slots: Arc<Semaphore>,
-    /// Idle keep-alive connections of both request paths, most recently
-    /// used last, capped together at `max_idle`.
-    idle: Mutex<Vec<Idle>>,
-    /// The multiplexed connection, for HTTP/2 upstreams.
-    shared: Mutex<Option<Conn>>,
+    /// Each worker's idle and multiplexed connections (see [`Shard`]).
+    shards: Box<[Shard]>,
     /// What checks and failed requests say of it; carried over to the
     /// upstream that replaces it on a reload (same address and protocol).
     pub health: Arc<Health>,
     /// Its counters for metrics, carried over like `health`.
     pub stats: Arc<crate::metrics::UpstreamStats>,
+}
+
+/// One worker's connections to an upstream. A connection is served by the
+/// reactor of the worker that opened it; kept apart per worker, it is never
+/// driven from another thread (see [`crate::workers`]).
+#[derive(Default)]
+struct Shard {
+    /// Idle keep-alive connections of both request paths, most recently
+    /// used last, capped together at the worker's share of `max_idle`.
+    idle: Mutex<Vec<Idle>>,
+    /// The multiplexed connection, for HTTP/2 upstreams.
+    shared: Mutex<Option<Conn>>,
 }
 
 /// A request in flight on an upstream (see [`Upstream::busy`]), until its
@@ -215,8 +224,9 @@ impl Upstream {
             limits,
             transport,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
-            idle: Mutex::new(Vec::new()),
-            shared: Mutex::new(None),
+            shards: (0..crate::workers::count())
+                .map(|_| Shard::default())
+                .collect(),
             health,
             stats: Arc::default(),
         }
@@ -224,7 +234,7 @@ impl Upstream {
 
     /// Connections open to it (busy and idle), and of those idle.
     pub fn connections(&self) -> (usize, usize) {
-        let idle = lock(&self.idle).len();
+        let idle = self.shards.iter().map(|s| lock(&s.idle).len()).sum();
         let open = self.limits.max_connections - self.slots.available_permits();
         (open.max(idle), idle)
     }
@@ -245,6 +255,11 @@ impl Upstream {
         self.limits == *limits && self.transport.same_as(transport)
     }
 
+    /// The calling worker's connections.
+    fn shard(&self) -> &Shard {
+        &self.shards[crate::workers::current() % self.shards.len()]
+    }
+
     fn is_multiplexed(&self) -> bool {
         self.transport.options.protocol != UpstreamProtocol::Http1
     }
@@ -253,8 +268,9 @@ impl Upstream {
     /// idle one (warm, least likely to have been closed by the peer), for
     /// HTTP/2 the shared one; else a new one.
     pub async fn checkout(&self, connect_timeout: Duration) -> Result<Conn, ConnectError> {
+        let shard = self.shard();
         if self.is_multiplexed() {
-            let current = lock(&self.shared).as_ref().and_then(|c| match &c.sender {
+            let current = lock(&shard.shared).as_ref().and_then(|c| match &c.sender {
                 Sender::Http2(s) if !s.is_closed() => Some(Conn {
                     sender: Sender::Http2(s.clone()),
                     slot: c.slot.clone(),
@@ -267,7 +283,7 @@ impl Upstream {
             }
             let conn = self.connect_boxed(connect_timeout).await?;
             if let Sender::Http2(s) = &conn.sender {
-                *lock(&self.shared) = Some(Conn {
+                *lock(&shard.shared) = Some(Conn {
                     sender: Sender::Http2(s.clone()),
                     slot: conn.slot.clone(),
                     reused: true,
@@ -279,7 +295,7 @@ impl Upstream {
             // hyper's own idle connections first: a bare one taken over is
             // lost to the fast path for good.
             let taken = {
-                let mut idle = lock(&self.idle);
+                let mut idle = lock(&shard.idle);
                 match idle
                     .iter()
                     .rposition(|i| matches!(i.conn, IdleConn::Hyper(_)))
@@ -345,8 +361,10 @@ impl Upstream {
         if self.limits.max_idle == 0 {
             return;
         }
-        let mut idle = lock(&self.idle);
-        if idle.len() >= self.limits.max_idle {
+        // Each worker's share, rounded up: a worker is never left without.
+        let cap = self.limits.max_idle.div_ceil(self.shards.len());
+        let mut idle = lock(&self.shard().idle);
+        if idle.len() >= cap {
             idle.remove(0);
         }
         idle.push(Idle {
@@ -361,7 +379,7 @@ impl Upstream {
         loop {
             // The most recently used bare one (hyper's can't be unwrapped).
             let taken = {
-                let mut idle = lock(&self.idle);
+                let mut idle = lock(&self.shard().idle);
                 idle.iter()
                     .rposition(|i| matches!(i.conn, IdleConn::Raw(_)))
                     .map(|at| idle.remove(at))
@@ -391,7 +409,9 @@ impl Upstream {
     /// Closes idle connections the upstream has closed (so none lingers in
     /// CLOSE_WAIT) and those idle longer than [`IDLE_TIMEOUT`].
     pub fn sweep_idle(&self) {
-        lock(&self.idle).retain(Idle::usable);
+        for shard in &self.shards {
+            lock(&shard.idle).retain(Idle::usable);
+        }
     }
 
     /// A slot and a TCP connection, both within `timeout`.
@@ -594,7 +614,7 @@ impl Upstream {
 
     #[cfg(test)]
     fn idle_len(&self) -> usize {
-        lock(&self.idle).len()
+        self.connections().1
     }
 }
 
