@@ -61,6 +61,11 @@ SINK = 18089  # behind the backends' /upload
 PORTS = {"portico": (18380, 18743), "nginx": (18180, 18543), "haproxy": (18280, 18643),
          "traefik": (18580, 18943), "caddy": (18680, 18343)}
 PROXIES = ("portico", "nginx", "haproxy", "traefik", "caddy")
+# BENCH_PROXIES=portico,nginx: a quicker run against fewer peers (a check
+# between full runs; the README's figures come from all of them).
+if os.environ.get("BENCH_PROXIES"):
+    PROXIES = tuple(p for p in PROXIES if p in os.environ["BENCH_PROXIES"].split(","))
+    assert "portico" in PROXIES and "nginx" in PROXIES, "BENCH_PROXIES needs portico and nginx"
 # Portico again, same config, its /metrics never scraped: the pinned phase only.
 NOSCRAPE = "portico-noscrape"
 PORTS[NOSCRAPE] = (18780, 18443)  # not ab.py's (18480, 18843)
