@@ -759,3 +759,119 @@ async fn idle_passthrough_tunnels_are_closed() {
         "the idle tunnel was not closed"
     );
 }
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body from `r`,
+/// keeping what follows it in `buf`; returns the head and the body.
+async fn read_one(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let wait = std::time::Duration::from_secs(10);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            while buf.len() < end + 4 + len {
+                let n = tokio::time::timeout(wait, r.read_buf(buf))
+                    .await
+                    .expect("the body within 10 s")
+                    .unwrap();
+                assert!(n > 0, "closed within a body: {head}");
+            }
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return (head, body);
+        }
+        let n = tokio::time::timeout(wait, r.read_buf(buf))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed before a response");
+    }
+}
+
+/// HTTP/1.1 over TLS on the fast path: with more than a thousand
+/// connections open, each is parked (no task) as soon as it goes idle, and
+/// still answers its next requests; a request that rustls holds decrypted
+/// while the socket has nothing more to say (the first of two pipelined
+/// requests fills the proxy's first read exactly) is answered too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_keep_alive_connections_park_and_answer_pipelined_requests() {
+    use tokio::io::AsyncWriteExt;
+    let site = Site::new();
+    let b = Backend::echo("b").await;
+    let proxy = TestProxy::start(&format!(
+        "{HTTPS}{}",
+        service(
+            "foo",
+            &["foo.app.test"],
+            &[b.addr],
+            &site.cert("foo", &["foo.app.test"])
+        ),
+    ))
+    .await;
+    let ca = site.dir.path().join("ca.crt");
+    let config = client_config(&ca, &[&rustls::version::TLS13]);
+    let addr = proxy.https_addr.unwrap();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: foo.app.test\r\n\r\n");
+
+    let mut conns = Vec::new();
+    for batch in 0..11 {
+        let mut opening = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let first = get(&format!("/first/{}", batch * 100 + i));
+            opening.spawn(async move {
+                let stream = TcpStream::connect(addr).await.unwrap();
+                let mut tls = connector
+                    .connect(
+                        rustls::pki_types::ServerName::try_from("foo.app.test").unwrap(),
+                        stream,
+                    )
+                    .await
+                    .unwrap();
+                tls.write_all(first.as_bytes()).await.unwrap();
+                let mut buf = Vec::new();
+                let (head, _) = read_one(&mut tls, &mut buf).await;
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                (tls, buf)
+            });
+        }
+        conns.extend(opening.join_all().await);
+    }
+    assert_eq!(conns.len(), 1100);
+
+    // A first request of exactly the proxy's first read (4 KiB), and a
+    // second one behind it, in one write.
+    let short = get("/pad");
+    let pad = 4096 - short.len() - "x-pad: \r\n".len();
+    let padded = format!(
+        "GET /pad HTTP/1.1\r\nHost: foo.app.test\r\nx-pad: {}\r\n\r\n",
+        "p".repeat(pad)
+    );
+    assert_eq!(padded.len(), 4096);
+    let mut answering = tokio::task::JoinSet::new();
+    for (i, (mut tls, mut buf)) in conns.into_iter().enumerate() {
+        let pipelined = format!("{padded}{}", get(&format!("/second/{i}")));
+        answering.spawn(async move {
+            tls.write_all(pipelined.as_bytes()).await.unwrap();
+            let (_, first) = read_one(&mut tls, &mut buf).await;
+            let (_, second) = read_one(&mut tls, &mut buf).await;
+            let first: Echo = serde_json::from_slice(&first).unwrap();
+            let second: Echo = serde_json::from_slice(&second).unwrap();
+            assert_eq!(first.path, "/pad");
+            assert_eq!(second.path, format!("/second/{i}"));
+            assert_eq!(second.header("x-forwarded-proto"), Some("https"));
+        });
+    }
+    let answered = answering.join_all().await;
+    assert_eq!(answered.len(), 1100);
+}

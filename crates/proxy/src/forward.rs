@@ -36,6 +36,7 @@ use crate::upstream::{Conn, ConnectError, Upstream};
 use portico_model::AccessLogFormat;
 
 /// What the connection's protocol is known to be.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Alpn {
     /// Cleartext: HTTP/1.1, or h2c by its preface.
     Detect,

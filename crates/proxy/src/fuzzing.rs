@@ -61,6 +61,7 @@ pub fn rewrite_request_head(head: &[u8], out: &mut Vec<u8>) -> bool {
             peer,
             client: peer,
             extend: false,
+            https: false,
         },
         host.as_bytes(),
         &[b'0'; 32],

@@ -1,6 +1,7 @@
 //! The HTTP/1.1 fast path, for the requests that make up nearly all of a
-//! load balancer's traffic: a body-less, idempotent HTTP/1.1 request in
-//! cleartext, routed to a pool of cleartext HTTP/1.1 upstreams.
+//! load balancer's traffic: a body-less, idempotent HTTP/1.1 request, in
+//! cleartext or over TLS terminated here, routed to a pool of cleartext
+//! HTTP/1.1 upstreams.
 //!
 //! Such a request is parsed once (httparse), its head is rewritten as bytes
 //! straight into the buffer that goes upstream (hop-by-hop headers out,
@@ -15,7 +16,7 @@
 //! come from the pipeline shared with the general path, and are written
 //! here as bytes. Everything else (a request with a body, an upgrade,
 //! `Expect`, an absolute URI, HTTP/1.0, upstreams over TLS or HTTP/2, a
-//! head that does not parse, h2c) is not refused here: the
+//! head that does not parse, h2c, HSTS over TLS) is not refused here: the
 //! connection is handed, with every byte already read, to hyper's server
 //! and the general path in [`crate::forward`], which serves it from then on.
 //! So the fast path decides only before it has consumed anything, and each
@@ -38,17 +39,17 @@ use crate::access_log::{AccessLog, CombinedExtra};
 use crate::answer::Answer;
 use crate::balance;
 use crate::body::InFlight;
-use crate::context::ConnInfo;
+use crate::context::{ConnInfo, TlsInfo};
 use crate::error::ProxyError;
 use crate::forward;
 use crate::forward::Alpn;
 use crate::headers::{is_hop_by_hop, is_set_on_requests, is_set_on_responses, request_id_bytes};
-use crate::io::Prefixed;
+use crate::io::{Client, Prefixed};
 use crate::metrics::{Listener, OpenConn, Protocol, Tally};
 use crate::pipeline::Attempts;
 use crate::pipeline::{self, Outcome, RequestHead};
 use crate::snapshot::{Pool, Snapshot};
-use crate::upstream::{lock, readable_now, ConnectError, RawConn, Upstream};
+use crate::upstream::{lock, ConnectError, RawConn, Upstream};
 use portico_model::AccessLogFormat;
 
 /// Headers parsed per message; a message with more goes to hyper (which
@@ -158,14 +159,8 @@ impl Shared {
             if self.stopping() {
                 // Answer what was already sent; close the rest.
                 for p in parked.into_iter().filter_map(|w: WaitReadable| w.0) {
-                    if readable_now(&p.stream) {
-                        tokio::spawn(serve_from(
-                            p.stream,
-                            proxy.clone(),
-                            p.client,
-                            self.clone(),
-                            (p.served, p.gauge),
-                        ));
+                    if p.stream.readable_now() {
+                        tokio::spawn(p.serve(proxy.clone(), self.clone()));
                     }
                 }
                 return;
@@ -174,7 +169,7 @@ impl Shared {
                 Some(p) = arrivals.recv() => parked.push(WaitReadable(Some(p))),
                 Some(p) = parked.next(), if !parked.is_empty() => {
                     let p: Parked = p;
-                    tokio::spawn(serve_from(p.stream, proxy.clone(), p.client, self.clone(), (p.served, p.gauge)));
+                    tokio::spawn(p.serve(proxy.clone(), self.clone()));
                 }
                 _ = woken => {
                     let limit = self.idle_limit();
@@ -207,14 +202,27 @@ const PARK_ABOVE: usize = 1024;
 
 /// An idle connection without a task: what it needs to be served again.
 pub(crate) struct Parked {
-    stream: TcpStream,
+    stream: Client,
     client: SocketAddr,
+    tls: Option<Box<TlsInfo>>,
     /// When it went idle.
     since: Instant,
     /// It has served a request (so it is HTTP/1.1, not h2c).
     served: bool,
     /// It still counts as an open connection.
     gauge: OpenConn,
+}
+
+impl Parked {
+    /// Serves the connection again, with a task of its own.
+    fn serve(
+        self,
+        proxy: Arc<crate::Proxy>,
+        shared: Arc<Shared>,
+    ) -> impl std::future::Future<Output = ()> {
+        let conn = (self.client, self.tls, self.served, self.gauge);
+        serve_from(self.stream, proxy, shared, conn)
+    }
 }
 
 /// Ready when a parked connection's client has sent something (or closed).
@@ -269,7 +277,7 @@ enum Idle {
 
 /// Waits until the client sends something, or the connection should be
 /// parked or closed.
-async fn idle(stream: &TcpStream, shared: &Shared, limit: Duration, since: Instant) -> Idle {
+async fn idle(stream: &Client, shared: &Shared, limit: Duration, since: Instant) -> Idle {
     let crowded = shared.open() > PARK_ABOVE;
     let mut ticks = 0u8;
     loop {
@@ -315,16 +323,30 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
 ) {
     let gauge = proxy.stats.open(Listener::Http, Protocol::Http1);
-    serve_from(stream, proxy, client, shared, (false, gauge)).await;
+    let conn = (client, None, false, gauge);
+    serve_from(Client::Plain(stream), proxy, shared, conn).await;
+}
+
+/// [`serve`], for a connection whose TLS handshake (without ALPN, or with
+/// HTTP/1.1's) is done; `gauge` counts it on the HTTPS listener.
+pub(crate) async fn serve_tls(
+    stream: crate::io::TlsStream,
+    tls: TlsInfo,
+    proxy: Arc<crate::Proxy>,
+    client: SocketAddr,
+    shared: Arc<Shared>,
+    gauge: OpenConn,
+) {
+    let conn = (client, Some(Box::new(tls)), false, gauge);
+    serve_from(Client::Tls(Box::new(stream)), proxy, shared, conn).await;
 }
 
 /// [`serve`], for a new connection or (`served`) one that was parked.
 async fn serve_from(
-    mut stream: TcpStream,
+    mut stream: Client,
     proxy: Arc<crate::Proxy>,
-    client: SocketAddr,
     shared: Arc<Shared>,
-    (mut served, mut gauge): (bool, OpenConn),
+    (client, tls, mut served, mut gauge): (SocketAddr, Option<Box<TlsInfo>>, bool, OpenConn),
 ) {
     let open = Open::new(shared);
     let shared = &open.0;
@@ -340,6 +362,7 @@ async fn serve_from(
                     let parked = Parked {
                         stream,
                         client,
+                        tls,
                         since,
                         served,
                         gauge,
@@ -389,6 +412,7 @@ async fn serve_from(
         let conn = ConnRef {
             proxy: &proxy,
             client,
+            tls: tls.as_deref(),
         };
         match Box::pin(exchange(&mut stream, conn, snap, &pending[..head], shared)).await {
             Exchange::KeepAlive => {
@@ -409,14 +433,19 @@ async fn serve_from(
     // served (its request was read), and counted open so the drain waits.
     let watcher = shared.watcher();
     let open = watcher.is_none().then_some(open);
-    // Before the first request the connection may still be h2c by prior
-    // knowledge; after one, it is HTTP/1.1 for good.
-    let alpn = if !served { Alpn::Detect } else { Alpn::Http1 };
-    if !served && pending.starts_with(b"PRI * HTTP/2.0") {
+    // Before the first request a cleartext connection may still be h2c by
+    // prior knowledge; after one, it is HTTP/1.1 for good. Over TLS, ALPN
+    // decided before the fast path was chosen.
+    let alpn = if !served && tls.is_none() {
+        Alpn::Detect
+    } else {
+        Alpn::Http1
+    };
+    if alpn == Alpn::Detect && pending.starts_with(b"PRI * HTTP/2.0") {
         gauge.now(Protocol::H2);
     }
     let io = Prefixed::new(pending, stream);
-    let info = ConnInfo::new(proxy, client, None);
+    let info = ConnInfo::new(proxy, client, tls.map(|t| *t));
     // On the heap: hyper's connection future is large, and inline it would
     // make every connection's task that large, idle ones included.
     Box::pin(forward::serve_http(io, info, alpn, watcher)).await;
@@ -428,6 +457,8 @@ async fn serve_from(
 struct ConnRef<'a> {
     proxy: &'a Arc<crate::Proxy>,
     client: SocketAddr,
+    /// Set when the connection came in over TLS.
+    tls: Option<&'a TlsInfo>,
 }
 
 enum ReadHead {
@@ -442,7 +473,7 @@ enum ReadHead {
 /// Reads until `buf` holds a whole request head. A head that needs more
 /// than the read that began it must be complete within `limit`.
 async fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut Client,
     buf: &mut Vec<u8>,
     limit: Duration,
     max: usize,
@@ -653,7 +684,7 @@ enum Plan {
 /// One request on the fast path, or [`Exchange::NotMine`] before anything
 /// is consumed.
 async fn exchange(
-    client: &mut TcpStream,
+    client: &mut Client,
     conn: ConnRef<'_>,
     snap: Arc<Snapshot>,
     head: &[u8],
@@ -702,7 +733,7 @@ async fn exchange(
             method,
             host: Ok(host_text),
             target: path,
-            tls: None,
+            tls: conn.tls,
             content_length: None,
         };
         let plan = match pipeline::decide(&snap, &request, conn.proxy.readiness()) {
@@ -713,6 +744,10 @@ async fn exchange(
                     return Exchange::NotMine;
                 }
                 let route = snap.table.route(forward.route);
+                if conn.tls.is_some() && route.hsts_max_age.is_some() {
+                    // The general path sets Strict-Transport-Security.
+                    return Exchange::NotMine;
+                }
                 let affinity = pipeline::affinity(route, named("cookie"), client_ip);
                 write_upstream_head(
                     &mut upstream_req,
@@ -724,6 +759,7 @@ async fn exchange(
                         peer: conn.client.ip(),
                         client: client_ip,
                         extend: trusted,
+                        https: conn.tls.is_some(),
                     },
                     host_text.as_bytes(),
                     &id,
@@ -829,7 +865,7 @@ async fn exchange(
             } else {
                 answer.body.len() as u64
             };
-            let ok = client.write_all(&out).await.is_ok();
+            let ok = client.write_all(&out).await.is_ok() && flush(client).await.is_ok();
             if let Some(tally) = tally {
                 if let Some(e) = &answer.error {
                     tally.stats().error(answer.status.as_u16(), e);
@@ -912,6 +948,8 @@ pub(crate) struct Forwarded {
     pub(crate) client: IpAddr,
     /// The request's own `X-Forwarded-For` is kept and extended.
     pub(crate) extend: bool,
+    /// The client's connection is TLS (`X-Forwarded-Proto`).
+    pub(crate) https: bool,
 }
 
 /// The request head as the upstream gets it: the client's headers less the
@@ -974,7 +1012,11 @@ pub(crate) fn write_upstream_head(
     } else {
         write_ip(out, forwarded.client);
     }
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
+    out.extend_from_slice(if forwarded.https {
+        b"\r\nx-forwarded-proto: https\r\nx-forwarded-host: ".as_slice()
+    } else {
+        b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: "
+    });
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(id);
@@ -1341,7 +1383,7 @@ impl Lease<'_> {
 /// (`buf[head_len..]` and what is still to come). Returns the body bytes
 /// sent, and how the body ended.
 async fn copy_body(
-    client: &mut TcpStream,
+    client: &mut Client,
     mut lease: Lease<'_>,
     buf: &mut Vec<u8>,
     head_len: usize,
@@ -1455,7 +1497,20 @@ async fn copy_body(
             sent += take as u64;
         }
     }
-    (sent, Ok(()))
+    match flush(client).await {
+        Ok(()) => (sent, Ok(())),
+        Err(e) => (sent, Err(BodyError::Client(e))),
+    }
+}
+
+/// Ends a response: over TLS, its last records leave rustls's buffer
+/// before the connection waits for the next request.
+async fn flush(client: &mut Client) -> io::Result<()> {
+    if client.buffers_writes() {
+        client.flush().await
+    } else {
+        Ok(())
+    }
 }
 
 enum Copy {
@@ -1466,7 +1521,7 @@ enum Copy {
 }
 
 /// Writes `a` then `b`, in one system call when the socket takes both.
-async fn write_two(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+async fn write_two(stream: &mut Client, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
     while !a.is_empty() {
         let n = stream
             .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])

@@ -1,7 +1,8 @@
 //! Stream adapters shared by the listeners and both request paths: a stream
 //! that replays bytes already read, one whose first read has a deadline,
-//! one that closes lingering, and the two-way relay for tunnels and
-//! upgraded connections.
+//! one that closes lingering, the two-way relay for tunnels and upgraded
+//! connections, and the client stream of the HTTP/1.1 fast path
+//! (cleartext or TLS).
 
 use std::future::Future;
 use std::io;
@@ -152,6 +153,16 @@ impl<I> Prefixed<I> {
             inner,
         }
     }
+
+    /// The stream read after the prefix.
+    pub(crate) fn inner(&self) -> &I {
+        &self.inner
+    }
+
+    /// Prefix bytes are still to be read.
+    fn replaying(&self) -> bool {
+        self.pos < self.prefix.len()
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
@@ -301,5 +312,123 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<I> {
                 Linger::Done => return Poll::Ready(Ok(())),
             }
         }
+    }
+}
+
+/// A client connection as the HTTP/1.1 fast path serves it: cleartext, or
+/// TLS terminated here. Both are read and written as bytes; what differs is
+/// how an idle connection learns there is something to read: rustls may
+/// already hold decrypted bytes (or the peer's close_notify) that the
+/// socket will never signal again.
+pub(crate) enum Client {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+/// A TLS connection as the listener accepted it: the ClientHello it read
+/// first replayed to rustls.
+pub(crate) type TlsStream = tokio_rustls::server::TlsStream<Prefixed<TcpStream>>;
+
+/// Delegates a poll to the stream inside either variant.
+macro_rules! either {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Client::Plain($s) => $e,
+            Client::Tls($s) => $e,
+        }
+    };
+}
+
+impl Client {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Client::Plain(s) => s,
+            Client::Tls(s) => s.get_ref().0.inner(),
+        }
+    }
+
+    /// Decrypted bytes, or the peer's close, wait in rustls (see
+    /// `wants_read`: false after the handshake only for those two), or
+    /// bytes read with the ClientHello are still to be replayed.
+    fn buffered(&self) -> bool {
+        match self {
+            Client::Plain(_) => false,
+            Client::Tls(s) => !s.get_ref().1.wants_read() || s.get_ref().0.replaying(),
+        }
+    }
+
+    /// Ready when a read would find something (or the end); registers `cx`
+    /// with the socket otherwise.
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.buffered() {
+            return Poll::Ready(Ok(()));
+        }
+        self.tcp().poll_read_ready(cx)
+    }
+
+    /// Whether a read would find something, asking nothing of the OS.
+    pub(crate) fn readable_now(&self) -> bool {
+        self.buffered() || crate::upstream::readable_now(self.tcp())
+    }
+
+    /// Reads what is there into `buf`'s spare capacity without waiting:
+    /// `WouldBlock` when nothing is.
+    pub(crate) fn try_read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        use futures_util::FutureExt;
+        match self {
+            Client::Plain(s) => s.try_read_buf(buf),
+            // Polled once; a pending read leaves a no-op waker with the
+            // socket, which the next `poll_read_ready` replaces.
+            Client::Tls(s) => s
+                .read_buf(buf)
+                .now_or_never()
+                .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into())),
+        }
+    }
+
+    /// Whether writes may wait in a buffer of ours (rustls's) rather than
+    /// the socket's: such a stream is flushed at the end of each response.
+    pub(crate) fn buffers_writes(&self) -> bool {
+        matches!(self, Client::Tls(_))
+    }
+}
+
+impl AsyncRead for Client {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        either!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Client {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        either!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        either!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        either!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        either!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 }

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -92,18 +91,16 @@ async fn run(
             }
         };
         if https {
-            let Some(watcher) = shared.watcher() else {
-                break;
-            };
             let tunnels = tunnels.clone();
+            let shared = shared.clone();
             if expect_header {
                 tokio::spawn(async move {
                     if let Some(peer) = proxied_peer(&proxy, &mut stream, peer).await {
-                        tls_connection(proxy, stream, peer, watcher, tunnels).await;
+                        tls_connection(proxy, stream, peer, shared, tunnels).await;
                     }
                 });
             } else {
-                tokio::spawn(tls_connection(proxy, stream, peer, watcher, tunnels));
+                tokio::spawn(tls_connection(proxy, stream, peer, shared, tunnels));
             }
         } else if expect_header {
             let shared = shared.clone();
@@ -199,7 +196,7 @@ async fn tls_connection(
     proxy: Arc<Proxy>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    watcher: Watcher,
+    shared: Arc<crate::h1::Shared>,
     tunnels: TaskTracker,
 ) {
     let snap = proxy.snapshot();
@@ -263,13 +260,23 @@ async fn tls_connection(
         Some(b"h2") => (forward::Alpn::H2, Protocol::H2),
         _ => (forward::Alpn::Http1, Protocol::Http1),
     };
-    let _gauge = proxy.stats.open(Listener::Https, protocol);
-    let info = ConnInfo::new(proxy, peer, Some(TlsInfo { sni: hello.sni }));
+    let gauge = proxy.stats.open(Listener::Https, protocol);
+    let info = TlsInfo { sni: hello.sni };
+    if alpn == forward::Alpn::Http1 {
+        // HTTP/1.1 over TLS is bytes like any other: the fast path serves
+        // it (and hands it to hyper where it would a cleartext one).
+        crate::h1::serve_tls(tls, info, proxy, peer, shared, gauge).await;
+        return;
+    }
+    let info = ConnInfo::new(proxy, peer, Some(info));
     let io = crate::io::FirstReadDeadline {
         inner: tls,
         deadline: Some(Box::pin(tokio::time::sleep(limit))),
     };
-    forward::serve_http(io, info, alpn, Some(watcher)).await;
+    // A connection accepted as the listener stopped is still answered
+    // (without a watcher, hyper closes it after what it carries).
+    forward::serve_http(io, info, alpn, shared.watcher()).await;
+    drop(gauge);
 }
 
 /// The client's address from the PROXY protocol header an external load
