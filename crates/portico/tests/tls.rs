@@ -44,6 +44,20 @@ impl Site {
         )
     }
 
+    /// A config serving HTTPS for foo.app.test (its own certificate) from
+    /// `upstreams`, with `proxy_extra` lines in `[proxy]`.
+    fn foo_config(&self, proxy_extra: &str, upstreams: &[std::net::SocketAddr]) -> String {
+        format!(
+            "{HTTPS}{proxy_extra}{}",
+            service(
+                "foo",
+                &["foo.app.test"],
+                upstreams,
+                &self.cert("foo", &["foo.app.test"])
+            )
+        )
+    }
+
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
@@ -177,16 +191,7 @@ async fn http2_by_alpn_and_h2load_over_tls_without_errors() {
     let site = Site::new();
     let b1 = Backend::echo("b1").await;
     let b2 = Backend::echo("b2").await;
-    let proxy = TestProxy::start(&format!(
-        "{HTTPS}{}",
-        service(
-            "foo",
-            &["foo.app.test"],
-            &[b1.addr, b2.addr],
-            &site.cert("foo", &["foo.app.test"])
-        ),
-    ))
-    .await;
+    let proxy = TestProxy::start(&site.foo_config("", &[b1.addr, b2.addr])).await;
     let r = curl_https(&proxy, &site, "foo.app.test", "/h2", &["--http2"]).await;
     assert_eq!(
         r.status_line.split_whitespace().next(),
@@ -536,15 +541,7 @@ fn client_config(
 async fn sessions_resume_across_a_reload_on_tls12_and_tls13() {
     let site = Site::new();
     let b = Backend::echo("b").await;
-    let config = format!(
-        "{HTTPS}{}",
-        service(
-            "foo",
-            &["foo.app.test"],
-            &[b.addr],
-            &site.cert("foo", &["foo.app.test"])
-        )
-    );
+    let config = site.foo_config("", &[b.addr]);
     let proxy = TestProxy::start(&config).await;
     let addr = proxy.https_addr.unwrap();
     let ca = site.dir.path().join("ca.crt");
@@ -667,16 +664,8 @@ async fn a_configured_ocsp_response_is_stapled() {
 async fn silent_tls_connections_are_closed_after_the_handshake() {
     let site = Site::new();
     let b = Backend::echo("b").await;
-    let proxy = TestProxy::start(&format!(
-        "{HTTPS}client_header_timeout = \"300ms\"\n{}",
-        service(
-            "foo",
-            &["foo.app.test"],
-            &[b.addr],
-            &site.cert("foo", &["foo.app.test"])
-        ),
-    ))
-    .await;
+    let proxy =
+        TestProxy::start(&site.foo_config("client_header_timeout = \"300ms\"\n", &[b.addr])).await;
     let ca = site.dir.path().join("ca.crt");
     let connector =
         tokio_rustls::TlsConnector::from(client_config(&ca, &[&rustls::version::TLS13]));
@@ -808,16 +797,7 @@ async fn tls_keep_alive_connections_park_and_answer_pipelined_requests() {
     use tokio::io::AsyncWriteExt;
     let site = Site::new();
     let b = Backend::echo("b").await;
-    let proxy = TestProxy::start(&format!(
-        "{HTTPS}{}",
-        service(
-            "foo",
-            &["foo.app.test"],
-            &[b.addr],
-            &site.cert("foo", &["foo.app.test"])
-        ),
-    ))
-    .await;
+    let proxy = TestProxy::start(&site.foo_config("", &[b.addr])).await;
     let ca = site.dir.path().join("ca.crt");
     let config = client_config(&ca, &[&rustls::version::TLS13]);
     let addr = proxy.https_addr.unwrap();

@@ -14,9 +14,9 @@
 //!   its own `SO_REUSEPORT` listeners.
 //! - [`server`]: the accept loops over already-bound listeners (PROXY
 //!   protocol, TLS by SNI, passthrough), graceful drain.
-//! - `h1`: the HTTP/1.1 byte codec, for body-less idempotent requests to
-//!   cleartext HTTP/1.1 upstreams; hands anything else, with the bytes it
-//!   read, to `forward`.
+//! - `h1`: the HTTP/1.1 byte codec, for body-less idempotent requests
+//!   (from cleartext or TLS clients) to cleartext HTTP/1.1 upstreams; hands
+//!   anything else, with the bytes it read, to `forward`.
 //! - `forward`: the hyper codec (HTTP/1.1, h2, h2c, bodies, upgrades), and
 //!   the retries and response headers of one request on it.
 //! - `pipeline`: one request's policy for both codecs: route by host and
