@@ -696,9 +696,11 @@ async fn exchange(
     // The parsed headers (3 KiB of slices) live only in this block, so they
     // are not part of the future across its awaits.
     let (method, path, host, close, client_addr, plan) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(head) {
+        // Left uninitialised: httparse writes the ones it fills, and
+        // initialising a hundred would cost more than parsing most heads.
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        match req.parse_with_uninit_headers(head, &mut headers) {
             Ok(httparse::Status::Complete(n)) if n == head.len() => {}
             _ => return Exchange::NotMine,
         }
