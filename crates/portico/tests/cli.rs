@@ -608,6 +608,36 @@ async fn workers_each_listen_on_the_port_and_all_serve() {
     );
 }
 
+/// A port another process listens on is refused with several workers as
+/// with one: their `SO_REUSEPORT` sockets never join (and split the
+/// traffic of) a listener that is not theirs, even one with the option set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_do_not_share_a_port_with_another_process() {
+    let taken = tokio::net::TcpSocket::new_v4().unwrap();
+    taken.set_reuseport(true).unwrap();
+    taken.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let taken = taken.listen(16).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portico.toml");
+    write_atomic(
+        &path,
+        &format!("[proxy]\nhttp_listen = \"127.0.0.1:{port}\"\n"),
+    );
+    let mut portico = Portico::spawn(
+        bin(),
+        &["run", "--config", path.to_str().unwrap(), "--workers", "2"],
+    );
+    let status = portico.wait_exit(WAIT).await;
+    assert!(!status.success());
+    let log = portico.stderr_lines().join("\n");
+    assert!(
+        log.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{log}"
+    );
+    drop(taken);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_logs_startup_updates_and_one_access_line_per_request() {
     let backend = Backend::echo("web-1").await;

@@ -49,6 +49,13 @@ pub(crate) fn current() -> usize {
 /// Called within a runtime (tokio registers the sockets, then lets go of
 /// them for the workers' runtimes to take).
 pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    if workers > 1 && addr.port() != 0 {
+        // `SO_REUSEPORT` would let these sockets join another process's
+        // listener on the port (a second proxy started by mistake), and the
+        // two would split the traffic. A plain bind first fails on a port
+        // in use, as it does with one worker.
+        drop(std::net::TcpListener::bind(addr)?);
+    }
     let mut listeners = Vec::with_capacity(workers);
     let mut at = addr;
     for _ in 0..workers.max(1) {
