@@ -4,4 +4,7 @@
 /// Requests are not forced onto the general path.
 const GENERAL_PATH: bool = false;
 
+/// Clients connect in cleartext (`http1_tls` runs the same tests over TLS).
+const TLS: bool = false;
+
 mod wire;

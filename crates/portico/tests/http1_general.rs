@@ -4,5 +4,8 @@
 /// Every request takes the general path.
 const GENERAL_PATH: bool = true;
 
+/// Clients connect in cleartext (`http1_tls` runs the same tests over TLS).
+const TLS: bool = false;
+
 #[path = "wire/mod.rs"]
 mod wire;

@@ -1,8 +1,8 @@
 //! HTTP/1.x at the byte level, for tests where the exact wire matters
 //! (pipelining, framing, misbehaving upstreams): [`Wire`] reads and writes
-//! messages on a TCP connection with a bounded wait on every read, and
-//! [`RawBackend`] is an upstream whose every connection runs a script the
-//! test writes.
+//! messages on a TCP connection, or on TLS over one, with a bounded wait on
+//! every read, and [`RawBackend`] is an upstream whose every connection runs
+//! a script the test writes.
 //!
 //! The parsing here is deliberately independent of hyper: it is what a
 //! strict peer sees, so a change in how Portico frames messages shows up.
@@ -14,9 +14,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+use crate::TestCa;
 
 /// How long any single read waits for bytes before giving up.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -163,28 +167,121 @@ impl RawRequest {
     }
 }
 
-/// One TCP connection read as HTTP/1.x messages. Every read waits at most
+/// What a [`Wire`] reads and writes: a TCP stream, or a TLS stream over one.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// How a [`Wire`]'s peer ended the connection, once it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Close {
+    /// The end of the stream: a TCP FIN, or over TLS the peer's
+    /// close_notify alert.
+    Clean,
+    /// Over TLS: the TCP connection ended without a close_notify alert
+    /// first, which a TLS client cannot tell from a truncation by an
+    /// attacker (RFC 8446 §6.1, RFC 9112 §9.8).
+    NoCloseNotify,
+    /// A TCP reset.
+    Reset,
+}
+
+/// One connection read as HTTP/1.x messages. Every read waits at most
 /// [`WAIT`]; a read that times out fails with `ErrorKind::TimedOut`.
+///
+/// Over TLS, the peer's end of the connection reads as it does over TCP
+/// (end of stream, or a reset); [`Wire::close`] tells whether a TLS peer
+/// sent its close_notify first.
 pub struct Wire {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
+    /// The peer's address, where the stream had one.
+    peer: Option<SocketAddr>,
+    tls: bool,
+    close: Option<Close>,
     buf: Vec<u8>,
 }
 
 impl Wire {
     pub fn new(stream: TcpStream) -> Wire {
+        let peer = stream.peer_addr().ok();
         Wire {
-            stream,
+            stream: Box::new(stream),
+            peer,
+            tls: false,
+            close: None,
             buf: Vec::new(),
         }
     }
 
     pub async fn connect(addr: SocketAddr) -> Wire {
-        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-            .await
-            .expect("connect timed out")
-            .expect("connect");
-        let _ = stream.set_nodelay(true);
-        Wire::new(stream)
+        Wire::new(tcp(addr).await)
+    }
+
+    /// A TLS connection to `addr`, asking for `server_name` (SNI, and the
+    /// name the certificate must carry) with `config` (see [`tls_client`]).
+    /// Panics if the handshake fails.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        server_name: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Wire {
+        let tcp = tcp(addr).await;
+        let peer = tcp.peer_addr().ok();
+        let name = ServerName::try_from(server_name.to_owned()).expect("a valid server name");
+        let stream = tokio::time::timeout(
+            WAIT,
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+        )
+        .await
+        .expect("TLS handshake timed out")
+        .unwrap_or_else(|e| panic!("TLS handshake for {server_name}: {e}"));
+        Wire {
+            stream: Box::new(stream),
+            peer,
+            tls: true,
+            close: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Whether this connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// How the peer ended the connection, once a read has seen it.
+    pub fn close(&self) -> Option<Close> {
+        self.close
+    }
+
+    /// The peer's address (over TLS, the TCP peer's).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// One read from the stream: the end of the stream reads as `Ok(0)`,
+    /// over TLS too when no close_notify came first, and how it ended is
+    /// recorded in [`Wire::close`]. Resets stay errors (callers decide).
+    async fn read_some(&mut self, chunk: &mut [u8]) -> io::Result<usize> {
+        match self.stream.read(chunk).await {
+            Ok(0) => {
+                self.close.get_or_insert(Close::Clean);
+                Ok(0)
+            }
+            Ok(n) => Ok(n),
+            // rustls reports a TCP end without close_notify this way (a
+            // TCP stream never does: its end of stream is `Ok(0)`).
+            Err(e) if self.tls && e.kind() == io::ErrorKind::UnexpectedEof => {
+                self.close.get_or_insert(Close::NoCloseNotify);
+                Ok(0)
+            }
+            Err(e) => {
+                if e.kind() == io::ErrorKind::ConnectionReset {
+                    self.close.get_or_insert(Close::Reset);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Writes all of `bytes` and flushes.
@@ -210,7 +307,7 @@ impl Wire {
             return Ok(true);
         }
         let mut chunk = [0u8; 16 * 1024];
-        let n = match self.stream.read(&mut chunk).await {
+        let n = match self.read_some(&mut chunk).await {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
             Err(e) => return Err(e),
@@ -222,7 +319,7 @@ impl Wire {
     /// Reads once more into the buffer: the byte count, 0 at end of stream.
     async fn fill(&mut self) -> io::Result<usize> {
         let mut chunk = [0u8; 16 * 1024];
-        let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+        let n = tokio::time::timeout(WAIT, self.read_some(&mut chunk))
             .await
             .map_err(|_| {
                 io::Error::new(
@@ -495,9 +592,39 @@ impl Wire {
         }))
     }
 
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
-        &mut self.stream
+    /// The stream under the reader, to write or shut down directly.
+    pub fn stream_mut(&mut self) -> &mut dyn Stream {
+        &mut *self.stream
     }
+}
+
+async fn tcp(addr: SocketAddr) -> TcpStream {
+    let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let _ = stream.set_nodelay(true);
+    stream
+}
+
+/// A rustls client config (aws-lc-rs) trusting only `ca`, offering `alpn`
+/// (e.g. `&[b"http/1.1"]`; none when empty), for [`Wire::connect_tls`].
+pub fn tls_client(ca: &TestCa, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()) {
+        roots
+            .add(cert.expect("the CA's PEM"))
+            .expect("the CA certificate");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("aws-lc-rs supports the default versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
 }
 
 /// What a [`RawBackend`] script gets for each accepted connection.

@@ -3,8 +3,8 @@
 //! describe what the request path must keep doing whatever implements it
 //! (pipelining, framing, header rules, connection management, errors).
 //!
-//! Clients are raw sockets ([`Wire`]) where exact bytes matter and real
-//! `curl` where a real client is the point; upstreams are scripted raw TCP
+//! Clients are raw connections ([`Wire`], TCP or TLS) where exact bytes
+//! matter and real `curl` where a real client is the point; upstreams are scripted raw TCP
 //! servers ([`RawBackend`]) that say exactly what a test needs, or the echo
 //! backend. Every wait is bounded ([`portico_testkit::raw::WAIT`]).
 //!
@@ -16,41 +16,170 @@
 //! Body-less idempotent requests (GET) take the HTTP/1.1 fast path
 //! (`portico_proxy`'s `h1` module), requests with a body the general path
 //! through hyper; tests of behaviour both paths share send both kinds. The
-//! whole set runs twice: as `http1` (both paths, as in production) and as
-//! `http1_general` (every request forced onto the general path).
+//! whole set runs three times: as `http1` (both paths, as in production),
+//! as `http1_general` (every request forced onto the general path), and as
+//! `http1_tls` (both paths, every client connection over TLS to the HTTPS
+//! listener, ALPN `http/1.1`). Where TLS changes what is right (the
+//! forwarded scheme, a Host that names another site than the SNI, how a
+//! connection ends) the test says so where it asserts it.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use portico_testkit::raw::{ok_with, Framing, RawBackend, RawRequest, RawResponse, Wire};
-use portico_testkit::{curl, is_hex32, is_seconds, wait_until, Backend, Echo, TestProxy};
+use portico_testkit::raw::{
+    ok_with, tls_client, Close, Framing, RawBackend, RawRequest, RawResponse, Wire,
+};
+use portico_testkit::{
+    curl, is_hex32, is_seconds, service_toml, wait_until, Backend, Echo, TestCa, TestProxy,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
 const HOST: &str = "h.test";
 
-/// A test proxy for `toml`, on the request path this test binary exercises
-/// (`super::GENERAL_PATH`).
-async fn start(toml: &str) -> TestProxy {
-    let proxy = TestProxy::start(toml).await;
-    proxy.proxy.force_general_path(super::GENERAL_PATH);
-    proxy
+/// Every host name the tests send, which the TLS run's certificate
+/// carries: the routed ones, and the ones no service claims (a client of
+/// those gets the same certificate as the listener's default).
+const NAMES: &[&str] = &[
+    HOST,
+    "p1.test",
+    "p2.test",
+    "p3.test",
+    "unknown.test",
+    "nowhere.test",
+];
+
+/// The scheme clients use in this run, as `X-Forwarded-Proto` tells it.
+const SCHEME: &str = if super::TLS { "https" } else { "http" };
+
+/// The proxy under test and how this run's clients reach it: its plain
+/// listener, or (`super::TLS`) its HTTPS listener.
+struct Proxy {
+    inner: TestProxy,
+    tls: Option<Tls>,
 }
 
-fn service(name: &str, hosts: &[&str], upstreams: &[SocketAddr]) -> String {
-    portico_testkit::service_toml(name, hosts, upstreams, "")
+/// A test CA and a certificate for [`NAMES`] on disk (as long as the proxy
+/// that loaded them), and a client config trusting the CA.
+struct Tls {
+    dir: tempfile::TempDir,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl Tls {
+    fn new() -> Tls {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("Portico Wire Test CA");
+        ca.write(dir.path());
+        ca.issue(NAMES).write(dir.path(), "site");
+        Tls {
+            dir,
+            client: tls_client(&ca, &[b"http/1.1"]),
+        }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+}
+
+impl Proxy {
+    /// A client connection for [`HOST`].
+    async fn connect(&self) -> Wire {
+        self.connect_for(HOST).await
+    }
+
+    /// A client connection for `host`: over TLS, the name sent as SNI and
+    /// checked against the certificate; requests for another site on it
+    /// are misdirected (421).
+    async fn connect_for(&self, host: &str) -> Wire {
+        match &self.tls {
+            Some(tls) => Wire::connect_tls(self.listener(), host, tls.client.clone()).await,
+            None => Wire::connect(self.inner.addr).await,
+        }
+    }
+
+    /// The listener this run's clients connect to.
+    fn listener(&self) -> SocketAddr {
+        match &self.tls {
+            Some(_) => self.inner.https_addr.expect("https_listen is configured"),
+            None => self.inner.addr,
+        }
+    }
+
+    /// curl arguments for `path` on [`HOST`] through this run's listener
+    /// (HTTP/1.1 over TLS too: curl would offer h2 otherwise).
+    fn curl_args(&self, path: &str) -> Vec<String> {
+        match &self.tls {
+            Some(tls) => {
+                let port = self.listener().port();
+                vec![
+                    "--http1.1".into(),
+                    "--cacert".into(),
+                    tls.path("ca.crt").display().to_string(),
+                    "--resolve".into(),
+                    format!("{HOST}:{port}:127.0.0.1"),
+                    format!("https://{HOST}:{port}{path}"),
+                ]
+            }
+            None => vec![self.inner.url(path)],
+        }
+    }
+
+    /// Stops accepting and waits for the drain to finish.
+    async fn shutdown(self) {
+        self.inner.shutdown().await
+    }
+}
+
+/// A test proxy routing `hosts` to `upstream`, with `settings` in
+/// `[proxy]`, on the request path this test binary exercises
+/// (`super::GENERAL_PATH`). Over TLS (`super::TLS`) the service has the
+/// certificate for [`NAMES`], which is the listener's default too.
+async fn start(hosts: &[&str], upstream: SocketAddr, settings: &str) -> Proxy {
+    let tls = super::TLS.then(Tls::new);
+    let mut toml = format!("[proxy]\n{settings}\n");
+    let mut service_tls = String::new();
+    if let Some(tls) = &tls {
+        let (cert, key) = (tls.path("site.crt"), tls.path("site.key"));
+        toml.push_str(&format!(
+            "https_listen = \"127.0.0.1:0\"\ndefault_tls_cert = {cert:?}\ndefault_tls_key = {key:?}\n"
+        ));
+        service_tls = format!("tls_cert = {cert:?}\ntls_key = {key:?}");
+    }
+    toml.push_str(&service_toml("svc", hosts, &[upstream], &service_tls));
+    let inner = TestProxy::start(&toml).await;
+    inner.proxy.force_general_path(super::GENERAL_PATH);
+    Proxy { inner, tls }
 }
 
 /// A proxy routing [`HOST`] to `upstream`, with `settings` in `[proxy]`.
-async fn proxy_to(upstream: SocketAddr, settings: &str) -> TestProxy {
-    start(&format!(
-        "[proxy]\n{settings}\n{}",
-        service("svc", &[HOST], &[upstream])
-    ))
-    .await
+async fn proxy_to(upstream: SocketAddr, settings: &str) -> Proxy {
+    start(&[HOST], upstream, settings).await
+}
+
+/// Waits for the proxy to close `c`. Over TLS the close must come after a
+/// close_notify alert (RFC 9112 §9.8: "TLS implementations MUST initiate
+/// exchange of closure alerts before closing a connection"), or the client
+/// cannot tell it from a truncation.
+async fn closed(c: &mut Wire) {
+    c.closed().await.unwrap();
+    assert_close_notify(c, "");
+}
+
+/// Over TLS, that `c`'s close came after a close_notify (see [`closed`]).
+fn assert_close_notify(c: &Wire, what: &str) {
+    if c.is_tls() {
+        assert_eq!(
+            c.close(),
+            Some(Close::Clean),
+            "{what}: no close_notify before the close"
+        );
+    }
 }
 
 fn get(path: &str) -> String {
@@ -135,15 +264,11 @@ fn assert_interlock_headers(r: &RawResponse, upstream: Option<SocketAddr>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_each_with_its_own_request_id() {
     let b = Backend::echo("b").await;
-    let proxy = start(&service(
-        "svc",
-        &["p1.test", "p2.test", "p3.test"],
-        &[b.addr],
-    ))
-    .await;
+    let proxy = start(&["p1.test", "p2.test", "p3.test"], b.addr, "").await;
     // Host headers as sent, port included.
     let hosts = ["p1.test", "p2.test:8080", "p3.test"];
-    let mut c = Wire::connect(proxy.addr).await;
+    // (Over TLS: opened for p1.test, a site the other hosts share.)
+    let mut c = proxy.connect_for("p1.test").await;
     let mut ids = HashSet::new();
     // Two, then three requests in one write each, on the same connection.
     for batch in [&hosts[..2], &hosts[..]] {
@@ -184,7 +309,7 @@ async fn pipelined_requests_are_answered_in_order_each_with_its_own_request_id()
         assert_eq!((echo.path.as_str(), echo.method.as_str()), (path, method));
         assert_eq!(echo.body_len, len);
     }
-    c.closed().await.unwrap();
+    closed(&mut c).await;
     assert_eq!(b.hits(), 8);
 }
 
@@ -201,7 +326,7 @@ async fn a_content_length_response_passes_through_byte_for_byte() {
     })
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let r = exchange(&mut c, get("/len"), "GET").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.framing, Framing::Length(70_000), "{}", r.head.text());
@@ -254,7 +379,7 @@ async fn a_chunked_response_arrives_whole_even_with_a_chunk_split_across_writes(
     })
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     c.send(format!(
         "GET /split HTTP/1.1\r\nHost: {HOST}\r\nTE: trailers\r\n\r\n"
     ))
@@ -300,7 +425,7 @@ async fn an_upstream_connection_is_reused_after_a_response_with_trailers() {
     })
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     // GET takes the fast path, POST the general one: both return it.
     for (request, method) in [(get("/trailers"), "GET"), (post("/trailers"), "POST")] {
         for _ in 0..2 {
@@ -358,7 +483,7 @@ async fn a_close_delimited_response_reaches_the_client_whole() {
         ("/close-explicit", b"said so"),
         ("/http10", b"old school"),
     ] {
-        let mut c = Wire::connect(proxy.addr).await;
+        let mut c = proxy.connect().await;
         let r = exchange(&mut c, get(path), "GET").await;
         assert_eq!(r.status, 200, "{path}: {}", r.head.text());
         assert_eq!(r.version, "HTTP/1.1", "{path}");
@@ -369,8 +494,9 @@ async fn a_close_delimited_response_reaches_the_client_whole() {
                 assert!(!r.head.connection_has("close"), "{path}: {}", r.head.text());
                 still_usable(&mut c).await;
             }
-            // Read to the end: the proxy has closed the connection.
-            Framing::Close => {}
+            // Read to the end: the proxy has closed the connection (over
+            // TLS after a close_notify, or the end could be a truncation).
+            Framing::Close => assert_close_notify(&c, path),
             _ => panic!("{path}: {r:?}"),
         }
     }
@@ -386,7 +512,7 @@ async fn a_head_response_keeps_its_content_length_and_has_no_body() {
     })
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     // HEAD and a GET in one write: any stray body bytes after the HEAD
     // response would spoil the GET's.
     c.send(format!(
@@ -430,7 +556,7 @@ async fn no_content_and_not_modified_responses_have_no_body() {
     })
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     // Each followed by a GET in the same write, as above.
     c.send(format!("{}{}", get("/204"), get("/next")))
         .await
@@ -478,7 +604,7 @@ async fn interlock_headers_are_added_and_override_the_upstreams() {
     ))
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let mut ids = HashSet::new();
     for _ in 0..2 {
         let r = exchange(&mut c, get("/"), "GET").await;
@@ -511,8 +637,10 @@ async fn interlock_headers_are_added_and_override_the_upstreams() {
 async fn hide_info_headers_hides_server_info_and_the_upstream_headers() {
     let b = RawBackend::fixed(ok_with(b"hi", "")).await;
     let proxy = proxy_to(b.addr, "hide_info_headers = true").await;
-    let mut c = Wire::connect(proxy.addr).await;
     for host in [HOST, "unknown.test"] {
+        // A connection for each (over TLS, one for another site's host
+        // would be misdirected).
+        let mut c = proxy.connect_for(host).await;
         let r = exchange(
             &mut c,
             format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"),
@@ -537,12 +665,16 @@ async fn hide_info_headers_hides_server_info_and_the_upstream_headers() {
 async fn the_upstream_gets_forwarding_headers_and_the_clients_host() {
     let b = RawBackend::fixed(ok_with(b"hi", "")).await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
+    // The client claims the other scheme than the one it uses.
+    let claimed = if super::TLS { "http" } else { "https" };
     let r = exchange(
         &mut c,
-        "GET /fwd HTTP/1.1\r\nHost: h.test:8080\r\nX-Forwarded-For: 1.2.3.4\r\n\
-         X-Real-IP: 9.9.9.9\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\n\
-         Forwarded: for=9.9.9.9;proto=https\r\nX-Request-Id: chosen-by-client\r\n\r\n",
+        format!(
+            "GET /fwd HTTP/1.1\r\nHost: h.test:8080\r\nX-Forwarded-For: 1.2.3.4\r\n\
+             X-Real-IP: 9.9.9.9\r\nX-Forwarded-Proto: {claimed}\r\nX-Forwarded-Host: evil.test\r\n\
+             Forwarded: for=9.9.9.9;proto={claimed}\r\nX-Request-Id: chosen-by-client\r\n\r\n"
+        ),
         "GET",
     )
     .await;
@@ -554,7 +686,7 @@ async fn the_upstream_gets_forwarding_headers_and_the_clients_host() {
     // No peer is trusted by default: the client's own list is replaced.
     assert_eq!(up.header("x-forwarded-for"), Some("127.0.0.1"), "{text}");
     assert_eq!(up.header("x-real-ip"), Some("127.0.0.1"), "{text}");
-    assert_eq!(up.header("x-forwarded-proto"), Some("http"), "{text}");
+    assert_eq!(up.header("x-forwarded-proto"), Some(SCHEME), "{text}");
     assert_eq!(up.header("x-forwarded-host"), Some("h.test:8080"), "{text}");
     assert!(!up.head.has("forwarded"), "{text}");
     let id = up.header("x-request-id").unwrap();
@@ -576,7 +708,7 @@ async fn the_upstream_gets_forwarding_headers_and_the_clients_host() {
     // client address (X-Real-IP) is the rightmost untrusted entry.
     drop(c);
     let proxy = proxy_to(b.addr, "trusted_proxies = [\"127.0.0.0/8\"]").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     exchange(
         &mut c,
         format!(
@@ -602,7 +734,7 @@ async fn the_upstream_gets_forwarding_headers_and_the_clients_host() {
 async fn hop_by_hop_request_headers_do_not_reach_the_upstream() {
     let b = RawBackend::answering(|req| next_or(req, |_| ok_with(b"hi", ""))).await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let r = exchange(
         &mut c,
         format!(
@@ -644,7 +776,7 @@ async fn hop_by_hop_request_headers_do_not_reach_the_upstream() {
 async fn the_request_target_reaches_the_upstream_byte_for_byte() {
     let b = RawBackend::fixed(ok_with(b"hi", "")).await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let targets = [
         "/",
         "/a/b%2Fc//d/./e/../f;p=1",
@@ -704,7 +836,7 @@ async fn non_ascii_header_values_pass_through_in_both_directions() {
     )
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let mut req = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n").into_bytes();
     req.extend_from_slice(b"X-Utf8: caf\xc3\xa9 \xe2\x98\x95\r\nX-Latin1: caf\xe9\r\n\r\n");
     let r = exchange(&mut c, req, "GET").await;
@@ -726,7 +858,7 @@ async fn non_ascii_header_values_pass_through_in_both_directions() {
 async fn a_hundred_header_lines_and_a_16_kib_value_reach_the_upstream() {
     let b = RawBackend::fixed(ok_with(b"hi", "")).await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     // Host and 99 more: 100 header lines.
     let mut req = format!("GET /many HTTP/1.1\r\nHost: {HOST}\r\n");
     for i in 0..99 {
@@ -760,7 +892,7 @@ async fn a_hundred_header_lines_and_a_16_kib_value_reach_the_upstream() {
 async fn a_request_with_more_than_100_header_lines_gets_431() {
     let b = RawBackend::fixed(ok_with(b"hi", "")).await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let mut req = format!("GET /many HTTP/1.1\r\nHost: {HOST}\r\n");
     for i in 0..100 {
         req.push_str(&format!("X-H-{i:03}: v\r\n"));
@@ -768,7 +900,7 @@ async fn a_request_with_more_than_100_header_lines_gets_431() {
     req.push_str("\r\n");
     let r = exchange(&mut c, req, "GET").await;
     assert_eq!(r.status, 431, "{}", r.head.text());
-    c.closed().await.unwrap();
+    closed(&mut c).await;
     assert!(b.requests().is_empty());
 }
 
@@ -788,7 +920,7 @@ async fn hop_by_hop_response_headers_do_not_reach_the_client() {
     })
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let r = exchange(&mut c, get("/"), "GET").await;
     assert_eq!(r.status, 200);
     let text = r.head.text();
@@ -829,7 +961,7 @@ async fn status_lines_and_repeated_response_headers_pass_through() {
     })
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     // Reason phrases are the upstream's, even for codes without a
     // registered one.
     for (path, line) in [
@@ -867,7 +999,7 @@ async fn a_large_response_head_passes_through() {
     }
     let b = RawBackend::fixed(ok_with(b"hi", &extra)).await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let r = exchange(&mut c, get("/"), "GET").await;
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert_eq!(r.header("x-big"), Some(big.as_str()));
@@ -903,7 +1035,7 @@ async fn bytes_after_a_complete_response_are_never_served_as_the_next_response()
     })
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let r = exchange(&mut c, get("/extra"), "GET").await;
     assert_eq!((r.status, r.body.as_slice()), (200, &b"hi"[..]));
     three_paths_echoed(&mut c).await;
@@ -924,7 +1056,7 @@ async fn a_response_with_content_length_and_chunked_is_framed_by_its_chunks() {
     })
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     // GET takes the fast path, POST the general one.
     for (request, method) in [(get("/both"), "GET"), (post("/both"), "POST")] {
         let r = exchange(&mut c, request, method).await;
@@ -949,7 +1081,7 @@ async fn a_response_with_content_length_and_chunked_is_framed_by_its_chunks() {
 async fn connection_close_from_the_client_gets_the_response_then_a_close() {
     let b = RawBackend::fixed(ok_with(b"bye", "")).await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let r = exchange(
         &mut c,
         format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"),
@@ -959,7 +1091,7 @@ async fn connection_close_from_the_client_gets_the_response_then_a_close() {
     assert_eq!((r.status, r.body.as_slice()), (200, &b"bye"[..]));
     // Pinned: the response says `Connection: close` (RFC 9112 §9.6: SHOULD).
     assert!(r.head.connection_has("close"), "{}", r.head.text());
-    c.closed().await.unwrap();
+    closed(&mut c).await;
     // The upstream connection is not the client's: it is kept for reuse.
     let up = &b.requests()[0];
     assert!(!up.head.connection_has("close"), "{}", up.head.text());
@@ -971,14 +1103,14 @@ async fn connection_close_from_the_client_gets_the_response_then_a_close() {
 async fn an_idle_keep_alive_connection_is_closed_after_client_header_timeout() {
     let b = RawBackend::fixed(ok_with(b"hi", "")).await;
     let proxy = proxy_to(b.addr, "client_header_timeout = \"300ms\"\n").await;
-    let mut used = Wire::connect(proxy.addr).await;
+    let mut used = proxy.connect().await;
     for _ in 0..2 {
         let r = exchange(&mut used, get("/"), "GET").await;
         assert_eq!((r.status, r.body.as_slice()), (200, &b"hi"[..]));
     }
-    let mut never_used = Wire::connect(proxy.addr).await;
-    used.closed().await.unwrap();
-    never_used.closed().await.unwrap();
+    let mut never_used = proxy.connect().await;
+    closed(&mut used).await;
+    closed(&mut never_used).await;
 }
 
 /// A connection idle for longer than a tick of the idle clock (an eighth of
@@ -990,23 +1122,23 @@ async fn a_parked_idle_connection_serves_its_next_request_and_still_times_out() 
     let b = RawBackend::fixed(ok_with(b"hi", "")).await;
     // Ticks of 250 ms: parked after 250 to 500 ms idle.
     let proxy = proxy_to(b.addr, "client_header_timeout = \"2s\"\n").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let r = exchange(&mut c, get("/"), "GET").await;
     assert_eq!(r.status, 200);
     // The idle period is the scenario: long enough to be parked.
     tokio::time::sleep(Duration::from_millis(900)).await;
     let r = exchange(&mut c, get("/again"), "GET").await;
     assert_eq!((r.status, r.body.as_slice()), (200, &b"hi"[..]));
-    c.closed().await.unwrap();
+    closed(&mut c).await;
 
-    let mut parked = Wire::connect(proxy.addr).await;
+    let mut parked = proxy.connect().await;
     let r = exchange(&mut parked, get("/"), "GET").await;
     assert_eq!(r.status, 200);
     tokio::time::sleep(Duration::from_millis(900)).await;
     tokio::time::timeout(Duration::from_secs(10), proxy.shutdown())
         .await
         .expect("the drain waited for a parked connection");
-    parked.closed().await.unwrap();
+    closed(&mut parked).await;
 }
 
 /// A request that arrives while the listener stops is still answered, on
@@ -1016,8 +1148,8 @@ async fn a_parked_idle_connection_serves_its_next_request_and_still_times_out() 
 async fn requests_in_progress_when_shutdown_begins_are_answered() {
     let b = RawBackend::answering(|req| next_or(req, |_| ok_with(b"done", ""))).await;
     let proxy = proxy_to(b.addr, "shutdown_grace = \"10s\"\n").await;
-    let mut post = Wire::connect(proxy.addr).await;
-    let mut get = Wire::connect(proxy.addr).await;
+    let mut post = proxy.connect().await;
+    let mut get = proxy.connect().await;
     // A first request on each: the proxy has accepted both (a connection
     // still in the listen backlog when the listener closes is reset).
     for c in [&mut post, &mut get] {
@@ -1032,7 +1164,7 @@ async fn requests_in_progress_when_shutdown_begins_are_answered() {
         .unwrap();
     let stopping = tokio::spawn(proxy.shutdown());
     // The drain has begun once the listener refuses new connections.
-    let addr = post.stream_mut().peer_addr().unwrap();
+    let addr = post.peer_addr().unwrap();
     wait_until(
         Duration::from_secs(5),
         "the listener closed",
@@ -1047,13 +1179,14 @@ async fn requests_in_progress_when_shutdown_begins_are_answered() {
         // as idle while a head is still arriving, and hyper's graceful
         // shutdown closes it: a half-sent request is lost unless its rest
         // arrived before hyper saw the signal. In production the fast path
-        // reads every plain-HTTP head and answers it (the other run of
-        // this test). Either way, never a hang or a wrong answer.
+        // reads every HTTP/1.1 head, over TLS too, and answers it (the
+        // other runs of this test). Either way, never a hang or a wrong
+        // answer.
         for (c, method) in [(&mut post, "POST"), (&mut get, "GET")] {
             if let Ok(r) = c.read_response(method).await {
                 assert_eq!((r.status, r.body.as_slice()), (200, &b"done"[..]));
                 assert!(r.head.connection_has("close"), "{method}");
-                c.closed().await.unwrap();
+                closed(c).await;
             }
         }
         tokio::time::timeout(Duration::from_secs(10), stopping)
@@ -1076,7 +1209,7 @@ async fn requests_in_progress_when_shutdown_begins_are_answered() {
             "{method}: {}",
             r.head.text()
         );
-        c.closed().await.unwrap();
+        closed(c).await;
     }
     tokio::time::timeout(Duration::from_secs(10), stopping)
         .await
@@ -1090,22 +1223,22 @@ async fn requests_in_progress_when_shutdown_begins_are_answered() {
 async fn shutdown_closes_idle_keep_alive_connections_without_waiting_for_the_grace_period() {
     let b = RawBackend::fixed(ok_with(b"hi", "")).await;
     let proxy = proxy_to(b.addr, "shutdown_grace = \"60s\"\n").await;
-    let mut idle = Wire::connect(proxy.addr).await;
+    let mut idle = proxy.connect().await;
     let r = exchange(&mut idle, get("/"), "GET").await;
     assert_eq!(r.status, 200);
-    let mut silent = Wire::connect(proxy.addr).await;
+    let mut silent = proxy.connect().await;
     tokio::time::timeout(Duration::from_secs(10), proxy.shutdown())
         .await
         .expect("the drain waited for idle connections");
-    idle.closed().await.unwrap();
-    silent.closed().await.unwrap();
+    closed(&mut idle).await;
+    closed(&mut silent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http10_client_gets_an_http10_response_and_a_close() {
     let b = RawBackend::fixed(ok_with(b"old", "")).await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let r = exchange(
         &mut c,
         format!("GET /ten HTTP/1.0\r\nHost: {HOST}\r\n\r\n"),
@@ -1119,7 +1252,7 @@ async fn an_http10_client_gets_an_http10_response_and_a_close() {
     assert_eq!(r.framing, Framing::Length(3));
     assert_eq!(r.body, b"old");
     assert_interlock_headers(&r, Some(b.addr));
-    c.closed().await.unwrap();
+    closed(&mut c).await;
     // The request goes upstream as HTTP/1.1.
     assert_eq!(b.requests()[0].version, "HTTP/1.1");
 }
@@ -1144,7 +1277,7 @@ async fn an_http10_client_never_gets_chunked_encoding() {
     .await;
     let proxy = proxy_to(b.addr, "").await;
     for keep_alive in ["", "Connection: keep-alive\r\n"] {
-        let mut c = Wire::connect(proxy.addr).await;
+        let mut c = proxy.connect().await;
         let r = exchange(
             &mut c,
             format!("GET / HTTP/1.0\r\nHost: {HOST}\r\n{keep_alive}\r\n"),
@@ -1157,11 +1290,12 @@ async fn an_http10_client_never_gets_chunked_encoding() {
         // Pinned: with no length to give, the body is delimited by closing
         // the connection, even when the client asked for keep-alive.
         assert_eq!(r.framing, Framing::Close, "{}", r.head.text());
+        assert_close_notify(&c, "a close-delimited body");
         assert!(r.body == body, "the body changed on the way");
     }
     // Pinned: an HTTP/1.0 client asking for keep-alive keeps its connection
     // when the response has a length.
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     for _ in 0..2 {
         let r = exchange(
             &mut c,
@@ -1181,7 +1315,7 @@ async fn an_http10_client_never_gets_chunked_encoding() {
 async fn sequential_requests_reuse_one_upstream_connection() {
     let b = RawBackend::fixed(ok_with(b"pong", "")).await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     for _ in 0..5 {
         let r = exchange(&mut c, get("/"), "GET").await;
         assert_eq!(r.body, b"pong");
@@ -1194,7 +1328,7 @@ async fn sequential_requests_reuse_one_upstream_connection() {
     // response's last bytes are written); then a second one is opened,
     // and both are reused from then on.)
     for _ in 0..5 {
-        let mut c = Wire::connect(proxy.addr).await;
+        let mut c = proxy.connect().await;
         let r = exchange(&mut c, get("/"), "GET").await;
         assert_eq!(r.body, b"pong");
     }
@@ -1212,7 +1346,7 @@ async fn an_upstream_closing_after_each_response_still_serves_every_request() {
     })
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     for i in 0..5 {
         let path = format!("/{i}");
         let r = exchange(&mut c, get(&path), "GET").await;
@@ -1256,7 +1390,7 @@ async fn an_upstream_that_silently_closes_an_idle_connection_is_not_an_error() {
     })
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     for i in 0..5 {
         let path = format!("/{i}");
         let r = exchange(&mut c, get(&path), "GET").await;
@@ -1290,7 +1424,7 @@ async fn a_get_lost_to_the_keep_alive_race_is_retried_on_a_fresh_connection() {
     })
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     three_paths_echoed(&mut c).await;
 }
 
@@ -1318,7 +1452,7 @@ async fn an_invalid_response_from_the_upstream_is_502_with_interlock_headers() {
     })
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     for path in [
         "/bad-length",
         "/two-lengths",
@@ -1379,7 +1513,7 @@ async fn a_truncated_upstream_body_reaches_the_client_as_a_truncated_body() {
     .await;
     let proxy = proxy_to(b.addr, "").await;
 
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     c.send(get("/length")).await.unwrap();
     let head = c.read_head().await.unwrap().expect("a response head");
     assert!(
@@ -1393,7 +1527,7 @@ async fn a_truncated_upstream_body_reaches_the_client_as_a_truncated_body() {
     assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
     assert_eq!(c.buffered(), &[b'x'; 50][..]);
 
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     c.send(get("/chunked")).await.unwrap();
     let head = c.read_head().await.unwrap().expect("a response head");
     assert_eq!(head.header("transfer-encoding"), Some("chunked"));
@@ -1412,7 +1546,7 @@ async fn a_truncated_upstream_body_reaches_the_client_as_a_truncated_body() {
     // without a last chunk and nothing after the break; or the break is
     // found before anything was sent, and the answer is a 502. Never a
     // close without any answer.
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     c.send(get("/bad-chunk")).await.unwrap();
     let head = c
         .read_head()
@@ -1443,7 +1577,7 @@ async fn an_upstream_that_never_answers_is_504_after_upstream_timeout() {
     })
     .await;
     let proxy = proxy_to(b.addr, "upstream_timeout = \"300ms\"").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let r = exchange(&mut c, get("/"), "GET").await;
     assert_eq!(r.status, 504, "{}", r.body_text());
     assert_interlock_headers(&r, Some(b.addr));
@@ -1458,25 +1592,41 @@ async fn an_upstream_that_never_answers_is_504_after_upstream_timeout() {
     assert_eq!(b.requests().len(), 1);
 }
 
+/// Over TLS, the client connects for the unknown host (and gets the
+/// listener's default certificate); a request for it on a connection opened
+/// for another site is misdirected instead (421), and that connection stays
+/// open too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_host_is_503_and_the_connection_stays_open() {
     let b = RawBackend::answering(|req| next_or(req, |_| ok_with(b"hi", ""))).await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
-    let r = exchange(
-        &mut c,
-        "GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n",
-        "GET",
-    )
-    .await;
-    assert_eq!(r.status, 503);
-    assert_interlock_headers(&r, None);
-    assert!(
-        r.body_text()
-            .contains("no service is configured for host \"nowhere.test\""),
-        "{}",
-        r.body_text()
-    );
+    let nowhere = "GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n";
+    let mut c = proxy.connect_for("nowhere.test").await;
+    for _ in 0..2 {
+        let r = exchange(&mut c, nowhere, "GET").await;
+        assert_eq!(r.status, 503, "{}", r.head.text());
+        assert_interlock_headers(&r, None);
+        assert!(
+            r.body_text()
+                .contains("no service is configured for host \"nowhere.test\""),
+            "{}",
+            r.body_text()
+        );
+    }
+    if super::TLS {
+        c = proxy.connect().await;
+        let r = exchange(&mut c, nowhere, "GET").await;
+        assert_eq!(r.status, 421, "{}", r.head.text());
+        assert_interlock_headers(&r, None);
+        assert!(
+            r.body_text().contains(
+                "host \"nowhere.test\" is not served on this connection, \
+                 which was opened for \"h.test\""
+            ),
+            "{}",
+            r.body_text()
+        );
+    }
     still_usable(&mut c).await;
     assert_eq!(b.requests().len(), 1);
 }
@@ -1487,7 +1637,7 @@ async fn an_unknown_host_is_503_and_the_connection_stays_open() {
 async fn a_request_head_over_max_header_bytes_gets_431_and_a_close() {
     let b = RawBackend::fixed(ok_with(b"hi", "")).await;
     let proxy = proxy_to(b.addr, "max_header_bytes = 8192").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let r = exchange(
         &mut c,
         format!(
@@ -1498,10 +1648,10 @@ async fn a_request_head_over_max_header_bytes_gets_431_and_a_close() {
     )
     .await;
     assert_eq!(r.status, 431, "{}", r.head.text());
-    c.closed().await.unwrap();
+    closed(&mut c).await;
     assert!(b.requests().is_empty());
     // Under the limit is fine.
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let r = exchange(
         &mut c,
         format!(
@@ -1521,13 +1671,16 @@ async fn a_request_head_over_max_header_bytes_gets_431_and_a_close() {
 async fn a_stalled_request_head_is_closed_after_client_header_timeout() {
     let b = RawBackend::fixed(ok_with(b"hi", "")).await;
     let proxy = proxy_to(b.addr, "client_header_timeout = \"300ms\"").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     c.send(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Half: ab"))
         .await
         .unwrap();
+    // Over TLS, with or without a close_notify first: this close abandons
+    // a request rather than ending a conversation, and no response is cut
+    // short (nginx closes quietly on a client timeout too).
     c.closed().await.unwrap();
     // Also on a connection that has already had a response.
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let r = exchange(&mut c, get("/"), "GET").await;
     assert_eq!(r.status, 200);
     c.send("GET / HTTP/1.1\r\nHo").await.unwrap();
@@ -1549,7 +1702,7 @@ async fn ambiguous_request_framing_never_smuggles_a_request_upstream() {
         "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
         "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",
     ] {
-        let mut c = Wire::connect(proxy.addr).await;
+        let mut c = proxy.connect().await;
         let r = exchange(
             &mut c,
             format!(
@@ -1562,7 +1715,7 @@ async fn ambiguous_request_framing_never_smuggles_a_request_upstream() {
         assert_eq!(r.status, 200, "{}", r.head.text());
         assert_eq!(r.body, b"hello");
         assert!(r.head.connection_has("close"), "{}", r.head.text());
-        c.closed().await.unwrap();
+        closed(&mut c).await;
     }
     let ups = b.requests();
     assert_eq!(ups.len(), 2, "{ups:?}");
@@ -1587,11 +1740,12 @@ async fn ambiguous_request_framing_never_smuggles_a_request_upstream() {
         "POST / HTTP/1.1\r\nHost: h.test\r\nContent-Length: +5\r\n\r\nhello",
         "POST / HTTP/1.1\r\nHost: h.test\r\nContent-Length: 5, 5x\r\n\r\nhello",
     ] {
-        let mut c = Wire::connect(proxy.addr).await;
+        let mut c = proxy.connect().await;
         c.send(bad).await.unwrap();
         let r = c.read_response("POST").await.unwrap();
         assert_eq!(r.status, 400, "{bad:?}: {}", r.head.text());
         c.closed().await.unwrap_or_else(|e| panic!("{bad:?}: {e}"));
+        assert_close_notify(&c, bad);
     }
     assert_eq!(b.requests().len(), 2);
 }
@@ -1603,7 +1757,7 @@ async fn a_1_mib_content_length_body_arrives_intact() {
     let b = RawBackend::answering(|req| ok_with(req.body.len().to_string().as_bytes(), "")).await;
     let proxy = proxy_to(b.addr, "").await;
     let body = pattern(1024 * 1024);
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let mut req = format!(
         "POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -1624,7 +1778,7 @@ async fn a_chunked_request_body_arrives_intact() {
     let b = RawBackend::answering(|req| ok_with(req.body.len().to_string().as_bytes(), "")).await;
     let proxy = proxy_to(b.addr, "").await;
     let body = pattern(300_000);
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     c.send(format!(
         "POST /upload HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n"
     ))
@@ -1663,7 +1817,7 @@ async fn a_chunked_request_body_arrives_intact() {
 async fn a_get_with_a_content_length_body_passes_it_on() {
     let b = RawBackend::answering(|req| ok_with(&req.body, "")).await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let body = r#"{"query":{"match_all":{}}}"#;
     let r = exchange(
         &mut c,
@@ -1687,7 +1841,7 @@ async fn a_get_with_a_content_length_body_passes_it_on() {
 async fn a_get_with_a_chunked_body_passes_it_on() {
     let b = RawBackend::answering(|req| ok_with(&req.body, "")).await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     let body = r#"{"query":{"match_all":{}}}"#;
     let r = exchange(
         &mut c,
@@ -1713,9 +1867,11 @@ async fn expect_100_continue_from_curl_with_a_100_kib_body() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("body");
     std::fs::write(&file, pattern(100 * 1024)).unwrap();
-    let r = curl(&[
+    let (host, data) = (format!("Host: {HOST}"), format!("@{}", file.display()));
+    let target = proxy.curl_args("/upload");
+    let mut args = vec![
         "-H",
-        &format!("Host: {HOST}"),
+        &host,
         "-H",
         "Expect: 100-continue",
         // Without a 100 Continue, curl would wait a second and send anyway:
@@ -1726,12 +1882,13 @@ async fn expect_100_continue_from_curl_with_a_100_kib_body() {
         "--max-time",
         "5",
         "--data-binary",
-        &format!("@{}", file.display()),
-        &proxy.url("/upload"),
-    ])
-    .await;
+        &data,
+    ];
+    args.extend(target.iter().map(String::as_str));
+    let r = curl(&args).await;
     assert_eq!(r.exit, 0, "{}", r.stderr);
     assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.status_line.starts_with("HTTP/1.1 "), "{r:?}");
     let echo: Echo = serde_json::from_str(&r.body).unwrap();
     assert_eq!((echo.method.as_str(), echo.body_len), ("POST", 100 * 1024));
 }
@@ -1740,7 +1897,7 @@ async fn expect_100_continue_from_curl_with_a_100_kib_body() {
 async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     let b = RawBackend::answering(|req| ok_with(&req.body, "")).await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     c.send(format!(
         "POST /e HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
     ))
@@ -1770,7 +1927,7 @@ async fn interim_responses_from_the_upstream_are_not_forwarded() {
     })
     .await;
     let proxy = proxy_to(b.addr, "").await;
-    let mut c = Wire::connect(proxy.addr).await;
+    let mut c = proxy.connect().await;
     for path in ["/103", "/100", "/both"] {
         c.send(get(path)).await.unwrap();
         let (interim, r) = c.read_final_response("GET").await.unwrap();

@@ -1,0 +1,13 @@
+//! The HTTP/1.1 wire tests (`wire/`) over TLS: every client connection
+//! goes to the HTTPS listener (ALPN `http/1.1`), which serves HTTP/1.1 on
+//! the same two request paths as cleartext: the fast path for body-less
+//! GETs, hyper for the rest.
+
+/// Requests are not forced onto the general path.
+const GENERAL_PATH: bool = false;
+
+/// Clients connect over TLS.
+const TLS: bool = true;
+
+#[path = "wire/mod.rs"]
+mod wire;
