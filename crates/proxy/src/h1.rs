@@ -161,6 +161,8 @@ impl Shared {
                 for p in parked.into_iter().filter_map(|w: WaitReadable| w.0) {
                     if p.stream.readable_now() {
                         tokio::spawn(p.serve(proxy.clone(), self.clone()));
+                    } else {
+                        p.stream.close_idle_later();
                     }
                 }
                 return;
@@ -175,7 +177,11 @@ impl Shared {
                     let limit = self.idle_limit();
                     let expired = |w: &WaitReadable| w.0.as_ref().is_none_or(|p| p.since.elapsed() >= limit);
                     if parked.iter().any(expired) {
-                        parked = parked.into_iter().filter(|w| !expired(w)).collect();
+                        let (gone, kept): (Vec<_>, Vec<_>) = parked.into_iter().partition(expired);
+                        parked = kept.into_iter().collect();
+                        for p in gone.into_iter().filter_map(|w| w.0) {
+                            p.stream.close_idle_later();
+                        }
                     }
                 }
             }
@@ -374,6 +380,7 @@ async fn serve_from(
                     if !served && !shared.stopping() {
                         tracing::debug!(client = %client, "nothing received within client_header_timeout");
                     }
+                    stream.close_idle().await;
                     return;
                 }
             }

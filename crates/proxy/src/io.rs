@@ -386,6 +386,24 @@ impl Client {
         }
     }
 
+    /// Closes a connection with no request in progress: over TLS with a
+    /// close_notify first (RFC 9112 §9.8: otherwise the client cannot tell
+    /// the close from a truncation), within a second, so that a client that
+    /// reads nothing cannot hold it open.
+    pub(crate) async fn close_idle(mut self) {
+        if let Client::Tls(_) = &self {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.shutdown()).await;
+        }
+    }
+
+    /// [`close_idle`](Self::close_idle) on a task of its own when there is
+    /// something to send; a cleartext connection is just dropped.
+    pub(crate) fn close_idle_later(self) {
+        if let Client::Tls(_) = &self {
+            tokio::spawn(self.close_idle());
+        }
+    }
+
     /// Whether writes may wait in a buffer of ours (rustls's) rather than
     /// the socket's: such a stream is flushed at the end of each response.
     pub(crate) fn buffers_writes(&self) -> bool {
