@@ -2,20 +2,31 @@
 //! collected. The response body also carries the request's tail end: it
 //! returns the upstream connection to its pool when the last frame has
 //! passed, and writes the access-log line when it is dropped.
+//!
+//! A response from hyper's client streams as hyper decoded it; one relayed
+//! as bytes ([`crate::relay`]) as [`RawBody`], which decodes its framing.
 
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessLog;
+use crate::framing::{Chunked, Framing};
 use crate::health::Admitted;
 use crate::metrics::Tally;
-use crate::upstream::{Busy, Conn, Upstream};
+use crate::upstream::{Busy, Conn, RawConn, Upstream};
+
+/// Each read of a relayed body after the first.
+const BODY_READ: usize = 64 * 1024;
+
+/// A response body's error: hyper's (its client's body) or the relay's.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body on its way to the client.
 pub struct ResponseBody {
@@ -65,14 +76,17 @@ impl Drop for InFlight {
 
 enum Source {
     Upstream(Incoming),
+    /// Read from a bare upstream connection ([`crate::relay`]), which the
+    /// body itself returns to its pool.
+    Relayed(RawBody),
     Full(Option<Bytes>),
 }
 
 impl ResponseBody {
-    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    fn new(source: Source, lease: Option<(Conn, Arc<Upstream>)>) -> ResponseBody {
         ResponseBody {
-            source: Source::Full(Some(bytes.into())),
-            lease: None,
+            source,
+            lease,
             bytes: 0,
             log: None,
             in_flight: None,
@@ -81,25 +95,25 @@ impl ResponseBody {
         }
     }
 
+    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody::new(Source::Full(Some(bytes.into())), None)
+    }
+
     pub fn upstream(body: Incoming, conn: Conn, upstream: Arc<Upstream>) -> ResponseBody {
-        let mut body = ResponseBody {
-            source: Source::Upstream(body),
-            lease: Some((conn, upstream)),
-            bytes: 0,
-            log: None,
-            in_flight: None,
-            held: Held::default(),
-            tally: None,
-        };
+        let mut body = ResponseBody::new(Source::Upstream(body), Some((conn, upstream)));
         body.release_if_done();
         body
+    }
+
+    pub(crate) fn relayed(body: RawBody) -> ResponseBody {
+        ResponseBody::new(Source::Relayed(body), None)
     }
 
     /// The whole body, for responses made by the proxy itself.
     pub fn full_bytes(&self) -> Option<&Bytes> {
         match &self.source {
             Source::Full(data) => data.as_ref(),
-            Source::Upstream(_) => None,
+            Source::Upstream(_) | Source::Relayed(_) => None,
         }
     }
 
@@ -132,15 +146,24 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let frame = match &mut this.source {
             Source::Full(data) => data.take().map(|d| Ok(Frame::data(d))),
+            Source::Relayed(b) => match ready!(b.poll_data(cx)) {
+                Some(Err(e)) => {
+                    if let Some(log) = &mut this.log {
+                        log.error = Some(format!("upstream body: {e}"));
+                    }
+                    Some(Err(e.into()))
+                }
+                other => other.map(|f| f.map_err(Into::into)),
+            },
             Source::Upstream(b) => match ready!(Pin::new(b).poll_frame(cx)) {
                 None => {
                     if let Some((conn, upstream)) = this.lease.take() {
@@ -154,7 +177,7 @@ impl Body for ResponseBody {
                     if let Some(log) = &mut this.log {
                         log.error = Some(format!("upstream body: {e}"));
                     }
-                    Some(Err(e))
+                    Some(Err(e.into()))
                 }
                 Some(Ok(frame)) => {
                     // Trailers end the message: hyper asks for nothing
@@ -180,6 +203,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.source {
             Source::Upstream(b) => b.is_end_stream(),
+            Source::Relayed(b) => b.is_end_stream(),
             Source::Full(d) => d.is_none(),
         }
     }
@@ -187,6 +211,10 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.source {
             Source::Upstream(b) => b.size_hint(),
+            Source::Relayed(b) => match b.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
             Source::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             Source::Full(None) => SizeHint::with_exact(0),
         }
@@ -202,5 +230,200 @@ impl Drop for ResponseBody {
             let complete = self.is_end_stream();
             log.emit(self.bytes, complete);
         }
+    }
+}
+
+/// A response body read from a bare upstream connection, its framing
+/// decoded; the connection goes back to its pool once the body has ended
+/// as its head said it would.
+pub(crate) struct RawBody {
+    conn: Option<RawConn>,
+    upstream: Arc<Upstream>,
+    /// Read from the connection and not yet passed on.
+    buf: BytesMut,
+    state: State,
+    /// The head allows another request on this connection.
+    reusable: bool,
+    /// How the body broke off, told on the poll after the one that found
+    /// it: hyper's server stops writing at a body's error, and the yield
+    /// in between lets what was passed on reach the client first.
+    broken: Option<RelayError>,
+}
+
+enum State {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+/// Why a relayed response body broke off.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RelayError {
+    #[error("upstream closed the connection {0} bytes before the end of the body")]
+    Short(u64),
+    #[error("upstream closed the connection inside a chunked body")]
+    ChunkedEof,
+    #[error("invalid chunked framing from the upstream")]
+    BadChunk,
+    #[error("reading the upstream: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl RawBody {
+    pub(crate) fn new(
+        conn: RawConn,
+        upstream: Arc<Upstream>,
+        buf: BytesMut,
+        framing: Framing,
+        reusable: bool,
+    ) -> RawBody {
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Chunked::default()),
+            Framing::UntilClose => State::UntilClose,
+        };
+        let mut body = RawBody {
+            conn: Some(conn),
+            upstream,
+            buf,
+            state,
+            reusable,
+            broken: None,
+        };
+        body.end_if_done();
+        body
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done) && self.broken.is_none()
+    }
+
+    /// The bytes still to come, when the head said.
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) => Some(n),
+            State::Done => Some(0),
+            State::Chunked(_) | State::UntilClose => None,
+        }
+    }
+
+    /// Once the body is over, its connection goes back to the pool, unless
+    /// the upstream said it would close it or sent more than its body.
+    fn end_if_done(&mut self) {
+        if matches!(self.state, State::Done) {
+            if let Some(conn) = self.conn.take() {
+                if self.reusable && self.buf.is_empty() {
+                    self.upstream.checkin_raw(conn);
+                }
+            }
+        }
+    }
+
+    /// The next piece of the body from what has been read, if any.
+    fn take_data(&mut self) -> Result<Option<Bytes>, RelayError> {
+        let data = match &mut self.state {
+            State::Done => None,
+            _ if self.buf.is_empty() => None,
+            State::Length(left) => {
+                let take = self
+                    .buf
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= take as u64;
+                if *left == 0 {
+                    self.state = State::Done;
+                }
+                Some(self.buf.split_to(take).freeze())
+            }
+            State::UntilClose => Some(self.buf.split().freeze()),
+            State::Chunked(chunks) => loop {
+                if self.buf.is_empty() {
+                    break None;
+                }
+                let (used, data) = chunks
+                    .next_data(&self.buf)
+                    .map_err(|()| RelayError::BadChunk)?;
+                if let Some(range) = data {
+                    // `next_data` stops right after the data run.
+                    let mut taken = self.buf.split_to(range.end);
+                    taken.advance(range.start);
+                    break Some(taken.freeze());
+                }
+                self.buf.advance(used);
+                if chunks.done() {
+                    // Anything left in `buf` came after the body: the
+                    // connection is not reused (see `end_if_done`).
+                    self.state = State::Done;
+                    break None;
+                }
+            },
+        };
+        self.end_if_done();
+        Ok(data)
+    }
+
+    pub(crate) fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+        if let Some(e) = self.broken.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        loop {
+            match self.take_data() {
+                Ok(Some(data)) if !data.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Ok(_) => {}
+                Err(e) => return self.break_off(e, cx),
+            }
+            if matches!(self.state, State::Done) {
+                return Poll::Ready(None);
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(BODY_READ);
+            }
+            let read = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut conn.stream),
+                cx,
+                &mut self.buf
+            ));
+            match read {
+                Ok(0) => {
+                    let e = match self.state {
+                        State::UntilClose => {
+                            self.state = State::Done;
+                            self.conn = None;
+                            return Poll::Ready(None);
+                        }
+                        State::Length(left) => RelayError::Short(left),
+                        _ => RelayError::ChunkedEof,
+                    };
+                    return self.break_off(e, cx);
+                }
+                Ok(_) => {}
+                Err(e) => return self.break_off(RelayError::Io(e), cx),
+            }
+        }
+    }
+
+    /// Ends the body with `e`, told on the next poll; the connection, in an
+    /// unknown state, is never reused.
+    fn break_off(
+        &mut self,
+        e: RelayError,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+        self.conn = None;
+        self.state = State::Done;
+        self.reusable = false;
+        self.broken = Some(e);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }

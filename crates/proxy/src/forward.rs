@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::{GracefulConnection, Watcher};
+use portico_model::table::Route;
 use portico_model::UpstreamProtocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
@@ -28,6 +29,7 @@ use crate::error::ProxyError;
 use crate::headers::{ip_value, new_request_id, set_forwarding, strip_hop_by_hop, X_FORWARDED_FOR};
 use crate::metrics::{Listener, Protocol, ServiceStats, Tally};
 use crate::pipeline::{self, log_failure, Attempts, Outcome, RequestHead};
+use crate::relay;
 use crate::snapshot::{Pool, Snapshot};
 use crate::upload::{
     BodyTooLarge, ClientBodyBroken, ClientStalled, ClientTooSlow, ProxyBody, Upload, UploadLimits,
@@ -400,6 +402,20 @@ async fn forward(
         parts.headers.insert(header::UPGRADE, protocol.clone());
     }
     let empty_body = body.is_end_stream();
+    if upgrade.is_none() && relay::serves(pool, &parts, empty_body, te_trailers) {
+        let p = &snap.config.proxy;
+        let mut resp = relay::forward(
+            pool,
+            first,
+            &parts,
+            (p.max_header_bytes, p.hide_info_headers),
+            attempts,
+        )
+        .await
+        .map_err(Answer::error)?;
+        set_hsts(&mut resp, conn, route);
+        return Ok(resp);
+    }
     if !empty_body && body.size_hint().exact().is_none() {
         // A body of unknown length goes chunked. Said explicitly: hyper
         // sends a GET or HEAD whose length it doesn't know without its body.
@@ -468,13 +484,17 @@ async fn forward(
             });
         }
     }
+    set_hsts(&mut resp, conn, route);
+    Ok(resp)
+}
+
+fn set_hsts(resp: &mut Response<ResponseBody>, conn: &ConnInfo, route: &Route) {
     if let (Some(_), Some(max_age)) = (&conn.tls, route.hsts_max_age) {
         if let Ok(v) = HeaderValue::from_str(&format!("max-age={}", max_age.as_secs())) {
             resp.headers_mut()
                 .insert(header::STRICT_TRANSPORT_SECURITY, v);
         }
     }
-    Ok(resp)
 }
 
 /// The protocol a request asks to upgrade to (HTTP/1.1 only: h2 has no

@@ -6,12 +6,12 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::h1;
+use crate::{framing, h1, relay};
 
-/// [`h1::head_end`]: the length of the head at the start of `buf`,
+/// [`framing::head_end`]: the length of the head at the start of `buf`,
 /// searching from `from` (where the last search stopped, less three bytes).
 pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    h1::head_end(buf, from)
+    framing::head_end(buf, from)
 }
 
 /// [`h1::could_be_a_request`]: whether an incomplete head may still
@@ -87,7 +87,7 @@ pub struct ResponseHead {
     pub reusable: bool,
 }
 
-/// [`h1::rewrite_response_head`]: parses an upstream's response head and
+/// [`relay::rewrite_response_head`]: parses an upstream's response head and
 /// writes the client's version into `out` (without the proxy's own headers
 /// and the final empty line). `Ok(None)` for an interim (1xx) response.
 pub fn rewrite_response_head(
@@ -95,15 +95,15 @@ pub fn rewrite_response_head(
     out: &mut Vec<u8>,
     hide: bool,
 ) -> Result<Option<ResponseHead>, String> {
-    match h1::rewrite_response_head(head, out, hide) {
+    match relay::rewrite_response_head(head, out, hide) {
         Ok(Some(h)) => Ok(Some(ResponseHead {
             len: h.len,
             status: h.status,
             framing: match h.framing {
-                h1::Framing::Empty => Framing::Empty,
-                h1::Framing::Length(n) => Framing::Length(n),
-                h1::Framing::Chunked => Framing::Chunked,
-                h1::Framing::UntilClose => Framing::UntilClose,
+                framing::Framing::Empty => Framing::Empty,
+                framing::Framing::Length(n) => Framing::Length(n),
+                framing::Framing::Chunked => Framing::Chunked,
+                framing::Framing::UntilClose => Framing::UntilClose,
             },
             reusable: h.reusable,
         })),
@@ -112,9 +112,9 @@ pub fn rewrite_response_head(
     }
 }
 
-/// [`h1::Chunked`]: follows a chunked body's framing as it is relayed.
+/// [`framing::Chunked`]: follows a chunked body's framing as it is relayed.
 #[derive(Default, Debug)]
-pub struct Chunked(h1::Chunked);
+pub struct Chunked(framing::Chunked);
 
 impl Chunked {
     /// Consumes bytes of the body; how many belong to it (fewer than given

@@ -19,6 +19,10 @@
 //!   anything else, with the bytes it read, to `forward`.
 //! - `forward`: the hyper codec (HTTP/1.1, h2, h2c, bodies, upgrades), and
 //!   the retries and response headers of one request on it.
+//! - `relay`: the HTTP/1.1 exchange with an upstream as bytes, for both
+//!   codecs: a body-less idempotent request out on a bare pooled
+//!   connection, the response head in by one set of rules (as bytes for
+//!   `h1`, as a header map for `forward`); hyper's client serves the rest.
 //! - `pipeline`: one request's policy for both codecs: route by host and
 //!   path, Portico's own answers, the target the upstream sees, affinity.
 //! - `answer`: Portico's own responses (errors, redirects), rendered per codec.
@@ -26,7 +30,8 @@
 //! - `checks`: the active health checks, a task per upstream, started and
 //!   stopped with config versions.
 //! - [`snapshot`]: the compiled routing snapshot and its upstream pools.
-//! - [`body`]: response bodies that return connections and log on completion.
+//! - [`body`]: response bodies that return connections and log on completion
+//!   (from hyper's client, or relayed as bytes and decoded).
 //! - [`upstream`]: bounded keep-alive connections to one upstream address
 //!   (HTTP/1.1, or one multiplexed HTTP/2 connection; cleartext or TLS).
 //! - [`health`]: what checks and failed requests say of each upstream
@@ -36,6 +41,7 @@
 //! - `context`: what a connection knows (client, TLS server name).
 //! - [`tls`]: certificates by SNI, server and upstream TLS configs.
 //! - [`headers`]: hop-by-hop, forwarding and Interlock header rules.
+//! - `framing`: HTTP/1.1 framing as bytes: head ends, chunked bodies.
 //! - `io`: stream adapters (replayed prefixes, first-read deadlines, relays).
 //! - `proxy_protocol`: the PROXY protocol header an external load balancer
 //!   may send first, with the client's address.
@@ -52,6 +58,7 @@ mod checks;
 mod context;
 pub mod error;
 mod forward;
+mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
 mod h1;
@@ -61,6 +68,7 @@ mod io;
 pub mod metrics;
 mod pipeline;
 mod proxy_protocol;
+mod relay;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
