@@ -757,6 +757,54 @@ async fn run_logs_startup_updates_and_one_access_line_per_request() {
     }
 }
 
+/// An HTTP/2 client's GET goes to its HTTP/1.1 upstream through the relay
+/// (`crates/proxy/src/relay.rs`); a body that breaks off there is logged
+/// as incomplete, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_body_that_breaks_off_is_logged_incomplete() {
+    let backend = portico_testkit::raw::RawBackend::start(|mut conn| async move {
+        if conn.next_request().await.is_some() {
+            conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n".as_slice())
+                .await;
+            conn.send([b'x'; 50]).await;
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config("", &[service("web", &["web.test"], &[backend.addr])]);
+    let (mut portico, addr, _) = run_config(dir.path(), &text, &[]).await;
+    let r = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "Host: web.test",
+        &format!("http://{addr}/short"),
+    ])
+    .await;
+    assert_ne!(r.exit, 0, "the stream is reset: {r:?}");
+    let id = r.header("x-request-id").expect("the head came").to_owned();
+    let line = portico
+        .wait_for_line(
+            |l| {
+                let f = parse_logfmt(l);
+                f.get("msg").map(String::as_str) == Some("request")
+                    && f.get("request_id") == Some(&id)
+            },
+            WAIT,
+        )
+        .await;
+    let f = parse_logfmt(&line);
+    assert_eq!(f["status"], "200", "{line:?}");
+    assert_eq!(f["bytes"], "50", "{line:?}");
+    assert_eq!(f["complete"], "false", "{line:?}");
+    assert!(
+        f.get("error")
+            .is_some_and(|e| e.contains("50 bytes before the end")),
+        "{line:?}"
+    );
+    portico.signal("TERM");
+    assert!(portico.wait_exit(WAIT).await.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_can_be_turned_off() {
     let backend = Backend::echo("web-1").await;

@@ -248,6 +248,9 @@ pub(crate) struct RawBody {
     /// it: hyper's server stops writing at a body's error, and the yield
     /// in between lets what was passed on reach the client first.
     broken: Option<RelayError>,
+    /// It broke off: never at its end, also once the error has been told
+    /// (the access log reads the body as incomplete).
+    failed: bool,
 }
 
 enum State {
@@ -291,13 +294,14 @@ impl RawBody {
             state,
             reusable,
             broken: None,
+            failed: false,
         };
         body.end_if_done();
         body
     }
 
     pub(crate) fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done) && self.broken.is_none()
+        matches!(self.state, State::Done) && !self.failed
     }
 
     /// The bytes still to come, when the head said.
@@ -423,6 +427,7 @@ impl RawBody {
         self.state = State::Done;
         self.reusable = false;
         self.broken = Some(e);
+        self.failed = true;
         cx.waker().wake_by_ref();
         Poll::Pending
     }
