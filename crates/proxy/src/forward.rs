@@ -76,8 +76,11 @@ where
     let info = Arc::new(info);
     let io = crate::io::Lingering::new(io);
     let service = service_fn(move |req| {
-        let info = info.clone();
-        async move { Ok::<_, Infallible>(handle(info, req).await) }
+        // On the heap: an HTTP/2 stream moves its request's future into a
+        // task of its own, copying it each time (4-5 KiB, some 2 % of the
+        // CPU per request in `perf`); a box moves as a pointer.
+        let request = Box::pin(handle(info.clone(), req));
+        async move { Ok::<_, Infallible>(request.await) }
     });
     let ended = match alpn {
         // HTTP/2 has no upgrades (and `serve_connection` honours
@@ -563,6 +566,9 @@ fn prepare_upstream_request(
     request_id: &HeaderValue,
 ) {
     strip_hop_by_hop(&mut parts.headers);
+    // Room for the forwarding headers at once, rather than growing (and
+    // rehashing) the map for them one by one.
+    parts.headers.reserve(8);
     set_forwarding(
         &mut parts.headers,
         (peer_ip, client_ip),

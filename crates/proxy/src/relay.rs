@@ -470,7 +470,9 @@ impl Default for HeadParts {
         HeadParts {
             status: StatusCode::OK,
             reason: None,
-            headers: HeaderMap::new(),
+            // Room for a typical response's headers and the proxy's own
+            // (added later), so the map is not grown and rehashed.
+            headers: HeaderMap::with_capacity(24),
         }
     }
 }
