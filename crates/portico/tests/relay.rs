@@ -136,3 +136,32 @@ async fn a_broken_upstream_body_resets_the_stream_and_its_connection_is_dropped(
     );
     assert_eq!(b.connections(), 3);
 }
+
+/// At `max_connections_per_upstream`, a connection hyper's client left
+/// idle (after a request with a body) makes room for a relayed request
+/// rather than making it wait out `connect_timeout` for a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_of_hyper_s_client_makes_room_at_the_connection_cap() {
+    let b = RawBackend::start(|mut conn| async move {
+        conn.serve(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec())
+            .await;
+    })
+    .await;
+    let proxy = TestProxy::start(&format!(
+        "[proxy]\nmax_connections_per_upstream = 1\nconnect_timeout = \"1s\"\n{}",
+        service_toml("svc", &[HOST], &[b.addr], "")
+    ))
+    .await;
+    // A POST goes through hyper's client, whose connection stays idle.
+    let r = h2(&proxy, &["-d", "payload"], "/post").await;
+    assert_eq!((r.exit, r.status), (0, 200), "{r:?}");
+    // Without room made, the GET waits connect_timeout for the slot, then
+    // gets a 502 ("all 1 connections to this upstream are busy").
+    let r = h2(&proxy, &[], "/get").await;
+    assert_eq!((r.exit, r.status, r.body.as_str()), (0, 200, "ok"), "{r:?}");
+    assert_eq!(
+        b.connections(),
+        2,
+        "the idle one was closed for the new one"
+    );
+}

@@ -389,6 +389,19 @@ impl Upstream {
                 return Ok(raw);
             }
         }
+        if self.slots.available_permits() == 0 {
+            // At max_connections with hyper's idle connections holding
+            // slots (left by requests with bodies): one of them makes room,
+            // rather than this request waiting out connect_timeout for a
+            // slot nothing is using.
+            let mut idle = lock(&self.shard().idle);
+            if let Some(at) = idle
+                .iter()
+                .position(|i| matches!(i.conn, IdleConn::Hyper(_)))
+            {
+                drop(idle.remove(at));
+            }
+        }
         Box::pin(async {
             let (slot, stream) = self.open(connect_timeout).await?;
             Ok(RawConn {
