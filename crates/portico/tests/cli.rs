@@ -694,16 +694,7 @@ async fn run_logs_startup_updates_and_one_access_line_per_request() {
         let r = curl(&["-H", "Host: web.test", &format!("http://{addr}{path}")]).await;
         assert_eq!(r.status, 200, "{r:?}");
         let id = r.header("x-request-id").unwrap().to_owned();
-        let line = portico
-            .wait_for_line(
-                |l| {
-                    let f = parse_logfmt(l);
-                    f.get("msg").map(String::as_str) == Some("request")
-                        && f.get("request_id") == Some(&id)
-                },
-                WAIT,
-            )
-            .await;
+        let line = request_line(&portico, &id).await;
         let f = parse_logfmt(&line);
         assert_eq!(f["level"], "info", "{line:?}");
         assert_eq!(f["client"], "127.0.0.1", "{line:?}");
@@ -721,16 +712,7 @@ async fn run_logs_startup_updates_and_one_access_line_per_request() {
     let r = curl(&["-H", "Host: nobody.test", &format!("http://{addr}/")]).await;
     assert_eq!(r.status, 503, "{r:?}");
     let id = r.header("x-request-id").unwrap().to_owned();
-    let line = portico
-        .wait_for_line(
-            |l| {
-                let f = parse_logfmt(l);
-                f.get("msg").map(String::as_str) == Some("request")
-                    && f.get("request_id") == Some(&id)
-            },
-            WAIT,
-        )
-        .await;
+    let line = request_line(&portico, &id).await;
     let f = parse_logfmt(&line);
     assert_eq!(
         (f["status"].as_str(), f["upstream"].as_str()),
@@ -755,6 +737,20 @@ async fn run_logs_startup_updates_and_one_access_line_per_request() {
             .count();
         assert_eq!(n, 1, "request {id}: {requests:#?}");
     }
+}
+
+/// The access-log line of the request with this id, once it is written.
+async fn request_line(portico: &Portico, id: &str) -> String {
+    portico
+        .wait_for_line(
+            |l| {
+                let f = parse_logfmt(l);
+                f.get("msg").map(String::as_str) == Some("request")
+                    && f.get("request_id").map(String::as_str) == Some(id)
+            },
+            WAIT,
+        )
+        .await
 }
 
 /// An HTTP/2 client's GET goes to its HTTP/1.1 upstream through the relay
@@ -782,16 +778,7 @@ async fn a_relayed_body_that_breaks_off_is_logged_incomplete() {
     .await;
     assert_ne!(r.exit, 0, "the stream is reset: {r:?}");
     let id = r.header("x-request-id").expect("the head came").to_owned();
-    let line = portico
-        .wait_for_line(
-            |l| {
-                let f = parse_logfmt(l);
-                f.get("msg").map(String::as_str) == Some("request")
-                    && f.get("request_id") == Some(&id)
-            },
-            WAIT,
-        )
-        .await;
+    let line = request_line(&portico, &id).await;
     let f = parse_logfmt(&line);
     assert_eq!(f["status"], "200", "{line:?}");
     assert_eq!(f["bytes"], "50", "{line:?}");
