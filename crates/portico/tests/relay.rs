@@ -165,3 +165,33 @@ async fn an_idle_connection_of_hyper_s_client_makes_room_at_the_connection_cap()
         "the idle one was closed for the new one"
     );
 }
+
+/// HTTP/2 lets a client split `Cookie` into one field per cookie; the
+/// HTTP/1.1 upstream gets them as one field, joined with "; " (RFC 9113
+/// §8.2.3), on the relay and on hyper's client alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_split_by_an_h2_client_reach_the_upstream_as_one_field() {
+    let b = RawBackend::start(|mut conn| async move {
+        conn.serve(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec())
+            .await;
+    })
+    .await;
+    let proxy = TestProxy::start(&service_toml("svc", &[HOST], &[b.addr], "")).await;
+    let cookies = ["-H", "Cookie: a=1", "-H", "Cookie: b=2"];
+    let r = h2(&proxy, &cookies, "/get").await;
+    assert_eq!((r.exit, r.status), (0, 200), "{r:?}");
+    let post = [&cookies[..], &["-d", "x"]].concat();
+    let r = h2(&proxy, &post, "/post").await;
+    assert_eq!((r.exit, r.status), (0, 200), "{r:?}");
+    let requests = b.requests();
+    assert_eq!(requests.len(), 2);
+    for req in requests {
+        assert_eq!(
+            req.head.all("cookie"),
+            ["a=1; b=2"],
+            "{} {}",
+            req.method,
+            req.target
+        );
+    }
+}

@@ -580,6 +580,9 @@ fn prepare_upstream_request(
     // The upstream gets the Host the client asked for (HTTP/2 carries it as
     // :authority, which HTTP/1.1 has no place for but Host).
     parts.headers.insert(header::HOST, host);
+    if parts.version == HttpVersion::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
     if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
         let origin_form = parts
             .uri
@@ -590,6 +593,24 @@ fn prepare_upstream_request(
         parts.uri = origin_form;
     }
     parts.version = HttpVersion::HTTP_11;
+}
+
+/// HTTP/2 lets a client send `Cookie` as several fields, a cookie each, for
+/// better compression; on the way to HTTP/1.1 they become one field joined
+/// with "; " (RFC 9113 §8.2.3), as HTTP/1.1 servers expect.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// Shapes the request for the upstream's protocol. HTTP/2 needs an absolute
