@@ -195,3 +195,45 @@ async fn cookies_split_by_an_h2_client_reach_the_upstream_as_one_field() {
         );
     }
 }
+
+/// A chunked body whose last chunk arrives with its final data ends the
+/// client's stream on that DATA frame (END_STREAM set on it, no empty frame
+/// after), as nghttp's frame log shows; the log also shows which response
+/// headers were sent never indexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_ends_the_stream_with_its_last_data() {
+    let b = upstream().await;
+    let proxy = TestProxy::start(&service_toml("svc", &[HOST], &[b.addr], "")).await;
+    let out = tokio::process::Command::new("nghttp")
+        .args(["-nv", "-H", &format!(":authority: {HOST}")])
+        .arg(format!("http://127.0.0.1:{}/chunked", proxy.addr.port()))
+        .output()
+        .await
+        .expect("nghttp (Debian's nghttp2-client) must be installed");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{log}");
+    let data: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("recv DATA frame"))
+        .collect();
+    assert!(!data.is_empty(), "{log}");
+    let last = data.last().unwrap();
+    assert!(last.contains("flags=0x01"), "END_STREAM on the last: {log}");
+    assert!(
+        !last.contains("length=0,"),
+        "an empty DATA frame ended it: {log}"
+    );
+    assert_eq!(b.connections(), 1);
+    // Values no other response repeats are sent never indexed (HPACK).
+    for (name, sensitive) in [
+        ("x-request-id", true),
+        ("x-upstream-response-time", true),
+        ("x-proxy-id", false),
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!(") {name}:")))
+            .unwrap_or_else(|| panic!("no {name}: {log}"));
+        assert_eq!(line.contains("sensitive"), sensitive, "{line}");
+    }
+}

@@ -353,6 +353,18 @@ impl RawBody {
                     // `next_data` stops right after the data run.
                     let mut taken = self.buf.split_to(range.end);
                     taken.advance(range.start);
+                    // When the rest is framing only (the last chunk's end,
+                    // the final chunk), the body ends with this data: the
+                    // client's stream ends with its last DATA frame and the
+                    // connection goes back to the pool at once.
+                    let mut ahead = chunks.clone();
+                    if let Ok((used, None)) = ahead.next_data(&self.buf) {
+                        *chunks = ahead;
+                        self.buf.advance(used);
+                        if chunks.done() {
+                            self.state = State::Done;
+                        }
+                    }
                     break Some(taken.freeze());
                 }
                 self.buf.advance(used);

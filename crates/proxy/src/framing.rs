@@ -77,7 +77,7 @@ pub(crate) enum Framing {
 /// is as strict as hyper's decoder: lines end in CRLF only, a size may be
 /// followed by whitespace and then only extensions, and extensions and
 /// trailers are bounded. Anything else is an error, never passed on.
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 pub(crate) struct Chunked {
     state: ChunkState,
     size: u64,
