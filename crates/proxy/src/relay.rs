@@ -174,6 +174,10 @@ async fn round_trip(
                 Some(head) => return Ok(head),
                 None => {
                     // An interim response (100, 103): the final one follows.
+                    // A close after it still counts as no answer (on a
+                    // reused connection, the keep-alive race, sent again):
+                    // hyper's client reports it the same way (an incomplete
+                    // message), and the general path treats that so.
                     buf.drain(..end);
                     out.reset();
                     scanned = 0;
