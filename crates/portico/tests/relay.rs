@@ -60,6 +60,15 @@ async fn upstream() -> RawBackend {
     .await
 }
 
+/// An upstream that answers every request "ok", keeping its connections.
+async fn ok_upstream() -> RawBackend {
+    RawBackend::start(|mut conn| async move {
+        conn.serve(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec())
+            .await;
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_client_gets_decoded_bodies_over_one_pooled_upstream_connection() {
     let b = upstream().await;
@@ -142,11 +151,7 @@ async fn a_broken_upstream_body_resets_the_stream_and_its_connection_is_dropped(
 /// rather than making it wait out `connect_timeout` for a slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_of_hyper_s_client_makes_room_at_the_connection_cap() {
-    let b = RawBackend::start(|mut conn| async move {
-        conn.serve(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec())
-            .await;
-    })
-    .await;
+    let b = ok_upstream().await;
     let proxy = TestProxy::start(&format!(
         "[proxy]\nmax_connections_per_upstream = 1\nconnect_timeout = \"1s\"\n{}",
         service_toml("svc", &[HOST], &[b.addr], "")
@@ -171,11 +176,7 @@ async fn an_idle_connection_of_hyper_s_client_makes_room_at_the_connection_cap()
 /// §8.2.3), on the relay and on hyper's client alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookies_split_by_an_h2_client_reach_the_upstream_as_one_field() {
-    let b = RawBackend::start(|mut conn| async move {
-        conn.serve(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec())
-            .await;
-    })
-    .await;
+    let b = ok_upstream().await;
     let proxy = TestProxy::start(&service_toml("svc", &[HOST], &[b.addr], "")).await;
     let cookies = ["-H", "Cookie: a=1", "-H", "Cookie: b=2"];
     let r = h2(&proxy, &cookies, "/get").await;

@@ -244,13 +244,6 @@ pub(crate) struct RawBody {
     state: State,
     /// The head allows another request on this connection.
     reusable: bool,
-    /// How the body broke off, told on the poll after the one that found
-    /// it: hyper's server stops writing at a body's error, and the yield
-    /// in between lets what was passed on reach the client first.
-    broken: Option<RelayError>,
-    /// It broke off: never at its end, also once the error has been told
-    /// (the access log reads the body as incomplete).
-    failed: bool,
 }
 
 enum State {
@@ -258,6 +251,11 @@ enum State {
     Chunked(Chunked),
     UntilClose,
     Done,
+    /// It broke off: never at its end (the access log reads it as
+    /// incomplete). The error is told on the poll after the one that found
+    /// it, then taken: hyper's server stops writing at a body's error, and
+    /// the yield in between lets what was passed on reach the client first.
+    Broken(Option<RelayError>),
 }
 
 /// Why a relayed response body broke off.
@@ -293,15 +291,13 @@ impl RawBody {
             buf,
             state,
             reusable,
-            broken: None,
-            failed: false,
         };
         body.end_if_done();
         body
     }
 
     pub(crate) fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done) && !self.failed
+        matches!(self.state, State::Done)
     }
 
     /// The bytes still to come, when the head said.
@@ -309,7 +305,7 @@ impl RawBody {
         match self.state {
             State::Length(n) => Some(n),
             State::Done => Some(0),
-            State::Chunked(_) | State::UntilClose => None,
+            State::Chunked(_) | State::UntilClose | State::Broken(_) => None,
         }
     }
 
@@ -328,7 +324,7 @@ impl RawBody {
     /// The next piece of the body from what has been read, if any.
     fn take_data(&mut self) -> Result<Option<Bytes>, RelayError> {
         let data = match &mut self.state {
-            State::Done => None,
+            State::Done | State::Broken(_) => None,
             _ if self.buf.is_empty() => None,
             State::Length(left) => {
                 let take = self
@@ -384,19 +380,16 @@ impl RawBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
-        if let Some(e) = self.broken.take() {
-            return Poll::Ready(Some(Err(e)));
-        }
         loop {
             match self.take_data() {
-                Ok(Some(data)) if !data.is_empty() => {
-                    return Poll::Ready(Some(Ok(Frame::data(data))))
-                }
-                Ok(_) => {}
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(None) => {}
                 Err(e) => return self.break_off(e, cx),
             }
-            if matches!(self.state, State::Done) {
-                return Poll::Ready(None);
+            match &mut self.state {
+                State::Done => return Poll::Ready(None),
+                State::Broken(e) => return Poll::Ready(e.take().map(Err)),
+                _ => {}
             }
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -436,10 +429,7 @@ impl RawBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         self.conn = None;
-        self.state = State::Done;
-        self.reusable = false;
-        self.broken = Some(e);
-        self.failed = true;
+        self.state = State::Broken(Some(e));
         cx.waker().wake_by_ref();
         Poll::Pending
     }

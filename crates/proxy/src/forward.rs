@@ -599,12 +599,13 @@ fn prepare_upstream_request(
 /// better compression; on the way to HTTP/1.1 they become one field joined
 /// with "; " (RFC 9113 §8.2.3), as HTTP/1.1 servers expect.
 fn join_cookies(headers: &mut HeaderMap) {
-    let mut values = headers.get_all(header::COOKIE).iter();
-    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+    let mut values = headers.get_all(header::COOKIE).iter().peekable();
+    let Some(first) = values.next() else { return };
+    if values.peek().is_none() {
         return;
-    };
+    }
     let mut joined = first.as_bytes().to_vec();
-    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+    for v in values {
         joined.extend_from_slice(b"; ");
         joined.extend_from_slice(v.as_bytes());
     }

@@ -95,7 +95,7 @@ pub fn rewrite_response_head(
     out: &mut Vec<u8>,
     hide: bool,
 ) -> Result<Option<ResponseHead>, String> {
-    match relay::rewrite_response_head(head, out, hide) {
+    match relay::rewrite_response_head(head, out, hide, false) {
         Ok(Some(h)) => Ok(Some(ResponseHead {
             len: h.len,
             status: h.status,

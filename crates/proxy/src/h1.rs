@@ -784,11 +784,7 @@ async fn exchange(
         }
     };
 
-    let framing = if method == "HEAD" {
-        Framing::Empty
-    } else {
-        resp.framing
-    };
+    let framing = resp.framing;
     let close =
         close || framing == Framing::UntilClose || shared.stopping() || conn.proxy.is_draining();
     finish_client_head(&mut out, &snap, conn, &id, &attempts, close);

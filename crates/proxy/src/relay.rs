@@ -167,10 +167,13 @@ async fn round_trip(
             nothing: true,
         });
     }
+    // A response to HEAD has no body, whatever its head says (RFC 9112
+    // §6.3): framed so here, for both codecs.
+    let head_request = request.starts_with(b"HEAD ");
     let mut scanned = 0;
     loop {
         if let Some(end) = head_end(buf, scanned) {
-            match rewrite_response_head(&buf[..end], out, hide)? {
+            match rewrite_response_head(&buf[..end], out, hide, head_request)? {
                 Some(head) => return Ok(head),
                 None => {
                     // An interim response (100, 103): the final one follows.
@@ -264,6 +267,7 @@ pub(crate) fn rewrite_response_head(
     head: &[u8],
     out: &mut impl ResponseSink,
     hide: bool,
+    head_request: bool,
 ) -> Result<Option<UpstreamHead>, UpstreamError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -329,7 +333,7 @@ pub(crate) fn rewrite_response_head(
             }
         }
     }
-    let framing = if status == 204 || status == 304 {
+    let framing = if head_request || status == 204 || status == 304 {
         Framing::Empty
     } else if chunked {
         Framing::Chunked
@@ -419,18 +423,13 @@ pub(crate) async fn forward(
     };
     let ((conn, upstream_head), upstream, held) =
         pipeline::try_upstreams(pool, first, &mut exchange, attempts).await?;
-    let framing = if parts.method == http::Method::HEAD {
-        Framing::Empty
-    } else {
-        upstream_head.framing
-    };
     let mut rest = BytesMut::from(Bytes::from(buf));
     rest.advance(upstream_head.len);
     let body = RawBody::new(
         conn,
         upstream.clone(),
         rest,
-        framing,
+        upstream_head.framing,
         upstream_head.reusable,
     );
     let mut resp = Response::new(ResponseBody::relayed(body));
@@ -452,10 +451,7 @@ fn write_request_head(out: &mut Vec<u8>, parts: &Parts) {
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -524,7 +520,7 @@ mod tests {
     fn rewrites_a_response_head() {
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nKeep-Alive: timeout=5\r\nx-request-id: theirs\r\nx-app: yes\r\nDate: then\r\n\r\n";
         let mut out = Vec::new();
-        let h = rewrite_response_head(head, &mut out, false)
+        let h = rewrite_response_head(head, &mut out, false, false)
             .unwrap()
             .unwrap();
         assert_eq!(h.framing, Framing::Length(5));
@@ -536,7 +532,7 @@ mod tests {
 
         let mut out = Vec::new();
         let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\n\r\n";
-        let h = rewrite_response_head(head, &mut out, false)
+        let h = rewrite_response_head(head, &mut out, false, false)
             .unwrap()
             .unwrap();
         assert_eq!(h.framing, Framing::Chunked);
@@ -550,7 +546,7 @@ mod tests {
         // Framing headers stay even when `Connection` lists them.
         let mut out = Vec::new();
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: Content-Length, x-a\r\nx-a: 1\r\nDate: then\r\n\r\n";
-        let h = rewrite_response_head(head, &mut out, false)
+        let h = rewrite_response_head(head, &mut out, false, false)
             .unwrap()
             .unwrap();
         assert_eq!(h.framing, Framing::Length(5));
@@ -561,7 +557,7 @@ mod tests {
 
         let mut out = Vec::new();
         let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
-        let h = rewrite_response_head(head, &mut out, false)
+        let h = rewrite_response_head(head, &mut out, false, false)
             .unwrap()
             .unwrap();
         assert_eq!(h.framing, Framing::Chunked);
@@ -569,8 +565,16 @@ mod tests {
             .unwrap()
             .contains("Transfer-Encoding: gzip, chunked\r\n"));
 
+        // A response to HEAD has no body, whatever its head says.
         let mut out = Vec::new();
-        let h = rewrite_response_head(b"HTTP/1.0 200 OK\r\n\r\n", &mut out, false)
+        let h = rewrite_response_head(b"HTTP/1.1 200 OK\r\n\r\n", &mut out, false, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+        assert!(h.reusable);
+
+        let mut out = Vec::new();
+        let h = rewrite_response_head(b"HTTP/1.0 200 OK\r\n\r\n", &mut out, false, false)
             .unwrap()
             .unwrap();
         assert_eq!(h.framing, Framing::UntilClose);
@@ -580,6 +584,7 @@ mod tests {
             rewrite_response_head(
                 b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
                 &mut out,
+                false,
                 false
             ),
             Ok(None)
@@ -591,7 +596,7 @@ mod tests {
             b"HTTP/1.1 099 Weird\r\n\r\n",
         ] {
             assert!(matches!(
-                rewrite_response_head(bad, &mut Vec::new(), false),
+                rewrite_response_head(bad, &mut Vec::new(), false, false),
                 Err(UpstreamError::Protocol(_))
             ));
         }
