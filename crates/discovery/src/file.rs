@@ -10,9 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use notify::event::{EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use portico_model::{Config, ConfigErrors};
 use tokio::sync::{mpsc, Notify};
@@ -21,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 /// Quiet time after the last file event before the files are read, so a
 /// save made of several writes is read once, whole.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// The longest a stream of events can put off the read: a directory whose
+/// entries keep changing must not keep an edit waiting.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Referenced files larger than this are refused rather than read whole: a
 /// certificate chain or key is a few KiB.
@@ -105,6 +110,23 @@ fn watch_target(path: &Path) -> (PathBuf, PathBuf) {
     (dir, file)
 }
 
+/// Whether a file event in a watched directory may have changed the
+/// config: any entry created, removed or renamed (a file may be replaced
+/// under another name: Kubernetes swaps a `..data` symlink, editors rename
+/// a new file over the old), but writes only to the files the config is
+/// made of. A log written beside the config, as `portico run >
+/// portico.log` in its directory does, changes no entry and costs no
+/// re-read.
+fn touches_config(event: &notify::Event, files: &BTreeSet<PathBuf>) -> bool {
+    match event.kind {
+        EventKind::Access(_) => false,
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => {
+            true
+        }
+        _ => event.paths.iter().any(|p| files.contains(p)) || event.need_rescan(),
+    }
+}
+
 /// Watches `path` until `shutdown`, calling `on_config` with the config
 /// each time the file or a file it refers to changes, or `reload` is
 /// notified (SIGHUP). A config that can't be read or doesn't validate is
@@ -117,11 +139,17 @@ pub async fn watch(
     mut on_config: impl FnMut(Result<Config, String>),
 ) -> Result<(), notify::Error> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    // Any change in a watched directory re-reads the config: a file may
-    // change under another name (Kubernetes swaps a `..data` symlink), and
-    // a re-read that finds nothing new costs only the read.
+    // The config's files, as event paths name them (see `watch_target`).
+    let config_files: Arc<Mutex<BTreeSet<PathBuf>>> = Arc::default();
+    let watched_files = config_files.clone();
+    // A re-read that finds nothing new costs only the read, so any doubt
+    // (an error, a rescan) re-reads.
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_err() || event.is_ok_and(|e| !e.kind.is_access()) {
+        let wanted = match &event {
+            Err(_) => true,
+            Ok(e) => touches_config(e, &watched_files.lock().unwrap_or_else(|p| p.into_inner())),
+        };
+        if wanted {
             let _ = tx.send(());
         }
     });
@@ -143,6 +171,7 @@ pub async fn watch(
             })
             .collect();
         let dirs: BTreeSet<PathBuf> = pairs.values().cloned().collect();
+        *config_files.lock().unwrap_or_else(|p| p.into_inner()) = pairs.keys().cloned().collect();
         let Some(watcher) = watcher.as_mut() else {
             return Ok(());
         };
@@ -179,10 +208,12 @@ pub async fn watch(
                 if got.is_none() {
                     return Ok(());
                 }
+                let latest = tokio::time::Instant::now() + MAX_DEBOUNCE;
                 loop {
+                    let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(latest);
                     tokio::select! {
                         more = rx.recv() => if more.is_none() { return Ok(()) },
-                        _ = tokio::time::sleep(DEBOUNCE) => break,
+                        _ = tokio::time::sleep_until(quiet) => break,
                     }
                 }
             }
@@ -309,5 +340,94 @@ mod tests {
         assert_eq!(next, Ok(true));
         shutdown.cancel();
         task.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn writes_beside_the_config_are_not_changes_to_it() {
+        use notify::event::{CreateKind, DataChange, RenameMode};
+        let files: BTreeSet<PathBuf> = [PathBuf::from("/etc/portico/portico.toml")].into();
+        let event = |kind, path: &str| notify::Event::new(kind).add_path(PathBuf::from(path));
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert!(touches_config(
+            &event(write, "/etc/portico/portico.toml"),
+            &files
+        ));
+        assert!(!touches_config(
+            &event(write, "/etc/portico/portico.log"),
+            &files
+        ));
+        assert!(!touches_config(
+            &event(
+                EventKind::Access(notify::event::AccessKind::Any),
+                "/etc/portico/portico.toml"
+            ),
+            &files
+        ));
+        // Entries appearing or renamed anywhere in the directory count:
+        // the config may be swapped in under another name.
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert!(touches_config(
+            &event(renamed, "/etc/portico/..data"),
+            &files
+        ));
+        assert!(touches_config(
+            &event(EventKind::Create(CreateKind::File), "/etc/portico/x"),
+            &files
+        ));
+    }
+
+    /// A file beside the config that is written all the time (its log,
+    /// say) neither costs a re-read per write nor puts an edit off for
+    /// as long as the writes go on.
+    #[tokio::test]
+    async fn an_edit_is_seen_while_a_file_beside_the_config_keeps_changing() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portico.toml");
+        let svc = |host: &str| format!("[[service]]\nname = \"s\"\nhosts = [\"{host}\"]\n");
+        std::fs::write(&path, svc("one.test")).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(watch(
+            path.clone(),
+            Arc::new(Notify::new()),
+            shutdown.clone(),
+            move |c: Result<Config, String>| {
+                if let Ok(c) = c {
+                    let _ = tx.send(c.services[0].hosts[0].to_string());
+                }
+            },
+        ));
+        assert_eq!(rx.recv().await.as_deref(), Some("one.test"));
+        let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let writer = {
+            let (writing, log) = (writing.clone(), dir.path().join("portico.log"));
+            std::thread::spawn(move || {
+                let mut log = std::fs::File::create(log).unwrap();
+                while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                    writeln!(log, "a request").unwrap();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        std::fs::write(&path, svc("two.test")).unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        writing.store(false, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        // The log's creation may re-read the old config once; its writes
+        // must not.
+        let mut seen = seen.ok().flatten();
+        if seen.as_deref() == Some("one.test") {
+            seen = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .ok()
+                .flatten();
+        }
+        assert_eq!(seen.as_deref(), Some("two.test"));
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+        while let Ok(more) = rx.try_recv() {
+            assert_eq!(more, "two.test", "re-read for a write to the log");
+        }
     }
 }
