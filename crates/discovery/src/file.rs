@@ -298,6 +298,30 @@ mod tests {
             .starts_with("larger than"));
     }
 
+    /// Watches `path`, sending the first host of each config read.
+    #[allow(clippy::type_complexity)]
+    fn watch_first_hosts(
+        path: PathBuf,
+    ) -> (
+        mpsc::UnboundedReceiver<String>,
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), notify::Error>>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(watch(
+            path,
+            Arc::new(Notify::new()),
+            shutdown.clone(),
+            move |c: Result<Config, String>| {
+                if let Ok(c) = c {
+                    let _ = tx.send(c.services[0].hosts[0].to_string());
+                }
+            },
+        ));
+        (rx, shutdown, task)
+    }
+
     /// Kubernetes (and similar) update a mounted config by swapping a
     /// `..data` symlink; the config's own name never changes.
     #[tokio::test]
@@ -312,18 +336,7 @@ mod tests {
         }
         symlink("v1", d.join("..data")).unwrap();
         symlink("..data/portico.toml", d.join("portico.toml")).unwrap();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(watch(
-            d.join("portico.toml"),
-            Arc::new(Notify::new()),
-            shutdown.clone(),
-            move |c: Result<Config, String>| {
-                if let Ok(c) = c {
-                    let _ = tx.send(c.services[0].hosts[0].to_string());
-                }
-            },
-        ));
+        let (mut rx, shutdown, task) = watch_first_hosts(d.join("portico.toml"));
         assert_eq!(rx.recv().await.as_deref(), Some("one.test"));
         symlink("v2", d.join("..data_tmp")).unwrap();
         std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
@@ -386,18 +399,7 @@ mod tests {
         let path = dir.path().join("portico.toml");
         let svc = |host: &str| format!("[[service]]\nname = \"s\"\nhosts = [\"{host}\"]\n");
         std::fs::write(&path, svc("one.test")).unwrap();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(watch(
-            path.clone(),
-            Arc::new(Notify::new()),
-            shutdown.clone(),
-            move |c: Result<Config, String>| {
-                if let Ok(c) = c {
-                    let _ = tx.send(c.services[0].hosts[0].to_string());
-                }
-            },
-        ));
+        let (mut rx, shutdown, task) = watch_first_hosts(path.clone());
         assert_eq!(rx.recv().await.as_deref(), Some("one.test"));
         let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let writer = {
