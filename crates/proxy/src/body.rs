@@ -17,7 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessLog;
-use crate::framing::{Chunked, Framing};
+use crate::framing::{Cut, Framing, Rest};
 use crate::health::Admitted;
 use crate::metrics::Tally;
 use crate::upstream::{Busy, Conn, RawConn, Upstream};
@@ -247,10 +247,7 @@ pub(crate) struct RawBody {
 }
 
 enum State {
-    Length(u64),
-    Chunked(Chunked),
-    UntilClose,
-    Done,
+    Body(Rest),
     /// It broke off: never at its end (the access log reads it as
     /// incomplete). The error is told on the poll after the one that found
     /// it, then taken: hyper's server stops writing at a body's error, and
@@ -279,17 +276,11 @@ impl RawBody {
         framing: Framing,
         reusable: bool,
     ) -> RawBody {
-        let state = match framing {
-            Framing::Empty | Framing::Length(0) => State::Done,
-            Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::Chunked(Chunked::default()),
-            Framing::UntilClose => State::UntilClose,
-        };
         let mut body = RawBody {
             conn: Some(conn),
             upstream,
             buf,
-            state,
+            state: State::Body(Rest::new(framing)),
             reusable,
         };
         body.end_if_done();
@@ -297,22 +288,21 @@ impl RawBody {
     }
 
     pub(crate) fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done)
+        matches!(&self.state, State::Body(rest) if rest.is_done())
     }
 
     /// The bytes still to come, when the head said.
     pub(crate) fn remaining(&self) -> Option<u64> {
-        match self.state {
-            State::Length(n) => Some(n),
-            State::Done => Some(0),
-            State::Chunked(_) | State::UntilClose | State::Broken(_) => None,
+        match &self.state {
+            State::Body(rest) => rest.known_left(),
+            State::Broken(_) => None,
         }
     }
 
     /// Once the body is over, its connection goes back to the pool, unless
     /// the upstream said it would close it or sent more than its body.
     fn end_if_done(&mut self) {
-        if matches!(self.state, State::Done) {
+        if self.is_end_stream() {
             if let Some(conn) = self.conn.take() {
                 if self.reusable && self.buf.is_empty() {
                     self.upstream.checkin_raw(conn);
@@ -323,22 +313,12 @@ impl RawBody {
 
     /// The next piece of the body from what has been read, if any.
     fn take_data(&mut self) -> Result<Option<Bytes>, RelayError> {
-        let data = match &mut self.state {
-            State::Done | State::Broken(_) => None,
-            _ if self.buf.is_empty() => None,
-            State::Length(left) => {
-                let take = self
-                    .buf
-                    .len()
-                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                *left -= take as u64;
-                if *left == 0 {
-                    self.state = State::Done;
-                }
-                Some(self.buf.split_to(take).freeze())
-            }
-            State::UntilClose => Some(self.buf.split().freeze()),
-            State::Chunked(chunks) => loop {
+        let rest = match &mut self.state {
+            State::Body(rest) if !rest.is_done() && !self.buf.is_empty() => rest,
+            _ => return Ok(None),
+        };
+        let data = match rest {
+            Rest::Chunked(chunks) => loop {
                 if self.buf.is_empty() {
                     break None;
                 }
@@ -357,9 +337,6 @@ impl RawBody {
                     if let Ok((used, None)) = ahead.next_data(&self.buf) {
                         *chunks = ahead;
                         self.buf.advance(used);
-                        if chunks.done() {
-                            self.state = State::Done;
-                        }
                     }
                     break Some(taken.freeze());
                 }
@@ -367,11 +344,15 @@ impl RawBody {
                 if chunks.done() {
                     // Anything left in `buf` came after the body: the
                     // connection is not reused (see `end_if_done`).
-                    self.state = State::Done;
                     break None;
                 }
             },
+            _ => {
+                let take = rest.pass(&self.buf).map_err(|()| RelayError::BadChunk)?;
+                Some(self.buf.split_to(take).freeze())
+            }
         };
+        rest.settle();
         self.end_if_done();
         Ok(data)
     }
@@ -386,11 +367,11 @@ impl RawBody {
                 Ok(None) => {}
                 Err(e) => return self.break_off(e, cx),
             }
-            match &mut self.state {
-                State::Done => return Poll::Ready(None),
+            let rest = match &mut self.state {
+                State::Body(rest) if rest.is_done() => return Poll::Ready(None),
+                State::Body(rest) => rest,
                 State::Broken(e) => return Poll::Ready(e.take().map(Err)),
-                _ => {}
-            }
+            };
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
             };
@@ -404,14 +385,13 @@ impl RawBody {
             ));
             match read {
                 Ok(0) => {
-                    let e = match self.state {
-                        State::UntilClose => {
-                            self.state = State::Done;
+                    let e = match rest.close() {
+                        Ok(()) => {
                             self.conn = None;
                             return Poll::Ready(None);
                         }
-                        State::Length(left) => RelayError::Short(left),
-                        _ => RelayError::ChunkedEof,
+                        Err(Cut::Short(left)) => RelayError::Short(left),
+                        Err(Cut::InChunked) => RelayError::ChunkedEof,
                     };
                     return self.break_off(e, cx);
                 }

@@ -72,6 +72,93 @@ pub(crate) enum Framing {
     UntilClose,
 }
 
+/// What is still to come of a response body, and how its end is found:
+/// one rule for the fast path, which passes the bytes on as they came, and
+/// the relay, which decodes them.
+#[derive(Debug, Clone)]
+pub(crate) enum Rest {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+/// How the upstream's close cut a body short.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Cut {
+    /// This many bytes of a `Content-Length` body never came.
+    Short(u64),
+    /// It closed inside a chunked body.
+    InChunked,
+}
+
+impl Rest {
+    pub(crate) fn new(framing: Framing) -> Rest {
+        match framing {
+            Framing::Empty | Framing::Length(0) => Rest::Done,
+            Framing::Length(n) => Rest::Length(n),
+            Framing::Chunked => Rest::Chunked(Chunked::default()),
+            Framing::UntilClose => Rest::UntilClose,
+        }
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self, Rest::Done)
+    }
+
+    /// The bytes still to come, when the head said.
+    pub(crate) fn known_left(&self) -> Option<u64> {
+        match self {
+            Rest::Length(n) => Some(*n),
+            Rest::Done => Some(0),
+            Rest::Chunked(_) | Rest::UntilClose => None,
+        }
+    }
+
+    /// Takes the body's bytes from the start of `input`, as they are (a
+    /// chunked body's framing is checked, not removed): how many belong
+    /// to it, fewer than given only once it is over.
+    pub(crate) fn pass(&mut self, input: &[u8]) -> Result<usize, ()> {
+        let used = match self {
+            Rest::Done => 0,
+            Rest::Length(left) => {
+                let take = input.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= take as u64;
+                take
+            }
+            Rest::Chunked(chunks) => chunks.feed(input)?,
+            Rest::UntilClose => input.len(),
+        };
+        self.settle();
+        Ok(used)
+    }
+
+    /// Marks the body over once nothing is left of it.
+    pub(crate) fn settle(&mut self) {
+        let over = match self {
+            Rest::Length(left) => *left == 0,
+            Rest::Chunked(chunks) => chunks.done(),
+            Rest::UntilClose | Rest::Done => false,
+        };
+        if over {
+            *self = Rest::Done;
+        }
+    }
+
+    /// The upstream closed the connection: that ends a body framed by the
+    /// close, and cuts any other short.
+    pub(crate) fn close(&mut self) -> Result<(), Cut> {
+        match self {
+            Rest::Length(left) => Err(Cut::Short(*left)),
+            Rest::Chunked(_) => Err(Cut::InChunked),
+            Rest::UntilClose | Rest::Done => {
+                *self = Rest::Done;
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Follows a chunked body's framing (RFC 9112 §7.1) without changing it,
 /// to know where it ends. The body reaches the client as it came, so this
 /// is as strict as hyper's decoder: lines end in CRLF only, a size may be
@@ -251,6 +338,31 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rest_of_a_body_ends_where_its_framing_says() {
+        let mut rest = Rest::new(Framing::Length(5));
+        assert_eq!(rest.pass(b"abc"), Ok(3));
+        assert_eq!(rest.known_left(), Some(2));
+        assert_eq!(rest.pass(b"defgh"), Ok(2), "what follows is not the body's");
+        assert!(rest.is_done());
+        assert!(Rest::new(Framing::Empty).is_done());
+        assert_eq!(Rest::new(Framing::Length(4)).close(), Err(Cut::Short(4)));
+
+        let mut rest = Rest::new(Framing::Chunked);
+        assert_eq!(rest.pass(b"3\r\nabc\r\n"), Ok(8));
+        assert_eq!(rest.known_left(), None);
+        assert_eq!(rest.close(), Err(Cut::InChunked));
+        assert_eq!(rest.pass(b"0\r\n\r\nGET"), Ok(5));
+        assert!(rest.is_done());
+        assert_eq!(Rest::new(Framing::Chunked).pass(b"x\r\n"), Err(()));
+
+        let mut rest = Rest::new(Framing::UntilClose);
+        assert_eq!(rest.pass(b"anything"), Ok(8));
+        assert!(!rest.is_done());
+        assert_eq!(rest.close(), Ok(()));
+        assert!(rest.is_done());
+    }
 
     #[test]
     fn finds_the_end_of_a_head_across_reads() {

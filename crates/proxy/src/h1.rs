@@ -43,7 +43,7 @@ use crate::body::InFlight;
 use crate::context::{ConnInfo, TlsInfo};
 use crate::forward;
 use crate::forward::Alpn;
-use crate::framing::{head_end, tokens, Chunked, Framing, Listed};
+use crate::framing::{head_end, tokens, Cut, Framing, Listed, Rest};
 use crate::headers::{is_hop_by_hop, is_set_on_requests, request_id_bytes};
 use crate::io::{Client, Prefixed};
 use crate::metrics::{Listener, OpenConn, Protocol, Tally};
@@ -1015,110 +1015,57 @@ async fn copy_body(
 ) -> (u64, Result<(), BodyError>) {
     let mut sent = 0u64;
     let first = &buf[head_len..];
-    let (take, mut state) = match framing {
-        Framing::Empty => (0, Copy::Done),
-        Framing::Length(n) => {
-            let take = first.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-            let left = n - take as u64;
-            (
-                take,
-                if left == 0 {
-                    Copy::Done
-                } else {
-                    Copy::Length(left)
-                },
-            )
+    let mut rest = Rest::new(framing);
+    let take = match rest.pass(first) {
+        Ok(take) => take,
+        Err(()) => {
+            // The head is good and goes out; the body is cut short where
+            // it broke, and the connection closes.
+            let _ = client.write_all(head).await;
+            return (0, Err(BodyError::BadChunk));
         }
-        Framing::Chunked => {
-            let mut chunks = Chunked::default();
-            match chunks.feed(first) {
-                Ok(used) => (
-                    used,
-                    if chunks.done() {
-                        Copy::Done
-                    } else {
-                        Copy::Chunked(chunks)
-                    },
-                ),
-                Err(()) => {
-                    // The head is good and goes out; the body is cut short
-                    // where it broke, and the connection closes.
-                    let _ = client.write_all(head).await;
-                    return (0, Err(BodyError::BadChunk));
-                }
-            }
-        }
-        Framing::UntilClose => (first.len(), Copy::UntilClose),
     };
-    if matches!(state, Copy::Done) {
+    if rest.is_done() {
         lease.end(take < first.len());
     }
     if let Err(e) = write_two(client, head, &first[..take]).await {
         return (0, Err(BodyError::Client(e)));
     }
     sent += take as u64;
-    let more = match state {
-        Copy::Done => 0,
-        Copy::Length(left) => usize::try_from(left).unwrap_or(usize::MAX),
-        Copy::Chunked(_) | Copy::UntilClose => usize::MAX,
-    };
+    let more = rest
+        .known_left()
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
     if more > buf.capacity() {
         // A large body moves in fewer, larger reads and writes.
         *buf = Vec::with_capacity(more.min(LARGE_BODY_BUF));
     }
-    while !matches!(state, Copy::Done) {
+    while !rest.is_done() {
         buf.clear();
         let n = match lease.stream().read_buf(buf).await {
             Ok(n) => n,
             Err(e) => return (sent, Err(BodyError::Upstream(e))),
         };
-        let chunk = &buf[..n];
-        let take = match &mut state {
-            Copy::Length(left) => {
-                if n == 0 {
-                    return (sent, Err(BodyError::Short(*left)));
-                }
-                let take = n.min(usize::try_from(*left).unwrap_or(usize::MAX));
-                *left -= take as u64;
-                if *left == 0 {
-                    state = Copy::Done;
-                }
-                take
-            }
-            Copy::Chunked(chunks) => {
-                if n == 0 {
-                    return (
-                        sent,
-                        Err(BodyError::Upstream(io::ErrorKind::UnexpectedEof.into())),
-                    );
-                }
-                match chunks.feed(chunk) {
-                    Ok(used) => {
-                        if chunks.done() {
-                            state = Copy::Done;
-                        }
-                        used
-                    }
-                    Err(()) => return (sent, Err(BodyError::BadChunk)),
+        if n == 0 {
+            match rest.close() {
+                Ok(()) => break,
+                Err(Cut::Short(left)) => return (sent, Err(BodyError::Short(left))),
+                Err(Cut::InChunked) => {
+                    let eof = io::ErrorKind::UnexpectedEof.into();
+                    return (sent, Err(BodyError::Upstream(eof)));
                 }
             }
-            Copy::UntilClose => {
-                if n == 0 {
-                    state = Copy::Done;
-                }
-                n
-            }
-            Copy::Done => 0,
+        }
+        let take = match rest.pass(&buf[..n]) {
+            Ok(take) => take,
+            Err(()) => return (sent, Err(BodyError::BadChunk)),
         };
-        if matches!(state, Copy::Done) {
+        if rest.is_done() {
             lease.end(take < n);
         }
-        if take > 0 {
-            if let Err(e) = client.write_all(&chunk[..take]).await {
-                return (sent, Err(BodyError::Client(e)));
-            }
-            sent += take as u64;
+        if let Err(e) = client.write_all(&buf[..take]).await {
+            return (sent, Err(BodyError::Client(e)));
         }
+        sent += take as u64;
     }
     match flush(client).await {
         Ok(()) => (sent, Ok(())),
@@ -1134,13 +1081,6 @@ async fn flush(client: &mut Client) -> io::Result<()> {
     } else {
         Ok(())
     }
-}
-
-enum Copy {
-    Length(u64),
-    Chunked(Chunked),
-    UntilClose,
-    Done,
 }
 
 /// Writes `a` then `b`, in one system call when the socket takes both.
