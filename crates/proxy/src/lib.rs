@@ -41,7 +41,9 @@
 //! - `context`: what a connection knows (client, TLS server name).
 //! - [`tls`]: certificates by SNI, server and upstream TLS configs.
 //! - [`headers`]: hop-by-hop, forwarding and Interlock header rules.
-//! - `framing`: HTTP/1.1 framing as bytes: head ends, chunked bodies.
+//! - `framing`: HTTP/1.1 framing as bytes: head ends, chunked bodies, and
+//!   how much of a response body is left (`Rest`, for the fast path and the
+//!   relay alike).
 //! - `io`: stream adapters (replayed prefixes, first-read deadlines, relays).
 //! - `proxy_protocol`: the PROXY protocol header an external load balancer
 //!   may send first, with the client's address.
