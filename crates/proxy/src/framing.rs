@@ -26,6 +26,14 @@ pub(crate) fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// Writes one header field line of a head.
+pub(crate) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The values of up to eight `Connection` header lines: the names they
 /// list are hop-by-hop for this message. More lines than that are unusual
 /// enough to leave to the general path (requests) or refuse (responses).
@@ -122,7 +130,9 @@ impl Rest {
         let used = match self {
             Rest::Done => 0,
             Rest::Length(left) => {
-                let take = input.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                let take = input
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
                 *left -= take as u64;
                 take
             }

@@ -456,10 +456,7 @@ impl HeaderSink for http::HeaderMap {
 
 impl HeaderSink for Vec<u8> {
     fn put(&mut self, name: &'static HeaderName, value: &[u8], _: Option<&HeaderValue>, _: bool) {
-        self.extend_from_slice(name.as_str().as_bytes());
-        self.extend_from_slice(b": ");
-        self.extend_from_slice(value);
-        self.extend_from_slice(b"\r\n");
+        crate::framing::put_header(self, name.as_str().as_bytes(), value);
     }
 }
 

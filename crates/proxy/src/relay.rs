@@ -27,7 +27,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::body::{RawBody, ResponseBody};
 use crate::error::ProxyError;
-use crate::framing::{head_end, tokens, Framing, Listed};
+use crate::framing::{head_end, put_header, tokens, Framing, Listed};
 use crate::headers::{is_hop_by_hop, is_set_on_responses};
 use crate::pipeline::{self, Attempts, Outcome};
 use crate::snapshot::Pool;
@@ -83,13 +83,6 @@ impl std::fmt::Display for UpstreamError {
 pub(crate) fn put_date(out: &mut Vec<u8>) {
     let now = httpdate::fmt_http_date(std::time::SystemTime::now());
     put_header(out, b"date", now.as_bytes());
-}
-
-pub(crate) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// A body-less idempotent request on its way to an upstream as bytes: safe
