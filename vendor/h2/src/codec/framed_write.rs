@@ -237,7 +237,15 @@ where
                     return Err(PayloadTooBig);
                 }
 
-                if len >= self.chain_threshold {
+                // Portico: a payload that fits in the write buffer's free
+                // space is copied into it, not chained. A chained frame
+                // must be written out before any other frame is buffered,
+                // so every response of a few KiB cost its own write (and,
+                // over TLS, where rustls copies the payload anyway, its own
+                // record). See PORTICO.md.
+                let free = self.buf.get_ref().capacity() - self.buf.get_ref().len();
+                let fits = free >= len + frame::HEADER_LEN;
+                if len >= self.chain_threshold && !fits {
                     let head = v.head();
 
                     // Encode the frame head to the buffer
@@ -374,5 +382,75 @@ mod unstable {
         pub fn get_ref(&self) -> &T {
             &self.inner
         }
+    }
+}
+
+/// Portico: the frames of several small responses leave in one write.
+#[cfg(test)]
+mod portico_tests {
+    use super::*;
+    use bytes::Bytes;
+
+    /// Takes every write whole, recording the size of each.
+    struct Writes(Vec<usize>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(buf.len());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let n = bufs.iter().map(|b| b.len()).sum();
+            self.0.push(n);
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn data(stream: u32, len: usize) -> Frame<Bytes> {
+        frame::Data::new(stream.into(), Bytes::from(vec![b'x'; len])).into()
+    }
+
+    #[test]
+    fn payloads_that_fit_share_a_write_and_larger_ones_are_chained() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut w: FramedWrite<Writes, Bytes> = FramedWrite::new(Writes(Vec::new()));
+        for stream in [1, 3, 5] {
+            assert!(w.poll_ready(&mut cx).is_ready());
+            w.buffer(data(stream, 4096)).unwrap();
+        }
+        assert!(w.flush(&mut cx).is_ready());
+        assert_eq!(w.get_mut().0, [3 * (9 + 4096)]);
+
+        // A payload larger than the buffer's free space is written from
+        // where it is, after what was buffered before it.
+        w.get_mut().0.clear();
+        assert!(w.poll_ready(&mut cx).is_ready());
+        w.buffer(data(7, 100)).unwrap();
+        assert!(w.poll_ready(&mut cx).is_ready());
+        w.buffer(data(9, 16_384)).unwrap();
+        assert!(w.encoder.next.is_some(), "chained");
+        assert!(w.flush(&mut cx).is_ready());
+        assert_eq!(w.get_mut().0, [9 + 100 + 9 + 16_384]);
     }
 }
