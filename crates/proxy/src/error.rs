@@ -41,6 +41,9 @@ pub enum ProxyError {
         detail: String,
     },
     MethodNotAllowed(String),
+    /// The request uses something Portico does not implement (a transfer
+    /// coding other than chunked).
+    NotImplemented(String),
     /// The client stopped sending its request body.
     ClientTimeout(String),
     /// The service has `max_requests` requests in flight already.
@@ -75,6 +78,7 @@ impl ProxyError {
             ProxyError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
@@ -150,7 +154,9 @@ impl fmt::Display for ProxyError {
                 f,
                 "{client} is sending {max} request bodies already (max_bodies_per_client); try again shortly"
             ),
-            ProxyError::MethodNotAllowed(why) => write!(f, "{why}"),
+            ProxyError::MethodNotAllowed(why) | ProxyError::NotImplemented(why) => {
+                write!(f, "{why}")
+            }
             ProxyError::ClientTimeout(why) => write!(f, "{why} (client_body_timeout)"),
             ProxyError::Misdirected { host, sni } => write!(
                 f,

@@ -26,7 +26,9 @@ use crate::balance;
 use crate::body::ResponseBody;
 use crate::context::ConnInfo;
 use crate::error::ProxyError;
-use crate::headers::{ip_value, new_request_id, set_forwarding, strip_hop_by_hop, X_FORWARDED_FOR};
+use crate::headers::{
+    ip_value, new_request_id, set_forwarding, strip_hop_by_hop, strip_underscored, X_FORWARDED_FOR,
+};
 use crate::metrics::{Listener, Protocol, ServiceStats, Tally};
 use crate::pipeline::{self, log_failure, Attempts, Outcome, RequestHead};
 use crate::relay;
@@ -332,6 +334,11 @@ async fn forward(
                 .map_err(|_| "the Host header is not a valid host name"),
             Err(why) => Err(*why),
         };
+        if let Some(coding) = foreign_transfer_coding(req.headers()) {
+            return Err(Answer::error(ProxyError::NotImplemented(format!(
+                "transfer coding {coding:?} is not supported (only chunked is)"
+            ))));
+        }
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let declared = req.body().size_hint().exact().filter(|n| *n > 0);
         let decision = pipeline::decide(
@@ -544,11 +551,32 @@ async fn join_upgraded(
 /// The host a request names: the `:authority` (HTTP/2, or an absolute-form
 /// URI) or else its one `Host` header.
 /// An error is why there is none, for a 400.
+/// A transfer coding of the request other than chunked, which hyper's
+/// server accepts before a final chunked (`gzip, chunked`) and decodes only
+/// the chunked of. Passed on undecoded under a plain chunked framing, the
+/// body would reach the upstream as something it is not: RFC 9112 §6.1
+/// has a server answer 501 to a coding it does not understand.
+fn foreign_transfer_coding(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
+        .map(|coding| String::from_utf8_lossy(coding).into_owned())
+}
+
 fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
         return Err("more than one Host header");
+    }
+    // An HTTP/1.1 request must carry Host even with an absolute-form
+    // target, which then wins (RFC 9112 §3.2, §3.2.2); HTTP/2 names the
+    // authority in :authority instead.
+    if host_header.is_none() && req.version() == HttpVersion::HTTP_11 {
+        return Err("the request has no Host header");
     }
     match req.uri().authority() {
         Some(authority) => {
@@ -566,6 +594,7 @@ fn prepare_upstream_request(
     request_id: &HeaderValue,
 ) {
     strip_hop_by_hop(&mut parts.headers);
+    strip_underscored(&mut parts.headers);
     // Room for the forwarding headers at once, rather than growing (and
     // rehashing) the map for them one by one.
     parts.headers.reserve(8);

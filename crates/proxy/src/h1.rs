@@ -44,7 +44,7 @@ use crate::context::{ConnInfo, TlsInfo};
 use crate::forward;
 use crate::forward::Alpn;
 use crate::framing::{head_end, put_header, tokens, Cut, Framing, Listed, Rest};
-use crate::headers::{is_hop_by_hop, is_set_on_requests, request_id_bytes};
+use crate::headers::{is_hop_by_hop, is_set_on_requests, is_underscored, request_id_bytes};
 use crate::io::{Client, Prefixed};
 use crate::metrics::{Listener, OpenConn, Protocol, Tally};
 use crate::pipeline::Attempts;
@@ -881,6 +881,7 @@ pub(crate) fn write_upstream_head(
         if name.eq_ignore_ascii_case("host")
             || is_hop_by_hop(name)
             || is_set_on_requests(name)
+            || is_underscored(name)
             || scan.listed.contains(name)
         {
             continue;

@@ -79,13 +79,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         // are present are collected (looking one up by its text allocates
         // nothing), so `Connection: keep-alive` costs no allocation.
         let mut listed: Vec<HeaderName> = Vec::new();
+        // Split as bytes, as the fast path does: a value with a byte past
+        // ASCII in one token still lists the others.
         for token in headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         {
-            let token = token.trim();
+            let Ok(token) = std::str::from_utf8(token.trim_ascii()) else {
+                continue;
+            };
             if !headers.contains_key(token) {
                 continue;
             }
@@ -119,6 +122,31 @@ pub(crate) static SET_ON_REQUESTS: [&HeaderName; 5] = [
     &X_REQUEST_ID,
     &header::FORWARDED,
 ];
+
+/// Whether a client's request header is dropped instead of forwarded: a
+/// name with an underscore, as nginx (so Interlock) drops by default
+/// (`underscores_in_headers off`). Upstreams behind CGI-style interfaces
+/// (FastCGI, WSGI, Rack) read `X_Real_IP` and `X-Real-IP` as one variable,
+/// so a client's underscored twin could stand in for a header the proxy
+/// sets, or for a framing header it acted on.
+pub(crate) fn is_underscored(name: &str) -> bool {
+    name.as_bytes().contains(&b'_')
+}
+
+/// Removes the request headers [`is_underscored`] names.
+pub(crate) fn strip_underscored(headers: &mut HeaderMap) {
+    if !headers.keys().any(|n| is_underscored(n.as_str())) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_underscored(n.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(&name);
+    }
+}
 
 /// Whether `name` (any case) is in [`SET_ON_REQUESTS`].
 pub(crate) fn is_set_on_requests(name: &str) -> bool {

@@ -60,6 +60,14 @@ pub(crate) fn decide<'a>(
     req: &RequestHead<'a>,
     readiness: Readiness,
 ) -> Result<Forward<'a>, Box<Answer>> {
+    // First: a 2xx to CONNECT, even the health answer, would tell a proxy
+    // in front that a tunnel is open (RFC 9110 §9.3.6).
+    if req.method == "CONNECT" {
+        return Err(Answer::error(ProxyError::MethodNotAllowed(
+            "CONNECT is not supported: Portico routes by host name and is not a forward proxy"
+                .into(),
+        )));
+    }
     if let Some(uri) = &snap.config.proxy.health_uri {
         // Before the host is looked at: a balancer checks the proxy, not a
         // site, with whatever Host it has (an address, or none).
@@ -70,12 +78,6 @@ pub(crate) fn decide<'a>(
     let req_host = req
         .host
         .map_err(|why| Answer::error(ProxyError::BadRequest(why.into())))?;
-    if req.method == "CONNECT" {
-        return Err(Answer::error(ProxyError::MethodNotAllowed(
-            "CONNECT is not supported: Portico routes by host name and is not a forward proxy"
-                .into(),
-        )));
-    }
     let host = normalize_request_host(req_host)
         .map_err(|e| Answer::error(ProxyError::BadRequest(e.to_string())))?;
     // Origin form, or `*` (OPTIONS); anything else would make a redirect's
