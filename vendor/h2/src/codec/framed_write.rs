@@ -242,9 +242,11 @@ where
                 // must be written out before any other frame is buffered,
                 // so every response of a few KiB cost its own write (and,
                 // over TLS, where rustls copies the payload anyway, its own
-                // record). See PORTICO.md.
-                let free = self.buf.get_ref().capacity() - self.buf.get_ref().len();
-                let fits = free >= len + frame::HEADER_LEN;
+                // record). Measured against the initial capacity, not the
+                // buffer's: one that a large HEADERS frame made grow must
+                // not then hold (and keep) more. See PORTICO.md.
+                let used = self.buf.get_ref().len();
+                let fits = used + frame::HEADER_LEN + len <= DEFAULT_BUFFER_CAPACITY;
                 if len >= self.chain_threshold && !fits {
                     let head = v.head();
 
@@ -452,5 +454,17 @@ mod portico_tests {
         assert!(w.encoder.next.is_some(), "chained");
         assert!(w.flush(&mut cx).is_ready());
         assert_eq!(w.get_mut().0, [9 + 100 + 9 + 16_384]);
+
+        // A buffer that grew (for a large HEADERS frame) copies no more
+        // than one that did not.
+        w.get_mut().0.clear();
+        w.encoder.buf.get_mut().reserve(64 * 1024);
+        for stream in [11, 13, 15, 17] {
+            assert!(w.poll_ready(&mut cx).is_ready());
+            w.buffer(data(stream, 4096)).unwrap();
+        }
+        assert!(w.encoder.next.is_some(), "the fourth is chained");
+        assert!(w.flush(&mut cx).is_ready());
+        assert_eq!(w.get_mut().0, [4 * (9 + 4096)]);
     }
 }
