@@ -23,8 +23,10 @@ use tokio_util::sync::CancellationToken;
 /// save made of several writes is read once, whole.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// The longest a stream of events can put off the read: a directory whose
-/// entries keep changing must not keep an edit waiting.
+/// The longest a stream of events other than writes to the config's own
+/// files can put off the read: a directory whose entries keep changing
+/// must not keep an edit waiting. Writes to the config itself are waited
+/// out however long they last, so a slow writer is not read half-way.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Referenced files larger than this are refused rather than read whole: a
@@ -123,8 +125,19 @@ fn touches_config(event: &notify::Event, files: &BTreeSet<PathBuf>) -> bool {
         EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => {
             true
         }
-        _ => event.paths.iter().any(|p| files.contains(p)) || event.need_rescan(),
+        _ => writes_config(event, files) || event.need_rescan(),
     }
+}
+
+/// Whether the event is a write to one of the config's own files.
+fn writes_config(event: &notify::Event, files: &BTreeSet<PathBuf>) -> bool {
+    !matches!(
+        event.kind,
+        EventKind::Access(_)
+            | EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(_))
+    ) && event.paths.iter().any(|p| files.contains(p))
 }
 
 /// Watches `path` until `shutdown`, calling `on_config` with the config
@@ -138,19 +151,21 @@ pub async fn watch(
     shutdown: CancellationToken,
     mut on_config: impl FnMut(Result<Config, String>),
 ) -> Result<(), notify::Error> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    // Each wanted event, and whether it is a write to the config's files.
+    let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
     // The config's files, as event paths name them (see `watch_target`).
     let config_files: Arc<Mutex<BTreeSet<PathBuf>>> = Arc::default();
     let watched_files = config_files.clone();
     // A re-read that finds nothing new costs only the read, so any doubt
     // (an error, a rescan) re-reads.
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let wanted = match &event {
-            Err(_) => true,
-            Ok(e) => touches_config(e, &watched_files.lock().unwrap_or_else(|p| p.into_inner())),
+        let files = watched_files.lock().unwrap_or_else(|p| p.into_inner());
+        let (wanted, write) = match &event {
+            Err(_) => (true, false),
+            Ok(e) => (touches_config(e, &files), writes_config(e, &files)),
         };
         if wanted {
-            let _ = tx.send(());
+            let _ = tx.send(write);
         }
     });
     let mut watcher = match watcher {
@@ -205,14 +220,18 @@ pub async fn watch(
                 tracing::info!(file = %path.display(), "reload requested");
             }
             got = rx.recv(), if watching => {
-                if got.is_none() {
+                let Some(mut writing) = got else {
                     return Ok(());
-                }
+                };
                 let latest = tokio::time::Instant::now() + MAX_DEBOUNCE;
                 loop {
-                    let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(latest);
+                    let quiet = tokio::time::Instant::now() + DEBOUNCE;
+                    let quiet = if writing { quiet } else { quiet.min(latest) };
                     tokio::select! {
-                        more = rx.recv() => if more.is_none() { return Ok(()) },
+                        more = rx.recv() => match more {
+                            Some(write) => writing = write,
+                            None => return Ok(()),
+                        },
                         _ = tokio::time::sleep_until(quiet) => break,
                     }
                 }
@@ -366,6 +385,15 @@ mod tests {
             &files
         ));
         assert!(!touches_config(
+            &event(write, "/etc/portico/portico.log"),
+            &files
+        ));
+        // Only writes to the config's files are waited out past MAX_DEBOUNCE.
+        assert!(writes_config(
+            &event(write, "/etc/portico/portico.toml"),
+            &files
+        ));
+        assert!(!writes_config(
             &event(write, "/etc/portico/portico.log"),
             &files
         ));

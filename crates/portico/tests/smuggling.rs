@@ -67,23 +67,36 @@ fn path_name(general: bool) -> &'static str {
 }
 
 /// `Transfer-Encoding: gzip, chunked` (any coding before the final
-/// `chunked`): hyper decodes only the chunked, and Transfer-Encoding is
-/// hop-by-hop, so the upstream got the still-gzipped bytes as a plain
-/// body. RFC 9112 §6.1: a server answers 501 to a transfer coding it does
-/// not understand.
+/// `chunked`), or `chunked` applied twice: hyper decodes only the last
+/// chunked, and Transfer-Encoding is hop-by-hop, so the upstream got the
+/// rest of the coding as a plain body. RFC 9112 §6.1: a server answers 501
+/// to a transfer coding it does not understand, and chunked is never
+/// applied twice (400).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_transfer_coding_other_than_chunked_is_answered_501() {
+async fn a_transfer_coding_other_than_one_chunked_is_refused() {
     let b = echo_upstream().await;
     let proxy = proxy_to(&b, "").await;
     // A request with a body always takes the general path (hyper).
-    for coding in ["gzip", "deflate", "x-custom"] {
+    for (codings, status) in [
+        ("Transfer-Encoding: gzip, chunked", 501),
+        ("Transfer-Encoding: deflate, chunked", 501),
+        (
+            "Transfer-Encoding: x-custom\r\nTransfer-Encoding: chunked",
+            501,
+        ),
+        ("Transfer-Encoding: chunked, chunked", 400),
+        (
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+            400,
+        ),
+    ] {
         let before = b.requests().len();
-        // "hello" stands for bytes the client gzipped; what matters is
-        // what the upstream is told about them.
+        // "hello" stands for bytes the client coded; what matters is what
+        // the upstream is told about them.
         let (_c, r) = one(
             &proxy,
             format!(
-                "POST /up HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: {coding}, chunked\r\n\r\n\
+                "POST /up HTTP/1.1\r\nHost: {HOST}\r\n{codings}\r\n\r\n\
                  5\r\nhello\r\n0\r\n\r\n"
             ),
             "POST",
@@ -91,12 +104,20 @@ async fn a_transfer_coding_other_than_chunked_is_answered_501() {
         .await;
         let ups = since(&b, before);
         assert!(
-            r.status == 501 && ups.is_empty(),
-            "`Transfer-Encoding: {coding}, chunked` answered {} and the upstream got {:?}",
+            r.status == status && ups.is_empty(),
+            "`{codings}` answered {} and the upstream got {:?}",
             r.status,
             ups.iter().map(|u| u.head.text()).collect::<Vec<_>>()
         );
     }
+    // CONNECT is refused as CONNECT, whatever its codings.
+    let (_c, r) = one(
+        &proxy,
+        format!("CONNECT /x HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+        "CONNECT",
+    )
+    .await;
+    assert_eq!(r.status, 405);
 }
 
 /// Header names with underscores are dropped on both paths, as

@@ -334,11 +334,6 @@ async fn forward(
                 .map_err(|_| "the Host header is not a valid host name"),
             Err(why) => Err(*why),
         };
-        if let Some(coding) = foreign_transfer_coding(req.headers()) {
-            return Err(Answer::error(ProxyError::NotImplemented(format!(
-                "transfer coding {coding:?} is not supported (only chunked is)"
-            ))));
-        }
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let declared = req.body().size_hint().exact().filter(|n| *n > 0);
         let decision = pipeline::decide(
@@ -352,6 +347,11 @@ async fn forward(
             },
             conn.proxy.readiness(),
         )?;
+        // After the pipeline's own answers (CONNECT, health, routing), which
+        // forward nothing: only a body that would go upstream is judged.
+        if let Some(problem) = transfer_coding_problem(req.headers()) {
+            return Err(Answer::error(problem));
+        }
         let route_id = decision.route;
         let rewritten = (decision.target.len() != target.len()).then(|| {
             decision
@@ -548,24 +548,37 @@ async fn join_upgraded(
     }
 }
 
-/// The host a request names: the `:authority` (HTTP/2, or an absolute-form
-/// URI) or else its one `Host` header.
-/// An error is why there is none, for a 400.
-/// A transfer coding of the request other than chunked, which hyper's
-/// server accepts before a final chunked (`gzip, chunked`) and decodes only
-/// the chunked of. Passed on undecoded under a plain chunked framing, the
-/// body would reach the upstream as something it is not: RFC 9112 §6.1
-/// has a server answer 501 to a coding it does not understand.
-fn foreign_transfer_coding(headers: &HeaderMap) -> Option<String> {
-    headers
+/// What is wrong with the request's transfer codings, if anything. hyper's
+/// server accepts any codings before a final chunked (`gzip, chunked`,
+/// `chunked, chunked`) and decodes only the last: passed on under a plain
+/// chunked framing, the body would reach the upstream as something it is
+/// not. RFC 9112 §6.1: a server answers 501 to a coding it does not
+/// understand, and chunked is never applied twice.
+fn transfer_coding_problem(headers: &HeaderMap) -> Option<ProxyError> {
+    let mut chunked = 0;
+    for coding in headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
-        .map(|coding| String::from_utf8_lossy(coding).into_owned())
+        .filter(|coding| !coding.is_empty())
+    {
+        if !coding.eq_ignore_ascii_case(b"chunked") {
+            return Some(ProxyError::NotImplemented(format!(
+                "transfer coding {:?} is not supported (only chunked is)",
+                String::from_utf8_lossy(coding)
+            )));
+        }
+        chunked += 1;
+    }
+    (chunked > 1).then(|| {
+        ProxyError::BadRequest("the chunked transfer coding is applied more than once".into())
+    })
 }
 
+/// The host a request names: the `:authority` (HTTP/2, or an absolute-form
+/// URI) or else its one `Host` header.
+/// An error is why there is none, for a 400.
 fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host_header = hosts.next();

@@ -66,6 +66,10 @@ enum Next<B> {
 /// frame that big.
 const DEFAULT_BUFFER_CAPACITY: usize = 16 * 1_024;
 
+/// Portico: the room a copied DATA payload leaves in the write buffer for
+/// the HEADERS frame of a response that follows it (see `Encoder::buffer`).
+const HEADERS_ROOM: usize = 1_024;
+
 /// Chain payloads bigger than this when vectored I/O is enabled. The remote
 /// will never advertise a max frame size less than this (well, the spec says
 /// the max frame size can't be less than 16kb, so not even close).
@@ -200,6 +204,12 @@ where
         // Clear internal buffer
         self.buf.set_position(0);
         self.buf.get_mut().clear();
+        // Portico: a buffer that a large HEADERS frame grew goes back to its
+        // initial size once written out, so that a connection does not
+        // keep the larger one while idle. See PORTICO.md.
+        if self.buf.get_ref().capacity() > DEFAULT_BUFFER_CAPACITY {
+            *self.buf.get_mut() = BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY);
+        }
 
         // The data frame has been written, so unset it
         match self.next.take() {
@@ -242,11 +252,14 @@ where
                 // must be written out before any other frame is buffered,
                 // so every response of a few KiB cost its own write (and,
                 // over TLS, where rustls copies the payload anyway, its own
-                // record). Measured against the initial capacity, not the
-                // buffer's: one that a large HEADERS frame made grow must
-                // not then hold (and keep) more. See PORTICO.md.
+                // record). Measured against the initial capacity, less room
+                // for a response's HEADERS frame after it, so that the
+                // buffer rarely has to grow for one; and not against the
+                // buffer's capacity, which a large HEADERS frame may have
+                // grown. See PORTICO.md.
                 let used = self.buf.get_ref().len();
-                let fits = used + frame::HEADER_LEN + len <= DEFAULT_BUFFER_CAPACITY;
+                let fits =
+                    used + frame::HEADER_LEN + len + HEADERS_ROOM <= DEFAULT_BUFFER_CAPACITY;
                 if len >= self.chain_threshold && !fits {
                     let head = v.head();
 
@@ -456,7 +469,7 @@ mod portico_tests {
         assert_eq!(w.get_mut().0, [9 + 100 + 9 + 16_384]);
 
         // A buffer that grew (for a large HEADERS frame) copies no more
-        // than one that did not.
+        // than one that did not, and is back to its size once written.
         w.get_mut().0.clear();
         w.encoder.buf.get_mut().reserve(64 * 1024);
         for stream in [11, 13, 15, 17] {
@@ -466,5 +479,6 @@ mod portico_tests {
         assert!(w.encoder.next.is_some(), "the fourth is chained");
         assert!(w.flush(&mut cx).is_ready());
         assert_eq!(w.get_mut().0, [4 * (9 + 4096)]);
+        assert!(w.encoder.buf.get_ref().capacity() <= DEFAULT_BUFFER_CAPACITY);
     }
 }
