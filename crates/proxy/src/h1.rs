@@ -51,6 +51,7 @@ use crate::pipeline::Attempts;
 use crate::pipeline::{self, RequestHead};
 use crate::relay::{RawExchange, MAX_HEADERS, RESPONSE_BUF};
 use crate::snapshot::Snapshot;
+use crate::splice;
 use crate::upstream::{lock, RawConn, Upstream};
 use portico_model::AccessLogFormat;
 
@@ -1033,6 +1034,21 @@ async fn copy_body(
         return (0, Err(BodyError::Client(e)));
     }
     sent += take as u64;
+    if let (Client::Plain(to), Rest::Length(left)) = (&*client, &rest) {
+        if *left >= splice::MIN_LEN {
+            if let Some(moved) = splice::body(lease.stream(), to, *left, &mut sent).await {
+                return match moved {
+                    Ok(()) => {
+                        lease.end(false);
+                        (sent, Ok(()))
+                    }
+                    Err(splice::Broke::Upstream(e)) => (sent, Err(BodyError::Upstream(e))),
+                    Err(splice::Broke::Short(left)) => (sent, Err(BodyError::Short(left))),
+                    Err(splice::Broke::Client(e)) => (sent, Err(BodyError::Client(e))),
+                };
+            }
+        }
+    }
     let more = rest
         .known_left()
         .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));

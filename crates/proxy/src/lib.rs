@@ -44,6 +44,8 @@
 //! - `framing`: HTTP/1.1 framing as bytes: head ends, chunked bodies, and
 //!   how much of a response body is left (`Rest`, for the fast path and the
 //!   relay alike).
+//! - `splice`: large response bodies moved socket to socket through a
+//!   pipe (`splice(2)`), for `h1` when neither side is TLS.
 //! - `io`: stream adapters (replayed prefixes, first-read deadlines, relays).
 //! - `proxy_protocol`: the PROXY protocol header an external load balancer
 //!   may send first, with the client's address.
@@ -73,6 +75,7 @@ mod proxy_protocol;
 mod relay;
 pub mod server;
 pub mod snapshot;
+mod splice;
 pub mod tls;
 pub mod upload;
 pub mod upstream;

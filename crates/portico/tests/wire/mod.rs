@@ -1752,6 +1752,122 @@ async fn ambiguous_request_framing_never_smuggles_a_request_upstream() {
 
 // 9. Request bodies
 
+/// A 1 MiB body of known length, sent in uneven pieces (in cleartext the
+/// fast path moves it with splice(2), so the pieces exercise its waits on
+/// both sockets): it arrives whole, twice, and the upstream connection is
+/// reused after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_sent_in_pieces_arrives_whole_and_its_connection_is_reused() {
+    const LEN: usize = 1024 * 1024;
+    let b = RawBackend::start(|mut conn| async move {
+        let body = pattern(LEN);
+        while let Some(req) = conn.next_request().await {
+            if req.target == "/next" {
+                conn.send(ok_with(b"next", "")).await;
+                continue;
+            }
+            conn.send(format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n"))
+                .await;
+            for piece in body.chunks(10_007) {
+                conn.send(piece).await;
+                tokio::task::yield_now().await;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_to(b.addr, "").await;
+    let mut c = proxy.connect().await;
+    for _ in 0..2 {
+        let r = exchange(&mut c, get("/big"), "GET").await;
+        assert_eq!(r.status, 200, "{}", r.head.text());
+        assert_eq!(r.framing, Framing::Length(LEN), "{}", r.head.text());
+        assert!(r.body == pattern(LEN), "the body changed on the way");
+    }
+    still_usable(&mut c).await;
+    assert_eq!(b.connections(), 1, "the upstream connection was not reused");
+}
+
+/// A large body the upstream cuts off reaches the client cut at the same
+/// byte, and the client connection is closed: the client can tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_cut_off_upstream_reaches_the_client_cut_at_the_same_byte() {
+    const LEN: usize = 1024 * 1024;
+    const CUT: usize = 300_000;
+    let b = RawBackend::start(|mut conn| async move {
+        if conn.next_request().await.is_some() {
+            conn.send(format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n"))
+                .await;
+            for piece in pattern(CUT).chunks(65_536) {
+                conn.send(piece).await;
+                tokio::task::yield_now().await;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_to(b.addr, "").await;
+    let mut c = proxy.connect().await;
+    c.send(get("/cut")).await.unwrap();
+    let head = c.read_head().await.unwrap().expect("a response head");
+    assert!(
+        head.start_line.starts_with("HTTP/1.1 200"),
+        "{}",
+        head.text()
+    );
+    let err = c.read_exact(LEN).await.expect_err("the body is short");
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+    assert!(
+        c.buffered() == pattern(CUT),
+        "{} bytes came",
+        c.buffered().len()
+    );
+}
+
+/// A client that goes away in the middle of a large body: the upstream
+/// connection carrying it is closed (not returned to the pool half-read),
+/// and the next client is served on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_body_closes_the_upstream_connection() {
+    // More than every socket buffer on the way holds, so the response
+    // cannot be over before the client leaves.
+    const LEN: usize = 64 * 1024 * 1024;
+    let gone = Arc::new(Notify::new());
+    let seen = gone.clone();
+    let b = RawBackend::start(move |mut conn| {
+        let gone = gone.clone();
+        async move {
+            while let Some(req) = conn.next_request().await {
+                if req.target == "/next" {
+                    conn.send(ok_with(b"next", "")).await;
+                    continue;
+                }
+                conn.send(format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n"))
+                    .await;
+                let piece = pattern(65_536);
+                for _ in 0..LEN / piece.len() {
+                    if conn.wire.send(&piece).await.is_err() {
+                        gone.notify_one();
+                        return;
+                    }
+                }
+            }
+            gone.notify_one();
+        }
+    })
+    .await;
+    let proxy = proxy_to(b.addr, "").await;
+    let mut c = proxy.connect().await;
+    c.send(get("/big")).await.unwrap();
+    c.read_head().await.unwrap().expect("a response head");
+    c.fill_to(100_000).await.unwrap();
+    drop(c);
+    tokio::time::timeout(portico_testkit::raw::WAIT, seen.notified())
+        .await
+        .expect("the upstream connection is closed once the client has gone");
+    let mut c = proxy.connect().await;
+    still_usable(&mut c).await;
+    assert_eq!(b.connections(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_1_mib_content_length_body_arrives_intact() {
     let b = RawBackend::answering(|req| ok_with(req.body.len().to_string().as_bytes(), "")).await;
