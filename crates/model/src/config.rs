@@ -31,7 +31,8 @@ pub struct ProxySettings {
     pub access_log_format: AccessLogFormat,
     /// Limit for opening a TCP connection to one upstream; on expiry the next one is tried.
     pub connect_timeout: Duration,
-    /// Limit between sending a request upstream and receiving its response head (504 after).
+    /// Limit between sending a request upstream and receiving its response
+    /// head (504 after); also the longest a response body may bring no data.
     pub upstream_timeout: Duration,
     /// How long a client may take to send a request head (slow-loris guard).
     pub client_header_timeout: Duration,

@@ -6,15 +6,18 @@
 //! A response from hyper's client streams as hyper decoded it; one relayed
 //! as bytes ([`crate::relay`]) as [`RawBody`], which decodes its framing.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use crate::access_log::AccessLog;
 use crate::framing::{Cut, Framing, Rest};
@@ -43,7 +46,52 @@ pub struct ResponseBody {
     /// The request's count against its service, and the response status,
     /// recorded with the bytes sent when the body is done.
     tally: Option<(Tally, u16)>,
+    /// The wait for the upstream's next bytes, for bodies from upstreams.
+    idle: Option<Idle>,
 }
+
+/// An upstream response body that brings no data for `upstream_timeout`
+/// while it is waited for is abandoned (nginx's `proxy_read_timeout`, which
+/// also counts between two reads). The timer is armed only once a read
+/// finds nothing, and set again only after data has come since.
+struct Idle {
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Data came since the timer was last set.
+    moved: bool,
+}
+
+impl Idle {
+    fn new(limit: Duration) -> Idle {
+        Idle {
+            limit,
+            timer: None,
+            moved: false,
+        }
+    }
+
+    /// After a read that found nothing: ready once the upstream has been
+    /// silent for the whole limit.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let moved = std::mem::take(&mut self.moved);
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if moved {
+                    timer.as_mut().reset(Instant::now() + self.limit);
+                }
+                timer
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep(self.limit))),
+        };
+        timer.as_mut().poll(cx)
+    }
+}
+
+/// The upstream sent no response body data for this long (its
+/// `upstream_timeout`).
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no response body data for {0:?} (upstream_timeout)")]
+pub struct UpstreamStalled(pub Duration);
 
 /// What a request holds until its response has been passed on: its place
 /// under the service's `max_requests`, and (least-request pools) its count
@@ -92,6 +140,7 @@ impl ResponseBody {
             in_flight: None,
             held: Held::default(),
             tally: None,
+            idle: None,
         }
     }
 
@@ -99,14 +148,23 @@ impl ResponseBody {
         ResponseBody::new(Source::Full(Some(bytes.into())), None)
     }
 
-    pub fn upstream(body: Incoming, conn: Conn, upstream: Arc<Upstream>) -> ResponseBody {
+    /// A body from hyper's client; `idle`: the upstream's `upstream_timeout`.
+    pub fn upstream(
+        body: Incoming,
+        conn: Conn,
+        upstream: Arc<Upstream>,
+        idle: Duration,
+    ) -> ResponseBody {
         let mut body = ResponseBody::new(Source::Upstream(body), Some((conn, upstream)));
+        body.idle = Some(Idle::new(idle));
         body.release_if_done();
         body
     }
 
-    pub(crate) fn relayed(body: RawBody) -> ResponseBody {
-        ResponseBody::new(Source::Relayed(body), None)
+    pub(crate) fn relayed(body: RawBody, idle: Duration) -> ResponseBody {
+        let mut body = ResponseBody::new(Source::Relayed(body), None);
+        body.idle = Some(Idle::new(idle));
+        body
     }
 
     /// The whole body, for responses made by the proxy itself.
@@ -153,6 +211,61 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        let polled = this.poll_source(cx);
+        if polled.is_pending() {
+            if let Some(idle) = &mut this.idle {
+                if idle.poll_expired(cx).is_ready() {
+                    let limit = idle.limit;
+                    return Poll::Ready(Some(Err(this.stalled(limit))));
+                }
+            }
+        } else if let Some(idle) = &mut this.idle {
+            idle.moved = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Upstream(b) => b.is_end_stream(),
+            Source::Relayed(b) => b.is_end_stream(),
+            Source::Full(d) => d.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Upstream(b) => b.size_hint(),
+            Source::Relayed(b) => match b.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+            Source::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            Source::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl ResponseBody {
+    /// Gives up on a body whose upstream went silent: its connection, in
+    /// an unknown state, is closed, and the body never reads as complete.
+    fn stalled(&mut self, limit: Duration) -> BodyError {
+        self.lease = None;
+        if let Source::Relayed(b) = &mut self.source {
+            b.abandon();
+        }
+        let e = UpstreamStalled(limit);
+        if let Some(log) = &mut self.log {
+            log.error = Some(format!("upstream body: {e}"));
+        }
+        e.into()
+    }
+
+    fn poll_source(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self;
         let frame = match &mut this.source {
             Source::Full(data) => data.take().map(|d| Ok(Frame::data(d))),
             Source::Relayed(b) => match ready!(b.poll_data(cx)) {
@@ -198,26 +311,6 @@ impl Body for ResponseBody {
         }
         this.release_if_done();
         Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Source::Upstream(b) => b.is_end_stream(),
-            Source::Relayed(b) => b.is_end_stream(),
-            Source::Full(d) => d.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.source {
-            Source::Upstream(b) => b.size_hint(),
-            Source::Relayed(b) => match b.remaining() {
-                Some(n) => SizeHint::with_exact(n),
-                None => SizeHint::default(),
-            },
-            Source::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
-            Source::Full(None) => SizeHint::with_exact(0),
-        }
     }
 }
 
@@ -399,6 +492,12 @@ impl RawBody {
                 Err(e) => return self.break_off(RelayError::Io(e), cx),
             }
         }
+    }
+
+    /// Ends the body without a word: the caller tells why.
+    fn abandon(&mut self) {
+        self.conn = None;
+        self.state = State::Broken(None);
     }
 
     /// Ends the body with `e`, told on the next poll; the connection, in an

@@ -767,7 +767,9 @@ impl pipeline::Exchange for HyperExchange {
             }
         };
         let mut err = match outcome {
-            Ok(Ok(resp)) => return Outcome::Answered(upstream_response(resp, conn, upstream)),
+            Ok(Ok(resp)) => {
+                return Outcome::Answered(upstream_response(resp, conn, upstream, timeout))
+            }
             Err(_elapsed) => {
                 return Outcome::Fatal(ProxyError::upstream_timeout(
                     &pool.label,
@@ -835,6 +837,7 @@ fn upstream_response(
     resp: Response<Incoming>,
     conn: Conn,
     upstream: &Arc<Upstream>,
+    idle: Duration,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     if parts.headers.contains_key(header::TRANSFER_ENCODING) {
@@ -845,5 +848,8 @@ fn upstream_response(
     }
     strip_hop_by_hop(&mut parts.headers);
     parts.version = HttpVersion::HTTP_11;
-    Response::from_parts(parts, ResponseBody::upstream(body, conn, upstream.clone()))
+    Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, conn, upstream.clone(), idle),
+    )
 }

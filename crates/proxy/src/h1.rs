@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::access_log::{AccessLog, CombinedExtra};
 use crate::answer::Answer;
 use crate::balance;
-use crate::body::InFlight;
+use crate::body::{InFlight, UpstreamStalled};
 use crate::context::{ConnInfo, TlsInfo};
 use crate::forward;
 use crate::forward::Alpn;
@@ -734,13 +734,15 @@ async fn exchange(
             let pool = &snap.pools[route];
             pipeline::try_upstreams(pool, first, &mut exchange, &mut attempts)
                 .await
-                .map(|((conn, head), upstream, held)| (conn, upstream, head, held))
+                .map(|((conn, head), upstream, held)| {
+                    (conn, upstream, head, held, pool.upstream_timeout)
+                })
                 .map_err(Answer::error)
         }
         Plan::Answer(answer) => Err(answer),
     };
     drop(upstream_req);
-    let (upstream_conn, upstream, resp, _held) = match sent {
+    let (upstream_conn, upstream, resp, _held, idle) = match sent {
         Ok(ok) => ok,
         Err(answer) => {
             let request_id = HeaderValue::from_bytes(&id).expect("hex digits");
@@ -795,8 +797,15 @@ async fn exchange(
         upstream,
         reusable: resp.reusable,
     };
-    let (bytes, outcome) =
-        copy_body(client, lease, &mut from_upstream, resp.len, &out, framing).await;
+    let (bytes, outcome) = copy_body(
+        client,
+        lease,
+        (&mut from_upstream, resp.len),
+        &out,
+        framing,
+        idle,
+    )
+    .await;
     if let Some(tally) = tally {
         tally.finish(resp.status, bytes);
     }
@@ -973,6 +982,8 @@ enum BodyError {
     Short(u64),
     #[error("upstream sent a malformed chunked body")]
     BadChunk,
+    #[error(transparent)]
+    Stalled(#[from] UpstreamStalled),
 }
 
 /// The upstream connection a response arrives on, returned to its pool as
@@ -1005,15 +1016,16 @@ impl Lease<'_> {
 }
 
 /// Sends the client `head` and the body that follows the upstream's head
-/// (`buf[head_len..]` and what is still to come). Returns the body bytes
-/// sent, and how the body ended.
+/// (`buf[head_len..]` and what is still to come), giving up on an upstream
+/// that sends nothing for `idle` (its `upstream_timeout`, as in
+/// [`crate::body`]). Returns the body bytes sent, and how the body ended.
 async fn copy_body(
     client: &mut Client,
     mut lease: Lease<'_>,
-    buf: &mut Vec<u8>,
-    head_len: usize,
+    (buf, head_len): (&mut Vec<u8>, usize),
     head: &[u8],
     framing: Framing,
+    idle: Duration,
 ) -> (u64, Result<(), BodyError>) {
     let mut sent = 0u64;
     let first = &buf[head_len..];
@@ -1036,7 +1048,8 @@ async fn copy_body(
     sent += take as u64;
     if let (Client::Plain(to), Rest::Length(left)) = (&*client, &rest) {
         if *left >= splice::MIN_LEN {
-            if let Some(moved) = splice::body(lease.stream(), to, *left, &mut sent).await {
+            let moved = splice::body(lease.stream(), to, (*left, idle), &mut sent).await;
+            if let Some(moved) = moved {
                 return match moved {
                     Ok(()) => {
                         lease.end(false);
@@ -1045,6 +1058,7 @@ async fn copy_body(
                     Err(splice::Broke::Upstream(e)) => (sent, Err(BodyError::Upstream(e))),
                     Err(splice::Broke::Short(left)) => (sent, Err(BodyError::Short(left))),
                     Err(splice::Broke::Client(e)) => (sent, Err(BodyError::Client(e))),
+                    Err(splice::Broke::Stalled) => (sent, Err(UpstreamStalled(idle).into())),
                 };
             }
         }
@@ -1058,9 +1072,10 @@ async fn copy_body(
     }
     while !rest.is_done() {
         buf.clear();
-        let n = match lease.stream().read_buf(buf).await {
-            Ok(n) => n,
-            Err(e) => return (sent, Err(BodyError::Upstream(e))),
+        let n = match tokio::time::timeout(idle, lease.stream().read_buf(buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return (sent, Err(BodyError::Upstream(e))),
+            Err(_) => return (sent, Err(UpstreamStalled(idle).into())),
         };
         if n == 0 {
             match rest.close() {

@@ -425,7 +425,7 @@ pub(crate) async fn forward(
         upstream_head.framing,
         upstream_head.reusable,
     );
-    let mut resp = Response::new(ResponseBody::relayed(body));
+    let mut resp = Response::new(ResponseBody::relayed(body, pool.upstream_timeout));
     *resp.status_mut() = head.status;
     *resp.headers_mut() = head.headers;
     if let Some(reason) = head.reason {

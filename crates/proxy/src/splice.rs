@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::time::Duration;
 
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
@@ -63,16 +64,19 @@ pub(crate) enum Broke {
     Upstream(io::Error),
     /// The upstream closed the connection this many bytes before the end.
     Short(u64),
+    /// The upstream sent nothing for the whole idle limit.
+    Stalled,
     Client(io::Error),
 }
 
 /// Moves the next `len` bytes of `from` to `to`, adding each byte that
-/// reached `to` to `sent`. `None` when no pipe could be had and nothing
-/// was moved: the caller copies instead.
+/// reached `to` to `sent`; gives up when `from` brings nothing for `idle`.
+/// `None` when no pipe could be had and nothing was moved: the caller
+/// copies instead.
 pub(crate) async fn body(
     from: &TcpStream,
     to: &TcpStream,
-    len: u64,
+    (len, idle): (u64, Duration),
     sent: &mut u64,
 ) -> Option<Result<(), Broke>> {
     let pipe = Pipe::take()?;
@@ -81,8 +85,10 @@ pub(crate) async fn body(
     while left > 0 {
         let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
         let mut held = loop {
-            if let Err(e) = from.readable().await {
-                return Some(Err(Broke::Upstream(e)));
+            match tokio::time::timeout(idle, from.readable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Some(Err(Broke::Upstream(e))),
+                Err(_) => return Some(Err(Broke::Stalled)),
             }
             let moved = from.try_io(Interest::READABLE, || {
                 Ok(splice(from, None, &pipe.write, None, want, flags)?)

@@ -1822,6 +1822,62 @@ async fn a_large_body_cut_off_upstream_reaches_the_client_cut_at_the_same_byte()
     );
 }
 
+/// An upstream that stops sending in the middle of a body, keeping its
+/// connection open: after `upstream_timeout` without a byte the client
+/// connection is closed after what came (the client can tell: the body
+/// is short), and so is the upstream's. On every way a body can take: a
+/// GET's (splice in cleartext, a copy over TLS, the relay on the general
+/// path) and a POST's (hyper's client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_silent_mid_body_is_given_up_after_upstream_timeout() {
+    const LEN: usize = 1024 * 1024;
+    const SENT: usize = 100_000;
+    let closed = Arc::new(AtomicUsize::new(0));
+    let seen = closed.clone();
+    let b = RawBackend::start(move |mut conn| {
+        let closed = closed.clone();
+        async move {
+            if conn.next_request().await.is_some() {
+                conn.send(format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n"))
+                    .await;
+                conn.send(pattern(SENT)).await;
+                // Silent from here; the proxy must close the connection.
+                if conn.next_request().await.is_none() {
+                    closed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_to(b.addr, "upstream_timeout = \"1s\"").await;
+    for (i, request) in [get("/stall"), post("/stall")].into_iter().enumerate() {
+        let mut c = proxy.connect().await;
+        c.send(request).await.unwrap();
+        let head = c.read_head().await.unwrap().expect("a response head");
+        assert!(
+            head.start_line.starts_with("HTTP/1.1 200"),
+            "{}",
+            head.text()
+        );
+        let err = c.read_exact(LEN).await.expect_err("the body is short");
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+        assert!(
+            c.buffered() == pattern(SENT),
+            "{} bytes came",
+            c.buffered().len()
+        );
+        wait_until(
+            portico_testkit::raw::WAIT,
+            "the upstream connection closed",
+            || {
+                let n = seen.load(Ordering::SeqCst);
+                async move { n == i + 1 }
+            },
+        )
+        .await;
+    }
+}
+
 /// A client that goes away in the middle of a large body: the upstream
 /// connection carrying it is closed (not returned to the pool half-read),
 /// and the next client is served on a new one.
