@@ -52,6 +52,9 @@ pub struct ProxySettings {
     pub tunnel_idle_timeout: Duration,
     /// A request body that brings no data for this long is abandoned (408).
     pub client_body_timeout: Duration,
+    /// A client that takes none of its response for this long is
+    /// disconnected (nginx's `send_timeout`).
+    pub client_send_timeout: Duration,
     /// Cap on open connections to each upstream address (busy and idle).
     pub max_connections_per_upstream: usize,
     /// How many idle keep-alive connections are kept per upstream address.
@@ -378,6 +381,7 @@ impl Default for ProxySettings {
             health_uri: None,
             tunnel_idle_timeout: Duration::from_secs(600),
             client_body_timeout: Duration::from_secs(60),
+            client_send_timeout: Duration::from_secs(60),
             max_connections_per_upstream: 1024,
             idle_connections_per_upstream: 128,
             max_header_bytes: 64 * 1024,
@@ -779,6 +783,7 @@ struct RawProxy {
     health_uri: Option<Spanned<String>>,
     tunnel_idle_timeout: Option<Spanned<String>>,
     client_body_timeout: Option<Spanned<String>>,
+    client_send_timeout: Option<Spanned<String>>,
     max_connections_per_upstream: Option<Spanned<i64>>,
     idle_connections_per_upstream: Option<Spanned<i64>>,
     max_header_bytes: Option<Spanned<i64>>,
@@ -1119,6 +1124,11 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
             &raw.client_body_timeout,
             "proxy.client_body_timeout",
             &mut p.client_body_timeout,
+        ),
+        (
+            &raw.client_send_timeout,
+            "proxy.client_send_timeout",
+            &mut p.client_send_timeout,
         ),
         (
             &raw.client_body_grace,

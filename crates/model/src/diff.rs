@@ -249,6 +249,7 @@ static PROXY_FIELDS: &[Field<ProxySettings>] = &[
     ("health_uri", |p| opt(p.health_uri.as_ref())),
     ("tunnel_idle_timeout", |p| dur(p.tunnel_idle_timeout)),
     ("client_body_timeout", |p| dur(p.client_body_timeout)),
+    ("client_send_timeout", |p| dur(p.client_send_timeout)),
     ("client_body_min_rate", |p| {
         p.client_body_min_rate
             .map_or_else(|| "off".to_owned(), |r| format!("{}/s", size(r)))
@@ -393,6 +394,7 @@ fn every_field_is_listed(
         health_uri: _,
         tunnel_idle_timeout: _,
         client_body_timeout: _,
+        client_send_timeout: _,
         max_connections_per_upstream: _,
         idle_connections_per_upstream: _,
         max_header_bytes: _,

@@ -505,6 +505,7 @@ fn proxy(p: &ProxySettings, out: &mut Problems) {
         ("shutdown_grace", p.shutdown_grace),
         ("tunnel_idle_timeout", p.tunnel_idle_timeout),
         ("client_body_timeout", p.client_body_timeout),
+        ("client_send_timeout", p.client_send_timeout),
         ("client_body_grace", p.client_body_grace),
         ("outlier_base_ejection_time", p.outlier_base_ejection_time),
         ("outlier_max_ejection_time", p.outlier_max_ejection_time),
@@ -848,6 +849,7 @@ drain_delay = "7s 5ms"
 health_uri = "/-/healthz"
 tunnel_idle_timeout = "1h"
 client_body_timeout = "61s"
+client_send_timeout = "59s"
 max_connections_per_upstream = 10
 idle_connections_per_upstream = 3
 max_header_bytes = 16384

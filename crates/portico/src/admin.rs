@@ -388,6 +388,7 @@ fn config_body(c: &Config) -> ConfigBody {
         max_header_bytes: p.max_header_bytes,
         tunnel_idle_timeout: d(p.tunnel_idle_timeout),
         client_body_timeout: d(p.client_body_timeout),
+        client_send_timeout: d(p.client_send_timeout),
         client_body_min_rate: p
             .client_body_min_rate
             .map_or_else(|| "off".to_owned(), |r| format!("{}/s", size(r))),

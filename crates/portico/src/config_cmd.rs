@@ -352,6 +352,7 @@ mod tests {
             max_header_bytes: 65536,
             tunnel_idle_timeout: "10m".into(),
             client_body_timeout: "1m".into(),
+            client_send_timeout: "1m".into(),
             client_body_min_rate: "1KiB/s".into(),
             client_body_grace: "10s".into(),
             max_bodies_per_client: 100,

@@ -849,6 +849,7 @@ impl Writer<'_> {
             "{g}client_body_timeout {};",
             time(p.client_body_timeout)
         );
+        let _ = writeln!(out, "{g}send_timeout {};", time(p.client_send_timeout));
         // A head's lines share these buffers; Portico caps the head as a whole.
         let buffer = (p.max_header_bytes / 4).max(1024) / 1024;
         let _ = writeln!(out, "{g}large_client_header_buffers 4 {buffer}k;");

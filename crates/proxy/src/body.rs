@@ -6,7 +6,6 @@
 //! A response from hyper's client streams as hyper decoded it; one relayed
 //! as bytes ([`crate::relay`]) as [`RawBody`], which decodes its framing.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,11 +16,11 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
 
 use crate::access_log::AccessLog;
 use crate::framing::{Cut, Framing, Rest};
 use crate::health::Admitted;
+use crate::io::Stall;
 use crate::metrics::Tally;
 use crate::upstream::{Busy, Conn, RawConn, Upstream};
 
@@ -46,45 +45,10 @@ pub struct ResponseBody {
     /// The request's count against its service, and the response status,
     /// recorded with the bytes sent when the body is done.
     tally: Option<(Tally, u16)>,
-    /// The wait for the upstream's next bytes, for bodies from upstreams.
-    idle: Option<Idle>,
-}
-
-/// An upstream response body that brings no data for `upstream_timeout`
-/// while it is waited for is abandoned (nginx's `proxy_read_timeout`, which
-/// also counts between two reads). The timer is armed only once a read
-/// finds nothing, and set again only after data has come since.
-struct Idle {
-    limit: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    /// Data came since the timer was last set.
-    moved: bool,
-}
-
-impl Idle {
-    fn new(limit: Duration) -> Idle {
-        Idle {
-            limit,
-            timer: None,
-            moved: false,
-        }
-    }
-
-    /// After a read that found nothing: ready once the upstream has been
-    /// silent for the whole limit.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let moved = std::mem::take(&mut self.moved);
-        let timer = match &mut self.timer {
-            Some(timer) => {
-                if moved {
-                    timer.as_mut().reset(Instant::now() + self.limit);
-                }
-                timer
-            }
-            None => self.timer.insert(Box::pin(tokio::time::sleep(self.limit))),
-        };
-        timer.as_mut().poll(cx)
-    }
+    /// The wait for the upstream's next bytes, for bodies from upstreams:
+    /// one that brings none for `upstream_timeout` is abandoned (nginx's
+    /// `proxy_read_timeout` also counts between two reads).
+    idle: Option<Stall>,
 }
 
 /// The upstream sent no response body data for this long (its
@@ -156,14 +120,14 @@ impl ResponseBody {
         idle: Duration,
     ) -> ResponseBody {
         let mut body = ResponseBody::new(Source::Upstream(body), Some((conn, upstream)));
-        body.idle = Some(Idle::new(idle));
+        body.idle = Some(Stall::new(idle));
         body.release_if_done();
         body
     }
 
     pub(crate) fn relayed(body: RawBody, idle: Duration) -> ResponseBody {
         let mut body = ResponseBody::new(Source::Relayed(body), None);
-        body.idle = Some(Idle::new(idle));
+        body.idle = Some(Stall::new(idle));
         body
     }
 
@@ -220,7 +184,7 @@ impl Body for ResponseBody {
                 }
             }
         } else if let Some(idle) = &mut this.idle {
-            idle.moved = true;
+            idle.moved();
         }
         polled
     }

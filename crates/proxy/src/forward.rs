@@ -76,7 +76,10 @@ where
     }
     let client = info.client;
     let info = Arc::new(info);
-    let io = crate::io::Lingering::new(io);
+    let io = crate::io::Lingering::new(crate::io::SendDeadline::new(
+        io,
+        snapshot.config.proxy.client_send_timeout,
+    ));
     let service = service_fn(move |req| {
         // On the heap: an HTTP/2 stream moves its request's future into a
         // task of its own, copying it each time (4-5 KiB, some 2 % of the

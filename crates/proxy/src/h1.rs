@@ -45,7 +45,7 @@ use crate::forward;
 use crate::forward::Alpn;
 use crate::framing::{head_end, put_header, tokens, Cut, Framing, Listed, Rest};
 use crate::headers::{is_hop_by_hop, is_set_on_requests, is_underscored, request_id_bytes};
-use crate::io::{Client, Prefixed};
+use crate::io::{send_timed_out, Client, Prefixed, Waits};
 use crate::metrics::{Listener, OpenConn, Protocol, Tally};
 use crate::pipeline::Attempts;
 use crate::pipeline::{self, RequestHead};
@@ -769,7 +769,9 @@ async fn exchange(
             } else {
                 answer.body.len() as u64
             };
-            let ok = client.write_all(&out).await.is_ok() && flush(client).await.is_ok();
+            let limit = snap.config.proxy.client_send_timeout;
+            let ok = sending(limit, client.write_all(&out)).await.is_ok()
+                && sending(limit, flush(client)).await.is_ok();
             if let Some(tally) = tally {
                 if let Some(e) = &answer.error {
                     tally.stats().error(answer.status.as_u16(), e);
@@ -803,7 +805,10 @@ async fn exchange(
         (&mut from_upstream, resp.len),
         &out,
         framing,
-        idle,
+        Waits {
+            upstream: idle,
+            client: snap.config.proxy.client_send_timeout,
+        },
     )
     .await;
     if let Some(tally) = tally {
@@ -1016,16 +1021,16 @@ impl Lease<'_> {
 }
 
 /// Sends the client `head` and the body that follows the upstream's head
-/// (`buf[head_len..]` and what is still to come), giving up on an upstream
-/// that sends nothing for `idle` (its `upstream_timeout`, as in
-/// [`crate::body`]). Returns the body bytes sent, and how the body ended.
+/// (`buf[head_len..]` and what is still to come), giving up on either side
+/// when it stalls past its [`Waits`]. Returns the body bytes sent, and how
+/// the body ended.
 async fn copy_body(
     client: &mut Client,
     mut lease: Lease<'_>,
     (buf, head_len): (&mut Vec<u8>, usize),
     head: &[u8],
     framing: Framing,
-    idle: Duration,
+    waits: Waits,
 ) -> (u64, Result<(), BodyError>) {
     let mut sent = 0u64;
     let first = &buf[head_len..];
@@ -1035,20 +1040,20 @@ async fn copy_body(
         Err(()) => {
             // The head is good and goes out; the body is cut short where
             // it broke, and the connection closes.
-            let _ = client.write_all(head).await;
+            let _ = sending(waits.client, client.write_all(head)).await;
             return (0, Err(BodyError::BadChunk));
         }
     };
     if rest.is_done() {
         lease.end(take < first.len());
     }
-    if let Err(e) = write_two(client, head, &first[..take]).await {
+    if let Err(e) = sending(waits.client, write_two(client, head, &first[..take])).await {
         return (0, Err(BodyError::Client(e)));
     }
     sent += take as u64;
     if let (Client::Plain(to), Rest::Length(left)) = (&*client, &rest) {
         if *left >= splice::MIN_LEN {
-            let moved = splice::body(lease.stream(), to, (*left, idle), &mut sent).await;
+            let moved = splice::body(lease.stream(), to, (*left, waits), &mut sent).await;
             if let Some(moved) = moved {
                 return match moved {
                     Ok(()) => {
@@ -1058,7 +1063,9 @@ async fn copy_body(
                     Err(splice::Broke::Upstream(e)) => (sent, Err(BodyError::Upstream(e))),
                     Err(splice::Broke::Short(left)) => (sent, Err(BodyError::Short(left))),
                     Err(splice::Broke::Client(e)) => (sent, Err(BodyError::Client(e))),
-                    Err(splice::Broke::Stalled) => (sent, Err(UpstreamStalled(idle).into())),
+                    Err(splice::Broke::Stalled) => {
+                        (sent, Err(UpstreamStalled(waits.upstream).into()))
+                    }
                 };
             }
         }
@@ -1072,10 +1079,10 @@ async fn copy_body(
     }
     while !rest.is_done() {
         buf.clear();
-        let n = match tokio::time::timeout(idle, lease.stream().read_buf(buf)).await {
+        let n = match tokio::time::timeout(waits.upstream, lease.stream().read_buf(buf)).await {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return (sent, Err(BodyError::Upstream(e))),
-            Err(_) => return (sent, Err(UpstreamStalled(idle).into())),
+            Err(_) => return (sent, Err(UpstreamStalled(waits.upstream).into())),
         };
         if n == 0 {
             match rest.close() {
@@ -1094,12 +1101,12 @@ async fn copy_body(
         if rest.is_done() {
             lease.end(take < n);
         }
-        if let Err(e) = client.write_all(&buf[..take]).await {
+        if let Err(e) = sending(waits.client, client.write_all(&buf[..take])).await {
             return (sent, Err(BodyError::Client(e)));
         }
         sent += take as u64;
     }
-    match flush(client).await {
+    match sending(waits.client, flush(client)).await {
         Ok(()) => (sent, Ok(())),
         Err(e) => (sent, Err(BodyError::Client(e))),
     }
@@ -1113,6 +1120,19 @@ async fn flush(client: &mut Client) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// A write to the client, which must take it within `limit`
+/// (`client_send_timeout`). The general path counts the same limit between
+/// two writes that move bytes ([`crate::io::SendDeadline`]); here each
+/// write is at most one buffer (64 KiB).
+async fn sending<T>(
+    limit: Duration,
+    write: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or_else(|_| Err(send_timed_out(limit)))
 }
 
 /// Writes `a` then `b`, in one system call when the socket takes both.

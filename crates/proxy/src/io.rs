@@ -1,8 +1,8 @@
 //! Stream adapters shared by the listeners and both request paths: a stream
 //! that replays bytes already read, one whose first read has a deadline,
-//! one that closes lingering, the two-way relay for tunnels and upgraded
-//! connections, and the client stream of the HTTP/1.1 fast path
-//! (cleartext or TLS).
+//! one whose writes must make progress, one that closes lingering, the
+//! two-way relay for tunnels and upgraded connections, and the client
+//! stream of the HTTP/1.1 fast path (cleartext or TLS).
 
 use std::future::Future;
 use std::io;
@@ -137,6 +137,144 @@ impl<I: AsyncRead + Unpin> AsyncRead for FirstReadDeadline<I> {
 }
 
 write_through_inner!(impl[I: AsyncWrite + Unpin] for FirstReadDeadline<I>);
+
+/// A wait that must see progress within `limit` (a body's next bytes, a
+/// client taking its response). The timer is armed only once an operation
+/// finds nothing to do, and set again only after progress since, so a busy
+/// stream costs no timer work.
+pub(crate) struct Stall {
+    pub(crate) limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    moved: bool,
+}
+
+impl Stall {
+    pub(crate) fn new(limit: Duration) -> Stall {
+        Stall {
+            limit,
+            timer: None,
+            moved: false,
+        }
+    }
+
+    /// Something moved.
+    pub(crate) fn moved(&mut self) {
+        self.moved = true;
+    }
+
+    /// After an operation that found nothing to do: ready once nothing has
+    /// moved for the whole limit.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let moved = std::mem::take(&mut self.moved);
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if moved {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + self.limit);
+                }
+                timer
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep(self.limit))),
+        };
+        timer.as_mut().poll(cx)
+    }
+}
+
+/// How long a response may wait for each side.
+#[derive(Clone, Copy)]
+pub(crate) struct Waits {
+    /// For the upstream's next bytes: its `upstream_timeout` (as in
+    /// [`crate::body`]).
+    pub(crate) upstream: Duration,
+    /// For the client to take the next piece: `client_send_timeout`.
+    pub(crate) client: Duration,
+}
+
+/// The error of a client that took none of its response for `limit`.
+pub(crate) fn send_timed_out(limit: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the client took none of its response for {limit:?} (client_send_timeout)"),
+    )
+}
+
+/// A client stream whose writes must make progress within a limit
+/// (`client_send_timeout`, nginx's `send_timeout`): a client that stops
+/// reading cannot hold its connection, its upstream's and their buffers
+/// for ever. Reads pass through.
+pub(crate) struct SendDeadline<I> {
+    inner: I,
+    stall: Stall,
+}
+
+impl<I> SendDeadline<I> {
+    pub(crate) fn new(inner: I, limit: Duration) -> SendDeadline<I> {
+        SendDeadline {
+            inner,
+            stall: Stall::new(limit),
+        }
+    }
+
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stall.moved();
+            return polled;
+        }
+        match self.stall.poll_expired(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(send_timed_out(self.stall.limit))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for SendDeadline<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for SendDeadline<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, polled)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.check(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
 
 /// A stream that first yields bytes already read from it.
 pub(crate) struct Prefixed<I = TcpStream> {

@@ -11,11 +11,12 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::time::Duration;
 
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use crate::io::{send_timed_out, Waits};
 
 /// Bodies with less left than this are copied: below it the pipe's extra
 /// system calls cost more than the copies they save.
@@ -70,13 +71,13 @@ pub(crate) enum Broke {
 }
 
 /// Moves the next `len` bytes of `from` to `to`, adding each byte that
-/// reached `to` to `sent`; gives up when `from` brings nothing for `idle`.
-/// `None` when no pipe could be had and nothing was moved: the caller
-/// copies instead.
+/// reached `to` to `sent`; gives up when either side stalls past its
+/// [`Waits`]. `None` when no pipe could be had and nothing was moved: the
+/// caller copies instead.
 pub(crate) async fn body(
     from: &TcpStream,
     to: &TcpStream,
-    (len, idle): (u64, Duration),
+    (len, waits): (u64, Waits),
     sent: &mut u64,
 ) -> Option<Result<(), Broke>> {
     let pipe = Pipe::take()?;
@@ -85,7 +86,7 @@ pub(crate) async fn body(
     while left > 0 {
         let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
         let mut held = loop {
-            match tokio::time::timeout(idle, from.readable()).await {
+            match tokio::time::timeout(waits.upstream, from.readable()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Some(Err(Broke::Upstream(e))),
                 Err(_) => return Some(Err(Broke::Stalled)),
@@ -102,8 +103,10 @@ pub(crate) async fn body(
         };
         left -= held as u64;
         while held > 0 {
-            if let Err(e) = to.writable().await {
-                return Some(Err(Broke::Client(e)));
+            match tokio::time::timeout(waits.client, to.writable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Some(Err(Broke::Client(e))),
+                Err(_) => return Some(Err(Broke::Client(send_timed_out(waits.client)))),
             }
             let moved = to.try_io(Interest::WRITABLE, || {
                 Ok(splice(&pipe.read, None, to, None, held, flags)?)

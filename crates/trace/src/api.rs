@@ -258,6 +258,8 @@ pub struct ProxyConfig {
     pub tunnel_idle_timeout: String,
     #[serde(default)]
     pub client_body_timeout: String,
+    #[serde(default)]
+    pub client_send_timeout: String,
     /// `"1KiB/s"`, or `"off"`.
     #[serde(default)]
     pub client_body_min_rate: String,

@@ -1878,6 +1878,63 @@ async fn an_upstream_silent_mid_body_is_given_up_after_upstream_timeout() {
     }
 }
 
+/// A client that stops reading its response, its connection left open:
+/// after `client_send_timeout` without taking a byte it is disconnected,
+/// and the upstream connection feeding it is closed (for a GET on the
+/// fast path, splice in cleartext, and for a POST on hyper's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_after_client_send_timeout() {
+    // More than every socket buffer on the way holds.
+    const LEN: usize = 64 * 1024 * 1024;
+    let closed = Arc::new(AtomicUsize::new(0));
+    let seen = closed.clone();
+    let b = RawBackend::start(move |mut conn| {
+        let closed = closed.clone();
+        async move {
+            while let Some(req) = conn.next_request().await {
+                if req.target == "/next" {
+                    conn.send(ok_with(b"next", "")).await;
+                    continue;
+                }
+                conn.send(format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n"))
+                    .await;
+                let piece = pattern(65_536);
+                for _ in 0..LEN / piece.len() {
+                    match conn.wire.send(&piece).await {
+                        Ok(()) => {}
+                        // The test's own bound on a write, not the proxy.
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => {
+                            closed.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = proxy_to(b.addr, "client_send_timeout = \"1s\"").await;
+    for (i, request) in [get("/big"), post("/big")].into_iter().enumerate() {
+        let mut c = proxy.connect().await;
+        c.send(request).await.unwrap();
+        c.read_head().await.unwrap().expect("a response head");
+        // Reads nothing more, and keeps the connection open.
+        wait_until(
+            portico_testkit::raw::WAIT,
+            "the upstream connection closed",
+            || {
+                let n = seen.load(Ordering::SeqCst);
+                async move { n == i + 1 }
+            },
+        )
+        .await;
+        drop(c);
+    }
+    let mut c = proxy.connect().await;
+    still_usable(&mut c).await;
+}
+
 /// A client that goes away in the middle of a large body: the upstream
 /// connection carrying it is closed (not returned to the pool half-read),
 /// and the next client is served on a new one.
@@ -1900,9 +1957,14 @@ async fn a_client_leaving_mid_body_closes_the_upstream_connection() {
                     .await;
                 let piece = pattern(65_536);
                 for _ in 0..LEN / piece.len() {
-                    if conn.wire.send(&piece).await.is_err() {
-                        gone.notify_one();
-                        return;
+                    match conn.wire.send(&piece).await {
+                        Ok(()) => {}
+                        // The test's own bound on a write, not the proxy.
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => {
+                            gone.notify_one();
+                            return;
+                        }
                     }
                 }
             }
