@@ -1878,16 +1878,14 @@ async fn an_upstream_silent_mid_body_is_given_up_after_upstream_timeout() {
     }
 }
 
-/// A client that stops reading its response, its connection left open:
-/// after `client_send_timeout` without taking a byte it is disconnected,
-/// and the upstream connection feeding it is closed (for a GET on the
-/// fast path, splice in cleartext, and for a POST on hyper's).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_is_disconnected_after_client_send_timeout() {
-    // More than every socket buffer on the way holds.
+/// A backend answering every request but `/next` with a body larger than
+/// every socket buffer on the way holds, so that its response cannot be
+/// over before the client it goes to stops reading or leaves. It counts the
+/// connections the proxy closed under it mid-body.
+async fn endless_backend() -> (RawBackend, Arc<AtomicUsize>) {
     const LEN: usize = 64 * 1024 * 1024;
     let closed = Arc::new(AtomicUsize::new(0));
-    let seen = closed.clone();
+    let count = closed.clone();
     let b = RawBackend::start(move |mut conn| {
         let closed = closed.clone();
         async move {
@@ -1914,21 +1912,36 @@ async fn a_client_that_stops_reading_is_disconnected_after_client_send_timeout()
         }
     })
     .await;
+    (b, count)
+}
+
+/// Waits until `closed` (from [`endless_backend`]) reads `n`.
+async fn upstream_closed(closed: &AtomicUsize, n: usize) {
+    wait_until(
+        portico_testkit::raw::WAIT,
+        "the upstream connection closed",
+        || {
+            let now = closed.load(Ordering::SeqCst);
+            async move { now == n }
+        },
+    )
+    .await;
+}
+
+/// A client that stops reading its response, its connection left open:
+/// after `client_send_timeout` without taking a byte it is disconnected,
+/// and the upstream connection feeding it is closed (for a GET on the
+/// fast path, splice in cleartext, and for a POST on hyper's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_after_client_send_timeout() {
+    let (b, closed) = endless_backend().await;
     let proxy = proxy_to(b.addr, "client_send_timeout = \"1s\"").await;
     for (i, request) in [get("/big"), post("/big")].into_iter().enumerate() {
         let mut c = proxy.connect().await;
         c.send(request).await.unwrap();
         c.read_head().await.unwrap().expect("a response head");
         // Reads nothing more, and keeps the connection open.
-        wait_until(
-            portico_testkit::raw::WAIT,
-            "the upstream connection closed",
-            || {
-                let n = seen.load(Ordering::SeqCst);
-                async move { n == i + 1 }
-            },
-        )
-        .await;
+        upstream_closed(&closed, i + 1).await;
         drop(c);
     }
     let mut c = proxy.connect().await;
@@ -1940,47 +1953,14 @@ async fn a_client_that_stops_reading_is_disconnected_after_client_send_timeout()
 /// and the next client is served on a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_mid_body_closes_the_upstream_connection() {
-    // More than every socket buffer on the way holds, so the response
-    // cannot be over before the client leaves.
-    const LEN: usize = 64 * 1024 * 1024;
-    let gone = Arc::new(Notify::new());
-    let seen = gone.clone();
-    let b = RawBackend::start(move |mut conn| {
-        let gone = gone.clone();
-        async move {
-            while let Some(req) = conn.next_request().await {
-                if req.target == "/next" {
-                    conn.send(ok_with(b"next", "")).await;
-                    continue;
-                }
-                conn.send(format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n"))
-                    .await;
-                let piece = pattern(65_536);
-                for _ in 0..LEN / piece.len() {
-                    match conn.wire.send(&piece).await {
-                        Ok(()) => {}
-                        // The test's own bound on a write, not the proxy.
-                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                        Err(_) => {
-                            gone.notify_one();
-                            return;
-                        }
-                    }
-                }
-            }
-            gone.notify_one();
-        }
-    })
-    .await;
+    let (b, closed) = endless_backend().await;
     let proxy = proxy_to(b.addr, "").await;
     let mut c = proxy.connect().await;
     c.send(get("/big")).await.unwrap();
     c.read_head().await.unwrap().expect("a response head");
     c.fill_to(100_000).await.unwrap();
     drop(c);
-    tokio::time::timeout(portico_testkit::raw::WAIT, seen.notified())
-        .await
-        .expect("the upstream connection is closed once the client has gone");
+    upstream_closed(&closed, 1).await;
     let mut c = proxy.connect().await;
     still_usable(&mut c).await;
     assert_eq!(b.connections(), 2);
