@@ -149,6 +149,16 @@ async fn metrics_count_what_was_sent() {
         assert_eq!(get("web.test", "/fail").await.status, 500);
         assert_eq!(get("dead.test", "/").await.status, 502);
     }
+    // A transfer coding no upstream could be sent: 501, before any upstream.
+    let mut wire = Wire::connect(http).await;
+    wire.send(
+        "POST /upload HTTP/1.1\r\nHost: web.test\r\n\
+         Transfer-Encoding: gzip, chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(wire.read_response("POST").await.unwrap().status, 501);
+    drop(wire);
     for i in 0..5 {
         let r = curl(&[
             "-H",
@@ -246,6 +256,13 @@ async fn metrics_count_what_was_sent() {
             "portico_unforwarded_requests_total{reason=\"no_route\"}"
         ),
         5.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "portico_unforwarded_requests_total{reason=\"not_implemented\"}"
+        ),
+        1.0
     );
     assert_eq!(value(&m, "portico_tls_handshakes_total"), 1.0);
     assert_eq!(

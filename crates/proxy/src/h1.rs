@@ -397,9 +397,10 @@ async fn serve_from(
         }
         // The request's snapshot, loaded once: for its limits and its route.
         let snap = proxy.snapshot();
-        let (limit, max_head) = (
+        let (limit, max_head, send) = (
             snap.config.proxy.client_header_timeout,
             snap.config.proxy.max_header_bytes,
+            snap.config.proxy.client_send_timeout,
         );
         // Nearly always the first read brought the whole head; reading more
         // happens on the heap, keeping its timer out of the idle task.
@@ -427,7 +428,10 @@ async fn serve_from(
                 served = true;
             }
             Exchange::Close => {
-                let _ = stream.shutdown().await;
+                // Over TLS this writes what rustls still holds, then
+                // close_notify: bounded, or a client that stopped reading
+                // would hold the connection here.
+                let _ = sending(send, stream.shutdown()).await;
                 return;
             }
             Exchange::NotMine => break,
@@ -770,7 +774,7 @@ async fn exchange(
                 answer.body.len() as u64
             };
             let limit = snap.config.proxy.client_send_timeout;
-            let ok = sending(limit, client.write_all(&out)).await.is_ok()
+            let ok = write_all(client, &out, limit).await.is_ok()
                 && sending(limit, flush(client)).await.is_ok();
             if let Some(tally) = tally {
                 if let Some(e) = &answer.error {
@@ -1040,33 +1044,21 @@ async fn copy_body(
         Err(()) => {
             // The head is good and goes out; the body is cut short where
             // it broke, and the connection closes.
-            let _ = sending(waits.client, client.write_all(head)).await;
+            let _ = write_all(client, head, waits.client).await;
             return (0, Err(BodyError::BadChunk));
         }
     };
     if rest.is_done() {
         lease.end(take < first.len());
     }
-    if let Err(e) = sending(waits.client, write_two(client, head, &first[..take])).await {
+    if let Err(e) = write_two(client, head, &first[..take], waits.client).await {
         return (0, Err(BodyError::Client(e)));
     }
     sent += take as u64;
     if let (Client::Plain(to), Rest::Length(left)) = (&*client, &rest) {
         if *left >= splice::MIN_LEN {
-            let moved = splice::body(lease.stream(), to, (*left, waits), &mut sent).await;
-            if let Some(moved) = moved {
-                return match moved {
-                    Ok(()) => {
-                        lease.end(false);
-                        (sent, Ok(()))
-                    }
-                    Err(splice::Broke::Upstream(e)) => (sent, Err(BodyError::Upstream(e))),
-                    Err(splice::Broke::Short(left)) => (sent, Err(BodyError::Short(left))),
-                    Err(splice::Broke::Client(e)) => (sent, Err(BodyError::Client(e))),
-                    Err(splice::Broke::Stalled) => {
-                        (sent, Err(UpstreamStalled(waits.upstream).into()))
-                    }
-                };
+            if let Some(outcome) = splice_body(to, &mut lease, *left, waits, &mut sent).await {
+                return (sent, outcome);
             }
         }
     }
@@ -1101,7 +1093,7 @@ async fn copy_body(
         if rest.is_done() {
             lease.end(take < n);
         }
-        if let Err(e) = sending(waits.client, client.write_all(&buf[..take])).await {
+        if let Err(e) = write_all(client, &buf[..take], waits.client).await {
             return (sent, Err(BodyError::Client(e)));
         }
         sent += take as u64;
@@ -1110,6 +1102,43 @@ async fn copy_body(
         Ok(()) => (sent, Ok(())),
         Err(e) => (sent, Err(BodyError::Client(e))),
     }
+}
+
+/// The rest of a body, `left` bytes, moved from the lease's connection to
+/// `to` through a pipe. The connection goes back to its pool as soon as all
+/// of the body has been read from it, before the last bytes reach the
+/// client. `None` when nothing was moved and the caller should copy: no
+/// pipe could be had, or splice does not work here.
+async fn splice_body(
+    to: &TcpStream,
+    lease: &mut Lease<'_>,
+    mut left: u64,
+    waits: Waits,
+    sent: &mut u64,
+) -> Option<Result<(), BodyError>> {
+    let broke = |broke| match broke {
+        splice::Broke::Upstream(e) => BodyError::Upstream(e),
+        splice::Broke::Short(left) => BodyError::Short(left),
+        splice::Broke::Client(e) => BodyError::Client(e),
+        splice::Broke::Stalled => UpstreamStalled(waits.upstream).into(),
+        splice::Broke::Unsupported => BodyError::Upstream(io::ErrorKind::Unsupported.into()),
+    };
+    let mut pipe = splice::Pipe::take()?;
+    while left > 0 {
+        match pipe.fill(lease.stream(), left, waits).await {
+            Ok(n) => left -= n as u64,
+            Err(splice::Broke::Unsupported) => return None,
+            Err(e) => return Some(Err(broke(e))),
+        }
+        if left == 0 {
+            lease.end(false);
+        }
+        if let Err(e) = pipe.drain(to, waits, sent).await {
+            return Some(Err(broke(e)));
+        }
+    }
+    pipe.give_back();
+    Some(Ok(()))
 }
 
 /// Ends a response: over TLS, its last records leave rustls's buffer
@@ -1122,10 +1151,9 @@ async fn flush(client: &mut Client) -> io::Result<()> {
     }
 }
 
-/// A write to the client, which must take it within `limit`
-/// (`client_send_timeout`). The general path counts the same limit between
-/// two writes that move bytes ([`crate::io::SendDeadline`]); here each
-/// write is at most one buffer (64 KiB).
+/// Something sent to the client, which must take it within `limit`
+/// (`client_send_timeout`; the general path counts the same limit between
+/// two writes that move bytes, in [`crate::io::SendDeadline`]).
 async fn sending<T>(
     limit: Duration,
     write: impl std::future::Future<Output = io::Result<T>>,
@@ -1135,12 +1163,28 @@ async fn sending<T>(
         .unwrap_or_else(|_| Err(send_timed_out(limit)))
 }
 
-/// Writes `a` then `b`, in one system call when the socket takes both.
-async fn write_two(stream: &mut Client, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+/// Writes all of `buf`, each write taking at most `limit` to move bytes.
+async fn write_all(stream: &mut Client, mut buf: &[u8], limit: Duration) -> io::Result<()> {
+    while !buf.is_empty() {
+        match sending(limit, stream.write(buf)).await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => buf = &buf[n..],
+        }
+    }
+    Ok(())
+}
+
+/// Writes `a` then `b`, in one system call when the socket takes both;
+/// each write taking at most `limit` to move bytes.
+async fn write_two(
+    stream: &mut Client,
+    mut a: &[u8],
+    mut b: &[u8],
+    limit: Duration,
+) -> io::Result<()> {
     while !a.is_empty() {
-        let n = stream
-            .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
-            .await?;
+        let slices = [IoSlice::new(a), IoSlice::new(b)];
+        let n = sending(limit, stream.write_vectored(&slices)).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -1151,7 +1195,7 @@ async fn write_two(stream: &mut Client, mut a: &[u8], mut b: &[u8]) -> io::Resul
             a = &[];
         }
     }
-    stream.write_all(b).await
+    write_all(stream, b, limit).await
 }
 
 #[cfg(test)]

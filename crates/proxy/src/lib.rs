@@ -46,7 +46,9 @@
 //!   relay alike).
 //! - `splice`: large response bodies moved socket to socket through a
 //!   pipe (`splice(2)`), for `h1` when neither side is TLS.
-//! - `io`: stream adapters (replayed prefixes, first-read deadlines, relays).
+//! - `io`: stream adapters (replayed prefixes, first-read deadlines, send
+//!   deadlines, relays) and the progress timer (`Stall`) that bounds waits
+//!   on a body or a client.
 //! - `proxy_protocol`: the PROXY protocol header an external load balancer
 //!   may send first, with the client's address.
 //! - [`access_log`]: the per-request log line.

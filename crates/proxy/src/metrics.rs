@@ -329,7 +329,7 @@ impl TlsFailure {
 }
 
 /// Requests Portico answered itself before choosing a service's upstreams.
-const UNFORWARDED: [&str; 10] = [
+const UNFORWARDED: [&str; 11] = [
     "bad_request",
     "no_route",
     "no_path",
@@ -340,6 +340,7 @@ const UNFORWARDED: [&str; 10] = [
     "redirect",
     "other",
     "health",
+    "not_implemented",
 ];
 
 /// `health_uri` requests, in [`UNFORWARDED`].
@@ -355,6 +356,7 @@ pub(crate) fn unforwarded_reason(error: Option<&ProxyError>) -> usize {
         Some(ProxyError::MethodNotAllowed(_)) => 4,
         Some(ProxyError::TooLarge { .. }) => 5,
         Some(ProxyError::NoUpstreams { .. }) => 6,
+        Some(ProxyError::NotImplemented(_)) => 10,
         Some(_) => 8,
     }
 }

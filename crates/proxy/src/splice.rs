@@ -5,8 +5,10 @@
 //! TLS client needs the bytes in user space to encrypt them, and a chunked
 //! body's framing has to be read to be checked.
 //!
-//! Each worker keeps a few empty pipes for reuse; a pipe that still holds
-//! bytes when a transfer fails is closed, never reused.
+//! Each worker keeps a few empty pipes for reuse (two descriptors each); a
+//! pipe that still holds bytes when a transfer fails is closed, never
+//! reused. A client that resets the connection mid-transfer makes the
+//! splice fail with `EPIPE` and no signal: Rust's runtime ignores SIGPIPE.
 
 use std::cell::RefCell;
 use std::io;
@@ -28,40 +30,18 @@ const CHUNK: usize = 64 * 1024;
 /// Empty pipes a worker keeps for the next transfer.
 const POOL: usize = 64;
 
+const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
+
 thread_local! {
-    static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
-}
-
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-impl Pipe {
-    /// An empty pipe from the worker's pool, or a new one; `None` when
-    /// none can be had (out of file descriptors, say).
-    fn take() -> Option<Pipe> {
-        if let Some(pipe) = PIPES.with(|p| p.borrow_mut().pop()) {
-            return Some(pipe);
-        }
-        let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
-        Some(Pipe { read, write })
-    }
-
-    /// Back to the pool; the caller knows it is empty.
-    fn give_back(self) {
-        PIPES.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < POOL {
-                p.push(self);
-            }
-        });
-    }
+    static PIPES: RefCell<Vec<(OwnedFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// How a spliced body ended early.
 #[derive(Debug)]
 pub(crate) enum Broke {
+    /// Splicing does not work here (a kernel or sandbox without it), found
+    /// before anything moved: the caller copies instead.
+    Unsupported,
     Upstream(io::Error),
     /// The upstream closed the connection this many bytes before the end.
     Short(u64),
@@ -70,57 +50,116 @@ pub(crate) enum Broke {
     Client(io::Error),
 }
 
-/// Moves the next `len` bytes of `from` to `to`, adding each byte that
-/// reached `to` to `sent`; gives up when either side stalls past its
-/// [`Waits`]. `None` when no pipe could be had and nothing was moved: the
-/// caller copies instead.
-pub(crate) async fn body(
-    from: &TcpStream,
-    to: &TcpStream,
-    (len, waits): (u64, Waits),
-    sent: &mut u64,
-) -> Option<Result<(), Broke>> {
-    let pipe = Pipe::take()?;
-    let mut left = len;
-    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
-    while left > 0 {
+/// A pipe between two sockets, with what it holds.
+pub(crate) struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    held: usize,
+    /// Something has gone through it in this transfer.
+    used: bool,
+}
+
+impl Pipe {
+    /// An empty pipe from the worker's pool, or a new one; `None` when
+    /// none can be had (out of file descriptors, say).
+    pub(crate) fn take() -> Option<Pipe> {
+        let (read, write) = match PIPES.with(|p| p.borrow_mut().pop()) {
+            Some(fds) => fds,
+            None => pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?,
+        };
+        Some(Pipe {
+            read,
+            write,
+            held: 0,
+            used: false,
+        })
+    }
+
+    /// Back to the pool once the transfer is over; a pipe still holding
+    /// bytes is closed.
+    pub(crate) fn give_back(self) {
+        if self.held == 0 {
+            PIPES.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < POOL {
+                    p.push((self.read, self.write));
+                }
+            });
+        }
+    }
+
+    /// Moves up to `left` bytes (and at most the pipe's capacity) from
+    /// `from` into the empty pipe, waiting up to `waits.upstream` for them;
+    /// returns how many.
+    pub(crate) async fn fill(
+        &mut self,
+        from: &TcpStream,
+        left: u64,
+        waits: Waits,
+    ) -> Result<usize, Broke> {
+        debug_assert_eq!(self.held, 0, "filled only once drained");
         let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
-        let mut held = loop {
+        loop {
             match tokio::time::timeout(waits.upstream, from.readable()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Some(Err(Broke::Upstream(e))),
-                Err(_) => return Some(Err(Broke::Stalled)),
+                Ok(Err(e)) => return Err(Broke::Upstream(e)),
+                Err(_) => return Err(Broke::Stalled),
             }
             let moved = from.try_io(Interest::READABLE, || {
-                Ok(splice(from, None, &pipe.write, None, want, flags)?)
+                Ok(splice(from, None, &self.write, None, want, FLAGS)?)
             });
             match moved {
-                Ok(0) => return Some(Err(Broke::Short(left))),
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Some(Err(Broke::Upstream(e))),
-            }
-        };
-        left -= held as u64;
-        while held > 0 {
-            match tokio::time::timeout(waits.client, to.writable()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Some(Err(Broke::Client(e))),
-                Err(_) => return Some(Err(Broke::Client(send_timed_out(waits.client)))),
-            }
-            let moved = to.try_io(Interest::WRITABLE, || {
-                Ok(splice(&pipe.read, None, to, None, held, flags)?)
-            });
-            match moved {
+                Ok(0) => return Err(Broke::Short(left)),
                 Ok(n) => {
-                    held -= n;
-                    *sent += n as u64;
+                    self.held = n;
+                    self.used = true;
+                    return Ok(n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Some(Err(Broke::Client(e))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if !self.used && unsupported(&e) => return Err(Broke::Unsupported),
+                Err(e) => return Err(Broke::Upstream(e)),
             }
         }
     }
-    pipe.give_back();
-    Some(Ok(()))
+
+    /// Moves all the pipe holds to `to`, waiting up to `waits.client` each
+    /// time it takes nothing; adds what reached `to` to `sent`.
+    pub(crate) async fn drain(
+        &mut self,
+        to: &TcpStream,
+        waits: Waits,
+        sent: &mut u64,
+    ) -> Result<(), Broke> {
+        while self.held > 0 {
+            match tokio::time::timeout(waits.client, to.writable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Broke::Client(e)),
+                Err(_) => return Err(Broke::Client(send_timed_out(waits.client))),
+            }
+            let moved = to.try_io(Interest::WRITABLE, || {
+                Ok(splice(&self.read, None, to, None, self.held, FLAGS)?)
+            });
+            match moved {
+                Ok(0) => return Err(Broke::Client(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    self.held -= n;
+                    *sent += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Broke::Client(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// EINVAL, ENOSYS, EPERM: splice is not available for these descriptors
+/// (seccomp filters, emulated kernels), as opposed to a broken connection.
+fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied
+    )
 }

@@ -1935,17 +1935,48 @@ async fn upstream_closed(closed: &AtomicUsize, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_disconnected_after_client_send_timeout() {
     let (b, closed) = endless_backend().await;
-    let proxy = proxy_to(b.addr, "client_send_timeout = \"1s\"").await;
+    let settings = "client_send_timeout = \"1s\"\nshutdown_grace = \"60s\"";
+    let proxy = proxy_to(b.addr, settings).await;
+    let mut clients = Vec::new();
     for (i, request) in [get("/big"), post("/big")].into_iter().enumerate() {
         let mut c = proxy.connect().await;
         c.send(request).await.unwrap();
         c.read_head().await.unwrap().expect("a response head");
         // Reads nothing more, and keeps the connection open.
         upstream_closed(&closed, i + 1).await;
-        drop(c);
+        clients.push(c);
     }
     let mut c = proxy.connect().await;
     still_usable(&mut c).await;
+    drop(c);
+    // Their connections are closed on the proxy's side too, though the
+    // clients still hold theirs (over TLS the close_notify cannot reach a
+    // client that reads nothing: that wait is bounded as well).
+    let proxy = proxy.inner.proxy.clone();
+    wait_until(
+        portico_testkit::raw::WAIT,
+        "no client connection open",
+        || {
+            let open = open_client_connections(&proxy);
+            async move { open == 0.0 }
+        },
+    )
+    .await;
+    drop(clients);
+}
+
+/// `portico_client_connections`, summed over listeners and protocols.
+fn open_client_connections(proxy: &Arc<portico_proxy::Proxy>) -> f64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(portico_proxy::metrics::ProxyCollector(
+        Arc::downgrade(proxy),
+    )));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("portico_client_connections{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A client that goes away in the middle of a large body: the upstream
