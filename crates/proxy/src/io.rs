@@ -514,7 +514,22 @@ impl Client {
     pub(crate) fn try_read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
         use futures_util::FutureExt;
         match self {
-            Client::Plain(s) => s.try_read_buf(buf),
+            Client::Plain(s) => {
+                let room = buf.capacity() - buf.len();
+                let read = s.try_read_buf(buf);
+                if matches!(read, Ok(n) if n > 0 && n < room) {
+                    // A read that did not fill the room took all the socket
+                    // had: the next wait is for new data (nginx clears its
+                    // `ready` flag the same way). Without this, tokio still
+                    // takes the socket for readable and the next read is a
+                    // recv that fails with EAGAIN, one per request. Data
+                    // arriving after the read raises a new epoll edge.
+                    let _ = s.try_io(tokio::io::Interest::READABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                }
+                read
+            }
             // Polled once; a pending read leaves a no-op waker with the
             // socket, which the next `poll_read_ready` replaces.
             Client::Tls(s) => s
