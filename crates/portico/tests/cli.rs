@@ -573,14 +573,25 @@ async fn workers_each_listen_on_the_port_and_all_serve() {
     let starting = portico.wait_for_line(msg_is("starting server"), WAIT).await;
     assert_eq!(parse_logfmt(&starting)["workers"], "3", "{starting:?}");
     assert_eq!(listeners_on(addr.port()), 3);
-    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", portico.pid()))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
-        .map(|c| c.trim().to_owned())
-        .filter(|c| c.starts_with("portico-w"))
-        .collect();
-    names.sort();
-    assert_eq!(names, ["portico-w0", "portico-w1", "portico-w2"]);
+    // A new thread names itself once it runs, which may be just after
+    // the listeners are up.
+    let pid = portico.pid();
+    let workers = || {
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+            .map(|c| c.trim().to_owned())
+            .filter(|c| c.starts_with("portico-w"))
+            .collect();
+        names.sort();
+        names
+    };
+    wait_until(WAIT, "three named worker threads", || {
+        let names = workers();
+        async move { names.len() == 3 }
+    })
+    .await;
+    assert_eq!(workers(), ["portico-w0", "portico-w1", "portico-w2"]);
 
     // A client per connection: each request opens its own.
     let mut answered = 0;
