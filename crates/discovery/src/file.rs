@@ -120,24 +120,24 @@ fn watch_target(path: &Path) -> (PathBuf, PathBuf) {
 /// portico.log` in its directory does, changes no entry and costs no
 /// re-read.
 fn touches_config(event: &notify::Event, files: &BTreeSet<PathBuf>) -> bool {
-    match event.kind {
-        EventKind::Access(_) => false,
-        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => {
-            true
-        }
-        _ => writes_config(event, files) || event.need_rescan(),
-    }
+    changes_entries(&event.kind)
+        || writes_config(event, files)
+        || (!matches!(event.kind, EventKind::Access(_)) && event.need_rescan())
+}
+
+/// Entries created, removed or renamed in the watched directory.
+fn changes_entries(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+    )
 }
 
 /// Whether the event is a write to one of the config's own files.
 fn writes_config(event: &notify::Event, files: &BTreeSet<PathBuf>) -> bool {
-    !matches!(
-        event.kind,
-        EventKind::Access(_)
-            | EventKind::Create(_)
-            | EventKind::Remove(_)
-            | EventKind::Modify(ModifyKind::Name(_))
-    ) && event.paths.iter().any(|p| files.contains(p))
+    !matches!(event.kind, EventKind::Access(_))
+        && !changes_entries(&event.kind)
+        && event.paths.iter().any(|p| files.contains(p))
 }
 
 /// Watches `path` until `shutdown`, calling `on_config` with the config

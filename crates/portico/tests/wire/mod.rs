@@ -1807,16 +1807,22 @@ async fn a_large_body_cut_off_upstream_reaches_the_client_cut_at_the_same_byte()
     let proxy = proxy_to(b.addr, "").await;
     let mut c = proxy.connect().await;
     c.send(get("/cut")).await.unwrap();
+    cut_short(&mut c, LEN, CUT).await;
+}
+
+/// A 200 whose body of `len` bytes comes only as far as `pattern(came)`,
+/// then the connection closes.
+async fn cut_short(c: &mut Wire, len: usize, came: usize) {
     let head = c.read_head().await.unwrap().expect("a response head");
     assert!(
         head.start_line.starts_with("HTTP/1.1 200"),
         "{}",
         head.text()
     );
-    let err = c.read_exact(LEN).await.expect_err("the body is short");
+    let err = c.read_exact(len).await.expect_err("the body is short");
     assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
     assert!(
-        c.buffered() == pattern(CUT),
+        c.buffered() == pattern(came),
         "{} bytes came",
         c.buffered().len()
     );
@@ -1853,19 +1859,7 @@ async fn an_upstream_silent_mid_body_is_given_up_after_upstream_timeout() {
     for (i, request) in [get("/stall"), post("/stall")].into_iter().enumerate() {
         let mut c = proxy.connect().await;
         c.send(request).await.unwrap();
-        let head = c.read_head().await.unwrap().expect("a response head");
-        assert!(
-            head.start_line.starts_with("HTTP/1.1 200"),
-            "{}",
-            head.text()
-        );
-        let err = c.read_exact(LEN).await.expect_err("the body is short");
-        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
-        assert!(
-            c.buffered() == pattern(SENT),
-            "{} bytes came",
-            c.buffered().len()
-        );
+        cut_short(&mut c, LEN, SENT).await;
         wait_until(
             portico_testkit::raw::WAIT,
             "the upstream connection closed",
