@@ -852,8 +852,9 @@ async fn access_log_can_be_turned_off() {
 }
 
 /// `access_log_format = "combined"`: nginx's combined line, as is, for
-/// both request paths (a GET on the fast path, a POST on hyper's, an h2c
-/// request, an unknown host), what the client sent escaped as nginx does.
+/// both request paths (a GET on the fast path, a POST on hyper's, which
+/// takes chunked bodies, an h2c request, an unknown host), what the client
+/// sent escaped as nginx does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_in_nginx_combined_format() {
     let backend = Backend::echo("web-1").await;
@@ -880,6 +881,8 @@ async fn access_log_in_nginx_combined_format() {
         "Host: web.test",
         "-A",
         "poster",
+        "-H",
+        "Transfer-Encoding: chunked",
         "--data-binary",
         "hello",
         &format!("{base}/post"),

@@ -319,10 +319,12 @@ async fn max_requests_refuses_with_retry_after_and_frees_as_requests_finish() {
         assert_eq!(r.header("retry-after"), Some("1"));
         assert!(r.body_text().contains("max_requests"), "{}", r.body_text());
     }
-    // Also on the general path (a POST).
-    c.send("POST / HTTP/1.1\r\nHost: m.test\r\nContent-Length: 2\r\n\r\nhi")
-        .await
-        .unwrap();
+    // Also on the general path, which takes chunked bodies.
+    c.send(
+        "POST / HTTP/1.1\r\nHost: m.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let r = c.read_response("POST").await.unwrap();
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after"), Some("1"));
@@ -401,15 +403,20 @@ async fn a_connect_that_hangs_is_hedged_to_the_next_replica() {
     ))
     .await;
     let mut c = Wire::connect(proxy.addr).await;
+    // Both request paths hedge: the GET takes the fast one, the POST, with
+    // a chunked body, the general one.
     for method in ["GET", "POST"] {
         for _ in 0..6 {
             let started = Instant::now();
             let r = if method == "GET" {
                 get(&mut c, "b.test", "/").await
             } else {
-                c.send("POST / HTTP/1.1\r\nHost: b.test\r\nContent-Length: 2\r\n\r\nhi")
-                    .await
-                    .unwrap();
+                c.send(
+                    "POST / HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     2\r\nhi\r\n0\r\n\r\n",
+                )
+                .await
+                .unwrap();
                 c.read_response("POST").await.unwrap()
             };
             assert_eq!(r.status, 200, "{method}: {}", r.body_text());

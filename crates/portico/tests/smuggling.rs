@@ -76,7 +76,7 @@ fn path_name(general: bool) -> &'static str {
 async fn a_transfer_coding_other_than_one_chunked_is_refused() {
     let b = echo_upstream().await;
     let proxy = proxy_to(&b, "").await;
-    // A request with a body always takes the general path (hyper).
+    // Transfer-Encoding always sends a request to the general path (hyper).
     for (codings, status) in [
         ("Transfer-Encoding: gzip, chunked", 501),
         ("Transfer-Encoding: deflate, chunked", 501),

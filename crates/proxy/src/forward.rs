@@ -34,7 +34,8 @@ use crate::pipeline::{self, log_failure, Attempts, Outcome, RequestHead};
 use crate::relay;
 use crate::snapshot::{Pool, Snapshot};
 use crate::upload::{
-    BodyTooLarge, ClientBodyBroken, ClientStalled, ClientTooSlow, ProxyBody, Upload, UploadLimits,
+    BodyTooLarge, ClientBodyBroken, ClientStalled, ClientTooSlow, Handed, ProxyBody, Upload,
+    UploadLimits,
 };
 use crate::upstream::{Conn, ConnectError, Upstream};
 use portico_model::AccessLogFormat;
@@ -465,8 +466,8 @@ async fn forward(
                 min_rate: p.client_body_min_rate.map(|r| (r, p.client_body_grace)),
                 max_size: route.max_body_size,
             };
-            let (body, sent) = Upload::start(body, limits, slot, pool.stats.clone());
-            (body, Some(sent))
+            let (body, sent, handed) = Upload::start(body, limits, slot, pool.stats.clone());
+            (body, Some((sent, handed)))
         };
     let mut exchange = HyperExchange {
         pending: Some(Request::from_parts(parts, body)),
@@ -715,8 +716,9 @@ struct HyperExchange {
     pending: Option<Request<ProxyBody>>,
     /// Set for requests that may be sent again after being sent.
     template: Option<RetryTemplate>,
-    /// Fires once the request body has all been sent.
-    upload_sent: Option<oneshot::Receiver<()>>,
+    /// Fires once the request body has all been sent; and whether the
+    /// upstream still takes it.
+    upload_sent: Option<(oneshot::Receiver<()>, Arc<Handed>)>,
     te_trailers: bool,
 }
 
@@ -755,17 +757,27 @@ impl pipeline::Exchange for HyperExchange {
         // body, it starts once the body has all been sent.
         let outcome = match self.upload_sent.take() {
             None => tokio::time::timeout(timeout, conn.send(req)).await,
-            Some(mut sent) => {
+            Some((mut sent, handed)) => {
                 let send = conn.send(req);
                 tokio::pin!(send);
                 tokio::select! {
                     r = &mut send => {
                         // An early answer (or a connection that never took
                         // the body): keep the signal for a retry.
-                        self.upload_sent = Some(sent);
+                        self.upload_sent = Some((sent, handed));
                         Ok(r)
                     }
                     _ = &mut sent => tokio::time::timeout(timeout, send).await,
+                    // hyper waits for an upstream that stopped reading the
+                    // body without a limit (and the client, no longer read,
+                    // would be the one timed out).
+                    () = handed.stuck(timeout) => {
+                        return Outcome::Fatal(ProxyError::upstream_timeout(
+                            &pool.label,
+                            upstream.addr,
+                            timeout,
+                        ))
+                    }
                 }
             }
         };

@@ -21,9 +21,10 @@ pub fn could_be_a_request(buf: &[u8]) -> bool {
 }
 
 /// The fast path's handling of a request head (`exchange` in `h1`): parsed
-/// by httparse, refused (`false`: the general path takes it) unless it is a
-/// body-less idempotent HTTP/1.1 request with one valid `Host` and an
-/// origin-form target, else rewritten into `out` as the upstream gets it
+/// by httparse, refused (`false`: the general path takes it) unless it is an
+/// HTTP/1.1 request without a body or with a `Content-Length` one, with one
+/// valid `Host` and an origin-form target, else rewritten into `out` as the
+/// upstream gets it
 /// (client 192.0.2.1, no trusted proxy, a fixed request id).
 pub fn rewrite_request_head(head: &[u8], out: &mut Vec<u8>) -> bool {
     let mut headers = [httparse::EMPTY_HEADER; 100];
@@ -36,10 +37,7 @@ pub fn rewrite_request_head(head: &[u8], out: &mut Vec<u8>) -> bool {
         return false;
     };
     let scan = h1::RequestScan::of(req.headers);
-    let target_ok = path.starts_with('/')
-        && path.len() < 65_535
-        && http::uri::PathAndQuery::try_from(path).is_ok_and(|pq| pq.as_str() == path);
-    if scan.general || scan.hosts != 1 || !target_ok || !crate::pipeline::is_idempotent(method) {
+    if !scan.takes(path) {
         return false;
     }
     // Routing (`pipeline::decide`) forwards only a host that normalises.

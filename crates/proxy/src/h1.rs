@@ -1,7 +1,7 @@
 //! The HTTP/1.1 fast path, for the requests that make up nearly all of a
-//! load balancer's traffic: a body-less, idempotent HTTP/1.1 request, in
-//! cleartext or over TLS terminated here, routed to a pool of cleartext
-//! HTTP/1.1 upstreams.
+//! load balancer's traffic: an HTTP/1.1 request without a body or with one
+//! framed by a `Content-Length`, in cleartext or over TLS terminated here,
+//! routed to a pool of cleartext HTTP/1.1 upstreams.
 //!
 //! Such a request is parsed once (httparse), its head is rewritten as bytes
 //! straight into the buffer that goes upstream (hop-by-hop headers out,
@@ -9,13 +9,16 @@
 //! its way back (by [`crate::relay`]'s rules, which requests served by
 //! hyper share), and the body is copied through a buffer without being
 //! framed again: a chunked body passes as it came, after its framing has
-//! been checked. No `HeaderMap`, no hyper dispatch, a handful of
-//! allocations per request, and an idle keep-alive connection holds no
-//! buffer at all.
+//! been checked. A request body goes the other way the same way
+//! ([`crate::upload`]'s `RawUpload`, by splice when it can), under the
+//! general path's limits; a request that was sent with a body, or is not
+//! idempotent, is not sent again. No `HeaderMap`, no hyper dispatch, a
+//! handful of allocations per request, and an idle keep-alive connection
+//! holds no buffer at all.
 //!
 //! Routing and Portico's own answers (unknown hosts and paths, redirects)
 //! come from the pipeline shared with the general path, and are written
-//! here as bytes. Everything else (a request with a body, an upgrade,
+//! here as bytes. Everything else (a chunked request body, an upgrade,
 //! `Expect`, an absolute URI, HTTP/1.0, upstreams over TLS or HTTP/2, a
 //! head that does not parse, h2c, HSTS over TLS) is not refused here: the
 //! connection is handed, with every byte already read, to hyper's server
@@ -45,13 +48,14 @@ use crate::forward;
 use crate::forward::Alpn;
 use crate::framing::{head_end, put_header, tokens, Cut, Framing, Listed, Rest};
 use crate::headers::{is_hop_by_hop, is_set_on_requests, is_underscored, request_id_bytes};
-use crate::io::{send_timed_out, Client, Prefixed, Waits};
+use crate::io::{send_timed_out, Client, Lingering, Prefixed, Waits};
 use crate::metrics::{Listener, OpenConn, Protocol, Tally};
 use crate::pipeline::Attempts;
 use crate::pipeline::{self, RequestHead};
 use crate::relay::{RawExchange, MAX_HEADERS, RESPONSE_BUF};
 use crate::snapshot::Snapshot;
 use crate::splice;
+use crate::upload::{RawUpload, UploadLimits};
 use crate::upstream::{lock, RawConn, Upstream};
 use portico_model::AccessLogFormat;
 
@@ -419,9 +423,9 @@ async fn serve_from(
             client,
             tls: tls.as_deref(),
         };
-        match Box::pin(exchange(&mut stream, conn, snap, &pending[..head], shared)).await {
-            Exchange::KeepAlive => {
-                pending.drain(..head);
+        match Box::pin(exchange(&mut stream, conn, snap, (&pending, head), shared)).await {
+            Exchange::KeepAlive(used) => {
+                pending.drain(..used);
                 if pending.is_empty() {
                     pending = Vec::new();
                 }
@@ -432,6 +436,10 @@ async fn serve_from(
                 // close_notify: bounded, or a client that stopped reading
                 // would hold the connection here.
                 let _ = sending(send, stream.shutdown()).await;
+                return;
+            }
+            Exchange::Linger => {
+                let _ = sending(send, Lingering::new(&mut stream).shutdown()).await;
                 return;
             }
             Exchange::NotMine => break,
@@ -529,8 +537,13 @@ pub(crate) fn could_be_a_request(buf: &[u8]) -> bool {
 }
 
 enum Exchange {
-    KeepAlive,
+    /// Served: the request took this many bytes of what was read.
+    KeepAlive(usize),
     Close,
+    /// Close while the client may still be sending the request's body:
+    /// read and drop what comes for a while, so the answer is not lost to
+    /// a reset ([`Lingering`]).
+    Linger,
     /// Nothing was consumed or sent: hyper takes the connection.
     NotMine,
 }
@@ -541,8 +554,11 @@ pub(crate) struct RequestScan<'a> {
     pub(crate) host: Option<&'a [u8]>,
     pub(crate) hosts: usize,
     close: bool,
-    /// Something only the general path handles: a body, `Expect`, an upgrade...
+    /// Something only the general path handles: a chunked body, `Expect`,
+    /// an upgrade...
     pub(crate) general: bool,
+    /// The body's length, from a single valid `Content-Length`.
+    pub(crate) length: Option<u64>,
     /// Names the `Connection` header lists (hop-by-hop for this message).
     listed: Listed<'a>,
 }
@@ -565,7 +581,17 @@ impl<'a> RequestScan<'a> {
                 }
                 scan.general |= !scan.listed.push(h.value);
             } else if name.eq_ignore_ascii_case("content-length") {
-                scan.general |= h.value.trim_ascii() != b"0";
+                // A second one, or one that is not a plain number, is
+                // hyper's to judge (and refuse).
+                let value = h.value.trim_ascii();
+                let number =
+                    (1..=18).contains(&value.len()) && value.iter().all(u8::is_ascii_digit);
+                match (scan.length, number) {
+                    (None, true) => {
+                        scan.length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+                    }
+                    _ => scan.general = true,
+                }
             } else if name.eq_ignore_ascii_case("transfer-encoding")
                 || name.eq_ignore_ascii_case("expect")
                 || name.eq_ignore_ascii_case("upgrade")
@@ -574,6 +600,17 @@ impl<'a> RequestScan<'a> {
             }
         }
         scan
+    }
+
+    /// Whether the fast path serves a request with these headers and this
+    /// target: the target as hyper would take it (a fragment, a character
+    /// the URI grammar forbids, or over 64 KiB goes to hyper, to be refused
+    /// or cleaned up there), one `Host`, nothing only hyper handles.
+    pub(crate) fn takes(&self, target: &str) -> bool {
+        let target_ok = target.starts_with('/')
+            && target.len() < 65_535
+            && http::uri::PathAndQuery::try_from(target).is_ok_and(|pq| pq.as_str() == target);
+        !self.general && self.hosts == 1 && target_ok
     }
 }
 
@@ -591,15 +628,16 @@ async fn exchange(
     client: &mut Client,
     conn: ConnRef<'_>,
     snap: Arc<Snapshot>,
-    head: &[u8],
+    (pending, head_len): (&[u8], usize),
     shared: &Shared,
 ) -> Exchange {
     let start = Instant::now();
+    let head = &pending[..head_len];
     let id = request_id_bytes();
     let mut upstream_req = Vec::with_capacity(head.len() + 256);
     // The parsed headers (3 KiB of slices) live only in this block, so they
     // are not part of the future across its awaits.
-    let (method, path, host, close, client_addr, plan) = {
+    let (method, path, host, close, client_addr, length, plan) = {
         // Left uninitialised: httparse writes the ones it fills, and
         // initialising a hundred would cost more than parsing most heads.
         let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
@@ -612,13 +650,7 @@ async fn exchange(
             return Exchange::NotMine;
         };
         let scan = RequestScan::of(req.headers);
-        // The target as hyper would take it (a fragment, a character the
-        // URI grammar forbids, or over 64 KiB goes to hyper, to be refused
-        // or cleaned up there).
-        let target_ok = path.starts_with('/')
-            && path.len() < 65_535
-            && http::uri::PathAndQuery::try_from(path).is_ok_and(|pq| pq.as_str() == path);
-        if scan.general || scan.hosts != 1 || !target_ok || !pipeline::is_idempotent(method) {
+        if !scan.takes(path) {
             return Exchange::NotMine;
         }
         let Some(host_text) = scan.host.and_then(|h| std::str::from_utf8(h).ok()) else {
@@ -640,7 +672,7 @@ async fn exchange(
             host: Ok(host_text),
             target: path,
             tls: conn.tls,
-            content_length: None,
+            content_length: scan.length.filter(|n| *n > 0),
         };
         let plan = match pipeline::decide(&snap, &request, conn.proxy.readiness()) {
             Err(answer) => Plan::Answer(answer),
@@ -699,10 +731,28 @@ async fn exchange(
             host_text.as_bytes(),
             scan.close,
             client_addr,
+            scan.length.unwrap_or(0),
             (plan, combined),
         )
     };
-    let (plan, combined) = plan;
+    let (mut plan, combined) = plan;
+    // The body's bytes that came with the head go upstream with it.
+    let with_head = usize::try_from(length)
+        .unwrap_or(usize::MAX)
+        .min(pending.len() - head_len);
+    let used = head_len + with_head;
+    let mut slot = None;
+    if let (Plan::Forward { .. }, true, max @ 1..) =
+        (&plan, length > 0, snap.config.proxy.max_bodies_per_client)
+    {
+        slot = conn.proxy.bodies.take(client_addr.ip(), max);
+        if slot.is_none() {
+            plan = Plan::Answer(Answer::error(crate::error::ProxyError::TooManyBodies {
+                client: client_addr.ip(),
+                max,
+            }));
+        }
+    }
     let _in_flight = InFlight::enter(&conn.proxy.in_flight);
     let tally = match &plan {
         Plan::Forward { route, .. } => {
@@ -726,22 +776,45 @@ async fn exchange(
         Plan::Answer(_) => Vec::new(),
     };
     let mut out: Vec<u8> = Vec::with_capacity(1024);
+    // Whether all of the body has been read from the client; if not, the
+    // connection cannot carry another request.
+    let mut body_read = used - head_len == usize::try_from(length).unwrap_or(usize::MAX);
     let sent = match plan {
         Plan::Forward { route, first } => {
+            let pool = &snap.pools[route];
+            upstream_req.extend_from_slice(&pending[head_len..used]);
+            let p = &snap.config.proxy;
+            let limits = UploadLimits {
+                stall: p.client_body_timeout,
+                min_rate: p.client_body_min_rate.map(|r| (r, p.client_body_grace)),
+                max_size: None,
+            };
+            let mut upload = (length > 0).then(|| {
+                RawUpload::new(
+                    client,
+                    (length, with_head),
+                    &limits,
+                    slot.take(),
+                    pool.stats.clone(),
+                )
+            });
             let mut exchange = RawExchange {
                 request: &upstream_req,
+                body: upload.as_mut(),
+                retry: length == 0 && pipeline::is_idempotent(method),
                 buf: &mut from_upstream,
                 out: &mut out,
-                max_head: snap.config.proxy.max_header_bytes,
-                hide: snap.config.proxy.hide_info_headers,
+                max_head: p.max_header_bytes,
+                hide: p.hide_info_headers,
             };
-            let pool = &snap.pools[route];
-            pipeline::try_upstreams(pool, first, &mut exchange, &mut attempts)
+            let sent = pipeline::try_upstreams(pool, first, &mut exchange, &mut attempts)
                 .await
                 .map(|((conn, head), upstream, held)| {
                     (conn, upstream, head, held, pool.upstream_timeout)
                 })
-                .map_err(Answer::error)
+                .map_err(Answer::error);
+            body_read = upload.as_ref().is_none_or(RawUpload::finished);
+            sent
         }
         Plan::Answer(answer) => Err(answer),
     };
@@ -753,7 +826,11 @@ async fn exchange(
             if let Some(e) = &answer.error {
                 pipeline::log_failure(e, client_addr, &request_id, &attempts);
             }
-            let close = close || answer.close || shared.stopping() || conn.proxy.is_draining();
+            let close = close
+                || answer.close
+                || !body_read
+                || shared.stopping()
+                || conn.proxy.is_draining();
             out.clear();
             answer.write_head(
                 &mut out,
@@ -785,8 +862,12 @@ async fn exchange(
             if let Some(log) = log {
                 log.emit(body_len, ok);
             }
-            return if ok && !close {
-                Exchange::KeepAlive
+            return if !ok {
+                Exchange::Close
+            } else if !body_read {
+                Exchange::Linger
+            } else if !close {
+                Exchange::KeepAlive(used)
             } else {
                 Exchange::Close
             };
@@ -794,14 +875,19 @@ async fn exchange(
     };
 
     let framing = resp.framing;
-    let close =
-        close || framing == Framing::UntilClose || shared.stopping() || conn.proxy.is_draining();
+    let close = close
+        || !body_read
+        || framing == Framing::UntilClose
+        || shared.stopping()
+        || conn.proxy.is_draining();
     finish_client_head(&mut out, &snap, conn, &id, &attempts, close);
 
+    // An upstream that answered before it had the whole body has the rest
+    // of the message still owed to it.
     let lease = Lease {
         conn: Some(upstream_conn),
         upstream,
-        reusable: resp.reusable,
+        reusable: resp.reusable && body_read,
     };
     let (bytes, outcome) = copy_body(
         client,
@@ -827,7 +913,8 @@ async fn exchange(
         log.emit(bytes, outcome.is_ok());
     }
     match outcome {
-        Ok(()) if !close => Exchange::KeepAlive,
+        Ok(()) if !body_read => Exchange::Linger,
+        Ok(()) if !close => Exchange::KeepAlive(used),
         Ok(()) => Exchange::Close,
         Err(e) => {
             tracing::debug!(client = %conn.client, error = %e, "response broke off");
@@ -1116,25 +1203,26 @@ async fn splice_body(
     waits: Waits,
     sent: &mut u64,
 ) -> Option<Result<(), BodyError>> {
-    let broke = |broke| match broke {
-        splice::Broke::Upstream(e) => BodyError::Upstream(e),
-        splice::Broke::Short(left) => BodyError::Short(left),
-        splice::Broke::Client(e) => BodyError::Client(e),
-        splice::Broke::Stalled => UpstreamStalled(waits.upstream).into(),
+    let broke = |broke, left| match broke {
+        splice::Broke::Read(e) => BodyError::Upstream(e),
+        splice::Broke::Closed => BodyError::Short(left),
+        splice::Broke::ReadStalled => UpstreamStalled(waits.upstream).into(),
+        splice::Broke::Write(e) => BodyError::Client(e),
+        splice::Broke::WriteStalled => BodyError::Client(send_timed_out(waits.client)),
         splice::Broke::Unsupported => BodyError::Upstream(io::ErrorKind::Unsupported.into()),
     };
     let mut pipe = splice::Pipe::take()?;
     while left > 0 {
-        match pipe.fill(lease.stream(), left, waits).await {
+        match pipe.fill(lease.stream(), left, waits.upstream).await {
             Ok(n) => left -= n as u64,
             Err(splice::Broke::Unsupported) => return None,
-            Err(e) => return Some(Err(broke(e))),
+            Err(e) => return Some(Err(broke(e, left))),
         }
         if left == 0 {
             lease.end(false);
         }
-        if let Err(e) = pipe.drain(to, waits, sent).await {
-            return Some(Err(broke(e)));
+        if let Err(e) = pipe.drain(to, waits.client, sent).await {
+            return Some(Err(broke(e, left)));
         }
     }
     pipe.give_back();

@@ -14,15 +14,17 @@
 //!   its own `SO_REUSEPORT` listeners.
 //! - [`server`]: the accept loops over already-bound listeners (PROXY
 //!   protocol, TLS by SNI, passthrough), graceful drain.
-//! - `h1`: the HTTP/1.1 byte codec, for body-less idempotent requests
-//!   (from cleartext or TLS clients) to cleartext HTTP/1.1 upstreams; hands
-//!   anything else, with the bytes it read, to `forward`.
+//! - `h1`: the HTTP/1.1 byte codec, for requests without a body or with a
+//!   `Content-Length` one (from cleartext or TLS clients) to cleartext
+//!   HTTP/1.1 upstreams; hands anything else, with the bytes it read, to
+//!   `forward`.
 //! - `forward`: the hyper codec (HTTP/1.1, h2, h2c, bodies, upgrades), and
 //!   the retries and response headers of one request on it.
 //! - `relay`: the HTTP/1.1 exchange with an upstream as bytes, for both
-//!   codecs: a body-less idempotent request out on a bare pooled
-//!   connection, the response head in by one set of rules (as bytes for
-//!   `h1`, as a header map for `forward`); hyper's client serves the rest.
+//!   codecs: a request out on a bare pooled connection (with `h1`'s
+//!   request body, if any), the response head in by one set of rules (as
+//!   bytes for `h1`, as a header map for `forward`); hyper's client serves
+//!   the rest.
 //! - `pipeline`: one request's policy for both codecs: route by host and
 //!   path, Portico's own answers, the target the upstream sees, affinity.
 //! - `answer`: Portico's own responses (errors, redirects), rendered per codec.
@@ -36,7 +38,8 @@
 //!   (HTTP/1.1, or one multiplexed HTTP/2 connection; cleartext or TLS).
 //! - [`health`]: what checks and failed requests say of each upstream
 //!   (unhealthy, ejected), and each service's retry budget and request cap.
-//! - [`upload`]: request bodies on their way upstream, with their limits.
+//! - [`upload`]: request bodies on their way upstream, with their limits
+//!   (through hyper's client, or socket to socket for `h1`).
 //! - [`error`]: failures classified into HTTP statuses.
 //! - `context`: what a connection knows (client, TLS server name).
 //! - [`tls`]: certificates by SNI, server and upstream TLS configs.
@@ -44,8 +47,9 @@
 //! - `framing`: HTTP/1.1 framing as bytes: head ends, chunked bodies, and
 //!   how much of a response body is left (`Rest`, for the fast path and the
 //!   relay alike).
-//! - `splice`: large response bodies moved socket to socket through a
-//!   pipe (`splice(2)`), for `h1` when neither side is TLS.
+//! - `splice`: large bodies moved socket to socket through a pipe
+//!   (`splice(2)`), responses and uploads, for `h1` when neither side is
+//!   TLS.
 //! - `io`: stream adapters (replayed prefixes, first-read deadlines, send
 //!   deadlines, relays) and the progress timer (`Stall`) that bounds waits
 //!   on a body or a client.

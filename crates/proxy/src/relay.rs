@@ -31,6 +31,7 @@ use crate::framing::{head_end, put_header, tokens, Framing, Listed};
 use crate::headers::{is_hop_by_hop, is_set_on_responses};
 use crate::pipeline::{self, Attempts, Outcome};
 use crate::snapshot::Pool;
+use crate::upload::{RawUpload, UploadBroke};
 use crate::upstream::{ConnectError, RawConn, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -85,10 +86,19 @@ pub(crate) fn put_date(out: &mut Vec<u8>) {
     put_header(out, b"date", now.as_bytes());
 }
 
-/// A body-less idempotent request on its way to an upstream as bytes: safe
-/// to send again, so any failure before a response moves on.
-pub(crate) struct RawExchange<'a, S> {
+/// A request on its way to an upstream as bytes. One that is idempotent and
+/// body-less is safe to send again, so any failure before a response moves
+/// on; any other only while nothing of it can have been acted on (a pooled
+/// connection found closed, or a connection broken before its head was
+/// written), as hyper's client retries on the general path.
+pub(crate) struct RawExchange<'a, 'c, S> {
+    /// The request's head, and any body bytes that came with it.
     pub(crate) request: &'a [u8],
+    /// The rest of its body, on the client's connection (the fast path's).
+    pub(crate) body: Option<&'a mut RawUpload<'c>>,
+    /// The request may go to another upstream after it was sent: it is
+    /// idempotent and has no body.
+    pub(crate) retry: bool,
     /// The response head (and what follows it) as read.
     pub(crate) buf: &'a mut Vec<u8>,
     /// The client's version of the response head.
@@ -97,7 +107,7 @@ pub(crate) struct RawExchange<'a, S> {
     pub(crate) hide: bool,
 }
 
-impl<S: ResponseSink> pipeline::Exchange for RawExchange<'_, S> {
+impl<S: ResponseSink> pipeline::Exchange for RawExchange<'_, '_, S> {
     type Conn = RawConn;
     type Out = (RawConn, UpstreamHead);
 
@@ -121,21 +131,71 @@ impl<S: ResponseSink> pipeline::Exchange for RawExchange<'_, S> {
     ) -> Outcome<Self::Out> {
         self.buf.clear();
         self.out.reset();
-        let exchange = round_trip(
-            &mut conn.stream,
-            self.request,
-            self.buf,
-            self.out,
-            self.max_head,
-            self.hide,
-        );
-        match tokio::time::timeout(pool.upstream_timeout, exchange).await {
-            Ok(Ok(head)) => Outcome::Answered((conn, head)),
-            Err(_elapsed) => Outcome::Fatal(ProxyError::upstream_timeout(
+        let wait = pool.upstream_timeout;
+        let timed_out = || {
+            Outcome::Fatal(ProxyError::upstream_timeout(
                 &pool.label,
                 upstream.addr,
-                pool.upstream_timeout,
-            )),
+                wait,
+            ))
+        };
+        let not_retried = |e: &dyn std::fmt::Display| {
+            Outcome::Fatal(ProxyError::BadGateway {
+                service: pool.label.clone(),
+                detail: format!(
+                    "upstream {}: {e} after the request was sent; not retried \
+                     because the request is not idempotent or has a body",
+                    upstream.addr
+                ),
+            })
+        };
+        // Without a body, upstream_timeout runs from the first byte sent;
+        // with one, from its last: it measures the upstream, not a slow
+        // client's upload.
+        let deadline = tokio::time::Instant::now() + wait;
+        match tokio::time::timeout_at(deadline, conn.stream.write_all(self.request)).await {
+            Err(_) => return timed_out(),
+            Ok(Err(error)) => {
+                // Nothing of the body has been read from the client yet:
+                // the request may go again whatever it is.
+                let e = UpstreamError::Io {
+                    error,
+                    nothing: true,
+                };
+                return if conn.reused {
+                    Outcome::Stale(e.to_string())
+                } else {
+                    Outcome::Next(e.to_string())
+                };
+            }
+            Ok(Ok(())) => {}
+        }
+        let deadline = match self.body.as_deref_mut() {
+            None => deadline,
+            Some(body) => match body.send(&conn.stream, wait, self.buf).await {
+                Ok(_) => tokio::time::Instant::now() + wait,
+                Err(UploadBroke::Client(e)) => return Outcome::Fatal(e),
+                Err(UploadBroke::UpstreamStalled) => return timed_out(),
+                Err(UploadBroke::Upstream(e)) if !body.consumed() && conn.reused => {
+                    return Outcome::Stale(e.to_string())
+                }
+                Err(UploadBroke::Upstream(e)) => {
+                    return not_retried(&format_args!("{e} while the request body was sent"))
+                }
+            },
+        };
+        let head_request = self.request.starts_with(b"HEAD ");
+        let exchange = read_head(
+            &mut conn.stream,
+            self.buf,
+            self.out,
+            (self.max_head, self.hide),
+            head_request,
+        );
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(head)) => Outcome::Answered((conn, head)),
+            Err(_elapsed) => timed_out(),
+            Ok(Err(e)) if !self.retry => not_retried(&e),
             Ok(Err(e @ UpstreamError::Io { nothing: true, .. })) if conn.reused => {
                 Outcome::Stale(e.to_string())
             }
@@ -144,25 +204,16 @@ impl<S: ResponseSink> pipeline::Exchange for RawExchange<'_, S> {
     }
 }
 
-/// Writes the request, reads the response head into `buf` (skipping 1xx
-/// interim responses) and rewrites it for the client into `out`.
-async fn round_trip(
+/// Reads the response head into `buf` (after what is there already),
+/// skipping 1xx interim responses, and rewrites it for the client into
+/// `out`.
+async fn read_head(
     stream: &mut TcpStream,
-    request: &[u8],
     buf: &mut Vec<u8>,
     out: &mut impl ResponseSink,
-    max_head: usize,
-    hide: bool,
+    (max_head, hide): (usize, bool),
+    head_request: bool,
 ) -> Result<UpstreamHead, UpstreamError> {
-    if let Err(error) = stream.write_all(request).await {
-        return Err(UpstreamError::Io {
-            error,
-            nothing: true,
-        });
-    }
-    // A response to HEAD has no body, whatever its head says (RFC 9112
-    // §6.3): framed so here, for both codecs.
-    let head_request = request.starts_with(b"HEAD ");
     let mut scanned = 0;
     loop {
         if let Some(end) = head_end(buf, scanned) {
@@ -409,6 +460,8 @@ pub(crate) async fn forward(
     let mut head = HeadParts::default();
     let mut exchange = RawExchange {
         request: &request,
+        body: None,
+        retry: true,
         buf: &mut buf,
         out: &mut head,
         max_head,

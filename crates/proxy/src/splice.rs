@@ -1,9 +1,10 @@
-//! A large response body of known length moved from the upstream's socket
-//! to the client's through a pipe with `splice(2)`, so the kernel passes
-//! its pages along instead of copying them into Portico and back out
-//! (HAProxy's `option splice-response`). Plain TCP on both sides only: a
-//! TLS client needs the bytes in user space to encrypt them, and a chunked
-//! body's framing has to be read to be checked.
+//! A large body of known length moved from one socket to the other through
+//! a pipe with `splice(2)`, so the kernel passes its pages along instead of
+//! copying them into Portico and back out (HAProxy's `option
+//! splice-response` and `splice-request`): responses from the upstream's
+//! socket to the client's, request bodies the other way. Plain TCP on both
+//! sides only: TLS needs the bytes in user space to encrypt or decrypt
+//! them, and a chunked body's framing has to be read to be checked.
 //!
 //! Each worker keeps a few empty pipes for reuse (two descriptors each); a
 //! pipe that still holds bytes when a transfer fails is closed, never
@@ -18,7 +19,7 @@ use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::io::{send_timed_out, Waits};
+use std::time::Duration;
 
 /// Bodies with less left than this are copied: below it the pipe's extra
 /// system calls cost more than the copies they save.
@@ -36,18 +37,22 @@ thread_local! {
     static PIPES: RefCell<Vec<(OwnedFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// How a spliced body ended early.
+/// How a spliced body ended early; the caller says which side is which.
 #[derive(Debug)]
 pub(crate) enum Broke {
     /// Splicing does not work here (a kernel or sandbox without it), found
     /// before anything moved: the caller copies instead.
     Unsupported,
-    Upstream(io::Error),
-    /// The upstream closed the connection this many bytes before the end.
-    Short(u64),
-    /// The upstream sent nothing for the whole idle limit.
-    Stalled,
-    Client(io::Error),
+    /// Reading the sending side failed.
+    Read(io::Error),
+    /// The sending side closed its connection before the end.
+    Closed,
+    /// The sending side sent nothing for the whole wait.
+    ReadStalled,
+    /// Writing to the receiving side failed.
+    Write(io::Error),
+    /// The receiving side took nothing for the whole wait.
+    WriteStalled,
 }
 
 /// A pipe between two sockets, with what it holds.
@@ -89,27 +94,27 @@ impl Pipe {
     }
 
     /// Moves up to `left` bytes (and at most the pipe's capacity) from
-    /// `from` into the empty pipe, waiting up to `waits.upstream` for them;
-    /// returns how many.
+    /// `from` into the empty pipe, waiting up to `wait` for them; returns
+    /// how many.
     pub(crate) async fn fill(
         &mut self,
         from: &TcpStream,
         left: u64,
-        waits: Waits,
+        wait: Duration,
     ) -> Result<usize, Broke> {
         debug_assert_eq!(self.held, 0, "filled only once drained");
         let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
         loop {
-            match tokio::time::timeout(waits.upstream, from.readable()).await {
+            match tokio::time::timeout(wait, from.readable()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(Broke::Upstream(e)),
-                Err(_) => return Err(Broke::Stalled),
+                Ok(Err(e)) => return Err(Broke::Read(e)),
+                Err(_) => return Err(Broke::ReadStalled),
             }
             let moved = from.try_io(Interest::READABLE, || {
                 Ok(splice(from, None, &self.write, None, want, FLAGS)?)
             });
             match moved {
-                Ok(0) => return Err(Broke::Short(left)),
+                Ok(0) => return Err(Broke::Closed),
                 Ok(n) => {
                     self.held = n;
                     self.used = true;
@@ -118,37 +123,38 @@ impl Pipe {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if !self.used && unsupported(&e) => return Err(Broke::Unsupported),
-                Err(e) => return Err(Broke::Upstream(e)),
+                Err(e) => return Err(Broke::Read(e)),
             }
         }
     }
 
-    /// Moves all the pipe holds to `to`, waiting up to `waits.client` each
-    /// time it takes nothing; adds what reached `to` to `sent`.
+    /// Moves all the pipe holds to `to`, waiting up to `wait` each time it
+    /// takes nothing; adds what reached `to` to `sent`. Cancel-safe: what
+    /// the pipe holds stays counted.
     pub(crate) async fn drain(
         &mut self,
         to: &TcpStream,
-        waits: Waits,
+        wait: Duration,
         sent: &mut u64,
     ) -> Result<(), Broke> {
         while self.held > 0 {
-            match tokio::time::timeout(waits.client, to.writable()).await {
+            match tokio::time::timeout(wait, to.writable()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(Broke::Client(e)),
-                Err(_) => return Err(Broke::Client(send_timed_out(waits.client))),
+                Ok(Err(e)) => return Err(Broke::Write(e)),
+                Err(_) => return Err(Broke::WriteStalled),
             }
             let moved = to.try_io(Interest::WRITABLE, || {
                 Ok(splice(&self.read, None, to, None, self.held, FLAGS)?)
             });
             match moved {
-                Ok(0) => return Err(Broke::Client(io::ErrorKind::WriteZero.into())),
+                Ok(0) => return Err(Broke::Write(io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
                     self.held -= n;
                     *sent += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Broke::Client(e)),
+                Err(e) => return Err(Broke::Write(e)),
             }
         }
         Ok(())

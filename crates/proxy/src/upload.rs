@@ -1,10 +1,13 @@
 //! Request bodies on their way upstream: streamed frame by frame, never
 //! collected, with the client's stall, its minimum average rate,
 //! `max_body_size`, and the cap on bodies per client address enforced as
-//! they pass.
+//! they pass. [`Upload`] is a hyper body for hyper's client; `RawUpload`
+//! moves a body of known length between two sockets for the fast path,
+//! under the same limits ([`Pace`]).
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,10 +17,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-
-use crate::metrics::ServiceStats;
 use tokio::time::{Instant, Sleep};
+
+use crate::error::ProxyError;
+use crate::io::Client;
+use crate::metrics::ServiceStats;
+use crate::splice;
 
 /// A request body on its way upstream.
 pub enum ProxyBody {
@@ -63,26 +71,112 @@ pub struct BodyTooLarge(pub u64);
 pub struct Upload {
     inner: Incoming,
     done: Option<oneshot::Sender<()>>,
-    stall: Duration,
     /// Fires at the next moment the body could be too slow or stalled.
     timer: Pin<Box<Sleep>>,
     /// `max_body_size`, checked as the body streams (a chunked body
     /// declares no length up front).
     limit: Option<u64>,
-    received: u64,
-    started: Instant,
-    last_data: Instant,
-    /// `client_body_min_rate` (bytes a second) and its grace period.
-    min_rate: Option<(u64, Duration)>,
+    pace: Pace,
     /// Its place under `max_bodies_per_client`, until the body has ended.
     slot: Option<BodySlot>,
-    /// The service's counters, which get `received` when the body is done.
+    /// The service's counters, which get what was received when the body
+    /// is done.
     stats: Arc<ServiceStats>,
+    handed: Arc<Handed>,
+}
+
+/// Whether hyper's client is still writing the last frame of a body it
+/// took: it asks for the next one once it has room for it, so a frame held
+/// for `upstream_timeout` is an upstream that stopped reading (while a
+/// client that sends nothing leaves no frame held, and is the client's
+/// stall).
+#[derive(Default)]
+pub struct Handed(std::sync::Mutex<Option<Instant>>);
+
+impl Handed {
+    fn set(&self, taken: Option<Instant>) {
+        *crate::health::lock(&self.0) = taken;
+    }
+
+    /// Once the upstream has held a frame unwritten for `limit`.
+    pub(crate) async fn stuck(&self, limit: Duration) {
+        loop {
+            let held = *crate::health::lock(&self.0);
+            match held {
+                Some(taken) if taken.elapsed() >= limit => return,
+                Some(taken) => tokio::time::sleep_until(taken + limit).await,
+                None => tokio::time::sleep(limit).await,
+            }
+        }
+    }
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        self.stats.add_request_bytes(self.received);
+        self.stats.add_request_bytes(self.pace.received);
+    }
+}
+
+/// How fast a request body arrives, against the client's limits: no data
+/// for `client_body_timeout` is a stall, and past `client_body_grace` the
+/// average must stay at `client_body_min_rate`. Both codecs' uploads (this
+/// module's [`Upload`] and the fast path's [`RawUpload`]) keep one.
+pub(crate) struct Pace {
+    stall: Duration,
+    /// `client_body_min_rate` (bytes a second) and its grace period.
+    min_rate: Option<(u64, Duration)>,
+    received: u64,
+    started: Instant,
+    last_data: Instant,
+}
+
+impl Pace {
+    fn new(limits: &UploadLimits) -> Pace {
+        let now = Instant::now();
+        Pace {
+            stall: limits.stall,
+            min_rate: limits.min_rate,
+            received: 0,
+            started: now,
+            last_data: now,
+        }
+    }
+
+    fn got(&mut self, n: usize, now: Instant) {
+        self.received += n as u64;
+        self.last_data = now;
+    }
+
+    /// When the body would be stalled, or its average fall under the
+    /// minimum rate, if nothing more arrived.
+    fn due(&self) -> Instant {
+        let mut due = self.last_data + self.stall;
+        if let Some((rate, grace)) = self.min_rate {
+            let needed = Duration::from_secs_f64((self.received + 1) as f64 / rate.max(1) as f64);
+            due = due.min(self.started + grace.max(needed));
+        }
+        due
+    }
+
+    /// The body is too slow: past its grace period and under the rate.
+    fn too_slow(&self, now: Instant) -> Option<ClientTooSlow> {
+        let (rate, grace) = self.min_rate?;
+        let elapsed = now.duration_since(self.started);
+        let slow = elapsed >= grace && (self.received as f64) < rate as f64 * elapsed.as_secs_f64();
+        slow.then_some(ClientTooSlow {
+            received: self.received,
+            elapsed,
+            rate,
+        })
+    }
+
+    /// Once the wait for data has reached [`Pace::due`]: why the body
+    /// fails, or `None` when it may still be waited for.
+    fn judge(&self, now: Instant) -> Option<BodyError> {
+        if let Some(slow) = self.too_slow(now) {
+            return Some(slow.into());
+        }
+        (now >= self.last_data + self.stall).then(|| ClientStalled(self.stall).into())
     }
 }
 
@@ -101,24 +195,21 @@ impl Upload {
         limits: UploadLimits,
         slot: Option<BodySlot>,
         stats: Arc<ServiceStats>,
-    ) -> (ProxyBody, oneshot::Receiver<()>) {
+    ) -> (ProxyBody, oneshot::Receiver<()>, Arc<Handed>) {
         let (done, sent) = oneshot::channel();
-        let now = Instant::now();
-        let mut upload = Upload {
+        let pace = Pace::new(&limits);
+        let handed = Arc::new(Handed::default());
+        let upload = Upload {
             inner,
             done: Some(done),
-            stall: limits.stall,
-            timer: Box::pin(tokio::time::sleep_until(now)),
+            timer: Box::pin(tokio::time::sleep_until(pace.due())),
             limit: limits.max_size,
-            received: 0,
-            started: now,
-            last_data: now,
-            min_rate: limits.min_rate,
+            pace,
             slot,
             stats,
+            handed: handed.clone(),
         };
-        upload.rearm();
-        (ProxyBody::Upload(Box::new(upload)), sent)
+        (ProxyBody::Upload(Box::new(upload)), sent, handed)
     }
 
     fn finish(&mut self) {
@@ -128,27 +219,8 @@ impl Upload {
         }
     }
 
-    /// When the body would be stalled, or its average fall under the
-    /// minimum rate, if nothing more arrived.
     fn rearm(&mut self) {
-        let mut due = self.last_data + self.stall;
-        if let Some((rate, grace)) = self.min_rate {
-            let needed = Duration::from_secs_f64((self.received + 1) as f64 / rate.max(1) as f64);
-            due = due.min(self.started + grace.max(needed));
-        }
-        self.timer.as_mut().reset(due);
-    }
-
-    /// The body is too slow: past its grace period and under the rate.
-    fn too_slow(&self, now: Instant) -> Option<ClientTooSlow> {
-        let (rate, grace) = self.min_rate?;
-        let elapsed = now.duration_since(self.started);
-        let slow = elapsed >= grace && (self.received as f64) < rate as f64 * elapsed.as_secs_f64();
-        slow.then_some(ClientTooSlow {
-            received: self.received,
-            elapsed,
-            rate,
-        })
+        self.timer.as_mut().reset(self.pace.due());
     }
 }
 
@@ -198,21 +270,22 @@ impl Body for ProxyBody {
             ProxyBody::Upload(up) => up,
             ProxyBody::Empty => return Poll::Ready(None),
         };
+        up.handed.set(None);
         match Pin::new(&mut up.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let now = Instant::now();
                 if let Some(data) = frame.data_ref() {
-                    up.received += data.len() as u64;
-                    if let Some(limit) = up.limit.filter(|l| up.received > *l) {
+                    up.handed.set(Some(now));
+                    up.pace.got(data.len(), now);
+                    if let Some(limit) = up.limit.filter(|l| up.pace.received > *l) {
                         return Poll::Ready(Some(Err(BodyTooLarge(limit).into())));
                     }
-                    up.last_data = now;
                 }
                 if up.inner.is_end_stream() {
                     up.finish();
                 } else {
                     // A steady trickle never lets the timer fire.
-                    if let Some(slow) = up.too_slow(now) {
+                    if let Some(slow) = up.pace.too_slow(now) {
                         return Poll::Ready(Some(Err(slow.into())));
                     }
                     up.rearm();
@@ -228,12 +301,8 @@ impl Body for ProxyBody {
             }
             Poll::Pending => {
                 while up.timer.as_mut().poll(cx).is_ready() {
-                    let now = Instant::now();
-                    if let Some(slow) = up.too_slow(now) {
-                        return Poll::Ready(Some(Err(slow.into())));
-                    }
-                    if now >= up.last_data + up.stall {
-                        return Poll::Ready(Some(Err(ClientStalled(up.stall).into())));
+                    if let Some(e) = up.pace.judge(Instant::now()) {
+                        return Poll::Ready(Some(Err(e)));
                     }
                     up.rearm();
                 }
@@ -255,4 +324,291 @@ impl Body for ProxyBody {
             ProxyBody::Empty => SizeHint::with_exact(0),
         }
     }
+}
+
+/// How a request body on the fast path failed to reach the upstream.
+#[derive(Debug)]
+pub(crate) enum UploadBroke {
+    /// The client's failure (stalled, too slow, cut short), as the answer
+    /// the general path gives it.
+    Client(ProxyError),
+    /// Writing to the upstream failed.
+    Upstream(io::Error),
+    /// The upstream took nothing for the whole wait (`upstream_timeout`).
+    UpstreamStalled,
+}
+
+/// A request body of known length on the fast path ([`crate::h1`]). What
+/// came with the head has gone with it; the rest moves from the client's
+/// connection to the upstream's, by `splice(2)` when both are plain TCP
+/// and enough is left, through a buffer otherwise. Bounded as [`Upload`]
+/// is (stall, rate, per-client slot), and the upstream's writes by
+/// `upstream_timeout`. An upstream that answers (or closes) before it has
+/// the whole body ends the upload: its answer is read next, and neither
+/// connection carries another request.
+pub(crate) struct RawUpload<'c> {
+    client: &'c mut Client,
+    /// Body bytes still to be read from the client's connection.
+    left: u64,
+    /// Of those, how many there were at the start.
+    unread: u64,
+    pace: Pace,
+    _slot: Option<BodySlot>,
+    stats: Arc<ServiceStats>,
+}
+
+impl Drop for RawUpload<'_> {
+    fn drop(&mut self) {
+        self.stats.add_request_bytes(self.pace.received);
+    }
+}
+
+impl<'c> RawUpload<'c> {
+    /// A body of `len` bytes, of which `sent_with_head` came with the head.
+    pub(crate) fn new(
+        client: &'c mut Client,
+        (len, sent_with_head): (u64, usize),
+        limits: &UploadLimits,
+        slot: Option<BodySlot>,
+        stats: Arc<ServiceStats>,
+    ) -> RawUpload<'c> {
+        let mut pace = Pace::new(limits);
+        pace.received = sent_with_head as u64;
+        let left = len - sent_with_head as u64;
+        RawUpload {
+            client,
+            left,
+            unread: left,
+            pace,
+            _slot: slot,
+            stats,
+        }
+    }
+
+    /// All of the body has been read from the client (and sent on).
+    pub(crate) fn finished(&self) -> bool {
+        self.left == 0
+    }
+
+    /// Something was read from the client's connection: the body can no
+    /// longer be sent again.
+    pub(crate) fn consumed(&self) -> bool {
+        self.left < self.unread
+    }
+
+    /// Sends the rest of the body to `upstream`, each write waiting at most
+    /// `wait`. `Ok(false)` when the upstream answered or closed first: what
+    /// it sent is in `early`.
+    pub(crate) async fn send(
+        &mut self,
+        upstream: &TcpStream,
+        wait: Duration,
+        early: &mut Vec<u8>,
+    ) -> Result<bool, UploadBroke> {
+        if self.left == 0 {
+            return Ok(true);
+        }
+        if self.left >= splice::MIN_LEN {
+            if let Client::Plain(_) = self.client {
+                if let Some(sent) = self.splice(upstream, wait, early).await {
+                    return sent;
+                }
+            }
+        }
+        self.copy(upstream, wait, early).await
+    }
+
+    /// [`RawUpload::send`] through a pipe; `None` when nothing was moved and
+    /// the caller should copy: no pipe could be had, or splice does not
+    /// work here.
+    async fn splice(
+        &mut self,
+        upstream: &TcpStream,
+        wait: Duration,
+        early: &mut Vec<u8>,
+    ) -> Option<Result<bool, UploadBroke>> {
+        let mut pipe = splice::Pipe::take()?;
+        let mut moved = false;
+        while self.left > 0 {
+            let Client::Plain(client) = &*self.client else {
+                unreachable!("splice is only tried for a plain client");
+            };
+            let filled = loop {
+                let until = self.pace.due().saturating_duration_since(Instant::now());
+                tokio::select! {
+                    biased;
+                    r = pipe.fill(client, self.left, until) => break r,
+                    _ = upstream.readable() => {
+                        if answered(upstream, early) {
+                            return Some(Ok(false));
+                        }
+                    }
+                }
+            };
+            match filled {
+                Ok(n) => {
+                    moved = true;
+                    if let Err(e) = self.got(n) {
+                        return Some(Err(e));
+                    }
+                }
+                Err(splice::Broke::Unsupported) if !moved => return None,
+                Err(splice::Broke::ReadStalled) => {
+                    if let Some(e) = self.pace.judge(Instant::now()) {
+                        return Some(Err(client_failed(e)));
+                    }
+                    continue;
+                }
+                Err(splice::Broke::Closed) => return Some(Err(self.cut_short())),
+                Err(splice::Broke::Read(e)) => {
+                    return Some(Err(UploadBroke::Client(broken(e.to_string()))))
+                }
+                Err(e) => return Some(Err(UploadBroke::Client(broken(format!("{e:?}"))))),
+            }
+            let mut written = 0;
+            let drained = loop {
+                tokio::select! {
+                    biased;
+                    r = pipe.drain(upstream, wait, &mut written) => break r,
+                    _ = upstream.readable() => {
+                        if answered(upstream, early) {
+                            return Some(Ok(false));
+                        }
+                    }
+                }
+            };
+            match drained {
+                Ok(()) => {}
+                Err(splice::Broke::WriteStalled) => return Some(Err(UploadBroke::UpstreamStalled)),
+                Err(splice::Broke::Write(e)) => return Some(write_failed(upstream, early, e)),
+                Err(e) => {
+                    return Some(Err(UploadBroke::Upstream(io::Error::other(format!(
+                        "{e:?}"
+                    )))))
+                }
+            }
+        }
+        pipe.give_back();
+        Some(Ok(true))
+    }
+
+    /// [`RawUpload::send`] through a buffer.
+    async fn copy(
+        &mut self,
+        upstream: &TcpStream,
+        wait: Duration,
+        early: &mut Vec<u8>,
+    ) -> Result<bool, UploadBroke> {
+        let mut buf = vec![0u8; usize::try_from(self.left).map_or(COPY_BUF, |l| l.min(COPY_BUF))];
+        while self.left > 0 {
+            let want = usize::try_from(self.left).map_or(buf.len(), |l| l.min(buf.len()));
+            let read = loop {
+                let due = self.pace.due();
+                tokio::select! {
+                    biased;
+                    r = tokio::time::timeout_at(due, self.client.read(&mut buf[..want])) => match r {
+                        Ok(r) => break r,
+                        Err(_) => {
+                            if let Some(e) = self.pace.judge(Instant::now()) {
+                                return Err(client_failed(e));
+                            }
+                        }
+                    },
+                    _ = upstream.readable() => {
+                        if answered(upstream, early) {
+                            return Ok(false);
+                        }
+                    }
+                }
+            };
+            let n = match read {
+                Ok(0) => return Err(self.cut_short()),
+                Ok(n) => n,
+                Err(e) => return Err(UploadBroke::Client(broken(e.to_string()))),
+            };
+            self.got(n)?;
+            let mut data = &buf[..n];
+            while !data.is_empty() {
+                tokio::select! {
+                    biased;
+                    r = tokio::time::timeout(wait, upstream.writable()) => match r {
+                        Ok(Ok(())) => match upstream.try_write(data) {
+                            Ok(0) => return Err(UploadBroke::Upstream(io::ErrorKind::WriteZero.into())),
+                            Ok(n) => data = &data[n..],
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return write_failed(upstream, early, e),
+                        },
+                        Ok(Err(e)) => return write_failed(upstream, early, e),
+                        Err(_) => return Err(UploadBroke::UpstreamStalled),
+                    },
+                    _ = upstream.readable() => {
+                        if answered(upstream, early) {
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// `n` more bytes came from the client; a steady trickle under the
+    /// minimum rate fails here, as it never lets the wait run out.
+    fn got(&mut self, n: usize) -> Result<(), UploadBroke> {
+        let now = Instant::now();
+        self.left -= n as u64;
+        self.pace.got(n, now);
+        match self.pace.too_slow(now) {
+            Some(slow) if self.left > 0 => Err(client_failed(slow.into())),
+            _ => Ok(()),
+        }
+    }
+
+    fn cut_short(&self) -> UploadBroke {
+        UploadBroke::Client(broken(format!(
+            "the client closed the connection {} bytes before the end of the body",
+            self.left
+        )))
+    }
+}
+
+/// The buffer a body is copied through when it cannot be spliced.
+const COPY_BUF: usize = 64 * 1024;
+
+/// The general path's answer to a client's failed upload (see
+/// `forward`'s mapping of the same errors).
+fn client_failed(e: BodyError) -> UploadBroke {
+    UploadBroke::Client(ProxyError::ClientTimeout(e.to_string()))
+}
+
+fn broken(why: String) -> ProxyError {
+    ProxyError::BadRequest(ClientBodyBroken(why).to_string())
+}
+
+/// A write to the upstream failed: an upstream that answered and then
+/// closed (or reset) has its answer read all the same, if it arrived.
+fn write_failed(
+    upstream: &TcpStream,
+    early: &mut Vec<u8>,
+    e: io::Error,
+) -> Result<bool, UploadBroke> {
+    let before = early.len();
+    answered(upstream, early);
+    if early.len() > before {
+        Ok(false)
+    } else {
+        Err(UploadBroke::Upstream(e))
+    }
+}
+
+/// After the upstream's socket became readable mid-upload: whether it has
+/// begun its answer (its first bytes now in `early`) or closed, rather
+/// than a readiness that finds nothing (which this clears).
+fn answered(upstream: &TcpStream, early: &mut Vec<u8>) -> bool {
+    // The caller's response buffer has room already; a read into none
+    // would look like the upstream's close.
+    if early.capacity() == early.len() {
+        early.reserve(4096);
+    }
+    !matches!(upstream.try_read_buf(early), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
