@@ -758,9 +758,11 @@ impl pipeline::Exchange for HyperExchange {
         let outcome = match self.upload_sent.take() {
             None => tokio::time::timeout(timeout, conn.send(req)).await,
             Some((mut sent, handed)) => {
+                let watched = !conn.is_http2();
                 let send = conn.send(req);
                 tokio::pin!(send);
                 tokio::select! {
+                    biased;
                     r = &mut send => {
                         // An early answer (or a connection that never took
                         // the body): keep the signal for a retry.
@@ -771,7 +773,7 @@ impl pipeline::Exchange for HyperExchange {
                     // hyper waits for an upstream that stopped reading the
                     // body without a limit (and the client, no longer read,
                     // would be the one timed out).
-                    () = handed.stuck(timeout) => {
+                    () = handed.stuck(timeout), if watched => {
                         return Outcome::Fatal(ProxyError::upstream_timeout(
                             &pool.label,
                             upstream.addr,

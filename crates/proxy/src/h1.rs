@@ -599,6 +599,12 @@ impl<'a> RequestScan<'a> {
                 scan.general = true;
             }
         }
+        // A Content-Length the client calls hop-by-hop would be dropped on
+        // the way (with the Connection header's other names) while its body
+        // still goes: the upstream would read that body as a request.
+        if scan.length.is_some() && scan.listed.contains("content-length") {
+            scan.general = true;
+        }
         scan
     }
 
@@ -779,6 +785,9 @@ async fn exchange(
     // Whether all of the body has been read from the client; if not, the
     // connection cannot carry another request.
     let mut body_read = used - head_len == usize::try_from(length).unwrap_or(usize::MAX);
+    // Whether the upstream has all of it: an upstream that answered early
+    // may have read the whole body from the client but not all of it sent.
+    let mut delivered = true;
     let sent = match plan {
         Plan::Forward { route, first } => {
             let pool = &snap.pools[route];
@@ -814,6 +823,7 @@ async fn exchange(
                 })
                 .map_err(Answer::error);
             body_read = upload.as_ref().is_none_or(RawUpload::finished);
+            delivered = upload.as_ref().is_none_or(RawUpload::delivered);
             sent
         }
         Plan::Answer(answer) => Err(answer),
@@ -887,7 +897,7 @@ async fn exchange(
     let lease = Lease {
         conn: Some(upstream_conn),
         upstream,
-        reusable: resp.reusable && body_read,
+        reusable: resp.reusable && delivered,
     };
     let (bytes, outcome) = copy_body(
         client,

@@ -1,5 +1,6 @@
 //! The HTTP/1.1 exchange with an upstream as bytes, for both codecs: a
-//! body-less idempotent request is written on a bare pooled connection, the
+//! request is written on a bare pooled connection (with the fast path's
+//! request body, if any, by [`crate::upload`]), the
 //! response head is parsed by one set of rules ([`rewrite_response_head`])
 //! into what the client's codec needs ([`ResponseSink`]): bytes for the
 //! fast path (`h1`), which then copies the body through as it came; a
@@ -10,8 +11,9 @@
 //! over) to cleartext HTTP/1.1 upstreams costs neither a hyper client
 //! connection (a task and a channel per upstream connection, a wake-up
 //! across tasks each way) nor a second encoding of its headers, and uses
-//! the same pooled connections as the fast path. Requests with a body,
-//! upgrades, and TLS or HTTP/2 upstreams keep hyper's client.
+//! the same pooled connections as the fast path. Requests hyper parsed that
+//! have a body or are not idempotent, upgrades, and TLS or HTTP/2
+//! upstreams keep hyper's client.
 //!
 //! Trailer fields of a chunked response are dropped on the way to hyper's
 //! server (RFC 9110 §6.5.1 lets a recipient discard them); a client that
@@ -173,12 +175,14 @@ impl<S: ResponseSink> pipeline::Exchange for RawExchange<'_, '_, S> {
         let deadline = match self.body.as_deref_mut() {
             None => deadline,
             Some(body) => match body.send(&conn.stream, wait, self.buf).await {
+                // A pooled connection the upstream closed before any of the
+                // body was read from the client: the keep-alive race.
+                Ok(false) if self.buf.is_empty() && !body.consumed() && conn.reused => {
+                    return Outcome::Stale("connection closed before the request body".into())
+                }
                 Ok(_) => tokio::time::Instant::now() + wait,
                 Err(UploadBroke::Client(e)) => return Outcome::Fatal(e),
                 Err(UploadBroke::UpstreamStalled) => return timed_out(),
-                Err(UploadBroke::Upstream(e)) if !body.consumed() && conn.reused => {
-                    return Outcome::Stale(e.to_string())
-                }
                 Err(UploadBroke::Upstream(e)) => {
                     return not_retried(&format_args!("{e} while the request body was sent"))
                 }

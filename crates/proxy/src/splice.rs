@@ -15,7 +15,9 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
 
-use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
+use rustix::pipe::{
+    fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags,
+};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -25,8 +27,12 @@ use std::time::Duration;
 /// system calls cost more than the copies they save.
 pub(crate) const MIN_LEN: u64 = 16 * 1024;
 
-/// The most one splice moves: a pipe's default capacity (16 pages).
-const CHUNK: usize = 64 * 1024;
+/// The capacity asked for a new pipe, which is the most one splice moves:
+/// four times the default 16 pages, so a 1 MiB body takes 4 round trips
+/// through the pipe rather than 16. A pipe takes pages only while it holds
+/// bytes; where the kernel refuses (`pipe-max-size`, a user's pipe quota),
+/// the pipe keeps the capacity it has.
+const CHUNK: usize = 256 * 1024;
 
 /// Empty pipes a worker keeps for the next transfer.
 const POOL: usize = 64;
@@ -34,7 +40,7 @@ const POOL: usize = 64;
 const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 
 thread_local! {
-    static PIPES: RefCell<Vec<(OwnedFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
+    static PIPES: RefCell<Vec<(OwnedFd, OwnedFd, usize)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// How a spliced body ended early; the caller says which side is which.
@@ -59,6 +65,8 @@ pub(crate) enum Broke {
 pub(crate) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// Its capacity, the most one splice into it moves.
+    capacity: usize,
     held: usize,
     /// Something has gone through it in this transfer.
     used: bool,
@@ -68,13 +76,20 @@ impl Pipe {
     /// An empty pipe from the worker's pool, or a new one; `None` when
     /// none can be had (out of file descriptors, say).
     pub(crate) fn take() -> Option<Pipe> {
-        let (read, write) = match PIPES.with(|p| p.borrow_mut().pop()) {
-            Some(fds) => fds,
-            None => pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?,
+        let (read, write, capacity) = match PIPES.with(|p| p.borrow_mut().pop()) {
+            Some(pipe) => pipe,
+            None => {
+                let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
+                let capacity = fcntl_setpipe_size(&write, CHUNK)
+                    .or_else(|_| fcntl_getpipe_size(&write))
+                    .unwrap_or(4096);
+                (read, write, capacity)
+            }
         };
         Some(Pipe {
             read,
             write,
+            capacity,
             held: 0,
             used: false,
         })
@@ -87,7 +102,7 @@ impl Pipe {
             PIPES.with(|p| {
                 let mut p = p.borrow_mut();
                 if p.len() < POOL {
-                    p.push((self.read, self.write));
+                    p.push((self.read, self.write, self.capacity));
                 }
             });
         }
@@ -103,7 +118,7 @@ impl Pipe {
         wait: Duration,
     ) -> Result<usize, Broke> {
         debug_assert_eq!(self.held, 0, "filled only once drained");
-        let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
+        let want = usize::try_from(left).map_or(self.capacity, |l| l.min(self.capacity));
         loop {
             match tokio::time::timeout(wait, from.readable()).await {
                 Ok(Ok(())) => {}

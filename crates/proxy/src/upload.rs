@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ProxyError;
+use crate::framing::head_end;
 use crate::io::Client;
 use crate::metrics::ServiceStats;
 use crate::splice;
@@ -86,10 +87,12 @@ pub struct Upload {
 }
 
 /// Whether hyper's client is still writing the last frame of a body it
-/// took: it asks for the next one once it has room for it, so a frame held
-/// for `upstream_timeout` is an upstream that stopped reading (while a
-/// client that sends nothing leaves no frame held, and is the client's
-/// stall).
+/// took: it asks for the next one once its write buffer has room, so a
+/// frame held for `upstream_timeout` is an HTTP/1.1 upstream that stopped
+/// reading, or one reading less than that buffer (about 400 KB) in that
+/// time; a client that sends nothing leaves no frame held, and is the
+/// client's stall. Not for HTTP/2 upstreams, whose flow control may hold a
+/// frame for other streams' sake.
 #[derive(Default)]
 pub struct Handed(std::sync::Mutex<Option<Instant>>);
 
@@ -352,6 +355,8 @@ pub(crate) struct RawUpload<'c> {
     left: u64,
     /// Of those, how many there were at the start.
     unread: u64,
+    /// All of the body reached the upstream.
+    delivered: bool,
     pace: Pace,
     _slot: Option<BodySlot>,
     stats: Arc<ServiceStats>,
@@ -379,15 +384,21 @@ impl<'c> RawUpload<'c> {
             client,
             left,
             unread: left,
+            delivered: false,
             pace,
             _slot: slot,
             stats,
         }
     }
 
-    /// All of the body has been read from the client (and sent on).
+    /// All of the body has been read from the client.
     pub(crate) fn finished(&self) -> bool {
         self.left == 0
+    }
+
+    /// All of the body has been sent to the upstream.
+    pub(crate) fn delivered(&self) -> bool {
+        self.delivered
     }
 
     /// Something was read from the client's connection: the body can no
@@ -405,17 +416,18 @@ impl<'c> RawUpload<'c> {
         wait: Duration,
         early: &mut Vec<u8>,
     ) -> Result<bool, UploadBroke> {
-        if self.left == 0 {
-            return Ok(true);
-        }
+        let mut sent = None;
         if self.left >= splice::MIN_LEN {
             if let Client::Plain(_) = self.client {
-                if let Some(sent) = self.splice(upstream, wait, early).await {
-                    return sent;
-                }
+                sent = self.splice(upstream, wait, early).await;
             }
         }
-        self.copy(upstream, wait, early).await
+        let sent = match sent {
+            Some(sent) => sent,
+            None => self.copy(upstream, wait, early).await,
+        };
+        self.delivered = matches!(sent, Ok(true));
+        sent
     }
 
     /// [`RawUpload::send`] through a pipe; `None` when nothing was moved and
@@ -602,13 +614,36 @@ fn write_failed(
 }
 
 /// After the upstream's socket became readable mid-upload: whether it has
-/// begun its answer (its first bytes now in `early`) or closed, rather
-/// than a readiness that finds nothing (which this clears).
+/// begun its final answer (its first bytes now in `early`) or closed,
+/// rather than a readiness that finds nothing (which this clears) or
+/// interim responses (`100 Continue`, `103 Early Hints`: dropped, as the
+/// response head's reader would, while the upload goes on).
 fn answered(upstream: &TcpStream, early: &mut Vec<u8>) -> bool {
     // The caller's response buffer has room already; a read into none
     // would look like the upstream's close.
     if early.capacity() == early.len() {
         early.reserve(4096);
     }
-    !matches!(upstream.try_read_buf(early), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    match upstream.try_read_buf(early) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+        Ok(0) | Err(_) => return true,
+        Ok(_) => {}
+    }
+    loop {
+        let interim = early.len() >= 10 && &early[..5] == b"HTTP/" && early[9] == b'1';
+        match head_end(early, 0) {
+            Some(end) if interim => drop(early.drain(..end)),
+            // Ends once there is enough to tell, or too much to hold.
+            None if interim && early.len() < EARLY_MAX => return false,
+            None if early.len() < 10 && b"HTTP/1.1 1".starts_with(early) => return false,
+            _ => return !early.is_empty(),
+        }
+        if early.is_empty() {
+            return false;
+        }
+    }
 }
+
+/// The most of an unfinished interim response held while the upload goes
+/// on; past it the response head's reader judges (and refuses) it.
+const EARLY_MAX: usize = 64 * 1024;

@@ -1754,7 +1754,79 @@ async fn ambiguous_request_framing_never_smuggles_a_request_upstream() {
     assert_eq!(b.requests().len(), 2);
 }
 
+/// A Content-Length the client lists in `Connection` (making it
+/// hop-by-hop): the body must still reach the upstream framed, never as
+/// bytes the upstream would read as a request of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_listed_as_hop_by_hop_never_smuggles_its_body() {
+    let b = RawBackend::answering(|req| ok_with(&req.body, "")).await;
+    let proxy = proxy_to(b.addr, "").await;
+    let smuggled = format!("GET /smuggled HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let mut c = proxy.connect().await;
+    c.send(format!(
+        "POST /post HTTP/1.1\r\nHost: {HOST}\r\nConnection: content-length\r\n\
+         Content-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    ))
+    .await
+    .unwrap();
+    let r = c.read_response("POST").await.unwrap();
+    // Refused, or passed on with its body framed: either way nothing is
+    // smuggled.
+    if r.status == 200 {
+        assert_eq!(r.body_text(), smuggled);
+    } else {
+        assert_eq!(r.status, 400, "{}", r.head.text());
+    }
+    let r = exchange(&mut c, get("/next"), "GET").await;
+    assert_eq!(r.status, 200, "{}", r.head.text());
+    let targets: Vec<String> = b.requests().iter().map(|r| r.target.clone()).collect();
+    assert!(!targets.contains(&"/smuggled".to_owned()), "{targets:?}");
+}
+
 // 9. Request bodies
+
+/// An upstream that sends `100 Continue` (or `103 Early Hints`) as soon as
+/// it has a request's head, unasked, and then reads the body: the upload
+/// goes on past the interim response, and the final answer arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unasked_interim_response_does_not_stop_an_upload() {
+    const LEN: usize = 1024 * 1024;
+    let b = RawBackend::start(|mut conn| async move {
+        while let Some(head) = conn.wire.read_head().await.unwrap() {
+            if head.start_line.starts_with("GET /next ") {
+                conn.send(ok_with(b"next", "")).await;
+                continue;
+            }
+            conn.send(
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n",
+            )
+            .await;
+            let len: usize = head.header("content-length").unwrap().parse().unwrap();
+            let got = conn.wire.read_exact(len).await.unwrap();
+            let ok = got == pattern(len);
+            conn.send(ok_with(format!("{len} {ok}").as_bytes(), ""))
+                .await;
+        }
+    })
+    .await;
+    let proxy = proxy_to(b.addr, "upstream_timeout = \"30s\"").await;
+    let mut c = proxy.connect().await;
+    c.send(format!(
+        "POST /up HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {LEN}\r\n\r\n"
+    ))
+    .await
+    .unwrap();
+    for piece in pattern(LEN).chunks(65_536) {
+        c.send(piece).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    // Interim responses are not passed on (see below).
+    let r = c.read_response("POST").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.head.text());
+    assert_eq!(r.body_text(), format!("{LEN} true"));
+    still_usable(&mut c).await;
+}
 
 /// A 1 MiB body of known length, sent in uneven pieces (in cleartext the
 /// fast path moves it with splice(2), so the pieces exercise its waits on
