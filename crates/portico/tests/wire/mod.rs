@@ -2210,20 +2210,7 @@ async fn an_upstream_answering_before_the_upload_ends_has_its_answer_passed_on()
     .await;
     let proxy = proxy_to(b.addr, "upstream_timeout = \"30s\"").await;
     let mut c = proxy.connect().await;
-    c.send(format!(
-        "POST /up HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {LEN}\r\n\r\n"
-    ))
-    .await
-    .unwrap();
-    // More than the sockets on the way hold, so the upload cannot be over
-    // before the answer: sent until the proxy stops taking it.
-    let piece = pattern(65_536);
-    for _ in 0..LEN / piece.len() {
-        let more = tokio::time::timeout(Duration::from_millis(500), c.send(&piece)).await;
-        if !matches!(more, Ok(Ok(()))) {
-            break;
-        }
-    }
+    upload_until_refused(&mut c, LEN).await;
     let r = c.read_response("POST").await.unwrap();
     assert_eq!((r.status, r.body_text()), (413, "too big\n".to_owned()));
     // Pinned: hyper's server (the general path) does not say so.
@@ -2235,6 +2222,24 @@ async fn an_upstream_answering_before_the_upload_ends_has_its_answer_passed_on()
     let mut c = proxy.connect().await;
     still_usable(&mut c).await;
     assert_eq!(b.connections(), 2);
+}
+
+/// Starts a POST of `len` bytes, more than the sockets on the way hold (so
+/// the upload cannot be over before the proxy answers), and sends its body
+/// until the proxy stops taking it.
+async fn upload_until_refused(c: &mut Wire, len: usize) {
+    c.send(format!(
+        "POST /up HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len}\r\n\r\n"
+    ))
+    .await
+    .unwrap();
+    let piece = pattern(65_536);
+    for _ in 0..len / piece.len() {
+        let more = tokio::time::timeout(Duration::from_millis(500), c.send(&piece)).await;
+        if !matches!(more, Ok(Ok(()))) {
+            return;
+        }
+    }
 }
 
 /// A backend that reads a request's head, does `then` (answers, or not),
@@ -2279,18 +2284,7 @@ async fn an_upstream_that_stops_reading_an_upload_is_given_up() {
     let settings = "upstream_timeout = \"1s\"\nclient_body_timeout = \"1s\"";
     let proxy = proxy_to(b.addr, settings).await;
     let mut c = proxy.connect().await;
-    c.send(format!(
-        "POST /up HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {LEN}\r\n\r\n"
-    ))
-    .await
-    .unwrap();
-    let piece = pattern(65_536);
-    for _ in 0..LEN / piece.len() {
-        let more = tokio::time::timeout(Duration::from_millis(500), c.send(&piece)).await;
-        if !matches!(more, Ok(Ok(()))) {
-            break;
-        }
-    }
+    upload_until_refused(&mut c, LEN).await;
     let r = c.read_response("POST").await.unwrap();
     assert_eq!(r.status, 504, "{}", r.head.text());
     go_on.notify_one();
