@@ -818,6 +818,71 @@ async fn a_relayed_body_that_breaks_off_is_logged_incomplete() {
     assert!(portico.wait_exit(WAIT).await.success());
 }
 
+/// A client that stops reading its response is disconnected after
+/// `client_send_timeout`, and the request's log line says so, on both
+/// request paths (a GET on the fast path, a chunked POST on hyper's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_send_timeout_is_logged_as_the_reason() {
+    // A body larger than every socket buffer on the way holds.
+    const LEN: usize = 256 * 1024 * 1024;
+    let backend = portico_testkit::raw::RawBackend::start(|mut conn| async move {
+        if conn.next_request().await.is_some() {
+            conn.send(format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n"))
+                .await;
+            let piece = vec![b'x'; 65_536];
+            for _ in 0..LEN / piece.len() {
+                match conn.wire.send(&piece).await {
+                    Ok(()) => {}
+                    // The test's own bound on a write, not the proxy.
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(_) => return,
+                }
+            }
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        "client_send_timeout = \"1s\"",
+        &[service("web", &["web.test"], &[backend.addr])],
+    );
+    let (mut portico, addr, _) = run_config(dir.path(), &text, &[]).await;
+    let mut clients = Vec::new();
+    for request in [
+        "GET /fast HTTP/1.1\r\nHost: web.test\r\n\r\n",
+        "POST /hyper HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    ] {
+        let mut c = portico_testkit::raw::Wire::connect(addr).await;
+        c.send(request).await.unwrap();
+        // Reads the head and nothing more, the connection left open.
+        c.read_head().await.unwrap().expect("a response head");
+        clients.push(c);
+    }
+    for path in ["/fast", "/hyper"] {
+        let line = portico
+            .wait_for_line(
+                |l| {
+                    let f = parse_logfmt(l);
+                    f.get("msg").map(String::as_str) == Some("request")
+                        && f.get("path").map(String::as_str) == Some(path)
+                },
+                WAIT,
+            )
+            .await;
+        let f = parse_logfmt(&line);
+        assert_eq!(f["status"], "200", "{line:?}");
+        assert_eq!(f["complete"], "false", "{line:?}");
+        assert!(
+            f.get("error")
+                .is_some_and(|e| e.contains("client_send_timeout")),
+            "{line:?}"
+        );
+    }
+    drop(clients);
+    portico.signal("TERM");
+    assert!(portico.wait_exit(WAIT).await.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_can_be_turned_off() {
     let backend = Backend::echo("web-1").await;

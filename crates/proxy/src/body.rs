@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use crate::access_log::AccessLog;
 use crate::framing::{Cut, Framing, Rest};
 use crate::health::Admitted;
-use crate::io::Stall;
+use crate::io::{SendTimedOut, Stall};
 use crate::metrics::Tally;
 use crate::upstream::{Busy, Conn, RawConn, Upstream};
 
@@ -37,7 +37,9 @@ pub struct ResponseBody {
     /// once the body has ended cleanly.
     lease: Option<(Conn, Arc<Upstream>)>,
     bytes: u64,
-    log: Option<Box<AccessLog>>,
+    /// The request's log line, and whether the client's connection timed
+    /// out (which says why a body that ends early did).
+    log: Option<(Box<AccessLog>, Arc<SendTimedOut>)>,
     /// Counts the request as in flight until the response is done.
     in_flight: Option<InFlight>,
     /// Its place under the service's cap, its count on its upstream.
@@ -151,8 +153,8 @@ impl ResponseBody {
         self.tally = Some((tally, status));
     }
 
-    pub fn set_log(&mut self, log: Box<AccessLog>) {
-        self.log = Some(log);
+    pub(crate) fn set_log(&mut self, log: Box<AccessLog>, send: Arc<SendTimedOut>) {
+        self.log = Some((log, send));
     }
 
     fn release_if_done(&mut self) {
@@ -219,7 +221,7 @@ impl ResponseBody {
             b.abandon();
         }
         let e = UpstreamStalled(limit);
-        if let Some(log) = &mut self.log {
+        if let Some((log, _)) = &mut self.log {
             log.error = Some(format!("upstream body: {e}"));
         }
         e.into()
@@ -234,7 +236,7 @@ impl ResponseBody {
             Source::Full(data) => data.take().map(|d| Ok(Frame::data(d))),
             Source::Relayed(b) => match ready!(b.poll_data(cx)) {
                 Some(Err(e)) => {
-                    if let Some(log) = &mut this.log {
+                    if let Some((log, _)) = &mut this.log {
                         log.error = Some(format!("upstream body: {e}"));
                     }
                     Some(Err(e.into()))
@@ -251,7 +253,7 @@ impl ResponseBody {
                 Some(Err(e)) => {
                     // The connection is in an unknown state: never reuse it.
                     this.lease = None;
-                    if let Some(log) = &mut this.log {
+                    if let Some((log, _)) = &mut this.log {
                         log.error = Some(format!("upstream body: {e}"));
                     }
                     Some(Err(e.into()))
@@ -283,8 +285,11 @@ impl Drop for ResponseBody {
         if let Some((tally, status)) = self.tally.take() {
             tally.finish(status, self.bytes);
         }
-        if let Some(log) = self.log.take() {
+        if let Some((mut log, send)) = self.log.take() {
             let complete = self.is_end_stream();
+            if !complete && log.error.is_none() {
+                log.error = send.error().map(|e| e.to_string());
+            }
             log.emit(self.bytes, complete);
         }
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use crate::headers::ip_value;
+use crate::io::SendTimedOut;
 use crate::Proxy;
 
 /// What the request's connection says about it.
@@ -17,6 +18,9 @@ pub(crate) struct ConnInfo {
     pub client_ip: HeaderValue,
     /// Set on connections that came in over TLS.
     pub tls: Option<TlsInfo>,
+    /// Set once the client took none of its responses for
+    /// `client_send_timeout` (on hyper's connections).
+    pub send_timed_out: Arc<SendTimedOut>,
 }
 
 impl ConnInfo {
@@ -26,6 +30,7 @@ impl ConnInfo {
             client,
             client_ip: ip_value(client.ip()),
             tls,
+            send_timed_out: Arc::default(),
         }
     }
 }

@@ -80,6 +80,7 @@ where
     let io = crate::io::Lingering::new(crate::io::SendDeadline::new(
         io,
         snapshot.config.proxy.client_send_timeout,
+        info.send_timed_out.clone(),
     ));
     let service = service_fn(move |req| {
         // On the heap: an HTTP/2 stream moves its request's future into a
@@ -287,7 +288,7 @@ pub(crate) async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Respo
     }
     if let Some(mut log) = log {
         pipeline::record(&mut log, resp.status(), &attempts);
-        resp.body_mut().set_log(log);
+        resp.body_mut().set_log(log, conn.send_timed_out.clone());
     }
     resp.body_mut().set_in_flight(in_flight);
     resp

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -199,6 +200,18 @@ pub(crate) fn send_timed_out(limit: Duration) -> io::Error {
     )
 }
 
+/// Set once a connection's [`SendDeadline`] has passed, so that the
+/// responses it ended log why.
+#[derive(Default)]
+pub(crate) struct SendTimedOut(std::sync::OnceLock<Duration>);
+
+impl SendTimedOut {
+    /// The error the client's connection ended with, if it timed out.
+    pub(crate) fn error(&self) -> Option<io::Error> {
+        self.0.get().map(|limit| send_timed_out(*limit))
+    }
+}
+
 /// A client stream whose writes must make progress within a limit
 /// (`client_send_timeout`, nginx's `send_timeout`): a client that stops
 /// reading cannot hold its connection, its upstream's and their buffers
@@ -206,13 +219,15 @@ pub(crate) fn send_timed_out(limit: Duration) -> io::Error {
 pub(crate) struct SendDeadline<I> {
     inner: I,
     stall: Stall,
+    timed_out: Arc<SendTimedOut>,
 }
 
 impl<I> SendDeadline<I> {
-    pub(crate) fn new(inner: I, limit: Duration) -> SendDeadline<I> {
+    pub(crate) fn new(inner: I, limit: Duration, timed_out: Arc<SendTimedOut>) -> SendDeadline<I> {
         SendDeadline {
             inner,
             stall: Stall::new(limit),
+            timed_out,
         }
     }
 
@@ -226,7 +241,10 @@ impl<I> SendDeadline<I> {
             return polled;
         }
         match self.stall.poll_expired(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(send_timed_out(self.stall.limit))),
+            Poll::Ready(()) => {
+                let _ = self.timed_out.0.set(self.stall.limit);
+                Poll::Ready(Err(send_timed_out(self.stall.limit)))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
