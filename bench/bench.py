@@ -1281,6 +1281,54 @@ health_timeout = "500ms"
 # ---------------------------------------------------------------- phases
 
 
+def time_wait_sockets():
+    """Connections to the backends in TIME_WAIT (state 06 in /proc/net/tcp,
+    remote port a backend's): those a proxy's next connects to the backends
+    must search past. The client's own (bench-paced spreads them over 64
+    source addresses) do not get in the way."""
+    ports = {f":{p:04X}" for p in BACKENDS}
+    n = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split(None, 4)
+            if len(parts) > 3 and parts[3] == "06" and parts[2][-5:] in ports:
+                n += 1
+    return n
+
+
+def settle(sname, rep, name, others):
+    """Before a run under many connections: wait (up to the kernel's 60 s
+    TIME_WAIT and a little) for the connections to the backends an earlier
+    proxy's run left in TIME_WAIT to expire. A proxy that opened tens of
+    thousands of upstream connections (Traefik and Caddy falling behind do:
+    76,644 seen after one Caddy run) leaves that many 4-tuples in
+    TIME_WAIT, and the next proxy's connects to the backends then search a
+    nearly full port range: slow enough to stall whichever proxy runs next
+    (Portico, by the fixed order, in every repetition but the first).
+    Also until the other proxies (`others`) are idle: one that fell behind
+    goes on working through its backlog after its run, on the CPU the next
+    proxy is pinned to."""
+    started = time.monotonic()
+    pids = [pid for p in others for pid in p.pids]
+    while True:
+        tw = time_wait_sockets()
+        t0 = cpu_ticks(pids)
+        time.sleep(0.5)
+        busy = (cpu_ticks(pids) - t0) / CLK_TCK / 0.5
+        waited = time.monotonic() - started
+        if (tw <= SETTLE_TIME_WAIT and busy < 0.02) or waited > 65:
+            break
+    if waited > 1:
+        log(f"  {sname:20} rep {rep + 1} {name:16} waited {waited:.0f} s for the others to idle "
+            f"({busy:.0%} of a CPU) and TIME_WAIT to expire ({tw} left)")
+
+
+# Below this many connections to the backends in TIME_WAIT a run under
+# many connections starts.
+SETTLE_TIME_WAIT = 5000
+
+
 def phase(label, args, work, www, workers, cpu_proxy, cpu_load, threads, scenarios, names=PROXIES):
     log(f"\n== {label}: proxies with {workers} worker(s)"
         + (f" on CPU {cpu_proxy}, load and backends on CPU {cpu_load}" if cpu_proxy is not None
@@ -1325,6 +1373,16 @@ def phase(label, args, work, www, workers, cpu_proxy, cpu_load, threads, scenari
             warm_up = warm_up and bool(sc[4].get("nowarm"))
             for rep in range(REPS):
                 for name in here:
+                    if sname == MANY_NAME:
+                        # A clean start for each: the backends without the
+                        # earlier proxies' idle upstream connections (Traefik
+                        # and Caddy, falling behind, leave thousands, and the
+                        # backends' descriptors with them), and those
+                        # connections' TIME_WAIT expired.
+                        backends.stop()
+                        others = [p for n, p in procs.items() if n != name]
+                        settle(sname, rep, name, others)
+                        backends = start_backends(work, www, cpu_load)
                     try:
                         r = measure(procs[name], name, sc, cpu_load, threads, work)
                     except RuntimeError as e:
