@@ -764,6 +764,20 @@ async fn request_line(portico: &Portico, id: &str) -> String {
         .await
 }
 
+/// The access-log line of the one request to `path`, once it is written.
+async fn path_line(portico: &Portico, path: &str) -> String {
+    portico
+        .wait_for_line(
+            |l| {
+                let f = parse_logfmt(l);
+                f.get("msg").map(String::as_str) == Some("request")
+                    && f.get("path").map(String::as_str) == Some(path)
+            },
+            WAIT,
+        )
+        .await
+}
+
 /// An HTTP/2 client's GET goes to its HTTP/1.1 upstream through the relay
 /// (`crates/proxy/src/relay.rs`); a body that breaks off there is logged
 /// as incomplete, with the reason.
@@ -792,16 +806,7 @@ async fn a_relayed_body_that_breaks_off_is_logged_incomplete() {
     // the frames still queued for the stream, HEADERS among them, if the
     // connection task has not written them yet. The log line is found by
     // its path, the only request to /short.
-    let line = portico
-        .wait_for_line(
-            |l| {
-                let f = parse_logfmt(l);
-                f.get("msg").map(String::as_str) == Some("request")
-                    && f.get("path").map(String::as_str) == Some("/short")
-            },
-            WAIT,
-        )
-        .await;
+    let line = path_line(&portico, "/short").await;
     let f = parse_logfmt(&line);
     if let Some(id) = r.header("x-request-id") {
         assert_eq!(f["request_id"], id, "{line:?}");
@@ -859,16 +864,7 @@ async fn a_client_send_timeout_is_logged_as_the_reason() {
         clients.push(c);
     }
     for path in ["/fast", "/hyper"] {
-        let line = portico
-            .wait_for_line(
-                |l| {
-                    let f = parse_logfmt(l);
-                    f.get("msg").map(String::as_str) == Some("request")
-                        && f.get("path").map(String::as_str) == Some(path)
-                },
-                WAIT,
-            )
-            .await;
+        let line = path_line(&portico, path).await;
         let f = parse_logfmt(&line);
         assert_eq!(f["status"], "200", "{line:?}");
         assert_eq!(f["complete"], "false", "{line:?}");
