@@ -107,8 +107,9 @@ MANY_CONNS = min(int(os.environ.get("BENCH_MANY_CONNS", "2000" if QUICK else str
 MANY_RAMP = 1.0
 MANY_WINDOW = float(os.environ.get("BENCH_MANY_WINDOW", "1" if QUICK else "2"))
 
-# HAProxy's connection cap: room for the idle-connection test's clients and
-# the many-connections scenario.
+# HAProxy's connection cap, and Portico's max_client_connections (whose
+# "auto" is half the descriptor limit): room for the idle-connection test's
+# clients and the many-connections scenario.
 MAXCONN = max(12000, MANY_CONNS + 1000)
 
 # The routing-table scenarios' tables: 50 path prefixes on foo.app.test,
@@ -599,6 +600,7 @@ https_listen = "127.0.0.1:{https}"
 proxy_id = "bench"
 access_log = false
 idle_connections_per_upstream = 512
+max_client_connections = {MAXCONN}
 {admin_table}
 [[service]]
 name = "foo"

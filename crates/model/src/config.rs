@@ -55,6 +55,14 @@ pub struct ProxySettings {
     /// A client that takes none of its response for this long is
     /// disconnected (nginx's `send_timeout`).
     pub client_send_timeout: Duration,
+    /// Cap on client connections open at once, over every listener and
+    /// worker. At the cap, new connections wait in the kernel's listen
+    /// backlog until one closes, so that a flood of connections cannot take
+    /// the descriptors that upstream connections, health checks, config
+    /// files and the admin API need. `None` (`"auto"`, the default): half
+    /// of the descriptors the process may open, less a reserve (HAProxy's
+    /// rule: each client connection may need an upstream one).
+    pub max_client_connections: Option<usize>,
     /// Cap on open connections to each upstream address (busy and idle).
     pub max_connections_per_upstream: usize,
     /// How many idle keep-alive connections are kept per upstream address.
@@ -382,6 +390,7 @@ impl Default for ProxySettings {
             tunnel_idle_timeout: Duration::from_secs(600),
             client_body_timeout: Duration::from_secs(60),
             client_send_timeout: Duration::from_secs(60),
+            max_client_connections: None,
             max_connections_per_upstream: 1024,
             idle_connections_per_upstream: 128,
             max_header_bytes: 64 * 1024,
@@ -784,6 +793,7 @@ struct RawProxy {
     tunnel_idle_timeout: Option<Spanned<String>>,
     client_body_timeout: Option<Spanned<String>>,
     client_send_timeout: Option<Spanned<String>>,
+    max_client_connections: Option<Spanned<RawCount>>,
     max_connections_per_upstream: Option<Spanned<i64>>,
     idle_connections_per_upstream: Option<Spanned<i64>>,
     max_header_bytes: Option<Spanned<i64>>,
@@ -846,6 +856,47 @@ impl RawSize {
         match self {
             RawSize::Int(n) => rules::size_from_int(*n),
             RawSize::Text(t) => rules::parse_size(t),
+        }
+    }
+}
+
+/// A count that may also be left to Portico: a number, or `"auto"`.
+enum RawCount {
+    Int(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawCount;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number, or \"auto\"")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawCount, E> {
+                Ok(RawCount::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawCount, E> {
+                i64::try_from(v)
+                    .map(RawCount::Int)
+                    .map_err(|_| E::custom("too large"))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawCount, E> {
+                Ok(RawCount::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl RawCount {
+    /// At least `min`, or `None` for `"auto"`.
+    fn parse(&self, min: u32) -> Result<Option<usize>, String> {
+        match self {
+            RawCount::Int(n) => rules::number_in(*n, min, u32::MAX).map(|n| Some(n as usize)),
+            RawCount::Text(t) if t == "auto" => Ok(None),
+            RawCount::Text(t) => Err(format!("{t:?} is not a number or \"auto\"")),
         }
     }
 }
@@ -1248,6 +1299,14 @@ fn validate_proxy(raw: &RawProxy, r: &mut Reporter<'_>) -> ProxySettings {
         if let Some(v) = read(value, field, |&n| rules::percent(n), r) {
             *slot = v;
         }
+    }
+    if let Some(n) = read(
+        &raw.max_client_connections,
+        "proxy.max_client_connections",
+        |c| c.parse(1),
+        r,
+    ) {
+        p.max_client_connections = n;
     }
     if let Some(d) = read(&raw.hedge_delay, "proxy.hedge_delay", |t| hedge_delay(t), r) {
         p.hedge_delay = d;
@@ -2752,6 +2811,28 @@ default_backend = true
                 "p.toml:3:25: proxy.max_bodies_per_client: must be at least 0",
                 "p.toml:2:24: proxy.client_body_min_rate: \"1KiB\" is not a rate such as \"1KiB/s\" (a size a second), or \"off\"",
             ]
+        );
+    }
+
+    #[test]
+    fn max_client_connections_is_a_number_or_auto() {
+        assert_eq!(ProxySettings::default().max_client_connections, None);
+        let n = Config::parse("[proxy]\nmax_client_connections = 5000\n", "p.toml").unwrap();
+        assert_eq!(n.proxy.max_client_connections, Some(5000));
+        let auto = Config::parse("[proxy]\nmax_client_connections = \"auto\"\n", "p.toml").unwrap();
+        assert_eq!(auto.proxy.max_client_connections, None);
+        assert_eq!(
+            errors("[proxy]\nmax_client_connections = 0\n"),
+            ["p.toml:2:26: proxy.max_client_connections: must be at least 1"]
+        );
+        assert_eq!(
+            errors("[proxy]\nmax_client_connections = \"lots\"\n"),
+            ["p.toml:2:26: proxy.max_client_connections: \"lots\" is not a number or \"auto\""]
+        );
+        let wrong = errors("[proxy]\nmax_client_connections = true\n");
+        assert!(
+            wrong[0].contains("expected a number, or \"auto\""),
+            "{wrong:?}"
         );
     }
 

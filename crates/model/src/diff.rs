@@ -258,6 +258,10 @@ static PROXY_FIELDS: &[Field<ProxySettings>] = &[
     ("max_bodies_per_client", |p| {
         p.max_bodies_per_client.to_string()
     }),
+    ("max_client_connections", |p| {
+        p.max_client_connections
+            .map_or_else(|| "auto".to_owned(), |n| n.to_string())
+    }),
     ("max_connections_per_upstream", |p| {
         p.max_connections_per_upstream.to_string()
     }),
@@ -395,6 +399,7 @@ fn every_field_is_listed(
         tunnel_idle_timeout: _,
         client_body_timeout: _,
         client_send_timeout: _,
+        max_client_connections: _,
         max_connections_per_upstream: _,
         idle_connections_per_upstream: _,
         max_header_bytes: _,

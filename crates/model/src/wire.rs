@@ -543,6 +543,9 @@ fn proxy(p: &ProxySettings, out: &mut Problems) {
     for (key, n, min) in counts {
         out.check(at, key, count(n, min));
     }
+    if let Some(n) = p.max_client_connections {
+        out.check(at, "max_client_connections", count(n, 1));
+    }
     if let Some(uri) = &p.health_uri {
         out.check(at, "health_uri", rules::parse_health_uri(uri).map(drop));
     }
@@ -850,6 +853,7 @@ health_uri = "/-/healthz"
 tunnel_idle_timeout = "1h"
 client_body_timeout = "61s"
 client_send_timeout = "59s"
+max_client_connections = 5000
 max_connections_per_upstream = 10
 idle_connections_per_upstream = 3
 max_header_bytes = 16384

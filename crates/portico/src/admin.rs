@@ -383,6 +383,7 @@ fn config_body(c: &Config) -> ConfigBody {
         upstream_timeout: d(p.upstream_timeout),
         client_header_timeout: d(p.client_header_timeout),
         shutdown_grace: d(p.shutdown_grace),
+        max_client_connections: p.max_client_connections,
         max_connections_per_upstream: p.max_connections_per_upstream,
         idle_connections_per_upstream: p.idle_connections_per_upstream,
         max_header_bytes: p.max_header_bytes,

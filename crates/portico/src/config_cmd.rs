@@ -347,6 +347,7 @@ mod tests {
             upstream_timeout: "1m".into(),
             client_header_timeout: "30s".into(),
             shutdown_grace: "30s".into(),
+            max_client_connections: None,
             max_connections_per_upstream: 1024,
             idle_connections_per_upstream: 128,
             max_header_bytes: 65536,

@@ -225,6 +225,23 @@ fn main() -> ExitCode {
         Command::Proxy(args) => Some(args.workers),
         _ => None,
     };
+    // Every command left runs a server. Before the proxy is built:
+    // max_client_connections = "auto" is read from this limit.
+    match portico_proxy::raise_descriptor_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(
+                before,
+                after,
+                "raised the descriptor limit to its hard limit"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            limit = portico_proxy::descriptor_limit(),
+            error = %e,
+            "cannot raise the descriptor limit"
+        ),
+    }
     let mut builder = match workers {
         Some(_) => tokio::runtime::Builder::new_current_thread(),
         None => tokio::runtime::Builder::new_multi_thread(),
@@ -552,7 +569,13 @@ async fn start(
         Some(listener) => Some(listener.local_addr()?),
         None => None,
     };
-    tracing::info!(listen = %local, workers, "starting server");
+    tracing::info!(
+        listen = %local,
+        workers,
+        max_client_connections = proxy.max_client_connections(),
+        descriptors = portico_proxy::descriptor_limit(),
+        "starting server"
+    );
     if let Some(addr) = https_addr {
         tracing::info!(listen = %addr, "starting HTTPS server");
     }

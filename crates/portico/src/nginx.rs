@@ -823,7 +823,26 @@ impl Writer<'_> {
              # would do it. \"# portico:\" comments say where nginx differs or cannot follow.\n\n",
         );
         out.push_str("worker_processes auto;\nerror_log /dev/stderr warn;\n\n");
-        out.push_str("events {\n    worker_connections 1024;\n}\n\nhttp {\n");
+        match p.max_client_connections {
+            // nginx counts upstream connections in worker_connections too,
+            // per worker; Portico's cap is on client connections, overall.
+            Some(n) => {
+                out.push_str("events {\n");
+                note(
+                    &mut out,
+                    "    ",
+                    &format!(
+                        "max_client_connections {n}: worker_connections counts client and upstream connections, per worker"
+                    ),
+                );
+                let _ = writeln!(
+                    out,
+                    "    worker_connections {};\n}}\n\nhttp {{",
+                    n.saturating_mul(2)
+                );
+            }
+            None => out.push_str("events {\n    worker_connections 1024;\n}\n\nhttp {\n"),
+        }
         let g = "    ";
         out.push_str("    server_tokens off;\n");
         // Portico's own redirects name a path, not a whole URL.
@@ -1034,6 +1053,7 @@ hide_info_headers = true
 proxy_id = "lb-\"1$x;}"
 tls_profile = "modern"
 hedge_delay = "off"
+max_client_connections = 3000
 
 [[service]]
 name = "hostile"
@@ -1162,6 +1182,8 @@ tls_key = "dock.key"
         has("        listen [::1]:18443 ssl http2 proxy_protocol;\n");
         has("        real_ip_header proxy_protocol;\n");
         has("    ssl_protocols TLSv1.3;\n");
+        has("    worker_connections 6000;\n");
+        has("max_client_connections 3000: worker_connections counts client and upstream connections");
         assert!(!out.contains("x-server-info \""), "hidden: {out}");
         assert!(!out.contains("hedge_delay"), "off: {out}");
         // a.wild.test has no certificate of its own: the wildcard's above it.

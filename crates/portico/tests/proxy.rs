@@ -674,11 +674,10 @@ async fn upgrading_backend() -> (SocketAddr, Arc<std::sync::Mutex<String>>) {
     (addr, seen)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_upgrades_are_tunnelled_both_ways() {
-    let (backend, seen) = upgrading_backend().await;
-    let proxy = TestProxy::start(&service("ws", &["ws.test"], &[backend])).await;
-    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+/// Opens a websocket to `ws.test` through the proxy at `addr`: the
+/// connection, and the response head, lower case.
+async fn open_websocket(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let mut c = TcpStream::connect(addr).await.unwrap();
     c.write_all(b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -690,7 +689,25 @@ async fn websocket_upgrades_are_tunnelled_both_ways() {
         assert!(n > 0, "closed: {}", String::from_utf8_lossy(&head));
         head.push(byte[0]);
     }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    (c, String::from_utf8_lossy(&head).to_lowercase())
+}
+
+/// Sends `msg` on a websocket to the upgrading backend and reads its echo.
+async fn echoed(c: &mut TcpStream, msg: &[u8]) {
+    c.write_all(msg).await.unwrap();
+    let mut got = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, msg.to_ascii_uppercase());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_are_tunnelled_both_ways() {
+    let (backend, seen) = upgrading_backend().await;
+    let proxy = TestProxy::start(&service("ws", &["ws.test"], &[backend])).await;
+    let (mut c, head) = open_websocket(proxy.addr).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(
         head.contains("upgrade: websocket") && head.contains("connection: upgrade"),
@@ -713,14 +730,43 @@ async fn websocket_upgrades_are_tunnelled_both_ways() {
         "{upstream_head}"
     );
     for msg in [&b"hello"[..], b"second frame"] {
-        c.write_all(msg).await.unwrap();
-        let mut got = vec![0u8; msg.len()];
-        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got, msg.to_ascii_uppercase());
+        echoed(&mut c, msg).await;
     }
+}
+
+/// A websocket outlives the task of the connection it was upgraded on; it
+/// still holds that connection's place under max_client_connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_keeps_its_place_under_max_client_connections() {
+    let (backend, _) = upgrading_backend().await;
+    let proxy = TestProxy::start(&format!(
+        "[proxy]\nmax_client_connections = 1\n\n{}",
+        service("ws", &["ws.test"], &[backend])
+    ))
+    .await;
+    let (mut ws, head) = open_websocket(proxy.addr).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    echoed(&mut ws, b"hello").await;
+    let mut other = TcpStream::connect(proxy.addr).await.unwrap();
+    other
+        .write_all(b"GET / HTTP/1.1\r\nHost: ws.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(500), other.read(&mut byte)).await;
+    assert!(early.is_err(), "served beside the websocket: {early:?}");
+    echoed(&mut ws, b"still open").await;
+    drop(ws);
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), other.read_to_end(&mut out))
+        .await
+        .expect("never served after the websocket closed")
+        .unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
 }
 
 /// upstream_timeout measures the upstream: a slow upload is not its fault.

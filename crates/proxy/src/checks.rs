@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::health::lock;
 use crate::snapshot::Snapshot;
-use crate::upstream::Upstream;
+use crate::upstream::{ProbeFailed, Upstream};
 
 /// The active checks running, one task per upstream and check.
 #[derive(Default)]
@@ -167,13 +167,24 @@ async fn check_loop(upstream: Arc<Upstream>, key: CheckKey, limit: Arc<Semaphore
                 .probe(&mut kept, &host, &check.path, check.timeout)
                 .await
         };
-        if probe {
-            let ok = matches!(result, Ok(status) if check.accepts(status));
-            upstream
-                .stats
-                .record_probe(upstream.addr, &host, ok, result, started.elapsed());
-        } else {
-            upstream.health.record_check(upstream.addr, &check, result);
+        let result = match result {
+            Ok(status) => Some(Ok(status)),
+            Err(ProbeFailed::Upstream(why)) => Some(Err(why)),
+            Err(ProbeFailed::Local(why)) => {
+                // Out of descriptors: this says nothing of the upstream.
+                tracing::warn!(upstream = %upstream.addr, error = %why, "health check not made; not counted");
+                None
+            }
+        };
+        match result {
+            None => {}
+            Some(result) if probe => {
+                let ok = matches!(result, Ok(status) if check.accepts(status));
+                upstream
+                    .stats
+                    .record_probe(upstream.addr, &host, ok, result, started.elapsed());
+            }
+            Some(result) => upstream.health.record_check(upstream.addr, &check, result),
         }
         // ±10 %: checks that started together drift apart.
         let jitter = 0.9 + fastrand::f64() * 0.2;

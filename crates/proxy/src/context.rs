@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use crate::admission::Slot;
 use crate::headers::ip_value;
 use crate::io::SendTimedOut;
 use crate::Proxy;
@@ -21,16 +22,25 @@ pub(crate) struct ConnInfo {
     /// Set once the client took none of its responses for
     /// `client_send_timeout` (on hyper's connections).
     pub send_timed_out: Arc<SendTimedOut>,
+    /// The connection's place under `max_client_connections`, for a
+    /// websocket tunnel to hold as long as it holds the descriptor.
+    pub slot: Option<Arc<Slot>>,
 }
 
 impl ConnInfo {
-    pub fn new(proxy: Arc<Proxy>, client: SocketAddr, tls: Option<TlsInfo>) -> ConnInfo {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        client: SocketAddr,
+        tls: Option<TlsInfo>,
+        slot: Option<Arc<Slot>>,
+    ) -> ConnInfo {
         ConnInfo {
             proxy,
             client,
             client_ip: ip_value(client.ip()),
             tls,
             send_timed_out: Arc::default(),
+            slot,
         }
     }
 }

@@ -492,7 +492,10 @@ async fn forward(
             } else {
                 Listener::Http
             };
-            let gauge = conn.proxy.stats.open(listener, Protocol::Websocket);
+            let gauge = conn
+                .proxy
+                .stats
+                .open(listener, Protocol::Websocket, conn.slot.clone());
             tokio::spawn(async move {
                 join_upgraded(client_side, upstream_side, idle).await;
                 drop(gauge);

@@ -40,6 +40,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
 use crate::access_log::{AccessLog, CombinedExtra};
+use crate::admission::Slot;
 use crate::answer::Answer;
 use crate::balance;
 use crate::body::{InFlight, UpstreamStalled};
@@ -328,8 +329,11 @@ pub(crate) async fn serve(
     proxy: Arc<crate::Proxy>,
     client: SocketAddr,
     shared: Arc<Shared>,
+    slot: Arc<Slot>,
 ) {
-    let gauge = proxy.stats.open(Listener::Http, Protocol::Http1);
+    let gauge = proxy
+        .stats
+        .open(Listener::Http, Protocol::Http1, Some(slot));
     let conn = (client, None, false, gauge);
     serve_from(Client::Plain(stream), proxy, shared, conn).await;
 }
@@ -461,7 +465,7 @@ async fn serve_from(
         gauge.now(Protocol::H2);
     }
     let io = Prefixed::new(pending, stream);
-    let info = ConnInfo::new(proxy, client, tls.map(|t| *t));
+    let info = ConnInfo::new(proxy, client, tls.map(|t| *t), gauge.slot());
     // On the heap: hyper's connection future is large, and inline it would
     // make every connection's task that large, idle ones included.
     Box::pin(forward::serve_http(io, info, alpn, watcher)).await;

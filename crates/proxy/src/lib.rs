@@ -14,6 +14,9 @@
 //!   its own `SO_REUSEPORT` listeners.
 //! - [`server`]: the accept loops over already-bound listeners (PROXY
 //!   protocol, TLS by SNI, passthrough), graceful drain.
+//! - `admission`: client connections against `max_client_connections`
+//!   (the accept loops wait at the cap; a connection's slot lives as long
+//!   as its descriptor).
 //! - `h1`: the HTTP/1.1 byte codec, for requests without a body or with a
 //!   `Content-Length` one (from cleartext or TLS clients) to cleartext
 //!   HTTP/1.1 upstreams; hands anything else, with the bytes it read, to
@@ -60,6 +63,8 @@
 //!   listeners they count, and their Prometheus exposition.
 #![forbid(unsafe_code)]
 
+mod admission;
+pub use admission::{descriptor_limit, raise_descriptor_limit};
 pub mod access_log;
 mod answer;
 mod balance;
@@ -122,6 +127,8 @@ pub struct Proxy {
     pub(crate) bodies: Arc<upload::BodySlots>,
     /// Connections, handshakes and unrouted requests, for metrics.
     pub(crate) stats: Arc<metrics::ProxyStats>,
+    /// Client connections open against `max_client_connections`.
+    pub(crate) admission: Arc<admission::Admission>,
     /// Set by [`Proxy::start_draining`]; never cleared.
     draining: std::sync::atomic::AtomicBool,
     /// Cleared by [`Proxy::set_ready`] while the proxy has no routes worth
@@ -155,6 +162,7 @@ impl Proxy {
             checks: Default::default(),
             bodies: Arc::default(),
             stats: Arc::default(),
+            admission: Arc::new(admission::Admission::new()),
             draining: Default::default(),
             not_ready: Default::default(),
         })
@@ -280,7 +288,16 @@ impl Proxy {
             &self.sessions,
         );
         self.current.store(Arc::new(next));
+        // max_client_connections may have risen.
+        self.admission.recheck();
         tracing::info!(version = %version, services, "configured proxy");
+    }
+
+    /// The cap on client connections in force: `max_client_connections`,
+    /// or what `"auto"` stands for in this process.
+    pub fn max_client_connections(&self) -> usize {
+        self.admission
+            .cap(self.snapshot().config.proxy.max_client_connections)
     }
 
     pub fn identity(&self) -> &Identity {

@@ -19,6 +19,7 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::MetricType;
 
+use crate::admission::Slot;
 use crate::error::ProxyError;
 use crate::Proxy;
 
@@ -373,14 +374,22 @@ pub struct ProxyStats {
 }
 
 impl ProxyStats {
-    /// Counts a connection as open (and accepted) until the guard drops.
-    pub fn open(self: &Arc<Self>, listener: Listener, protocol: Protocol) -> OpenConn {
+    /// Counts a connection as open (and accepted) until the guard drops;
+    /// the guard also holds the connection's place under
+    /// `max_client_connections`.
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        listener: Listener,
+        protocol: Protocol,
+        slot: Option<Arc<Slot>>,
+    ) -> OpenConn {
         self.accepted[listener as usize][protocol as usize].fetch_add(1, Relaxed);
         self.open[listener as usize][protocol as usize].fetch_add(1, Relaxed);
         OpenConn {
             stats: self.clone(),
             listener,
             protocol,
+            slot,
         }
     }
 
@@ -407,9 +416,16 @@ pub struct OpenConn {
     stats: Arc<ProxyStats>,
     listener: Listener,
     protocol: Protocol,
+    /// Shared with a websocket tunnel, which outlives the connection's task.
+    slot: Option<Arc<Slot>>,
 }
 
 impl OpenConn {
+    /// The connection's place under `max_client_connections`.
+    pub(crate) fn slot(&self) -> Option<Arc<Slot>> {
+        self.slot.clone()
+    }
+
     /// The connection turned out to speak `protocol` (h2c after the
     /// preface, a websocket after the upgrade).
     pub fn now(&mut self, protocol: Protocol) {
@@ -750,6 +766,29 @@ impl Collector for ProxyCollector {
                 )
             }),
         )?;
+        let admission = &proxy.admission;
+        family(
+            &mut encoder,
+            "portico_client_connections_max",
+            "max_client_connections in force (\"auto\" resolved from the descriptor limit)",
+            None,
+            MetricType::Gauge,
+            [(
+                vec![],
+                Value::Gauge(
+                    i64::try_from(admission.cap(snap.config.proxy.max_client_connections))
+                        .unwrap_or(i64::MAX),
+                ),
+            )],
+        )?;
+        family(
+            &mut encoder,
+            "portico_accept_waits",
+            "Times the accept loops found max_client_connections reached and left new connections waiting in the listen backlog",
+            None,
+            MetricType::Counter,
+            [(vec![], Value::Counter(admission.waits()))],
+        )?;
         family(
             &mut encoder,
             "portico_unforwarded_requests",
@@ -879,7 +918,7 @@ mod tests {
     #[test]
     fn open_connections_follow_their_protocol() {
         let stats = Arc::new(ProxyStats::default());
-        let mut c = stats.open(Listener::Http, Protocol::Http1);
+        let mut c = stats.open(Listener::Http, Protocol::Http1, None);
         assert_eq!(stats.open[0][0].load(Relaxed), 1);
         c.now(Protocol::H2);
         assert_eq!(stats.open[0][0].load(Relaxed), 0);

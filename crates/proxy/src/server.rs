@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Slot;
 use crate::context::{ConnInfo, TlsInfo};
 use crate::forward;
 use crate::metrics::{Listener, Protocol, TlsFailure};
@@ -64,7 +65,17 @@ async fn run(
     // Passthrough tunnels are not HTTP connections hyper can wind down;
     // they are tracked separately and get the same grace period.
     let tunnels = TaskTracker::new();
+    let admission = proxy.admission.clone();
+    let cap = || admission.cap(proxy.snapshot().config.proxy.max_client_connections);
     loop {
+        // A place under max_client_connections first: at the cap, new
+        // connections wait in the backlog rather than take descriptors
+        // that upstream connections need.
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            () = admission.room(cap) => {}
+        };
         let accepted = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -79,6 +90,12 @@ async fn run(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        // Another worker's loop may have taken the last slot meanwhile.
+        let slot = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            s = admission.admit(cap) => Arc::new(s),
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
@@ -96,21 +113,21 @@ async fn run(
             if expect_header {
                 tokio::spawn(async move {
                     if let Some(peer) = proxied_peer(&proxy, &mut stream, peer).await {
-                        tls_connection(proxy, stream, peer, shared, tunnels).await;
+                        tls_connection(proxy, stream, peer, shared, tunnels, slot).await;
                     }
                 });
             } else {
-                tokio::spawn(tls_connection(proxy, stream, peer, shared, tunnels));
+                tokio::spawn(tls_connection(proxy, stream, peer, shared, tunnels, slot));
             }
         } else if expect_header {
             let shared = shared.clone();
             tokio::spawn(async move {
                 if let Some(peer) = proxied_peer(&proxy, &mut stream, peer).await {
-                    crate::h1::serve(stream, proxy, peer, shared).await;
+                    crate::h1::serve(stream, proxy, peer, shared, slot).await;
                 }
             });
         } else {
-            tokio::spawn(crate::h1::serve(stream, proxy, peer, shared.clone()));
+            tokio::spawn(crate::h1::serve(stream, proxy, peer, shared.clone(), slot));
         }
     }
     drop(listener);
@@ -198,6 +215,7 @@ async fn tls_connection(
     peer: SocketAddr,
     shared: Arc<crate::h1::Shared>,
     tunnels: TaskTracker,
+    slot: Arc<Slot>,
 ) {
     let snap = proxy.snapshot();
     let limit = snap.config.proxy.client_header_timeout;
@@ -219,7 +237,9 @@ async fn tls_connection(
         // Validation keeps a passthrough site to one path: the connection's
         // bytes are never read, so no path could choose between several.
         if let (true, Some(&route)) = (site.passthrough, site.rules.last()) {
-            let _gauge = proxy.stats.open(Listener::Https, Protocol::Passthrough);
+            let _gauge = proxy
+                .stats
+                .open(Listener::Https, Protocol::Passthrough, Some(slot));
             tunnels
                 .track_future(passthrough(snap, route, stream, hello, peer))
                 .await;
@@ -260,7 +280,7 @@ async fn tls_connection(
         Some(b"h2") => (forward::Alpn::H2, Protocol::H2),
         _ => (forward::Alpn::Http1, Protocol::Http1),
     };
-    let gauge = proxy.stats.open(Listener::Https, protocol);
+    let gauge = proxy.stats.open(Listener::Https, protocol, Some(slot));
     let info = TlsInfo { sni: hello.sni };
     if alpn == forward::Alpn::Http1 {
         // HTTP/1.1 over TLS is bytes like any other: the fast path serves
@@ -268,7 +288,7 @@ async fn tls_connection(
         crate::h1::serve_tls(tls, info, proxy, peer, shared, gauge).await;
         return;
     }
-    let info = ConnInfo::new(proxy, peer, Some(info));
+    let info = ConnInfo::new(proxy, peer, Some(info), gauge.slot());
     let io = crate::io::FirstReadDeadline {
         inner: tls,
         deadline: Some(Box::pin(tokio::time::sleep(limit))),
@@ -384,7 +404,7 @@ impl crate::pipeline::Exchange for TunnelExchange<'_> {
                 let _ = s.set_nodelay(true);
                 Ok(s)
             }
-            Ok(Err(e)) => Err(ConnectError::Io(e)),
+            Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(ConnectError::Timeout(pool.connect_timeout)),
         }
     }

@@ -186,11 +186,24 @@ impl Conn {
     }
 }
 
+/// Why a health check has no status.
+#[derive(Debug)]
+pub(crate) enum ProbeFailed {
+    /// The upstream failed it.
+    Upstream(String),
+    /// This process could not open the connection: the check says nothing
+    /// of the upstream.
+    Local(String),
+}
+
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("connection refused or failed: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+    /// This process, not the upstream, could not open the connection.
+    #[error("the proxy cannot open a connection: {0} (out of descriptors or local ports: see max_client_connections)")]
+    Local(io::Error),
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
     #[error("all {0} connections to this upstream are busy")]
@@ -201,10 +214,34 @@ pub enum ConnectError {
     Handshake(hyper::Error),
 }
 
+impl From<io::Error> for ConnectError {
+    /// A connect's error, told apart by who caused it: an upstream that
+    /// failed is ejected after a few; a proxy out of descriptors must not
+    /// eject every upstream it has.
+    fn from(e: io::Error) -> ConnectError {
+        use rustix::io::Errno;
+        let local = [
+            Errno::MFILE,
+            Errno::NFILE,
+            Errno::NOBUFS,
+            Errno::NOMEM,
+            Errno::ADDRNOTAVAIL,
+        ]
+        .iter()
+        .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()));
+        if local {
+            ConnectError::Local(e)
+        } else {
+            ConnectError::Io(e)
+        }
+    }
+}
+
 impl ConnectError {
-    /// The upstream is to blame (not the proxy's own connection cap).
+    /// The upstream is to blame (not the proxy's own connection cap or
+    /// descriptors).
     pub fn blames_upstream(&self) -> bool {
-        !matches!(self, ConnectError::Saturated(_))
+        !matches!(self, ConnectError::Saturated(_) | ConnectError::Local(_))
     }
 }
 
@@ -452,7 +489,7 @@ impl Upstream {
     ) -> Result<TcpStream, ConnectError> {
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(self.addr)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(ConnectError::Io(e)),
+            Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(ConnectError::Timeout(timeout)),
         };
         // Requests are written whole; don't let Nagle hold back their tails.
@@ -518,7 +555,7 @@ impl Upstream {
         host: &HeaderValue,
         path: &str,
         timeout: Duration,
-    ) -> Result<u16, String> {
+    ) -> Result<u16, ProbeFailed> {
         let deadline = tokio::time::Instant::now() + timeout;
         let check = async {
             let reusable = match kept.as_mut() {
@@ -528,14 +565,17 @@ impl Upstream {
             };
             if !reusable {
                 *kept = None;
-                let stream = self
-                    .dial(deadline, timeout)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let stream = self.dial(deadline, timeout).await.map_err(|e| {
+                    if e.blames_upstream() {
+                        ProbeFailed::Upstream(e.to_string())
+                    } else {
+                        ProbeFailed::Local(e.to_string())
+                    }
+                })?;
                 let sender = self
                     .establish(stream, deadline, timeout)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| ProbeFailed::Upstream(e.to_string()))?;
                 *kept = Some(sender);
             }
             let Some(sender) = kept.as_mut() else {
@@ -553,9 +593,9 @@ impl Upstream {
                     format!("{scheme}://{}{path}", host.to_str().unwrap_or("localhost"))
                 }
             };
-            *req.uri_mut() = uri
-                .parse()
-                .map_err(|e| format!("{path:?} is not a request target: {e}"))?;
+            *req.uri_mut() = uri.parse().map_err(|e| {
+                ProbeFailed::Upstream(format!("{path:?} is not a request target: {e}"))
+            })?;
             let headers = req.headers_mut();
             headers.insert(http::header::HOST, host.clone());
             headers.insert(
@@ -569,7 +609,7 @@ impl Upstream {
                     s.send_request(req).await
                 }
             };
-            let resp = resp.map_err(|e| e.to_string())?;
+            let resp = resp.map_err(|e| ProbeFailed::Upstream(e.to_string()))?;
             let status = resp.status().as_u16();
             // Read the body, so that the connection can carry the next
             // check; one too long to bother with (or broken) ends it.
@@ -588,7 +628,9 @@ impl Upstream {
         };
         let result = match tokio::time::timeout_at(deadline, check).await {
             Ok(result) => result,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Err(_) => Err(ProbeFailed::Upstream(format!(
+                "no answer within {timeout:?}"
+            ))),
         };
         if !matches!(result, Ok((_, true))) {
             *kept = None;

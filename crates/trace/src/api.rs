@@ -251,6 +251,9 @@ pub struct ProxyConfig {
     pub upstream_timeout: String,
     pub client_header_timeout: String,
     pub shutdown_grace: String,
+    /// `None`: `"auto"` (from the descriptor limit).
+    #[serde(default)]
+    pub max_client_connections: Option<usize>,
     pub max_connections_per_upstream: usize,
     pub idle_connections_per_upstream: usize,
     pub max_header_bytes: usize,

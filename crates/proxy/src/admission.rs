@@ -1,0 +1,241 @@
+//! Client connections against `max_client_connections`: the accept loops
+//! take a [`Slot`] before each accept, and at the cap they wait, so new
+//! connections queue in the kernel's listen backlog (served as soon as one
+//! closes) instead of being accepted into a process that has no
+//! descriptors left for their upstream connections, its health checks,
+//! its config files or its admin API.
+//!
+//! A slot lives as long as the client's descriptor: it travels with the
+//! connection's gauge (parked connections included) and is shared with a
+//! websocket tunnel that outlives its connection's task.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+use tokio::sync::Notify;
+
+/// Descriptors the automatic cap keeps back from client and upstream
+/// connections: listeners, config and certificate files, the Docker
+/// socket, health checks, the admin API, the log. A quarter of a small
+/// limit.
+const RESERVE: u64 = 1024;
+
+/// A process limit counted as this many when it is "unlimited".
+const UNLIMITED: u64 = 1 << 20;
+
+/// The warning that new connections wait is given at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The cap `"auto"` stands for with `limit` descriptors: what is left
+/// after the reserve, halved (each client connection may need an
+/// upstream one: HAProxy's rule for its automatic `maxconn`).
+pub fn auto_cap(limit: u64) -> usize {
+    let limit = limit.min(UNLIMITED);
+    let reserve = RESERVE.min(limit / 4);
+    usize::try_from((limit - reserve) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// The descriptors this process may open (`RLIMIT_NOFILE`'s soft limit).
+pub fn descriptor_limit() -> u64 {
+    getrlimit(Resource::Nofile).current.unwrap_or(UNLIMITED)
+}
+
+/// Raises the descriptor limit's soft value to its hard one, as Go's
+/// runtime does for every program: containers commonly start with a soft
+/// limit of 1024 (systemd's default, and Docker's since 25) under a hard
+/// limit hundreds of times that, which no proxy should live within.
+/// Returns the limit before and after.
+pub fn raise_descriptor_limit() -> std::io::Result<(u64, u64)> {
+    let limit = getrlimit(Resource::Nofile);
+    let before = limit.current.unwrap_or(UNLIMITED);
+    // Linux allows no "unlimited" here (the ceiling is fs.nr_open).
+    let hard = limit.maximum.unwrap_or(UNLIMITED);
+    if before >= hard {
+        return Ok((before, before));
+    }
+    let raised = Rlimit {
+        current: Some(hard),
+        maximum: limit.maximum,
+    };
+    setrlimit(Resource::Nofile, raised)?;
+    Ok((before, descriptor_limit()))
+}
+
+pub(crate) struct Admission {
+    /// Client connections holding a slot.
+    open: AtomicUsize,
+    /// Told when a slot is given back or the cap may have risen.
+    freed: Notify,
+    /// What `"auto"` means in this process, from the descriptor limit at
+    /// start (the binary raises it first).
+    auto: usize,
+    /// Times an accept loop found the cap reached and waited.
+    waits: AtomicU64,
+    /// When the last warning about waiting was logged.
+    warned: Mutex<Option<Instant>>,
+}
+
+impl Admission {
+    pub fn new() -> Admission {
+        Admission {
+            open: AtomicUsize::new(0),
+            freed: Notify::new(),
+            auto: auto_cap(descriptor_limit()),
+            waits: AtomicU64::new(0),
+            warned: Mutex::new(None),
+        }
+    }
+
+    /// The cap in force for a configured `max_client_connections`.
+    pub fn cap(&self, configured: Option<usize>) -> usize {
+        configured.unwrap_or(self.auto)
+    }
+
+    #[cfg(test)]
+    pub fn open(&self) -> usize {
+        self.open.load(Relaxed)
+    }
+
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Relaxed)
+    }
+
+    /// Returns once fewer than `cap()` client connections are open, taking
+    /// nothing: an accept loop waits here before it accepts, so that at the
+    /// cap connections stay in the backlog. (Taking the slot before the
+    /// accept would have every worker's loop hold one while it waits for a
+    /// connection that may go to another worker.)
+    pub async fn room(self: &Arc<Self>, cap: impl Fn() -> usize) {
+        drop(self.wait(cap, false).await);
+    }
+
+    /// A slot for one more client connection, once fewer than `cap()` are
+    /// open (`cap` is read again after each wait: a reload may change it).
+    /// Loops that found room at once may accept together, so an accepted
+    /// connection can still wait here: it is then not read until a slot
+    /// is free.
+    pub async fn admit(self: &Arc<Self>, cap: impl Fn() -> usize) -> Slot {
+        loop {
+            if let Some(slot) = self.wait(&cap, true).await {
+                return slot;
+            }
+        }
+    }
+
+    async fn wait(self: &Arc<Self>, cap: impl Fn() -> usize, take: bool) -> Option<Slot> {
+        let mut waited = false;
+        loop {
+            // Registered before the count is read, so a slot given back
+            // between the read and the wait is not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let cap = cap();
+            let open = self.open.load(Relaxed);
+            if open < cap {
+                if !take {
+                    return None;
+                }
+                if self
+                    .open
+                    .compare_exchange(open, open + 1, Relaxed, Relaxed)
+                    .is_ok()
+                {
+                    return Some(Slot(self.clone()));
+                }
+                continue;
+            }
+            if !waited {
+                waited = true;
+                self.waits.fetch_add(1, Relaxed);
+                self.warn(cap);
+            }
+            freed.await;
+        }
+    }
+
+    /// The cap may have changed (a new config version): waiting accept
+    /// loops look again.
+    pub fn recheck(&self) {
+        self.freed.notify_waiters();
+    }
+
+    fn warn(&self, cap: usize) {
+        let now = Instant::now();
+        let mut warned = crate::health::lock(&self.warned);
+        if warned.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {
+            return;
+        }
+        *warned = Some(now);
+        tracing::warn!(
+            max_client_connections = cap,
+            "client connections at max_client_connections; new ones wait in the listen backlog until one closes"
+        );
+    }
+}
+
+/// One client connection's place under the cap, given back on drop.
+pub(crate) struct Slot(Arc<Admission>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+        self.0.freed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_keeps_a_reserve_and_halves_the_rest() {
+        assert_eq!(auto_cap(1_048_576), (1_048_576 - 1024) / 2);
+        assert_eq!(auto_cap(20_000), (20_000 - 1024) / 2);
+        // A small limit keeps a quarter back.
+        assert_eq!(auto_cap(1024), 384);
+        assert_eq!(auto_cap(u64::MAX), auto_cap(UNLIMITED));
+        assert_eq!(auto_cap(1), 1);
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_admission_waits_for_a_slot_to_be_given_back() {
+        let admission = Arc::new(Admission::new());
+        let first = admission.admit(|| 2).await;
+        let _second = admission.admit(|| 2).await;
+        let mut third = Box::pin(admission.admit(|| 2));
+        assert!(futures_poll_once(&mut third).await.is_none());
+        assert_eq!(admission.waits(), 1);
+        drop(first);
+        let _third = third.await;
+        assert_eq!(admission.open(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_raised_cap_lets_a_waiting_accept_go_on() {
+        let admission = Arc::new(Admission::new());
+        let cap = Arc::new(AtomicUsize::new(1));
+        let _first = admission.admit(|| cap.load(Relaxed)).await;
+        let mut second = Box::pin(admission.admit(|| cap.load(Relaxed)));
+        assert!(futures_poll_once(&mut second).await.is_none());
+        cap.store(2, Relaxed);
+        admission.recheck();
+        let _second = second.await;
+        assert_eq!(admission.open(), 2);
+    }
+
+    /// Polls a future once: `Some` if it finished.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut *f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
+    }
+}
