@@ -9,7 +9,7 @@
 //! connection's gauge (parked connections included) and is shared with a
 //! websocket tunnel that outlives its connection's task.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,8 @@ pub(crate) struct Admission {
     open: AtomicUsize,
     /// Told when a slot is given back or the cap may have risen.
     freed: Notify,
+    /// Accept loops waiting at the cap.
+    waiting: AtomicUsize,
     /// What `"auto"` means in this process, from the descriptor limit at
     /// start (the binary raises it first).
     auto: usize,
@@ -84,6 +86,7 @@ impl Admission {
         Admission {
             open: AtomicUsize::new(0),
             freed: Notify::new(),
+            waiting: AtomicUsize::new(0),
             auto: auto_cap(descriptor_limit()),
             waits: AtomicU64::new(0),
             warned: Mutex::new(None),
@@ -129,32 +132,46 @@ impl Admission {
     async fn wait(self: &Arc<Self>, cap: impl Fn() -> usize, take: bool) -> Option<Slot> {
         let mut waited = false;
         loop {
-            // Registered before the count is read, so a slot given back
-            // between the read and the wait is not missed.
+            if let Some(room) = self.try_take(&cap, take) {
+                return room;
+            }
+            // At the cap. Counted as waiting and registered before looking
+            // again, so that a slot given back in between is not missed
+            // (see `Slot`'s drop).
+            let _waiting = Waiting::new(&self.waiting);
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            let cap = cap();
-            let open = self.open.load(Relaxed);
-            if open < cap {
-                if !take {
-                    return None;
-                }
-                if self
-                    .open
-                    .compare_exchange(open, open + 1, Relaxed, Relaxed)
-                    .is_ok()
-                {
-                    return Some(Slot(self.clone()));
-                }
-                continue;
+            if let Some(room) = self.try_take(&cap, take) {
+                return room;
             }
             if !waited {
                 waited = true;
                 self.waits.fetch_add(1, Relaxed);
-                self.warn(cap);
+                self.warn(cap());
             }
             freed.await;
+        }
+    }
+
+    /// `Some` below the cap: with a slot taken, if `take`.
+    fn try_take(self: &Arc<Self>, cap: impl Fn() -> usize, take: bool) -> Option<Option<Slot>> {
+        let cap = cap();
+        loop {
+            let open = self.open.load(SeqCst);
+            if open >= cap {
+                return None;
+            }
+            if !take {
+                return Some(None);
+            }
+            if self
+                .open
+                .compare_exchange(open, open + 1, SeqCst, SeqCst)
+                .is_ok()
+            {
+                return Some(Some(Slot(self.clone())));
+            }
         }
     }
 
@@ -183,8 +200,29 @@ pub(crate) struct Slot(Arc<Admission>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Relaxed);
-        self.0.freed.notify_waiters();
+        self.0.open.fetch_sub(1, SeqCst);
+        // Only when someone waits (the usual case has no one, and the
+        // notify takes a lock). A waiter counted after this read looks at
+        // `open` after the decrement above, so it sees the slot.
+        if self.0.waiting.load(SeqCst) > 0 {
+            self.0.freed.notify_waiters();
+        }
+    }
+}
+
+/// An accept loop counted in `Admission::waiting` while it is at the cap.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
     }
 }
 
