@@ -822,11 +822,17 @@ impl Writer<'_> {
             "# rendered by `portico config render --format nginx`: the same routing, as nginx\n\
              # would do it. \"# portico:\" comments say where nginx differs or cannot follow.\n\n",
         );
-        out.push_str("worker_processes auto;\nerror_log /dev/stderr warn;\n\n");
+        out.push_str("worker_processes auto;\nerror_log /dev/stderr warn;\n");
         match p.max_client_connections {
             // nginx counts upstream connections in worker_connections too,
             // per worker; Portico's cap is on client connections, overall.
+            // nginx does not raise its own descriptor limit unless told.
             Some(n) => {
+                let _ = writeln!(
+                    out,
+                    "worker_rlimit_nofile {};\n",
+                    n.saturating_mul(2).saturating_add(1024)
+                );
                 out.push_str("events {\n");
                 note(
                     &mut out,
@@ -841,7 +847,7 @@ impl Writer<'_> {
                     n.saturating_mul(2)
                 );
             }
-            None => out.push_str("events {\n    worker_connections 1024;\n}\n\nhttp {\n"),
+            None => out.push_str("\nevents {\n    worker_connections 1024;\n}\n\nhttp {\n"),
         }
         let g = "    ";
         out.push_str("    server_tokens off;\n");
@@ -1183,6 +1189,7 @@ tls_key = "dock.key"
         has("        real_ip_header proxy_protocol;\n");
         has("    ssl_protocols TLSv1.3;\n");
         has("    worker_connections 6000;\n");
+        has("worker_rlimit_nofile 7024;\n");
         has("max_client_connections 3000: worker_connections counts client and upstream connections");
         assert!(!out.contains("x-server-info \""), "hidden: {out}");
         assert!(!out.contains("hedge_delay"), "off: {out}");

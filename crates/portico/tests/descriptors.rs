@@ -27,19 +27,13 @@ fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-/// `portico run --config CONFIG` with the descriptor limit `soft:hard`.
-fn run_limited(config: &str, soft: u64, hard: u64) -> Portico {
-    Portico::spawn(
-        Path::new("prlimit"),
-        &[
-            &format!("--nofile={soft}:{hard}"),
-            "--",
-            bin(),
-            "run",
-            "--config",
-            config,
-        ],
-    )
+/// `portico run --config CONFIG [EXTRA]` with the descriptor limit
+/// `soft:hard` (by util-linux's `prlimit`, which execs it).
+fn run_limited(config: &str, soft: u64, hard: u64, extra: &[&str]) -> Portico {
+    let limit = format!("--nofile={soft}:{hard}");
+    let mut args = vec![limit.as_str(), "--", bin(), "run", "--config", config];
+    args.extend_from_slice(extra);
+    Portico::spawn(Path::new("prlimit"), &args)
 }
 
 async fn samples(admin: SocketAddr) -> BTreeMap<String, f64> {
@@ -78,7 +72,7 @@ async fn the_soft_descriptor_limit_is_raised_and_sets_the_automatic_cap() {
             service("app", &["app.test"], &[app.addr], "")
         ),
     );
-    let portico = run_limited(&config, 256, 4096);
+    let portico = run_limited(&config, 256, 4096, &[]);
     let raised = portico
         .wait_for_line(|l| l.contains("raised the descriptor limit"), WAIT)
         .await;
@@ -130,10 +124,17 @@ async fn at_the_cap_new_connections_wait_and_are_served_when_one_closes() {
     let portico = Portico::spawn(Path::new(bin()), &["run", "--config", &config]);
     let http = portico.listen_addr().await;
     let admin = portico.admin_addr().await;
+    // Two uploads in progress hold both places (busy connections: none is
+    // idle, so none is closed to make room).
+    let upload = "POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\n\r\nabc";
     let mut first = Wire::connect(http).await;
     let mut second = Wire::connect(http).await;
-    assert_eq!(get(&mut first).await.status, 200);
-    assert_eq!(get(&mut second).await.status, 200);
+    first.send(upload).await.unwrap();
+    second.send(upload).await.unwrap();
+    wait_until(WAIT, "both uploads to reach the upstream", || async {
+        app.hits() >= 2
+    })
+    .await;
 
     // The third connects (the kernel completes the handshake) but is not
     // accepted, so its request is not read.
@@ -158,7 +159,45 @@ async fn at_the_cap_new_connections_wait_and_are_served_when_one_closes() {
         .expect("the waiting connection was never served")
         .unwrap();
     assert_eq!(served.status, 200);
-    assert_eq!(get(&mut second).await.status, 200);
+    second.send("defghij").await.unwrap();
+    assert_eq!(second.read_response("POST").await.unwrap().status, 200);
+}
+
+/// At the cap, idle keep-alive connections make room for new ones: those
+/// idle longest are closed (as nginx drains its reusable connections).
+#[tokio::test]
+async fn at_the_cap_idle_connections_are_closed_for_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Backend::echo("app").await;
+    let config = write_config(
+        &dir,
+        &format!(
+            "[proxy]\nhttp_listen = \"127.0.0.1:0\"\nmax_client_connections = 2\n\n{}",
+            service("app", &["app.test"], &[app.addr], "")
+        ),
+    );
+    let portico = Portico::spawn(Path::new(bin()), &["run", "--config", &config]);
+    let http = portico.listen_addr().await;
+    let mut idle = [Wire::connect(http).await, Wire::connect(http).await];
+    for c in &mut idle {
+        assert_eq!(get(c).await.status, 200);
+    }
+    let mut third = Wire::connect(http).await;
+    let served = tokio::time::timeout(WAIT, get(&mut third))
+        .await
+        .expect("no idle connection was closed for the new one");
+    assert_eq!(served.status, 200);
+    let mut closed = 0;
+    for c in &mut idle {
+        if c.send("GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await
+            .is_err()
+            || c.read_response("GET").await.is_err()
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "both idle connections were still served");
 }
 
 /// A proxy out of descriptors (the cap set above what the limit allows)
@@ -179,7 +218,7 @@ async fn out_of_descriptors_the_upstream_is_not_blamed() {
         ),
     );
     const LIMIT: usize = 128;
-    let portico = run_limited(&config, LIMIT as u64, LIMIT as u64);
+    let portico = run_limited(&config, LIMIT as u64, LIMIT as u64, &["--workers", "1"]);
     let http = portico.listen_addr().await;
     let pid = portico.pid();
     let mut client = Wire::connect(http).await;

@@ -10,11 +10,13 @@
 //! websocket tunnel that outlives its connection's task.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use tokio::sync::Notify;
+
+use crate::io::Every;
 
 /// Descriptors the automatic cap keeps back from client and upstream
 /// connections: listeners, config and certificate files, the Docker
@@ -72,13 +74,16 @@ pub(crate) struct Admission {
     freed: Notify,
     /// Accept loops waiting at the cap.
     waiting: AtomicUsize,
+    /// Told when an accept loop starts waiting at the cap: parked idle
+    /// connections are closed to make room.
+    short: Notify,
     /// What `"auto"` means in this process, from the descriptor limit at
     /// start (the binary raises it first).
     auto: usize,
     /// Times an accept loop found the cap reached and waited.
     waits: AtomicU64,
-    /// When the last warning about waiting was logged.
-    warned: Mutex<Option<Instant>>,
+    /// The warning that connections wait, at most every [`WARN_EVERY`].
+    warned: Every,
 }
 
 impl Admission {
@@ -87,9 +92,10 @@ impl Admission {
             open: AtomicUsize::new(0),
             freed: Notify::new(),
             waiting: AtomicUsize::new(0),
+            short: Notify::new(),
             auto: auto_cap(descriptor_limit()),
             waits: AtomicU64::new(0),
-            warned: Mutex::new(None),
+            warned: Every::new(WARN_EVERY),
         }
     }
 
@@ -148,6 +154,7 @@ impl Admission {
             if !waited {
                 waited = true;
                 self.waits.fetch_add(1, Relaxed);
+                self.short.notify_waiters();
                 self.warn(cap());
             }
             freed.await;
@@ -175,6 +182,16 @@ impl Admission {
         }
     }
 
+    /// Whether an accept loop waits at the cap now.
+    pub fn short_now(&self) -> bool {
+        self.waiting.load(Relaxed) > 0
+    }
+
+    /// Resolves when an accept loop starts waiting at the cap.
+    pub fn short(&self) -> tokio::sync::futures::Notified<'_> {
+        self.short.notified()
+    }
+
     /// The cap may have changed (a new config version): waiting accept
     /// loops look again.
     pub fn recheck(&self) {
@@ -182,12 +199,9 @@ impl Admission {
     }
 
     fn warn(&self, cap: usize) {
-        let now = Instant::now();
-        let mut warned = crate::health::lock(&self.warned);
-        if warned.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {
+        if !self.warned.due() {
             return;
         }
-        *warned = Some(now);
         tracing::warn!(
             max_client_connections = cap,
             "client connections at max_client_connections; new ones wait in the listen backlog until one closes"

@@ -13,7 +13,7 @@ use portico_model::HealthCheck;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::health::lock;
+use crate::io::{lock, Every};
 use crate::snapshot::Snapshot;
 use crate::upstream::{ProbeFailed, Upstream};
 
@@ -172,7 +172,10 @@ async fn check_loop(upstream: Arc<Upstream>, key: CheckKey, limit: Arc<Semaphore
             Err(ProbeFailed::Upstream(why)) => Some(Err(why)),
             Err(ProbeFailed::Local(why)) => {
                 // Out of descriptors: this says nothing of the upstream.
-                tracing::warn!(upstream = %upstream.addr, error = %why, "health check not made; not counted");
+                static WARNED: Every = Every::new(std::time::Duration::from_secs(10));
+                if WARNED.due() {
+                    tracing::warn!(upstream = %upstream.addr, error = %why, "health checks not made (not counted) while the proxy cannot open connections");
+                }
                 None
             }
         };

@@ -49,7 +49,7 @@ use crate::forward;
 use crate::forward::Alpn;
 use crate::framing::{head_end, put_header, tokens, Cut, Framing, Listed, Rest};
 use crate::headers::{is_hop_by_hop, is_set_on_requests, is_underscored, request_id_bytes};
-use crate::io::{send_timed_out, Client, Lingering, Prefixed, Waits};
+use crate::io::{lock, send_timed_out, Client, Lingering, Prefixed, Waits};
 use crate::metrics::{Listener, OpenConn, Protocol, Tally};
 use crate::pipeline::Attempts;
 use crate::pipeline::{self, RequestHead};
@@ -57,7 +57,7 @@ use crate::relay::{RawExchange, MAX_HEADERS, RESPONSE_BUF};
 use crate::snapshot::Snapshot;
 use crate::splice;
 use crate::upload::{RawUpload, UploadLimits};
-use crate::upstream::{lock, RawConn, Upstream};
+use crate::upstream::{RawConn, Upstream};
 use portico_model::AccessLogFormat;
 
 /// The first read of a request head; heads rarely need more.
@@ -164,11 +164,12 @@ impl Shared {
                     if p.stream.readable_now() {
                         tokio::spawn(p.serve(proxy.clone(), self.clone()));
                     } else {
-                        p.stream.close_idle_later();
+                        p.close();
                     }
                 }
                 return;
             }
+            let short = proxy.admission.short();
             tokio::select! {
                 Some(p) = arrivals.recv() => parked.push(WaitReadable(Some(p))),
                 Some(p) = parked.next(), if !parked.is_empty() => {
@@ -182,10 +183,15 @@ impl Shared {
                         let (gone, kept): (Vec<_>, Vec<_>) = parked.into_iter().partition(expired);
                         parked = kept.into_iter().collect();
                         for p in gone.into_iter().filter_map(|w| w.0) {
-                            p.stream.close_idle_later();
+                            p.close();
                         }
                     }
+                    // Still short: those parked since the last drain.
+                    if proxy.admission.short_now() {
+                        parked = drain(parked);
+                    }
                 }
+                _ = short, if !parked.is_empty() => parked = drain(parked),
             }
         }
     }
@@ -221,7 +227,30 @@ pub(crate) struct Parked {
     gauge: OpenConn,
 }
 
+/// New connections wait at max_client_connections: idle ones make room,
+/// those idle longest first (nginx drains its reusable connections the
+/// same way).
+fn drain(parked: FuturesUnordered<WaitReadable>) -> FuturesUnordered<WaitReadable> {
+    let mut all: Vec<Parked> = parked.into_iter().filter_map(|w| w.0).collect();
+    all.sort_by_key(|p| std::cmp::Reverse(p.since.elapsed()));
+    let kept = all.split_off(all.len().min(DRAIN_AT_CAP));
+    for p in all {
+        p.close();
+    }
+    kept.into_iter().map(|p| WaitReadable(Some(p))).collect()
+}
+
+/// Parked connections closed each time new ones wait at
+/// `max_client_connections` (nginx closes 32 reusable ones).
+const DRAIN_AT_CAP: usize = 32;
+
 impl Parked {
+    /// Closes it (over TLS with a close_notify, on a task of its own); it
+    /// counts as open until then.
+    fn close(self) {
+        self.stream.close_idle_later(self.gauge);
+    }
+
     /// Serves the connection again, with a task of its own.
     fn serve(
         self,

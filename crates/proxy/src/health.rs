@@ -27,6 +27,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use portico_model::HealthCheck;
 
+use crate::io::lock;
+
 /// Milliseconds since the first call: the clock ejections are kept in, so
 /// that the request path compares one integer.
 fn now_ms() -> u64 {
@@ -418,11 +420,6 @@ impl RetryBudget {
         self.add(true);
         true
     }
-}
-
-/// A lock that a panic elsewhere doesn't poison for good.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

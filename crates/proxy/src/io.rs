@@ -7,12 +7,44 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+/// A lock that a panic elsewhere doesn't poison for good.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// At most once a period: for warnings a condition repeats every moment
+/// while it lasts, which must not flood the log.
+pub(crate) struct Every {
+    period: Duration,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Every {
+    pub(crate) const fn new(period: Duration) -> Every {
+        Every {
+            period,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Whether the period has passed since it was last due (and it is now).
+    pub(crate) fn due(&self) -> bool {
+        let now = Instant::now();
+        let mut last = lock(&self.last);
+        if last.is_some_and(|at| now.duration_since(at) < self.period) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
 
 /// Copies both ways until either side closes, or nothing moves for `idle`.
 /// Returns how it ended and the bytes copied each way.
@@ -568,10 +600,15 @@ impl Client {
     }
 
     /// [`close_idle`](Self::close_idle) on a task of its own when there is
-    /// something to send; a cleartext connection is just dropped.
-    pub(crate) fn close_idle_later(self) {
+    /// something to send; a cleartext connection is just dropped. `held`
+    /// (the connection's gauge, with its place under
+    /// `max_client_connections`) is dropped with the stream.
+    pub(crate) fn close_idle_later<H: Send + 'static>(self, held: H) {
         if let Client::Tls(_) = &self {
-            tokio::spawn(self.close_idle());
+            tokio::spawn(async move {
+                self.close_idle().await;
+                drop(held);
+            });
         }
     }
 

@@ -110,7 +110,7 @@ pub struct RecentError {
 impl ServiceStats {
     /// Remembers a failed request (only the last [`RECENT_ERRORS`]).
     pub(crate) fn error(&self, status: u16, error: &ProxyError) {
-        let mut recent = crate::health::lock(&self.recent);
+        let mut recent = crate::io::lock(&self.recent);
         if recent.len() == RECENT_ERRORS {
             recent.pop_front();
         }
@@ -123,7 +123,7 @@ impl ServiceStats {
 
     /// The last failed requests, oldest first.
     pub fn recent_errors(&self) -> Vec<RecentError> {
-        crate::health::lock(&self.recent).iter().cloned().collect()
+        crate::io::lock(&self.recent).iter().cloned().collect()
     }
 
     /// Requests by status class (`1xx` … `5xx`), of every method.
@@ -226,7 +226,7 @@ impl UpstreamStats {
             Err(e) => e,
         };
         let host = host.to_str().unwrap_or("-");
-        let mut last = crate::health::lock(&self.probe);
+        let mut last = crate::io::lock(&self.probe);
         match (last.as_ref().map(|p| p.ok), ok) {
             (Some(true) | None, false) => {
                 tracing::warn!(upstream = %addr, host, result = %said, "probe failing")
@@ -245,12 +245,12 @@ impl UpstreamStats {
     }
 
     pub(crate) fn forget_probe(&self) {
-        *crate::health::lock(&self.probe) = None;
+        *crate::io::lock(&self.probe) = None;
     }
 
     /// The last probe's outcome, if probes run.
     pub fn last_probe(&self) -> Option<ProbeResult> {
-        crate::health::lock(&self.probe).clone()
+        crate::io::lock(&self.probe).clone()
     }
 
     pub fn attempt(&self) {

@@ -98,13 +98,13 @@ pub struct Handed(std::sync::Mutex<Option<Instant>>);
 
 impl Handed {
     fn set(&self, taken: Option<Instant>) {
-        *crate::health::lock(&self.0) = taken;
+        *crate::io::lock(&self.0) = taken;
     }
 
     /// Once the upstream has held a frame unwritten for `limit`.
     pub(crate) async fn stuck(&self, limit: Duration) {
         loop {
-            let held = *crate::health::lock(&self.0);
+            let held = *crate::io::lock(&self.0);
             match held {
                 Some(taken) if taken.elapsed() >= limit => return,
                 Some(taken) => tokio::time::sleep_until(taken + limit).await,
@@ -236,7 +236,7 @@ pub struct BodySlots(std::sync::Mutex<HashMap<IpAddr, usize>>);
 impl BodySlots {
     /// A slot for one more body from `ip`, or `None` when it has `max`.
     pub fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<BodySlot> {
-        let mut held = crate::health::lock(&self.0);
+        let mut held = crate::io::lock(&self.0);
         let n = held.entry(ip).or_insert(0);
         if *n >= max {
             return None;
@@ -251,7 +251,7 @@ pub struct BodySlot(Arc<BodySlots>, IpAddr);
 
 impl Drop for BodySlot {
     fn drop(&mut self) {
-        let mut held = crate::health::lock(&(self.0).0);
+        let mut held = crate::io::lock(&(self.0).0);
         if let Some(n) = held.get_mut(&self.1) {
             *n -= 1;
             if *n == 0 {

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::health::Health;
+use crate::io::lock;
 use crate::upload::ProxyBody;
 
 /// Limits an [`Upstream`] is built with; a config change to them builds new ones.
@@ -701,8 +702,6 @@ pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
     })
 }
 
-pub(crate) use crate::health::lock;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -712,6 +711,31 @@ mod tests {
         UpstreamLimits {
             max_connections: 1,
             max_idle: 4,
+        }
+    }
+
+    #[test]
+    fn the_proxys_own_shortages_blame_no_upstream() {
+        use rustix::io::Errno;
+        for errno in [
+            Errno::MFILE,
+            Errno::NFILE,
+            Errno::NOBUFS,
+            Errno::NOMEM,
+            Errno::ADDRNOTAVAIL,
+        ] {
+            let e = ConnectError::from(io::Error::from_raw_os_error(errno.raw_os_error()));
+            assert!(matches!(e, ConnectError::Local(_)), "{e}");
+            assert!(!e.blames_upstream(), "{e}");
+        }
+        for errno in [
+            Errno::CONNREFUSED,
+            Errno::HOSTUNREACH,
+            Errno::NETUNREACH,
+            Errno::TIMEDOUT,
+        ] {
+            let e = ConnectError::from(io::Error::from_raw_os_error(errno.raw_os_error()));
+            assert!(e.blames_upstream(), "{e}");
         }
     }
 

@@ -40,6 +40,8 @@ impl TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let config = Arc::new(load(&dir, toml));
         let version = Version::of(&config);
+        // As the binary does: "auto" max_client_connections is read from it.
+        let _ = portico_proxy::raise_descriptor_limit();
         let proxy = Proxy::new(
             Identity {
                 server_info: TEST_SERVER_INFO.into(),
