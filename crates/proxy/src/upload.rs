@@ -10,6 +10,7 @@ use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -93,19 +94,42 @@ pub struct Upload {
 /// time; a client that sends nothing leaves no frame held, and is the
 /// client's stall. Not for HTTP/2 upstreams, whose flow control may hold a
 /// frame for other streams' sake.
-#[derive(Default)]
-pub struct Handed(std::sync::Mutex<Option<Instant>>);
+pub struct Handed {
+    base: Instant,
+    /// When the frame held was taken, as nanoseconds after `base` plus
+    /// one; 0: none held. An atomic, not a lock: it is set on every frame.
+    taken: AtomicU64,
+}
+
+impl Default for Handed {
+    fn default() -> Handed {
+        Handed {
+            base: Instant::now(),
+            taken: AtomicU64::new(0),
+        }
+    }
+}
 
 impl Handed {
     fn set(&self, taken: Option<Instant>) {
-        *crate::io::lock(&self.0) = taken;
+        let nanos = taken.map_or(0, |t| {
+            let since = t.saturating_duration_since(self.base).as_nanos();
+            u64::try_from(since).unwrap_or(u64::MAX - 1) + 1
+        });
+        self.taken.store(nanos, Ordering::Relaxed);
+    }
+
+    fn held(&self) -> Option<Instant> {
+        match self.taken.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(self.base + Duration::from_nanos(nanos - 1)),
+        }
     }
 
     /// Once the upstream has held a frame unwritten for `limit`.
     pub(crate) async fn stuck(&self, limit: Duration) {
         loop {
-            let held = *crate::io::lock(&self.0);
-            match held {
+            match self.held() {
                 Some(taken) if taken.elapsed() >= limit => return,
                 Some(taken) => tokio::time::sleep_until(taken + limit).await,
                 None => tokio::time::sleep(limit).await,
@@ -445,17 +469,10 @@ impl<'c> RawUpload<'c> {
             let Client::Plain(client) = &*self.client else {
                 unreachable!("splice is only tried for a plain client");
             };
-            let filled = loop {
-                let until = self.pace.due().saturating_duration_since(Instant::now());
-                tokio::select! {
-                    biased;
-                    r = pipe.fill(client, self.left, until) => break r,
-                    _ = upstream.readable() => {
-                        if answered(upstream, early) {
-                            return Some(Ok(false));
-                        }
-                    }
-                }
+            let until = self.pace.due().saturating_duration_since(Instant::now());
+            let fill = pipe.fill(client, self.left, until);
+            let Some(filled) = unless_answered(fill, upstream, early).await else {
+                return Some(Ok(false));
             };
             match filled {
                 Ok(n) => {
@@ -478,16 +495,9 @@ impl<'c> RawUpload<'c> {
                 Err(e) => return Some(Err(UploadBroke::Client(broken(format!("{e:?}"))))),
             }
             let mut written = 0;
-            let drained = loop {
-                tokio::select! {
-                    biased;
-                    r = pipe.drain(upstream, wait, &mut written) => break r,
-                    _ = upstream.readable() => {
-                        if answered(upstream, early) {
-                            return Some(Ok(false));
-                        }
-                    }
-                }
+            let drain = pipe.drain(upstream, wait, &mut written);
+            let Some(drained) = unless_answered(drain, upstream, early).await else {
+                return Some(Ok(false));
             };
             match drained {
                 Ok(()) => {}
@@ -515,20 +525,14 @@ impl<'c> RawUpload<'c> {
         while self.left > 0 {
             let want = usize::try_from(self.left).map_or(buf.len(), |l| l.min(buf.len()));
             let read = loop {
-                let due = self.pace.due();
-                tokio::select! {
-                    biased;
-                    r = tokio::time::timeout_at(due, self.client.read(&mut buf[..want])) => match r {
-                        Ok(r) => break r,
-                        Err(_) => {
-                            if let Some(e) = self.pace.judge(Instant::now()) {
-                                return Err(client_failed(e));
-                            }
-                        }
-                    },
-                    _ = upstream.readable() => {
-                        if answered(upstream, early) {
-                            return Ok(false);
+                let read =
+                    tokio::time::timeout_at(self.pace.due(), self.client.read(&mut buf[..want]));
+                match unless_answered(read, upstream, early).await {
+                    None => return Ok(false),
+                    Some(Ok(r)) => break r,
+                    Some(Err(_)) => {
+                        if let Some(e) = self.pace.judge(Instant::now()) {
+                            return Err(client_failed(e));
                         }
                     }
                 }
@@ -541,23 +545,19 @@ impl<'c> RawUpload<'c> {
             self.got(n)?;
             let mut data = &buf[..n];
             while !data.is_empty() {
-                tokio::select! {
-                    biased;
-                    r = tokio::time::timeout(wait, upstream.writable()) => match r {
-                        Ok(Ok(())) => match upstream.try_write(data) {
-                            Ok(0) => return Err(UploadBroke::Upstream(io::ErrorKind::WriteZero.into())),
-                            Ok(n) => data = &data[n..],
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(e) => return write_failed(upstream, early, e),
-                        },
-                        Ok(Err(e)) => return write_failed(upstream, early, e),
-                        Err(_) => return Err(UploadBroke::UpstreamStalled),
-                    },
-                    _ = upstream.readable() => {
-                        if answered(upstream, early) {
-                            return Ok(false);
+                let writable = tokio::time::timeout(wait, upstream.writable());
+                match unless_answered(writable, upstream, early).await {
+                    None => return Ok(false),
+                    Some(Ok(Ok(()))) => match upstream.try_write(data) {
+                        Ok(0) => {
+                            return Err(UploadBroke::Upstream(io::ErrorKind::WriteZero.into()))
                         }
-                    }
+                        Ok(n) => data = &data[n..],
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return write_failed(upstream, early, e),
+                    },
+                    Some(Ok(Err(e))) => return write_failed(upstream, early, e),
+                    Some(Err(_)) => return Err(UploadBroke::UpstreamStalled),
                 }
             }
         }
@@ -581,6 +581,28 @@ impl<'c> RawUpload<'c> {
             "the client closed the connection {} bytes before the end of the body",
             self.left
         )))
+    }
+}
+
+/// `step`'s output, unless the upstream answers (or closes) first: then
+/// `None`, with what it sent in `early`: an upload stops at an early
+/// answer, whichever wait it is in.
+async fn unless_answered<F: Future>(
+    step: F,
+    upstream: &TcpStream,
+    early: &mut Vec<u8>,
+) -> Option<F::Output> {
+    let mut step = std::pin::pin!(step);
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut step => return Some(r),
+            _ = upstream.readable() => {
+                if answered(upstream, early) {
+                    return None;
+                }
+            }
+        }
     }
 }
 
