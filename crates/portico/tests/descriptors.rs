@@ -220,6 +220,23 @@ async fn out_of_descriptors_the_upstream_is_not_blamed() {
     const LIMIT: usize = 128;
     let portico = run_limited(&config, LIMIT as u64, LIMIT as u64, &["--workers", "1"]);
     let http = portico.listen_addr().await;
+    let warned = portico
+        .wait_for_line(
+            |l| l.contains("needs more descriptors than the limit"),
+            WAIT,
+        )
+        .await;
+    let fields = parse_logfmt(&warned);
+    assert_eq!(
+        fields.get("needs").map(String::as_str),
+        Some("20032"),
+        "{warned}"
+    );
+    assert_eq!(
+        fields.get("descriptors").map(String::as_str),
+        Some("128"),
+        "{warned}"
+    );
     let pid = portico.pid();
     let mut client = Wire::connect(http).await;
     assert_eq!(get(&mut client).await.status, 200);

@@ -41,6 +41,16 @@ pub fn auto_cap(limit: u64) -> usize {
         .max(1)
 }
 
+/// The descriptors `cap` client connections may need with their upstream
+/// connections and the reserve, when `limit` is fewer.
+fn too_high(cap: usize, limit: u64) -> Option<u64> {
+    let limit = limit.min(UNLIMITED);
+    let needs = (cap as u64)
+        .saturating_mul(2)
+        .saturating_add(RESERVE.min(limit / 4));
+    (needs > limit).then_some(needs)
+}
+
 /// The descriptors this process may open (`RLIMIT_NOFILE`'s soft limit).
 pub fn descriptor_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(UNLIMITED)
@@ -96,6 +106,23 @@ impl Admission {
             auto: auto_cap(descriptor_limit()),
             waits: AtomicU64::new(0),
             warned: Every::new(WARN_EVERY),
+        }
+    }
+
+    /// Warns when a configured cap leaves too few descriptors for the
+    /// upstream connections its clients may need (the same rule as
+    /// `"auto"`), so a too-high setting is seen before connects fail.
+    pub fn check(&self, configured: Option<usize>) {
+        let limit = descriptor_limit();
+        let Some(cap) = configured else { return };
+        if let Some(needs) = too_high(cap, limit) {
+            tracing::warn!(
+                max_client_connections = cap,
+                needs,
+                descriptors = limit,
+                auto = self.auto,
+                "max_client_connections needs more descriptors than the limit allows (each client connection may need an upstream one): upstream connects may fail for want of them"
+            );
         }
     }
 
@@ -252,6 +279,14 @@ mod tests {
         assert_eq!(auto_cap(1024), 384);
         assert_eq!(auto_cap(u64::MAX), auto_cap(UNLIMITED));
         assert_eq!(auto_cap(1), 1);
+    }
+
+    #[test]
+    fn a_cap_above_what_the_limit_allows_is_told() {
+        assert_eq!(too_high(auto_cap(20_000), 20_000), None);
+        assert_eq!(too_high(19_000, 20_000), Some(39_024));
+        assert_eq!(too_high(384, 1024), None);
+        assert_eq!(too_high(385, 1024), Some(1026));
     }
 
     #[tokio::test]

@@ -150,6 +150,8 @@ impl Proxy {
         );
         let server_info = HeaderValue::from_str(&identity.server_info)
             .unwrap_or_else(|_| HeaderValue::from_static("portico"));
+        let admission = Arc::new(admission::Admission::new());
+        admission.check(snapshot.config.proxy.max_client_connections);
         Arc::new(Proxy {
             current: ArcSwap::from_pointee(snapshot),
             identity,
@@ -162,7 +164,7 @@ impl Proxy {
             checks: Default::default(),
             bodies: Arc::default(),
             stats: Arc::default(),
-            admission: Arc::new(admission::Admission::new()),
+            admission,
             draining: Default::default(),
             not_ready: Default::default(),
         })
@@ -287,9 +289,13 @@ impl Proxy {
             &self.tls_provider,
             &self.sessions,
         );
+        let cap = next.config.proxy.max_client_connections;
         self.current.store(Arc::new(next));
-        // max_client_connections may have risen.
-        self.admission.recheck();
+        if cap != previous.config.proxy.max_client_connections {
+            self.admission.check(cap);
+            // It may have risen: waiting accept loops look again.
+            self.admission.recheck();
+        }
         tracing::info!(version = %version, services, "configured proxy");
     }
 
