@@ -13,7 +13,7 @@ use std::time::Duration;
 use portico_testkit::process::parse_logfmt;
 use portico_testkit::raw::Wire;
 use portico_testkit::service_toml as service;
-use portico_testkit::{curl, wait_until, Backend, Portico};
+use portico_testkit::{curl, wait_until, Backend, Portico, TestProxy};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -277,4 +277,43 @@ async fn out_of_descriptors_the_upstream_is_not_blamed() {
     // Not ejected: served at once.
     let r = get(&mut client).await;
     assert_eq!(r.status, 200, "{}", r.body_text());
+}
+
+/// A reload that raises `max_client_connections` lets the connections
+/// waiting at the old cap in, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_raises_the_cap_lets_waiting_connections_in() {
+    let app = Backend::echo("app").await;
+    let config = |cap: usize| {
+        format!(
+            "[proxy]\nmax_client_connections = {cap}\n\n{}",
+            service("app", &["app.test"], &[app.addr], "")
+        )
+    };
+    let proxy = TestProxy::start(&config(1)).await;
+    // A busy connection holds the one place.
+    let mut busy = Wire::connect(proxy.addr).await;
+    busy.send("POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\n\r\na")
+        .await
+        .unwrap();
+    wait_until(WAIT, "the upload to reach the upstream", || async {
+        app.hits() >= 1
+    })
+    .await;
+    let mut waiting = Wire::connect(proxy.addr).await;
+    waiting
+        .send("GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let early =
+        tokio::time::timeout(Duration::from_millis(500), waiting.read_response("GET")).await;
+    assert!(early.is_err(), "answered beyond the cap: {early:?}");
+    proxy.apply(&config(2));
+    let served = tokio::time::timeout(WAIT, waiting.read_response("GET"))
+        .await
+        .expect("the raised cap did not let the waiting connection in")
+        .unwrap();
+    assert_eq!(served.status, 200);
+    busy.send("bcd").await.unwrap();
+    assert_eq!(busy.read_response("POST").await.unwrap().status, 200);
 }
