@@ -1,9 +1,11 @@
-//! Client connections against `max_client_connections`: the accept loops
-//! take a [`Slot`] before each accept, and at the cap they wait, so new
-//! connections queue in the kernel's listen backlog (served as soon as one
-//! closes) instead of being accepted into a process that has no
-//! descriptors left for their upstream connections, its health checks,
-//! its config files or its admin API.
+//! Client connections against `max_client_connections`: each accept loop
+//! takes a [`Slot`] for the connection it accepted, and at the cap it
+//! waits with that one connection unread, so the rest queue in the
+//! kernel's listen backlog (served as soon as one closes) instead of being
+//! accepted into a process that has no descriptors left for their upstream
+//! connections, its health checks, its config files or its admin API.
+//! While a connection waits, idle keep-alive connections are closed to
+//! make room (`h1::Shared::park`).
 //!
 //! A slot lives as long as the client's descriptor: it travels with the
 //! connection's gauge (parked connections included) and is shared with a
@@ -82,15 +84,15 @@ pub(crate) struct Admission {
     open: AtomicUsize,
     /// Told when a slot is given back or the cap may have risen.
     freed: Notify,
-    /// Accept loops waiting at the cap.
+    /// Accepted connections waiting at the cap.
     waiting: AtomicUsize,
-    /// Told when an accept loop starts waiting at the cap: parked idle
-    /// connections are closed to make room.
+    /// Told when an accepted connection starts waiting at the cap: parked
+    /// idle connections are closed to make room.
     short: Notify,
     /// What `"auto"` means in this process, from the descriptor limit at
     /// start (the binary raises it first).
     auto: usize,
-    /// Times an accept loop found the cap reached and waited.
+    /// Accepted connections that had to wait for a slot.
     waits: AtomicU64,
     /// The warning that connections wait, at most every [`WARN_EVERY`].
     warned: Every,
@@ -140,33 +142,14 @@ impl Admission {
         self.waits.load(Relaxed)
     }
 
-    /// Returns once fewer than `cap()` client connections are open, taking
-    /// nothing: an accept loop waits here before it accepts, so that at the
-    /// cap connections stay in the backlog. (Taking the slot before the
-    /// accept would have every worker's loop hold one while it waits for a
-    /// connection that may go to another worker.)
-    pub async fn room(self: &Arc<Self>, cap: impl Fn() -> usize) {
-        drop(self.wait(cap, false).await);
-    }
-
-    /// A slot for one more client connection, once fewer than `cap()` are
-    /// open (`cap` is read again after each wait: a reload may change it).
-    /// Loops that found room at once may accept together, so an accepted
-    /// connection can still wait here: it is then not read until a slot
-    /// is free.
+    /// A slot for one more client connection (one accepted already), once
+    /// fewer than `cap()` are open (`cap` is read again after each wait: a
+    /// reload may change it).
     pub async fn admit(self: &Arc<Self>, cap: impl Fn() -> usize) -> Slot {
-        loop {
-            if let Some(slot) = self.wait(&cap, true).await {
-                return slot;
-            }
-        }
-    }
-
-    async fn wait(self: &Arc<Self>, cap: impl Fn() -> usize, take: bool) -> Option<Slot> {
         let mut waited = false;
         loop {
-            if let Some(room) = self.try_take(&cap, take) {
-                return room;
+            if let Some(slot) = self.try_take(&cap) {
+                return slot;
             }
             // At the cap. Counted as waiting and registered before looking
             // again, so that a slot given back in between is not missed
@@ -175,8 +158,8 @@ impl Admission {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(room) = self.try_take(&cap, take) {
-                return room;
+            if let Some(slot) = self.try_take(&cap) {
+                return slot;
             }
             if !waited {
                 waited = true;
@@ -188,30 +171,27 @@ impl Admission {
         }
     }
 
-    /// `Some` below the cap: with a slot taken, if `take`.
-    fn try_take(self: &Arc<Self>, cap: impl Fn() -> usize, take: bool) -> Option<Option<Slot>> {
+    /// A slot, if fewer than `cap()` are open.
+    fn try_take(self: &Arc<Self>, cap: impl Fn() -> usize) -> Option<Slot> {
         let cap = cap();
         loop {
             let open = self.open.load(SeqCst);
             if open >= cap {
                 return None;
             }
-            if !take {
-                return Some(None);
-            }
             if self
                 .open
                 .compare_exchange(open, open + 1, SeqCst, SeqCst)
                 .is_ok()
             {
-                return Some(Some(Slot(self.clone())));
+                return Some(Slot(self.clone()));
             }
         }
     }
 
-    /// Whether an accept loop waits at the cap now.
-    pub fn short_now(&self) -> bool {
-        self.waiting.load(Relaxed) > 0
+    /// Accepted connections waiting at the cap now.
+    pub fn short_now(&self) -> usize {
+        self.waiting.load(Relaxed)
     }
 
     /// Resolves when an accept loop starts waiting at the cap.
@@ -251,7 +231,7 @@ impl Drop for Slot {
     }
 }
 
-/// An accept loop counted in `Admission::waiting` while it is at the cap.
+/// An accepted connection counted in `Admission::waiting` while it waits.
 struct Waiting<'a>(&'a AtomicUsize);
 
 impl<'a> Waiting<'a> {

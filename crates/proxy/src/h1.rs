@@ -147,6 +147,30 @@ impl Shared {
         self.stopping.load(Ordering::Acquire)
     }
 
+    /// `waiting` accepted connections wait at max_client_connections: as
+    /// many idle ones make room, those idle longest first (nginx drains its
+    /// reusable connections the same way). Each worker's listeners do so,
+    /// so a few more than needed may close. One whose client has just sent
+    /// a request is served instead, never closed under it.
+    fn drain(
+        self: &Arc<Self>,
+        parked: FuturesUnordered<WaitReadable>,
+        waiting: usize,
+        proxy: &Arc<crate::Proxy>,
+    ) -> FuturesUnordered<WaitReadable> {
+        let mut all: Vec<Parked> = parked.into_iter().filter_map(|w| w.0).collect();
+        all.sort_by_key(|p| p.since);
+        let kept = all.split_off(all.len().min(waiting));
+        for p in all {
+            if p.stream.readable_now() {
+                tokio::spawn(p.serve(proxy.clone(), self.clone()));
+            } else {
+                p.close();
+            }
+        }
+        kept.into_iter().map(|p| WaitReadable(Some(p))).collect()
+    }
+
     /// Holds parked connections until their client sends the next request
     /// (then they get a task again), their idle time runs out, or the
     /// listener stops (then they are closed).
@@ -187,11 +211,15 @@ impl Shared {
                         }
                     }
                     // Still short: those parked since the last drain.
-                    if proxy.admission.short_now() {
-                        parked = drain(parked);
+                    let waiting = proxy.admission.short_now();
+                    if waiting > 0 {
+                        parked = self.drain(parked, waiting, &proxy);
                     }
                 }
-                _ = short, if !parked.is_empty() => parked = drain(parked),
+                _ = short, if !parked.is_empty() => {
+                    let waiting = proxy.admission.short_now();
+                    parked = self.drain(parked, waiting, &proxy);
+                }
             }
         }
     }
@@ -226,23 +254,6 @@ pub(crate) struct Parked {
     /// It still counts as an open connection.
     gauge: OpenConn,
 }
-
-/// New connections wait at max_client_connections: idle ones make room,
-/// those idle longest first (nginx drains its reusable connections the
-/// same way).
-fn drain(parked: FuturesUnordered<WaitReadable>) -> FuturesUnordered<WaitReadable> {
-    let mut all: Vec<Parked> = parked.into_iter().filter_map(|w| w.0).collect();
-    all.sort_by_key(|p| std::cmp::Reverse(p.since.elapsed()));
-    let kept = all.split_off(all.len().min(DRAIN_AT_CAP));
-    for p in all {
-        p.close();
-    }
-    kept.into_iter().map(|p| WaitReadable(Some(p))).collect()
-}
-
-/// Parked connections closed each time new ones wait at
-/// `max_client_connections` (nginx closes 32 reusable ones).
-const DRAIN_AT_CAP: usize = 32;
 
 impl Parked {
     /// Closes it (over TLS with a close_notify, on a task of its own); it

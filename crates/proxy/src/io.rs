@@ -609,6 +609,10 @@ impl Client {
                 self.close_idle().await;
                 drop(held);
             });
+        } else {
+            // Closed before its place is given back.
+            drop(self);
+            drop(held);
         }
     }
 

@@ -784,7 +784,7 @@ impl Collector for ProxyCollector {
         family(
             &mut encoder,
             "portico_accept_waits",
-            "Times the accept loops found max_client_connections reached and left new connections waiting in the listen backlog",
+            "Accepted client connections that waited for a place under max_client_connections (those behind them wait in the listen backlog)",
             None,
             MetricType::Counter,
             [(vec![], Value::Counter(admission.waits()))],

@@ -68,14 +68,6 @@ async fn run(
     let admission = proxy.admission.clone();
     let cap = || admission.cap(proxy.snapshot().config.proxy.max_client_connections);
     loop {
-        // A place under max_client_connections first: at the cap, new
-        // connections wait in the backlog rather than take descriptors
-        // that upstream connections need.
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            () = admission.room(cap) => {}
-        };
         let accepted = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -91,7 +83,11 @@ async fn run(
                 continue;
             }
         };
-        // Another worker's loop may have taken the last slot meanwhile.
+        // A place under max_client_connections. At the cap this loop holds
+        // the one connection it accepted, unread, and accepts no more: the
+        // rest wait in the backlog rather than take descriptors that
+        // upstream connections need, and idle connections are closed to
+        // make room (see `h1::Shared::park`).
         let slot = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
