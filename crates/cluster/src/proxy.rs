@@ -550,15 +550,17 @@ impl ProxyClient {
             Ok(Ok(r)) => r,
             // TLS 1.3 lets the client finish its handshake before the
             // server has checked its certificate: a refused certificate
-            // shows up here as a connection gone without a word.
-            Ok(Err(e)) if e.is_canceled() || e.is_closed() => {
+            // shows up here as a connection gone without a word, or as an
+            // I/O error under hyper's (the server's alert, a reset).
+            Ok(Err(e)) if e.is_canceled() || e.is_closed() || broke_below(&e) => {
+                let e = with_sources(&e);
                 return Session::Failed(format!(
                     "the controller closed the connection before answering ({e}): if this \
                      persists, it refuses this proxy's certificate (issued by another cluster's \
                      CA?); its log says why; to join again with the token, remove \
                      {CLIENT_CERT_FILE} and {CLIENT_KEY_FILE} from {}",
                     self.state_dir.display()
-                ))
+                ));
             }
             Ok(Err(e)) => return Session::Failed(format!("the stream request failed: {e}")),
             Err(_) => return Session::Failed("no answer to the stream request in time".into()),
@@ -762,9 +764,62 @@ impl Backoff {
     }
 }
 
+/// Whether hyper's error has an I/O error under it: the connection broke
+/// (rather than HTTP/2 going wrong on a working one).
+fn broke_below(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// An error and its sources, as one line: hyper's own text ("connection
+/// error") says nothing of a TLS alert under it.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_is_told_with_its_sources() {
+        #[derive(Debug)]
+        struct Outer(io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("connection error")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let alert = io::Error::new(
+            io::ErrorKind::InvalidData,
+            "received fatal alert: BadCertificate",
+        );
+        assert_eq!(
+            with_sources(&Outer(alert)),
+            "connection error: received fatal alert: BadCertificate"
+        );
+    }
 
     #[test]
     fn backoff_doubles_within_its_bounds_and_resets() {
