@@ -15,8 +15,9 @@
 //! - [`server`]: the accept loops over already-bound listeners (PROXY
 //!   protocol, TLS by SNI, passthrough), graceful drain.
 //! - `admission`: client connections against `max_client_connections`
-//!   (the accept loops wait at the cap; a connection's slot lives as long
-//!   as its descriptor).
+//!   (at the cap an accept loop holds the connection it accepted, unread,
+//!   and accepts no more; a connection's slot lives as long as its
+//!   descriptor).
 //! - `h1`: the HTTP/1.1 byte codec, for requests without a body or with a
 //!   `Content-Length` one (from cleartext or TLS clients) to cleartext
 //!   HTTP/1.1 upstreams; hands anything else, with the bytes it read, to
