@@ -752,26 +752,22 @@ async fn run_logs_startup_updates_and_one_access_line_per_request() {
 
 /// The access-log line of the request with this id, once it is written.
 async fn request_line(portico: &Portico, id: &str) -> String {
-    portico
-        .wait_for_line(
-            |l| {
-                let f = parse_logfmt(l);
-                f.get("msg").map(String::as_str) == Some("request")
-                    && f.get("request_id").map(String::as_str) == Some(id)
-            },
-            WAIT,
-        )
-        .await
+    access_line(portico, "request_id", id).await
 }
 
 /// The access-log line of the one request to `path`, once it is written.
 async fn path_line(portico: &Portico, path: &str) -> String {
+    access_line(portico, "path", path).await
+}
+
+/// The access-log line whose `key` is `value`, once it is written.
+async fn access_line(portico: &Portico, key: &str, value: &str) -> String {
     portico
         .wait_for_line(
             |l| {
                 let f = parse_logfmt(l);
                 f.get("msg").map(String::as_str) == Some("request")
-                    && f.get("path").map(String::as_str) == Some(path)
+                    && f.get(key).map(String::as_str) == Some(value)
             },
             WAIT,
         )

@@ -21,10 +21,31 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_portico")
 }
 
-fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
+/// A config routing app.test to `app`: `[proxy]` listening on port 0 with
+/// `proxy` lines added, then the `tables` (such as `[admin]`).
+fn write_config(dir: &tempfile::TempDir, proxy: &str, tables: &str, app: SocketAddr) -> String {
+    let text = format!(
+        "[proxy]\nhttp_listen = \"127.0.0.1:0\"\n{proxy}\n{tables}\n{}",
+        service("app", &["app.test"], &[app], "")
+    );
     let path = dir.path().join("portico.toml");
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_owned()
+}
+
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+
+/// Waits for the log line holding `needle` and checks its logfmt fields.
+async fn logged(portico: &Portico, needle: &str, expected: &[(&str, &str)]) {
+    let line = portico.wait_for_line(|l| l.contains(needle), WAIT).await;
+    let fields = parse_logfmt(&line);
+    for (key, value) in expected {
+        assert_eq!(
+            fields.get(*key).map(String::as_str),
+            Some(*value),
+            "{key} in {line}"
+        );
+    }
 }
 
 /// `portico run --config CONFIG [EXTRA]` with the descriptor limit
@@ -65,40 +86,22 @@ fn open_fds(pid: u32) -> usize {
 async fn the_soft_descriptor_limit_is_raised_and_sets_the_automatic_cap() {
     let dir = tempfile::tempdir().unwrap();
     let app = Backend::echo("app").await;
-    let config = write_config(
-        &dir,
-        &format!(
-            "[proxy]\nhttp_listen = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
-            service("app", &["app.test"], &[app.addr], "")
-        ),
-    );
+    let config = write_config(&dir, "", ADMIN, app.addr);
     let portico = run_limited(&config, 256, 4096, &[]);
-    let raised = portico
-        .wait_for_line(|l| l.contains("raised the descriptor limit"), WAIT)
-        .await;
-    let fields = parse_logfmt(&raised);
-    assert_eq!(
-        fields.get("before").map(String::as_str),
-        Some("256"),
-        "{raised}"
-    );
-    assert_eq!(
-        fields.get("after").map(String::as_str),
-        Some("4096"),
-        "{raised}"
-    );
-    let started = portico
-        .wait_for_line(|l| l.contains("starting server"), WAIT)
-        .await;
-    let fields = parse_logfmt(&started);
+    logged(
+        &portico,
+        "raised the descriptor limit",
+        &[("before", "256"), ("after", "4096")],
+    )
+    .await;
     // (4096 - 1024 kept back) / 2: each client connection may need an
     // upstream one.
-    assert_eq!(
-        fields.get("max_client_connections").map(String::as_str),
-        Some("1536"),
-        "{started}"
-    );
-    assert_eq!(fields.get("descriptors").map(String::as_str), Some("4096"));
+    logged(
+        &portico,
+        "starting server",
+        &[("max_client_connections", "1536"), ("descriptors", "4096")],
+    )
+    .await;
     let admin = portico.admin_addr().await;
     assert_eq!(
         samples(admin).await["portico_client_connections_max"],
@@ -113,14 +116,7 @@ async fn the_soft_descriptor_limit_is_raised_and_sets_the_automatic_cap() {
 async fn at_the_cap_new_connections_wait_and_are_served_when_one_closes() {
     let dir = tempfile::tempdir().unwrap();
     let app = Backend::echo("app").await;
-    let config = write_config(
-        &dir,
-        &format!(
-            "[proxy]\nhttp_listen = \"127.0.0.1:0\"\nmax_client_connections = 2\n\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
-            service("app", &["app.test"], &[app.addr], "")
-        ),
-    );
+    let config = write_config(&dir, "max_client_connections = 2", ADMIN, app.addr);
     let portico = Portico::spawn(Path::new(bin()), &["run", "--config", &config]);
     let http = portico.listen_addr().await;
     let admin = portico.admin_addr().await;
@@ -169,13 +165,7 @@ async fn at_the_cap_new_connections_wait_and_are_served_when_one_closes() {
 async fn at_the_cap_idle_connections_are_closed_for_new_ones() {
     let dir = tempfile::tempdir().unwrap();
     let app = Backend::echo("app").await;
-    let config = write_config(
-        &dir,
-        &format!(
-            "[proxy]\nhttp_listen = \"127.0.0.1:0\"\nmax_client_connections = 2\n\n{}",
-            service("app", &["app.test"], &[app.addr], "")
-        ),
-    );
+    let config = write_config(&dir, "max_client_connections = 2", "", app.addr);
     let portico = Portico::spawn(Path::new(bin()), &["run", "--config", &config]);
     let http = portico.listen_addr().await;
     let mut idle = [Wire::connect(http).await, Wire::connect(http).await];
@@ -210,33 +200,20 @@ async fn out_of_descriptors_the_upstream_is_not_blamed() {
     let app = Backend::echo("app").await;
     let config = write_config(
         &dir,
-        &format!(
-            "[proxy]\nhttp_listen = \"127.0.0.1:0\"\nmax_client_connections = 10000\n\
-             idle_connections_per_upstream = 0\noutlier_consecutive_failures = 2\n\
-             max_ejected_percent = 100\n\n{}",
-            service("app", &["app.test"], &[app.addr], "")
-        ),
+        "max_client_connections = 10000\nidle_connections_per_upstream = 0\n\
+         outlier_consecutive_failures = 2\nmax_ejected_percent = 100",
+        "",
+        app.addr,
     );
     const LIMIT: usize = 128;
     let portico = run_limited(&config, LIMIT as u64, LIMIT as u64, &["--workers", "1"]);
     let http = portico.listen_addr().await;
-    let warned = portico
-        .wait_for_line(
-            |l| l.contains("needs more descriptors than the limit"),
-            WAIT,
-        )
-        .await;
-    let fields = parse_logfmt(&warned);
-    assert_eq!(
-        fields.get("needs").map(String::as_str),
-        Some("20032"),
-        "{warned}"
-    );
-    assert_eq!(
-        fields.get("descriptors").map(String::as_str),
-        Some("128"),
-        "{warned}"
-    );
+    logged(
+        &portico,
+        "needs more descriptors than the limit",
+        &[("needs", "20032"), ("descriptors", "128")],
+    )
+    .await;
     let pid = portico.pid();
     let mut client = Wire::connect(http).await;
     assert_eq!(get(&mut client).await.status, 200);
